@@ -1,0 +1,3 @@
+"""Attack-audit suite. May import every package; nothing imports it."""
+
+__all__: list[str] = []

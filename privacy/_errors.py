@@ -1,0 +1,105 @@
+"""The project's one exception hierarchy.
+
+It lives in the bottom layer (``privacy``) so that every package can raise and
+catch the same types without breaking the one-way dependency rule
+(privacy <- aggregation <- secure_fml <- audits). ``secure_fml.errors``
+re-exports the whole tree for users.
+
+::
+
+    SecureFMLError
+    ├── ConfigError (ValueError)          bad configuration, flag or argument value
+    ├── InsecureModeError                 a seed or unsafe option outside insecure test mode
+    ├── DataError (ValueError)            malformed or unusable data files / arrays
+    ├── CheckpointError                   unreadable, mismatched or tampered checkpoint
+    ├── PrivacyError
+    │   ├── PrivacyBudgetExhausted        a release would exceed max_epsilon at delta
+    │   └── LedgerCorrupted               broken hash chain, truncated line, bad record
+    ├── ProtocolError                     secure-aggregation protocol failures
+    │   ├── InvalidMessage                malformed / malicious / replayed / out-of-order
+    │   │   └── InvalidSignature          a signature or AEAD tag does not verify
+    │   └── ProtocolAbort                 the round cannot complete safely
+    │       ├── DropoutThresholdNotMet    fewer than t survivors
+    │       └── ConsistencyCheckFailed    clients disagree (e.g. different models)
+    └── TransportError                    network / RPC failures, refused peers
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ConsistencyCheckFailed",
+    "DataError",
+    "DropoutThresholdNotMet",
+    "InsecureModeError",
+    "InvalidMessage",
+    "InvalidSignature",
+    "LedgerCorrupted",
+    "PrivacyBudgetExhausted",
+    "PrivacyError",
+    "ProtocolAbort",
+    "ProtocolError",
+    "SecureFMLError",
+    "TransportError",
+]
+
+
+class SecureFMLError(Exception):
+    """Root of every error raised on purpose by secure-fml."""
+
+
+class ConfigError(SecureFMLError, ValueError):
+    """A configuration value, CLI flag or argument is invalid. The message names the field."""
+
+
+class InsecureModeError(SecureFMLError):
+    """An unsafe option (user seed for noise or masks, ...) was used outside insecure test mode."""
+
+
+class DataError(SecureFMLError, ValueError):
+    """Input data is malformed: missing columns, empty clients, labels out of range, NaN."""
+
+
+class CheckpointError(SecureFMLError):
+    """A checkpoint cannot be read, does not match the model, or fails its integrity check."""
+
+
+class PrivacyError(SecureFMLError):
+    """Base class of differential-privacy errors."""
+
+
+class PrivacyBudgetExhausted(PrivacyError):
+    """The next release would push the spent epsilon above ``max_epsilon`` at ``delta``."""
+
+
+class LedgerCorrupted(PrivacyError):
+    """The privacy ledger is truncated, reordered or tampered with; never treated as empty."""
+
+
+class ProtocolError(SecureFMLError):
+    """Base class of secure-aggregation protocol errors."""
+
+
+class InvalidMessage(ProtocolError):
+    """A protocol message is malformed, duplicated, replayed, out of order or inconsistent."""
+
+
+class InvalidSignature(InvalidMessage):
+    """A signature, MAC or AEAD tag failed to verify."""
+
+
+class ProtocolAbort(ProtocolError):
+    """The round cannot complete without violating the protocol's guarantees."""
+
+
+class DropoutThresholdNotMet(ProtocolAbort):
+    """Fewer clients than the reconstruction threshold t survived a stage."""
+
+
+class ConsistencyCheckFailed(ProtocolAbort):
+    """Clients saw different views (survivor sets, global models); the round aborts."""
+
+
+class TransportError(SecureFMLError):
+    """A network or RPC failure, or a peer refused at the transport layer."""
