@@ -1,0 +1,82 @@
+"""Parameters as one flat tensor, evaluated with ``torch.func.functional_call``.
+
+Every client contribution is one flat float32 vector, so the model's parameters
+are handled as a flat vector too: :class:`FunctionalModel` splits a flat tensor
+into per-parameter views (``torch.split``, whose backward is a single ``cat``)
+and calls the module functionally. Gradients with respect to the flat tensor
+are therefore flat already, with no per-round flatten/unflatten copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+__all__ = ["Batch", "FunctionalModel"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def take(self, idx: torch.Tensor) -> Batch:
+        return Batch(self.x[idx], self.y[idx])
+
+
+class FunctionalModel:
+    """A module evaluated at an arbitrary flat parameter vector."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.names = [n for n, _ in module.named_parameters()]
+        self.shapes = [p.shape for _, p in module.named_parameters()]
+        self.numels = [p.numel() for _, p in module.named_parameters()]
+        self.buffers = dict(module.named_buffers())
+        self.dim = int(sum(self.numels))
+
+    def initial_parameters(self) -> torch.Tensor:
+        """The module's own initialization as a flat float32 vector (a copy)."""
+        return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).float()
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = torch.split(flat, self.numels)
+        return {n: t.view(s) for n, t, s in zip(self.names, parts, self.shapes, strict=True)}
+
+    def logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        params = self.unflatten(flat)
+        params.update(self.buffers)
+        out: torch.Tensor = functional_call(self.module, params, (x,))
+        return out
+
+    def loss(self, flat: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.logits(flat, batch.x), batch.y)
+
+    def grad(self, flat: torch.Tensor, batch: Batch, *, create_graph: bool = False) -> torch.Tensor:
+        """Gradient of the mean loss at ``flat`` (a fresh leaf unless create_graph)."""
+        p = flat if create_graph else flat.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.loss(p, batch), p, create_graph=create_graph)
+        return g
+
+    @torch.no_grad()
+    def correct(self, flat: torch.Tensor, batch: Batch, *, chunk: int = 1024) -> int:
+        total = 0
+        for i in range(0, len(batch), chunk):
+            pred = self.logits(flat, batch.x[i : i + chunk]).argmax(dim=1)
+            total += int((pred == batch.y[i : i + chunk]).sum())
+        return total
+
+    @torch.no_grad()
+    def mean_loss(self, flat: torch.Tensor, batch: Batch, *, chunk: int = 1024) -> float:
+        total = 0.0
+        for i in range(0, len(batch), chunk):
+            part = Batch(batch.x[i : i + chunk], batch.y[i : i + chunk])
+            total += float(self.loss(flat, part)) * len(part)
+        return total / max(1, len(batch))

@@ -1,0 +1,362 @@
+"""Federated meta-learning algorithms as small strategy objects.
+
+Each algorithm turns (global parameters, one client's data) into **one flat
+float32 update vector**, the only thing a client contributes to a round. The
+server only consumes the sum of those vectors and the number of contributors,
+and applies ``params <- server_optimizer(params, sum / count)``. Privacy
+(clipping, noise) and secure aggregation wrap that update path; algorithms know
+nothing about them.
+
+The global state is one packed vector ``[theta, log_alpha]``: ``theta`` are the
+model parameters and, for Meta-SGD only, ``log_alpha`` parameterises the
+per-coordinate inner learning rates ``alpha = exp(log_alpha)``, which keeps
+``alpha`` positive by construction whatever the server optimizer does. The
+update's alpha part is therefore ``dL/dlog_alpha = alpha * dL/dalpha``.
+
+Update conventions (what the server averages):
+
+- MAML / FOMAML / Meta-SGD (FedMeta, Chen et al. 2018): the meta-gradient
+  ``d L_query(theta_u) / d(theta[, log_alpha])`` where ``theta_u`` is ``theta``
+  after ``k`` inner SGD steps on the support set. FOMAML drops second
+  derivatives.
+- Reptile, FedAvg, Per-FedAvg: the model delta ``theta - theta_local`` after
+  local training; with server SGD at learning rate 1 this is exactly FedAvg's
+  average of local models (Jiang et al. 2019 read it as Reptile).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from privacy._errors import ConfigError
+from secure_fml._functional import Batch, FunctionalModel
+
+__all__ = [
+    "Algorithm",
+    "AlgorithmConfig",
+    "AlgorithmName",
+    "ClientUpdate",
+    "LocalOptimizer",
+    "UpdateKind",
+    "make_algorithm",
+]
+
+
+class AlgorithmName(enum.Enum):
+    MAML = "maml"
+    FOMAML = "fomaml"
+    METASGD = "metasgd"
+    REPTILE = "reptile"
+    PERFEDAVG_FO = "perfedavg-fo"
+    PERFEDAVG_HF = "perfedavg-hf"
+    FEDAVG = "fedavg"
+    FEDAVG_META = "fedavg-meta"
+
+
+class UpdateKind(enum.Enum):
+    META_GRADIENT = "meta-gradient"  # server default: Adam (the FedMeta paper's choice)
+    MODEL_DELTA = "model-delta"  # server default: SGD lr 1 (model averaging)
+
+
+class LocalOptimizer(enum.Enum):
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlgorithmConfig:
+    """Hyper-parameters of the client-side algorithm.
+
+    ``inner_lr`` is alpha: the MAML/FOMAML inner step size, Meta-SGD's initial
+    alpha, Per-FedAvg's alpha and the step size used when personalizing.
+    ``local_lr`` is the local training step size of FedAvg/Reptile and
+    Per-FedAvg's beta.
+    """
+
+    name: AlgorithmName = AlgorithmName.MAML
+    inner_lr: float = 0.05
+    inner_steps: int = 1
+    support_fraction: float = 0.2
+    batch_size: int | None = None
+    query_batch_size: int | None = None
+    local_lr: float = 0.05
+    local_epochs: int = 1
+    local_steps: int | None = None
+    local_optimizer: LocalOptimizer = LocalOptimizer.SGD
+    adapt_steps: int | None = None
+    adapt_lr: float | None = None
+    hf_delta: float = 1e-3
+
+    def __post_init__(self) -> None:
+        def positive(field: str, value: float) -> None:
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"algorithm.{field} must be a positive number, got {value!r}")
+
+        if not isinstance(self.name, AlgorithmName):
+            raise ConfigError(f"algorithm.name must be an AlgorithmName, got {self.name!r}")
+        positive("inner_lr", self.inner_lr)
+        positive("local_lr", self.local_lr)
+        positive("hf_delta", self.hf_delta)
+        for field in ("inner_steps", "local_epochs"):
+            v = getattr(self, field)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"algorithm.{field} must be an integer >= 1, got {v!r}")
+        for field in ("batch_size", "query_batch_size", "local_steps", "adapt_steps"):
+            v = getattr(self, field)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ConfigError(f"algorithm.{field} must be an integer >= 1, got {v!r}")
+        if self.adapt_lr is not None:
+            positive("adapt_lr", self.adapt_lr)
+        if not 0.0 < self.support_fraction < 1.0:
+            raise ConfigError(
+                f"algorithm.support_fraction must be in (0, 1), got {self.support_fraction!r}"
+            )
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    vector: torch.Tensor  # flat float32, same length as the packed global state
+    loss: float  # the client's training objective before the update (diagnostic only)
+    num_samples: int
+
+
+def _batches(n: int, batch_size: int | None, gen: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of shuffled mini-batch indices (a single full batch if batch_size is None)."""
+    perm = torch.randperm(n, generator=gen)
+    if batch_size is None or batch_size >= n:
+        return [perm]
+    return list(torch.split(perm, batch_size))
+
+
+def _sample(batch: Batch, size: int | None, gen: torch.Generator) -> Batch:
+    if size is None or size >= len(batch):
+        return batch
+    return batch.take(torch.randperm(len(batch), generator=gen)[:size])
+
+
+def split_support_query(
+    data: Batch, support_fraction: float, gen: torch.Generator
+) -> tuple[Batch, Batch]:
+    n = len(data)
+    if n < 2:
+        raise ConfigError("a client needs at least 2 samples for a support/query split")
+    perm = torch.randperm(n, generator=gen)
+    k = min(max(1, round(support_fraction * n)), n - 1)
+    return data.take(perm[:k]), data.take(perm[k:])
+
+
+class Algorithm(ABC):
+    """One federated (meta-)learning algorithm."""
+
+    update_kind: UpdateKind = UpdateKind.MODEL_DELTA
+    learns_alpha: bool = False
+
+    def __init__(self, config: AlgorithmConfig, model: FunctionalModel) -> None:
+        self.config = config
+        self.model = model
+
+    @property
+    def name(self) -> AlgorithmName:
+        return self.config.name
+
+    def initial_state(self, theta: torch.Tensor) -> torch.Tensor:
+        """The packed global state for an initial ``theta``."""
+        return theta.detach().clone().float()
+
+    def theta(self, state: torch.Tensor) -> torch.Tensor:
+        return state[: self.model.dim]
+
+    def alpha(self, state: torch.Tensor) -> torch.Tensor | float:
+        return self.config.inner_lr
+
+    @abstractmethod
+    def client_update(self, state: torch.Tensor, data: Batch, gen: torch.Generator) -> ClientUpdate:
+        """Compute one client's contribution from its local training data."""
+
+    def adapt(
+        self, state: torch.Tensor, support: Batch, *, steps: int | None = None
+    ) -> torch.Tensor:
+        """Personalize on a new site's support set; returns its flat theta_u.
+
+        Only the support set is ever used here: evaluation never adapts on
+        query points.
+        """
+        k = steps if steps is not None else (self.config.adapt_steps or self.config.inner_steps)
+        lr: torch.Tensor | float = (
+            self.config.adapt_lr if self.config.adapt_lr is not None else self.alpha(state)
+        )
+        p = self.theta(state).detach()
+        # Seeded only to choose mini-batches of the site's own support data.
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(k):
+            b = _sample(support, self.config.batch_size, gen)
+            p = p - lr * self.model.grad(p, b)
+        return p
+
+
+class _MetaGradient(Algorithm):
+    """MAML (second order), FOMAML and Meta-SGD share one inner loop."""
+
+    update_kind = UpdateKind.META_GRADIENT
+    second_order = True
+
+    def client_update(self, state: torch.Tensor, data: Batch, gen: torch.Generator) -> ClientUpdate:
+        support, query = split_support_query(data, self.config.support_fraction, gen)
+        return self.meta_gradient(state, support, query, gen)
+
+    def meta_gradient(
+        self, state: torch.Tensor, support: Batch, query: Batch, gen: torch.Generator
+    ) -> ClientUpdate:
+        d = self.model.dim
+        theta = state[:d].detach().requires_grad_(True)
+        leaves = [theta]
+        alpha: torch.Tensor | float
+        if self.learns_alpha:
+            log_alpha = state[d:].detach().requires_grad_(True)
+            leaves.append(log_alpha)
+            alpha = torch.exp(log_alpha)
+        else:
+            alpha = self.config.inner_lr
+        with torch.enable_grad():
+            p = theta
+            for _ in range(self.config.inner_steps):
+                b = _sample(support, self.config.batch_size, gen)
+                # First order: the inner gradient is a constant (no graph through it),
+                # so d theta_u / d theta is the identity, as FOMAML prescribes.
+                g = self.model.grad(p, b, create_graph=self.second_order)
+                p = p - alpha * g
+            q = _sample(query, self.config.query_batch_size, gen)
+            loss = self.model.loss(p, q)
+            grads = torch.autograd.grad(loss, leaves)
+        vector = torch.cat([g.reshape(-1) for g in grads])
+        return ClientUpdate(vector, float(loss.detach()), len(support) + len(query))
+
+
+class MAML(_MetaGradient):
+    pass
+
+
+class FOMAML(_MetaGradient):
+    second_order = False
+
+
+class MetaSGD(_MetaGradient):
+    learns_alpha = True
+
+    def initial_state(self, theta: torch.Tensor) -> torch.Tensor:
+        log_alpha = torch.full_like(theta, math.log(self.config.inner_lr))
+        return torch.cat([theta.detach().float(), log_alpha.float()])
+
+    def alpha(self, state: torch.Tensor) -> torch.Tensor:
+        return torch.exp(state[self.model.dim :])
+
+
+class _LocalTraining(Algorithm):
+    """FedAvg and Reptile: local training, the update is theta - theta_local."""
+
+    def _local_train(self, theta: torch.Tensor, data: Batch, gen: torch.Generator) -> torch.Tensor:
+        """``local_epochs`` epochs of mini-batch SGD/Adam, or exactly ``local_steps`` steps."""
+        cfg = self.config
+        p = theta.detach().clone()
+        adam = cfg.local_optimizer is LocalOptimizer.ADAM
+        m = torch.zeros_like(p) if adam else None
+        v = torch.zeros_like(p) if adam else None
+        t = 0
+        epoch = 0
+        while True:
+            for idx in _batches(len(data), cfg.batch_size, gen):
+                g = self.model.grad(p, data.take(idx))
+                t += 1
+                if m is not None and v is not None:
+                    m.mul_(0.9).add_(g, alpha=0.1)
+                    v.mul_(0.999).addcmul_(g, g, value=0.001)
+                    step = (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+                    p = p - cfg.local_lr * step
+                else:
+                    p = p - cfg.local_lr * g
+                if cfg.local_steps is not None and t >= cfg.local_steps:
+                    return p
+            epoch += 1
+            if cfg.local_steps is None and epoch >= cfg.local_epochs:
+                return p
+
+    def alpha(self, state: torch.Tensor) -> torch.Tensor | float:
+        # Personalization fine-tunes with the local learning rate by default.
+        return self.config.local_lr
+
+    def client_update(self, state: torch.Tensor, data: Batch, gen: torch.Generator) -> ClientUpdate:
+        theta = state.detach()
+        loss = self.model.mean_loss(theta, data)
+        local = self._local_train(theta, data, gen)
+        return ClientUpdate((theta - local).float(), loss, len(data))
+
+
+class FedAvg(_LocalTraining):
+    """FedAvg; FedAvg(Meta) is the same training, fine-tuned on the support set before testing."""
+
+
+class Reptile(_LocalTraining):
+    pass
+
+
+class PerFedAvg(Algorithm):
+    """Per-FedAvg (Fallah et al. 2020), first-order (FO) or Hessian-free (HF).
+
+    Local step on three independent batches D, D', D'':
+    ``w <- w - beta (I - alpha H(w, D'')) grad f(w - alpha grad f(w, D), D')``;
+    FO drops the Hessian term, HF approximates the Hessian-vector product by a
+    central finite difference of gradients.
+    """
+
+    hessian_free = False
+
+    def client_update(self, state: torch.Tensor, data: Batch, gen: torch.Generator) -> ClientUpdate:
+        cfg = self.config
+        w0 = state.detach()
+        loss = self.model.mean_loss(w0, data)
+        w = w0.clone()
+        steps = cfg.local_steps or max(1, math.ceil(len(data) / (cfg.batch_size or len(data))))
+        for _ in range(steps):
+            b1 = _sample(data, cfg.batch_size, gen)
+            b2 = _sample(data, cfg.batch_size, gen)
+            tmp = w - cfg.inner_lr * self.model.grad(w, b1)
+            g = self.model.grad(tmp, b2)
+            if self.hessian_free:
+                b3 = _sample(data, cfg.batch_size, gen)
+                g = g - cfg.inner_lr * self.hvp_finite_difference(w, b3, g)
+            w = w - cfg.local_lr * g
+        return ClientUpdate((w0 - w).float(), loss, len(data))
+
+    def hvp_finite_difference(self, w: torch.Tensor, batch: Batch, v: torch.Tensor) -> torch.Tensor:
+        norm = float(v.norm())
+        if norm == 0.0:
+            return torch.zeros_like(v)
+        delta = self.config.hf_delta / norm
+        plus = self.model.grad(w + delta * v, batch)
+        minus = self.model.grad(w - delta * v, batch)
+        return (plus - minus) / (2 * delta)
+
+
+class PerFedAvgHF(PerFedAvg):
+    hessian_free = True
+
+
+_REGISTRY: dict[AlgorithmName, type[Algorithm]] = {
+    AlgorithmName.MAML: MAML,
+    AlgorithmName.FOMAML: FOMAML,
+    AlgorithmName.METASGD: MetaSGD,
+    AlgorithmName.REPTILE: Reptile,
+    AlgorithmName.PERFEDAVG_FO: PerFedAvg,
+    AlgorithmName.PERFEDAVG_HF: PerFedAvgHF,
+    AlgorithmName.FEDAVG: FedAvg,
+    AlgorithmName.FEDAVG_META: FedAvg,
+}
+
+
+def make_algorithm(config: AlgorithmConfig, model: FunctionalModel) -> Algorithm:
+    return _REGISTRY[config.name](config, model)

@@ -1,0 +1,188 @@
+"""Federated dataset types: clients -> local arrays, client splits, support/query splits.
+
+Every array is validated on construction so that a bad file fails with a
+:class:`DataError` naming the client, never with a stack trace from deep inside
+a training step.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from privacy._errors import ConfigError, DataError
+
+__all__ = ["ClientData", "ClientSplit", "FederatedDataset", "InputKind"]
+
+
+class InputKind(enum.Enum):
+    """What a sample looks like; selects the default model."""
+
+    IMAGE = "image"  # float32 (n, H, W), values in [0, 1]
+    SEQUENCE = "sequence"  # int64 (n, L) token ids
+    TABULAR = "tabular"  # float32 (n, F)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One site's local data. ``x`` has one row per sample, ``y`` holds int64 labels."""
+
+    client_id: str
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.x, np.ndarray) or not isinstance(self.y, np.ndarray):
+            raise DataError(f"client {self.client_id!r}: x and y must be numpy arrays")
+        if self.y.ndim != 1:
+            raise DataError(f"client {self.client_id!r}: y must be 1-D, got shape {self.y.shape}")
+        if self.x.shape[0] != self.y.shape[0]:
+            raise DataError(
+                f"client {self.client_id!r}: x has {self.x.shape[0]} rows but y has "
+                f"{self.y.shape[0]}"
+            )
+        if self.y.shape[0] == 0:
+            raise DataError(f"client {self.client_id!r} has no samples")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, idx: np.ndarray) -> ClientData:
+        return ClientData(self.client_id, self.x[idx], self.y[idx])
+
+    def split_support_query(
+        self, *, support_fraction: float, rng: np.random.Generator
+    ) -> tuple[ClientData, ClientData]:
+        """Disjoint random split: ``support_fraction`` of the samples form the support set.
+
+        Both parts keep at least one sample, so a client with n >= 2 always
+        yields a non-empty support set (for adaptation) and query set (for the
+        meta-loss or evaluation). Adaptation never sees query points.
+        """
+        if not 0.0 < support_fraction < 1.0:
+            raise ConfigError(f"support_fraction must be in (0, 1), got {support_fraction}")
+        n = len(self)
+        if n < 2:
+            raise DataError(f"client {self.client_id!r} needs >= 2 samples to split, has {n}")
+        perm = rng.permutation(n)
+        k = min(max(1, round(support_fraction * n)), n - 1)
+        return self.subset(np.sort(perm[:k])), self.subset(np.sort(perm[k:]))
+
+
+@dataclass(frozen=True)
+class ClientSplit:
+    """Clients partitioned into disjoint train / validation / test (unseen) groups."""
+
+    train: tuple[ClientData, ...]
+    val: tuple[ClientData, ...]
+    test: tuple[ClientData, ...]
+
+
+@dataclass(frozen=True)
+class FederatedDataset:
+    """A naturally partitioned federated dataset."""
+
+    name: str
+    clients: tuple[ClientData, ...]
+    num_classes: int
+    input_kind: InputKind
+    feature_names: tuple[str, ...] | None = None
+    class_names: tuple[str, ...] | None = None
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.clients:
+            raise DataError(f"dataset {self.name!r} has no clients")
+        if self.num_classes < 2:
+            raise DataError(f"dataset {self.name!r}: num_classes must be >= 2")
+        seen: set[str] = set()
+        shape = self.clients[0].x.shape[1:]
+        for c in self.clients:
+            if c.client_id in seen:
+                raise DataError(f"dataset {self.name!r}: duplicate client id {c.client_id!r}")
+            seen.add(c.client_id)
+            if c.x.shape[1:] != shape:
+                raise DataError(
+                    f"client {c.client_id!r}: sample shape {c.x.shape[1:]} differs from {shape}"
+                )
+            if c.y.min() < 0 or c.y.max() >= self.num_classes:
+                raise DataError(
+                    f"client {c.client_id!r}: label out of range [0, {self.num_classes}) "
+                    f"(min {int(c.y.min())}, max {int(c.y.max())})"
+                )
+            if np.issubdtype(c.x.dtype, np.floating) and not np.isfinite(c.x).all():
+                raise DataError(
+                    f"client {c.client_id!r}: features contain NaN or Inf; choose an "
+                    "imputation (e.g. impute=Impute.MEDIAN) for tabular data"
+                )
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.clients[0].x.shape[1:])
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(c) for c in self.clients)
+
+    def client(self, client_id: str) -> ClientData:
+        for c in self.clients:
+            if c.client_id == client_id:
+                return c
+        known = ", ".join(c.client_id for c in self.clients[:8])
+        raise DataError(f"dataset {self.name!r} has no client {client_id!r} (e.g. {known}, ...)")
+
+    def with_clients(self, clients: Iterable[ClientData]) -> FederatedDataset:
+        return FederatedDataset(
+            self.name,
+            tuple(clients),
+            self.num_classes,
+            self.input_kind,
+            self.feature_names,
+            self.class_names,
+            dict(self.metadata),
+        )
+
+    def filter_min_samples(self, min_samples: int) -> FederatedDataset:
+        """Drop clients with fewer than ``min_samples`` samples (the paper's filter)."""
+        if min_samples < 2:
+            raise ConfigError(f"min_samples must be >= 2, got {min_samples}")
+        kept = [c for c in self.clients if len(c) >= min_samples]
+        if not kept:
+            raise DataError(f"dataset {self.name!r}: no client has >= {min_samples} samples")
+        return self.with_clients(kept)
+
+    def split_clients(
+        self, *, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+    ) -> ClientSplit:
+        """Seeded random split of *clients* (not samples) into train / val / test groups."""
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+            raise ConfigError(
+                "client_fractions must be 3 non-negative numbers summing to 1, "
+                f"got {list(fractions)}"
+            )
+        n = len(self.clients)
+        perm = np.random.default_rng(seed).permutation(n)
+        n_val = round(fractions[1] * n)
+        n_test = round(fractions[2] * n)
+        if fractions[2] > 0 and n_test == 0:
+            n_test = 1
+        n_train = n - n_val - n_test
+        if n_train < 1:
+            raise ConfigError(
+                f"dataset {self.name!r} has {n} clients: too few for split {list(fractions)}"
+            )
+        pick = [self.clients[i] for i in perm]
+        return ClientSplit(
+            train=tuple(pick[:n_train]),
+            val=tuple(pick[n_train : n_train + n_val]),
+            test=tuple(pick[n_train + n_val :]),
+        )
+
+    def leave_one_out(self, client_id: str) -> ClientSplit:
+        """All other clients train; ``client_id`` is the new, unseen site (test)."""
+        held = self.client(client_id)
+        rest = tuple(c for c in self.clients if c.client_id != client_id)
+        return ClientSplit(train=rest, val=(), test=(held,))

@@ -1,0 +1,81 @@
+"""Models used by the presets. Any ``torch.nn.Module`` mapping a batch to logits works too.
+
+- :class:`FemnistCNN`: exactly the FedMeta/LEAF FEMNIST CNN (SEEDS.md): conv 5x5 32ch ->
+  2x2 maxpool -> conv 5x5 64ch -> 2x2 maxpool -> FC 2048 ReLU -> 62-way output.
+- :class:`CharLSTM`: Shakespeare next-character model: 8-d embedding, 2-layer LSTM with
+  256 units over 80 characters, output over the vocabulary.
+- :class:`MLP`: tabular data (hidden=() gives multinomial logistic regression).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from privacy._errors import ConfigError
+
+__all__ = ["MLP", "CharLSTM", "FemnistCNN", "default_model"]
+
+
+class FemnistCNN(nn.Module):
+    def __init__(self, num_classes: int = 62) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=5, padding=2)
+        self.fc1 = nn.Linear(7 * 7 * 64, 2048)
+        self.fc2 = nn.Linear(2048, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+class CharLSTM(nn.Module):
+    def __init__(self, vocab_size: int = 73, embed_dim: int = 8, hidden: int = 256) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden, num_layers=2, batch_first=True)
+        self.out = nn.Linear(hidden, vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(self.embed(x.long()))
+        return self.out(h[:, -1, :])
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (64,)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_features
+        for h in hidden:
+            layers += [nn.Linear(prev, h), nn.ReLU()]
+            prev = h
+        layers.append(nn.Linear(prev, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+def default_model(
+    kind: str, *, sample_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64,)
+) -> nn.Module:
+    """Build a model by name: ``cnn``, ``lstm``, ``mlp`` or ``logreg``."""
+    if kind == "cnn":
+        if tuple(sample_shape) != (28, 28):
+            raise ConfigError(f"model 'cnn' needs 28x28 inputs, data has {tuple(sample_shape)}")
+        return FemnistCNN(num_classes)
+    if kind == "lstm":
+        return CharLSTM(vocab_size=num_classes)
+    if kind in ("mlp", "logreg"):
+        n_in = 1
+        for s in sample_shape:
+            n_in *= int(s)
+        return MLP(n_in, num_classes, hidden=() if kind == "logreg" else tuple(hidden))
+    raise ConfigError(f"model.kind must be one of cnn, lstm, mlp, logreg; got {kind!r}")
