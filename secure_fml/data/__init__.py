@@ -1,0 +1,54 @@
+"""Federated datasets: core types, file loaders, named presets and the synthetic default.
+
+Public API (implementation modules are private)::
+
+    FederatedDataset, ClientData, ClientSplit, InputKind     core types (_core)
+    load_npz, load_leaf_json, load_csv, Impute               loaders (_loaders)
+    load_preset, describe_presets, PresetInfo, ...           presets (_presets)
+    make_synthetic                                           Synthetic(alpha, beta) (_synthetic)
+"""
+
+from ._core import ClientData, ClientSplit, FederatedDataset, InputKind
+from ._loaders import (
+    DEFAULT_MISSING_VALUES,
+    LEAF_SHAKESPEARE_VOCAB,
+    Impute,
+    impute_and_standardize,
+    load_csv,
+    load_leaf_json,
+    load_npz,
+)
+from ._presets import (
+    DATA_ROOT_ENV,
+    HELDOUT_METADATA_KEY,
+    PresetInfo,
+    describe_presets,
+    load_preset,
+    preset_names,
+    resolve_data_root,
+    split_clients_with_heldout,
+)
+from ._synthetic import make_synthetic
+
+__all__ = [
+    "DATA_ROOT_ENV",
+    "DEFAULT_MISSING_VALUES",
+    "HELDOUT_METADATA_KEY",
+    "LEAF_SHAKESPEARE_VOCAB",
+    "ClientData",
+    "ClientSplit",
+    "FederatedDataset",
+    "Impute",
+    "InputKind",
+    "PresetInfo",
+    "describe_presets",
+    "impute_and_standardize",
+    "load_csv",
+    "load_leaf_json",
+    "load_npz",
+    "load_preset",
+    "make_synthetic",
+    "preset_names",
+    "resolve_data_root",
+    "split_clients_with_heldout",
+]
