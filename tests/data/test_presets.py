@@ -121,3 +121,15 @@ def test_shakespeare_windows_for_selected_clients(data_root: Path) -> None:
         np.testing.assert_array_equal(c.x[1:, :-1], c.x[:-1, 1:])  # stride-1 windows
     short = load_preset("shakespeare", root=data_root, max_clients=2, seq_len=20, seed=0)
     assert short.sample_shape == (20,)
+
+
+@pytest.mark.data
+def test_load_npz_reads_real_heart_file_with_readable_ids(data_root: Path) -> None:
+    from secure_fml.data import load_npz
+
+    path = data_root / "heart_disease" / "heart_disease_4sites.npz"
+    with pytest.raises(DataError, match=r"client 'cleveland'.*ca, thal"):
+        load_npz(path, input_kind=InputKind.TABULAR, num_classes=2)
+    ds = load_npz(path, input_kind=InputKind.TABULAR, num_classes=2, impute=Impute.MEAN)
+    assert [c.client_id for c in ds.clients] == ["cleveland", "hungarian", "switzerland", "va"]
+    assert ds.feature_names is not None and ds.feature_names[4] == "chol"
