@@ -1,9 +1,46 @@
 """Differential privacy for federated meta-updates: clipping, noise, accounting, ledger, reports.
 
 This package is the bottom layer: it never imports ``secure_fml``, ``aggregation``
-or ``audits``.
+or ``audits``. It works on flat float32 numpy vectors, one per client per round
+(the client's whole update, θ and Meta-SGD α parts together).
+
+Per round, in order::
+
+    res = clip_update(update, clip_norm=C)                       # client
+    noisy = add_noise(res.vector, std=distributed_noise_std(...), source=src)  # client
+    ... secure aggregation of the noisy vectors ...
+    event = GaussianRelease.distributed(round=r, ..., clients_surviving=n)    # server
+    ledger.record(event)                                         # durable, budget-checked
+    apply(aggregate)                                             # only after record()
 """
 
+from privacy._accounting import (
+    ACCOUNTANTS,
+    RDP_ORDERS,
+    Accountant,
+    PrivacyPlan,
+    PrivacyProjection,
+    ProjectionRow,
+    Sampling,
+    SamplingMode,
+    ddgauss_rdp,
+    ddgauss_tau,
+    plan,
+    project,
+    render_plan,
+    render_projection,
+    rounded_l2_norm_bound,
+)
+from privacy._clipping import (
+    AdaptiveClipNoise,
+    AdaptiveClipStep,
+    ClipResult,
+    adaptive_clip_bit,
+    adaptive_clip_noise_split,
+    adaptive_clip_step,
+    adaptive_effective_noise_multiplier,
+    clip_update,
+)
 from privacy._errors import (
     CheckpointError,
     ConfigError,
@@ -21,21 +58,87 @@ from privacy._errors import (
     SecureFMLError,
     TransportError,
 )
+from privacy._events import (
+    ClipStatistics,
+    DistributedDiscreteGaussianRelease,
+    GaussianRelease,
+    PrivacyEvent,
+)
+from privacy._ledger import (
+    LEDGER_SCHEMA_VERSION,
+    LedgerEntry,
+    LedgerHead,
+    PrivacyBudget,
+    PrivacyLedger,
+    read_ledger,
+)
+from privacy._noise import (
+    GaussianNoiseSource,
+    NoisePlacement,
+    add_noise,
+    central_noise_std,
+    distributed_effective_noise_multiplier,
+    distributed_noise_std,
+)
+from privacy._report import LEDGER_FILENAME, ReportPaths, build_report, write_report
 
 __all__ = [
+    "ACCOUNTANTS",
+    "LEDGER_FILENAME",
+    "LEDGER_SCHEMA_VERSION",
+    "RDP_ORDERS",
+    "Accountant",
+    "AdaptiveClipNoise",
+    "AdaptiveClipStep",
     "CheckpointError",
+    "ClipResult",
+    "ClipStatistics",
     "ConfigError",
     "ConsistencyCheckFailed",
     "DataError",
+    "DistributedDiscreteGaussianRelease",
     "DropoutThresholdNotMet",
+    "GaussianNoiseSource",
+    "GaussianRelease",
     "InsecureModeError",
     "InvalidMessage",
     "InvalidSignature",
     "LedgerCorrupted",
+    "LedgerEntry",
+    "LedgerHead",
+    "NoisePlacement",
+    "PrivacyBudget",
     "PrivacyBudgetExhausted",
     "PrivacyError",
+    "PrivacyEvent",
+    "PrivacyLedger",
+    "PrivacyPlan",
+    "PrivacyProjection",
+    "ProjectionRow",
     "ProtocolAbort",
     "ProtocolError",
+    "ReportPaths",
+    "Sampling",
+    "SamplingMode",
     "SecureFMLError",
     "TransportError",
+    "adaptive_clip_bit",
+    "adaptive_clip_noise_split",
+    "adaptive_clip_step",
+    "adaptive_effective_noise_multiplier",
+    "add_noise",
+    "build_report",
+    "central_noise_std",
+    "clip_update",
+    "ddgauss_rdp",
+    "ddgauss_tau",
+    "distributed_effective_noise_multiplier",
+    "distributed_noise_std",
+    "plan",
+    "project",
+    "read_ledger",
+    "render_plan",
+    "render_projection",
+    "rounded_l2_norm_bound",
+    "write_report",
 ]

@@ -69,11 +69,11 @@ class PrivacyError(SecureFMLError):
     """Base class of differential-privacy errors."""
 
 
-class PrivacyBudgetExhausted(PrivacyError):
+class PrivacyBudgetExhausted(PrivacyError):  # noqa: N818 - names fixed by the project API
     """The next release would push the spent epsilon above ``max_epsilon`` at ``delta``."""
 
 
-class LedgerCorrupted(PrivacyError):
+class LedgerCorrupted(PrivacyError):  # noqa: N818 - names fixed by the project API
     """The privacy ledger is truncated, reordered or tampered with; never treated as empty."""
 
 
@@ -81,7 +81,7 @@ class ProtocolError(SecureFMLError):
     """Base class of secure-aggregation protocol errors."""
 
 
-class InvalidMessage(ProtocolError):
+class InvalidMessage(ProtocolError):  # noqa: N818 - names fixed by the project API
     """A protocol message is malformed, duplicated, replayed, out of order or inconsistent."""
 
 
@@ -89,7 +89,7 @@ class InvalidSignature(InvalidMessage):
     """A signature, MAC or AEAD tag failed to verify."""
 
 
-class ProtocolAbort(ProtocolError):
+class ProtocolAbort(ProtocolError):  # noqa: N818 - names fixed by the project API
     """The round cannot complete without violating the protocol's guarantees."""
 
 

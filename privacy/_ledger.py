@@ -1,0 +1,447 @@
+"""The privacy ledger: an append-only, hash-chained, fsync'd JSON-lines file.
+
+Two-phase use, every round::
+
+    ledger.record(event)   # 1. budget check, append, flush, fsync -> returns
+    apply(aggregate)       # 2. only now apply / release the aggregate
+
+``record`` returns only after the line is on disk, so a crash after it and
+before the apply leaves the round *charged but not applied*: on restart
+``ledger.last_round`` says round r was already charged, and the server resumes
+at ``ledger.next_round`` (the charge is kept: the noised aggregate may have left
+the process). A crash *during* ``record`` can only leave a torn last line,
+which the next ``open`` reports as :class:`LedgerCorrupted`; because the
+caller never got control back, nothing was released for it, and an operator
+can remove the torn tail explicitly with :meth:`PrivacyLedger.discard_torn_tail`.
+
+Each line is canonical JSON (sorted keys, no spaces, no NaN) with ``schema``,
+``seq``, ``round``, ``timestamp``, ``type``, ``event``, ``prev_hash`` and
+``hash = SHA-256(prev_hash + "\\n" + canonical line without hash)``. Opening
+re-verifies every line, re-validates every event and rebuilds the accountant;
+any mismatch (edited value, deleted/reordered/duplicated line, non-JSON or
+truncated line, rounds out of order) raises :class:`LedgerCorrupted`. It is
+never treated as an empty ledger.
+
+What the chain does *not* do: anyone who can write the file can also
+recompute the chain. Keep :attr:`PrivacyLedger.head` in the server checkpoint
+and pass it back as ``expected_head`` to detect a ledger that was truncated
+at a line boundary or rolled back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import hmac
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from privacy._accounting import ACCOUNTANTS, Accountant
+from privacy._errors import (
+    ConfigError,
+    LedgerCorrupted,
+    PrivacyBudgetExhausted,
+    PrivacyError,
+)
+from privacy._events import (
+    ClipStatistics,
+    PrivacyEvent,
+    event_from_dict,
+    event_to_dict,
+)
+from privacy._validation import require_positive, require_probability
+
+__all__ = [
+    "LEDGER_SCHEMA_VERSION",
+    "LedgerEntry",
+    "LedgerHead",
+    "PrivacyBudget",
+    "PrivacyLedger",
+    "read_ledger",
+]
+
+LEDGER_SCHEMA_VERSION = 1
+GENESIS_HASH = "0" * 64
+_KEYS = frozenset({"schema", "seq", "round", "timestamp", "type", "event", "prev_hash", "hash"})
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def _entry_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + b"\n" + _canonical(body)).hexdigest()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} in ledger")
+
+
+@dataclass(frozen=True)
+class LedgerHead:
+    """Number of entries and hash of the last one; store it in checkpoints."""
+
+    entries: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One verified ledger line."""
+
+    seq: int
+    round: int
+    timestamp: str
+    event: PrivacyEvent
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class PrivacyBudget:
+    """Refuse any release that would push ε above ``max_epsilon`` at ``delta``
+    under the named ``accountant``."""
+
+    max_epsilon: float
+    delta: float
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        require_positive("max_epsilon", self.max_epsilon)
+        d = require_probability("delta", self.delta)
+        if d >= 1.0:
+            raise ConfigError(f"delta must be < 1, got {d}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(
+                f"unknown accountant {self.accountant!r}; choose one of {sorted(ACCOUNTANTS)}"
+            )
+
+
+def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
+    """Verify a whole ledger file; raise LedgerCorrupted with the line number."""
+    if data and not data.endswith(b"\n"):
+        raise LedgerCorrupted(
+            f"{path}: last line is truncated (no trailing newline); a write was torn. "
+            "Refusing to guess; see PrivacyLedger.discard_torn_tail"
+        )
+    entries: list[LedgerEntry] = []
+    prev = GENESIS_HASH
+    last_release_round: int | None = None
+    stats_rounds: set[int] = set()
+    for i, raw in enumerate(data.split(b"\n")[:-1] if data else []):
+        where = f"{path}: line {i + 1}"
+        try:
+            obj = json.loads(raw.decode("ascii"), parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise LedgerCorrupted(f"{where}: not valid JSON ({exc})") from exc
+        if not isinstance(obj, dict) or set(obj) != _KEYS:
+            raise LedgerCorrupted(f"{where}: wrong set of keys")
+        if obj["schema"] != LEDGER_SCHEMA_VERSION:
+            raise LedgerCorrupted(f"{where}: unsupported schema version {obj['schema']!r}")
+        if obj["seq"] != i:
+            raise LedgerCorrupted(f"{where}: sequence number {obj['seq']!r}, expected {i}")
+        if not isinstance(obj["prev_hash"], str) or not hmac.compare_digest(
+            obj["prev_hash"], prev
+        ):
+            raise LedgerCorrupted(f"{where}: hash chain broken (line deleted or reordered?)")
+        body = {k: v for k, v in obj.items() if k != "hash"}
+        try:
+            expected = _entry_hash(prev, body)
+            canonical_line = _canonical(obj)
+        except (TypeError, ValueError) as exc:
+            raise LedgerCorrupted(f"{where}: cannot canonicalise ({exc})") from exc
+        if not isinstance(obj["hash"], str) or not hmac.compare_digest(obj["hash"], expected):
+            raise LedgerCorrupted(f"{where}: entry hash mismatch (line edited?)")
+        if canonical_line != raw:
+            raise LedgerCorrupted(f"{where}: not in canonical form (line edited?)")
+        if not isinstance(obj["event"], dict) or not isinstance(obj["type"], str):
+            raise LedgerCorrupted(f"{where}: malformed event")
+        try:
+            event = event_from_dict(obj["type"], obj["event"])
+        except (PrivacyError, ValueError, TypeError) as exc:
+            raise LedgerCorrupted(f"{where}: invalid {obj['type']} event ({exc})") from exc
+        if obj["round"] != event.round or not isinstance(obj["timestamp"], str):
+            raise LedgerCorrupted(f"{where}: round/timestamp fields inconsistent")
+        if isinstance(event, ClipStatistics):
+            if event.round != last_release_round or event.round in stats_rounds:
+                raise LedgerCorrupted(
+                    f"{where}: clip statistics for round {event.round} out of place"
+                )
+            stats_rounds.add(event.round)
+        else:
+            if last_release_round is not None and event.round <= last_release_round:
+                raise LedgerCorrupted(
+                    f"{where}: release for round {event.round} after round "
+                    f"{last_release_round} (duplicate or reordered round)"
+                )
+            last_release_round = event.round
+        entries.append(
+            LedgerEntry(i, event.round, obj["timestamp"], event, obj["prev_hash"], obj["hash"])
+        )
+        prev = obj["hash"]
+    return entries
+
+
+def read_ledger(path: str | os.PathLike[str]) -> tuple[LedgerEntry, ...]:
+    """Read and fully verify a ledger without opening it for writing."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError as exc:
+        raise LedgerCorrupted(f"{p}: ledger file is missing") from exc
+    return tuple(_parse(data, p))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PrivacyLedger:
+    """Append-only privacy ledger with an optional :class:`PrivacyBudget`.
+
+    Open with :meth:`open`. Holds an exclusive ``flock`` on the file while open
+    so two servers cannot append to one ledger.
+    """
+
+    def __init__(self, *, _path: Path, _fd: int, _entries: list[LedgerEntry],
+                 _budget: PrivacyBudget | None, _size: int) -> None:
+        self._path = _path
+        self._fd = _fd
+        self._entries = _entries
+        self._budget = _budget
+        self._size = _size
+        self._poisoned: str | None = None
+        self._accountants: dict[str, Accountant] = {}
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        budget: PrivacyBudget | None = None,
+        create: bool = True,
+        expected_head: LedgerHead | None = None,
+    ) -> PrivacyLedger:
+        """Open (creating if allowed) and fully verify the ledger at ``path``."""
+        if budget is not None and not isinstance(budget, PrivacyBudget):
+            raise TypeError("budget must be a PrivacyBudget")
+        p = Path(path)
+        created = False
+        try:
+            fd = os.open(p, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            if not create:
+                raise LedgerCorrupted(f"{p}: ledger file is missing") from None
+            if expected_head is not None and expected_head.entries > 0:
+                raise LedgerCorrupted(
+                    f"{p}: ledger is missing but the checkpoint expects "
+                    f"{expected_head.entries} entries; refusing to start from zero"
+                ) from None
+            fd = os.open(p, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise PrivacyError(f"{p}: ledger is open in another process") from exc
+            if created:
+                os.fsync(fd)
+                _fsync_dir(p.parent.resolve())
+            with open(p, "rb") as fh:
+                data = fh.read()
+            entries = _parse(data, p)
+            ledger = cls(_path=p, _fd=fd, _entries=entries, _budget=budget, _size=len(data))
+            if expected_head is not None:
+                ledger._check_head(expected_head)
+            # Rebuild (and thereby validate) the budget's accountant now.
+            if budget is not None:
+                ledger.accountant(budget.accountant)
+        except BaseException:
+            os.close(fd)
+            raise
+        return ledger
+
+    def _check_head(self, expected: LedgerHead) -> None:
+        n = expected.entries
+        if n > len(self._entries):
+            raise LedgerCorrupted(
+                f"{self._path}: ledger has {len(self._entries)} entries but the "
+                f"checkpoint expects at least {n} (truncated or rolled back)"
+            )
+        if n > 0 and not hmac.compare_digest(self._entries[n - 1].hash, expected.hash):
+            raise LedgerCorrupted(f"{self._path}: entry {n - 1} does not match the checkpoint")
+
+    # -- read side ---------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def entries(self) -> tuple[LedgerEntry, ...]:
+        return tuple(self._entries)
+
+    @property
+    def events(self) -> tuple[PrivacyEvent, ...]:
+        return tuple(e.event for e in self._entries)
+
+    @property
+    def head(self) -> LedgerHead:
+        last = self._entries[-1].hash if self._entries else GENESIS_HASH
+        return LedgerHead(len(self._entries), last)
+
+    @property
+    def last_round(self) -> int | None:
+        """Round of the last *charged* release (None if nothing was released)."""
+        for e in reversed(self._entries):
+            if not isinstance(e.event, ClipStatistics):
+                return e.round
+        return None
+
+    @property
+    def next_round(self) -> int:
+        """The smallest round number :meth:`record` accepts for a release."""
+        last = self.last_round
+        return 0 if last is None else last + 1
+
+    def accountant(self, name: str = "rdp") -> Accountant:
+        """A copy of the accountant of ``name`` rebuilt from the ledger."""
+        if name not in self._accountants:
+            acc = Accountant(name)
+            try:
+                for e in self._entries:
+                    e.event.apply_to(acc)
+            except (PrivacyError, ConfigError) as exc:
+                raise LedgerCorrupted(f"{self._path}: cannot account ledger: {exc}") from exc
+            self._accountants[name] = acc
+        return self._accountants[name].copy()
+
+    def epsilon(self, *, delta: float, accountant: str = "rdp") -> float:
+        """ε spent so far at ``delta``."""
+        return self.accountant(accountant).get_epsilon(delta)
+
+    # -- write side --------------------------------------------------------
+
+    def check(self, event: PrivacyEvent) -> None:
+        """Raise if ``event`` cannot be recorded next (round order, budget)."""
+        if self._poisoned is not None:
+            raise PrivacyError(f"ledger unusable after a failed write: {self._poisoned}")
+        if isinstance(event, ClipStatistics):
+            if event.round != self.last_round or any(
+                isinstance(e.event, ClipStatistics) and e.round == event.round
+                for e in self._entries
+            ):
+                raise PrivacyError(
+                    f"clip statistics must follow the release of round {event.round}, once"
+                )
+            return
+        if event.round < self.next_round:
+            raise PrivacyError(
+                f"round {event.round} is not after the last charged round "
+                f"{self.last_round}: it was already charged; continue at {self.next_round}"
+            )
+        if self._budget is not None:
+            b = self._budget
+            acc = self.accountant(b.accountant)
+            current = acc.get_epsilon(b.delta)
+            event.apply_to(acc)
+            after = acc.get_epsilon(b.delta)
+            if not math.isfinite(after) or after > b.max_epsilon:
+                raise PrivacyBudgetExhausted(
+                    f"round {event.round} refused: spent epsilon={current:.4f}, this release "
+                    f"would bring it to epsilon={after:.4f} > max_epsilon={b.max_epsilon:g} "
+                    f"(delta={b.delta:g}, accountant={b.accountant})"
+                )
+
+    def record(self, event: PrivacyEvent, *, timestamp: str | None = None) -> LedgerEntry:
+        """Check, append, flush and fsync ``event``; return once it is durable.
+
+        Apply or release the aggregate only after this returns. Raises
+        :class:`PrivacyBudgetExhausted` (nothing written) when over budget.
+        """
+        self.check(event)
+        ts = timestamp if timestamp is not None else _dt.datetime.now(_dt.UTC).isoformat()
+        if not isinstance(ts, str):
+            raise TypeError("timestamp must be an ISO-8601 str")
+        prev = self.head.hash
+        body = {
+            "schema": LEDGER_SCHEMA_VERSION,
+            "seq": len(self._entries),
+            "round": event.round,
+            "timestamp": ts,
+            "type": event.kind,
+            "event": event_to_dict(event),
+            "prev_hash": prev,
+        }
+        h = _entry_hash(prev, body)
+        line = _canonical({**body, "hash": h}) + b"\n"
+        if os.fstat(self._fd).st_size != self._size:
+            self._poisoned = "file changed behind the ledger's back"
+            raise LedgerCorrupted(f"{self._path}: file was modified by someone else")
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(self._fd, line[written:])
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._poisoned = repr(exc)
+            raise
+        self._size += len(line)
+        entry = LedgerEntry(len(self._entries), event.round, ts, event, prev, h)
+        self._entries.append(entry)
+        for acc in self._accountants.values():
+            event.apply_to(acc)
+        return entry
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> PrivacyLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[LedgerEntry]:
+        return iter(tuple(self._entries))
+
+    @staticmethod
+    def discard_torn_tail(path: str | os.PathLike[str]) -> bytes:
+        """Explicit operator action: cut a torn (newline-less) last line.
+
+        Only a line without its newline is removed (a complete line is never
+        touched); the removed bytes are returned and also saved beside the
+        ledger as ``<name>.torn``. Safe because :meth:`record` had not returned
+        for that line, so its aggregate was never applied or released.
+        """
+        p = Path(path)
+        data = p.read_bytes()
+        if not data or data.endswith(b"\n"):
+            raise PrivacyError(f"{p}: no torn tail to discard")
+        cut = data.rfind(b"\n") + 1
+        tail = data[cut:]
+        torn = p.with_name(p.name + ".torn")
+        torn.write_bytes(tail)
+        with open(p, "r+b") as fh:
+            fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(p.parent.resolve())
+        return tail

@@ -1,0 +1,250 @@
+"""Gaussian noise from a CSPRNG, and where it is added (distributed or central).
+
+Noise source
+------------
+Noise is drawn from a ChaCha20 keystream (``cryptography``) keyed with 32 bytes
+from ``os.urandom``. Each Gaussian is produced by Box–Muller on 53-bit uniforms,
+and -- the floating-point mitigation -- every returned sample is the *sum of four*
+independent standard Gaussians divided by two.
+
+Why the sum: a floating-point Gaussian sampler does not produce every double;
+the set of values Box–Muller can emit for a given uniform pair is sparse and
+structured, so an observer who sees ``x + noise`` in full precision can, for
+some outputs, tell which ``x`` it came from (Mironov 2012 for Laplace; Holohan
+& Braghin 2021, "Secure Random Sampling in Differential Privacy", for the
+Gaussian). Opacus' ``secure_mode`` mitigates this by summing several Gaussians
+(``sum of 4 N(0, σ²) / 2``), which smears the lattice of reachable values so
+the low-order bits carry no usable information; we do the same. We also add the
+noise in float64 and only round the *noisy* result to float32, so the rounding
+happens after the signal has been masked. This is a mitigation, not an exact
+sampler; the distributed discrete Gaussian path (integer noise, sampled by the
+aggregation layer) avoids floating point altogether.
+
+A user seed is refused unless ``insecure_test_mode=True``, and then a loud
+``warnings.warn`` names the production risk.
+
+Placement
+---------
+``NoisePlacement.CENTRAL``: the (trusted) server adds N(0, (σC)²) to the sum.
+``NoisePlacement.DISTRIBUTED``: each client adds N(0, (σC)²/(m_min - k)) where
+``m_min`` is the smallest number of survivors the round accepts and ``k`` the
+number of clients assumed to collude with the server (they know, and can
+subtract, their own noise). The sum over any accepted survivor set then carries
+at least σC of noise unknown to the adversary. The accountant is charged with
+the noise *actually present*, :func:`distributed_effective_noise_multiplier`,
+and a survivor count below ``m_min`` is an error, never a silent under-noising.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from privacy._clipping import as_flat_float32
+from privacy._errors import ConfigError, DropoutThresholdNotMet, InsecureModeError
+from privacy._validation import require_int, require_positive
+
+__all__ = [
+    "GaussianNoiseSource",
+    "NoisePlacement",
+    "add_noise",
+    "central_noise_std",
+    "distributed_effective_noise_multiplier",
+    "distributed_noise_std",
+]
+
+
+class NoisePlacement(enum.Enum):
+    """Who adds the Gaussian noise of a release."""
+
+    DISTRIBUTED = "distributed"
+    CENTRAL = "central"
+
+
+# Re-key well before ChaCha20's 32-bit block counter (256 GiB) could wrap.
+_REKEY_BYTES = 1 << 34
+_TWO_PI = 2.0 * math.pi
+# Number of Gaussians summed per returned sample (Opacus secure_mode uses 4).
+_N_SUMMED = 4
+
+INSECURE_SEED_WARNING = (
+    "GaussianNoiseSource is running in INSECURE TEST MODE with a user-supplied seed: "
+    "the differential-privacy noise is reproducible by anyone who knows or guesses the "
+    "seed, who can then subtract it and recover client updates. Never use this in "
+    "production or for any run whose privacy guarantee is reported."
+)
+
+
+class GaussianNoiseSource:
+    """Standard-normal samples from a ChaCha20 keystream.
+
+    ``GaussianNoiseSource()`` is the production path (key from ``os.urandom``).
+    ``GaussianNoiseSource(seed=..., insecure_test_mode=True)`` is reproducible
+    and warns; a seed without ``insecure_test_mode`` raises
+    :class:`InsecureModeError`.
+    """
+
+    def __init__(self, *, seed: int | bytes | None = None, insecure_test_mode: bool = False):
+        if not isinstance(insecure_test_mode, bool):
+            raise TypeError("insecure_test_mode must be a bool")
+        if seed is not None and not insecure_test_mode:
+            raise InsecureModeError(
+                "a seed for DP noise is only accepted with insecure_test_mode=True "
+                "(seeded noise can be regenerated and subtracted by an attacker)"
+            )
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int | bytes):
+                raise TypeError(f"seed must be int or bytes, got {type(seed).__name__}")
+            warnings.warn(INSECURE_SEED_WARNING, RuntimeWarning, stacklevel=2)
+            seed_bytes = seed if isinstance(seed, bytes) else str(seed).encode()
+            self._seed_key: bytes | None = hashlib.sha256(b"secure-fml-noise" + seed_bytes).digest()
+        else:
+            self._seed_key = None
+        self.insecure_test_mode = insecure_test_mode
+        self._generation = 0
+        self._rekey()
+
+    @property
+    def is_secure(self) -> bool:
+        """True when the key came from ``os.urandom`` (no user seed)."""
+        return self._seed_key is None
+
+    def _rekey(self) -> None:
+        if self._seed_key is None:
+            key = os.urandom(32)
+        else:
+            key = hashlib.sha256(self._seed_key + self._generation.to_bytes(8, "little")).digest()
+        self._generation += 1
+        # Fresh key every time, so an all-zero nonce is never reused with a key.
+        self._encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+        self._bytes_used = 0
+
+    def _keystream(self, n_bytes: int) -> bytes:
+        if self._bytes_used + n_bytes > _REKEY_BYTES:
+            self._rekey()
+        self._bytes_used += n_bytes
+        return self._encryptor.update(bytes(n_bytes))
+
+    def uniform53(self, n: int) -> npt.NDArray[np.float64]:
+        """``n`` uniforms in (0, 1], each from 53 fresh keystream bits."""
+        n = require_int("n", n, minimum=0)
+        words = np.frombuffer(self._keystream(8 * n), dtype="<u8")
+        return ((words >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
+
+    def _box_muller(self, n: int) -> npt.NDArray[np.float64]:
+        pairs = (n + 1) // 2
+        u1 = self.uniform53(pairs)  # (0, 1]: log never sees 0
+        u2 = self.uniform53(pairs)
+        r = np.sqrt(-2.0 * np.log(u1))
+        theta = _TWO_PI * u2
+        out = np.empty(2 * pairs, dtype=np.float64)
+        out[0::2] = r * np.cos(theta)
+        out[1::2] = r * np.sin(theta)
+        return out[:n]
+
+    def standard_normal(self, n: int) -> npt.NDArray[np.float64]:
+        """``n`` N(0, 1) samples, each the sum of four Box–Muller draws over 2."""
+        n = require_int("n", n, minimum=0)
+        total = self._box_muller(_N_SUMMED * n).reshape(_N_SUMMED, n).sum(axis=0)
+        return total / math.sqrt(_N_SUMMED)
+
+    def normal(self, n: int, *, std: float) -> npt.NDArray[np.float64]:
+        """``n`` samples of N(0, std²) in float64."""
+        s = require_positive("std", std, allow_zero=True)
+        return self.standard_normal(n) * s
+
+
+def add_noise(
+    vec: Any,
+    *,
+    std: float,
+    source: GaussianNoiseSource,
+    last_coordinate_std: float | None = None,
+) -> npt.NDArray[np.float32]:
+    """Return ``vec + N(0, std²)`` as float32, noise added in float64.
+
+    ``last_coordinate_std`` gives the appended adaptive-clipping bit its own
+    standard deviation (see :func:`privacy.adaptive_clip_noise_split`).
+    """
+    if not isinstance(source, GaussianNoiseSource):
+        raise TypeError("source must be a GaussianNoiseSource")
+    arr = as_flat_float32(vec).astype(np.float64)
+    s = require_positive("std", std, allow_zero=True)
+    noise = source.normal(arr.size, std=1.0)
+    scales = np.full(arr.size, s, dtype=np.float64)
+    if last_coordinate_std is not None:
+        scales[-1] = require_positive("last_coordinate_std", last_coordinate_std, allow_zero=True)
+    return (arr + noise * scales).astype(np.float32)
+
+
+def central_noise_std(*, noise_multiplier: float, clip_norm: float) -> float:
+    """Standard deviation σC the server adds to the sum of clipped updates."""
+    z = require_positive("noise_multiplier", noise_multiplier, allow_zero=True)
+    c = require_positive("clip_norm", clip_norm)
+    return z * c
+
+
+def distributed_noise_std(
+    *,
+    noise_multiplier: float,
+    clip_norm: float,
+    min_survivors: int,
+    assumed_colluding_clients: int = 0,
+) -> float:
+    """Per-client standard deviation ``σC / sqrt(m_min - k)``.
+
+    Any accepted survivor set has at least ``m_min`` members, of which at most
+    ``k`` collude with the server, so the noise the adversary cannot remove has
+    variance at least ``(m_min - k) · (σC)² / (m_min - k) = (σC)²``.
+    """
+    z = require_positive("noise_multiplier", noise_multiplier, allow_zero=True)
+    c = require_positive("clip_norm", clip_norm)
+    m = require_int("min_survivors", min_survivors, minimum=1)
+    k = require_int("assumed_colluding_clients", assumed_colluding_clients, minimum=0)
+    if k >= m:
+        raise ConfigError(
+            f"assumed_colluding_clients={k} must be < min_survivors={m}: "
+            "otherwise no honest noise is guaranteed to remain in the sum"
+        )
+    return z * c / math.sqrt(m - k)
+
+
+def distributed_effective_noise_multiplier(
+    *,
+    per_client_std: float,
+    clip_norm: float,
+    num_survivors: int,
+    min_survivors: int,
+    assumed_colluding_clients: int = 0,
+) -> float:
+    """Noise multiplier actually present in a distributed-noise sum.
+
+    ``sqrt(n - k) · per_client_std / C`` for ``n`` survivors, ``k`` of them
+    assumed colluding. This is the value the accountant is charged with (it is
+    larger than the target when more than ``m_min`` clients survive). Fewer
+    survivors than ``min_survivors`` raises :class:`DropoutThresholdNotMet`:
+    the sum would be under-noised, so the round must abort, not be released.
+    """
+    s = require_positive("per_client_std", per_client_std)
+    c = require_positive("clip_norm", clip_norm)
+    n = require_int("num_survivors", num_survivors, minimum=0)
+    m = require_int("min_survivors", min_survivors, minimum=1)
+    k = require_int("assumed_colluding_clients", assumed_colluding_clients, minimum=0)
+    if k >= m:
+        raise ConfigError(f"assumed_colluding_clients={k} must be < min_survivors={m}")
+    if n < m:
+        raise DropoutThresholdNotMet(
+            f"only {n} clients survived but distributed noise was sized for at least "
+            f"{m}; releasing this sum would under-noise it (effective noise multiplier "
+            f"{math.sqrt(max(n - k, 0)) * s / c:.4g} instead of >= "
+            f"{math.sqrt(m - k) * s / c:.4g}); abort the round"
+        )
+    return math.sqrt(n - k) * s / c
