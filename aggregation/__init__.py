@@ -1,8 +1,66 @@
 """Secure aggregation (SecAgg, SecAgg+): the server only ever sees the sum.
 
-Public protocol layer: client/server sessions and config. Cryptographic
-primitives live in the private ``aggregation._primitives`` module. This package
-never imports ``secure_fml`` or ``audits``; it may import ``privacy`` (errors).
+Public protocol layer: client/server sessions, config, wire messages, the
+fixed-point codec and an in-process driver. Cryptographic primitives live in
+the private ``aggregation._primitives`` module ("hazmat"). This package never
+imports ``secure_fml`` or ``audits``; it imports ``privacy`` only for the
+shared exception hierarchy.
+
+Typical use (simulation)::
+
+    from aggregation import SecAggConfig, SecAggMode, secure_sum
+
+    cfg = SecAggConfig(num_clients=len(updates), mode=SecAggMode.SECAGG_PLUS)
+    res = secure_sum(updates, config=cfg, clip_norm=1.0)
+    mean = res.sum / len(res.survivors)
 """
 
-__all__: list[str] = []
+from aggregation._client import ClientSession
+from aggregation._config import SecAggConfig, SecAggMode, Stage, find_secagg_plus_parameters
+from aggregation._driver import (
+    SecureSumResult,
+    per_client_noise_stddev,
+    secure_sum,
+    secure_sum_int,
+)
+from aggregation._encoding import FixedPointCodec, centered_lift
+from aggregation._messages import (
+    PROTOCOL_VERSION,
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencyResponse,
+    KeyBroadcast,
+    MaskedInput,
+    Message,
+    ShareKeys,
+    ShareRouting,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from aggregation._server import ServerSession
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AdvertiseKeys",
+    "ClientSession",
+    "ConsistencyRequest",
+    "ConsistencyResponse",
+    "FixedPointCodec",
+    "KeyBroadcast",
+    "MaskedInput",
+    "Message",
+    "SecAggConfig",
+    "SecAggMode",
+    "SecureSumResult",
+    "ServerSession",
+    "ShareKeys",
+    "ShareRouting",
+    "Stage",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "centered_lift",
+    "find_secagg_plus_parameters",
+    "per_client_noise_stddev",
+    "secure_sum",
+    "secure_sum_int",
+]

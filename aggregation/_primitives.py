@@ -1,0 +1,576 @@
+"""Hazmat layer of the secure-aggregation package. Private: use the sessions instead.
+
+Everything here is a thin, typed wrapper over ``cryptography`` (X25519, HKDF-SHA256,
+AES-CTR, AES-GCM, Ed25519) plus two pieces we write ourselves because no vetted
+library offers them in the shape we need:
+
+* Shamir t-of-n secret sharing of 32-byte secrets over the prime field
+  GF(2^256 + 297) (the smallest prime above 2^256, so every 32-byte string is a
+  field element), with a fixed-width binary share encoding.
+* The exact discrete Gaussian sampler of Canonne, Kamath and Steinke (2020),
+  vectorised with numpy but using only integer arithmetic on CSPRNG output, so
+  the sampled distribution is exactly N_Z(0, sigma^2) for the rational sigma^2
+  reported by :class:`DiscreteGaussianSampler`.
+
+Nothing in this module reads a global or non-cryptographic random number
+generator. All randomness comes from :class:`Csprng`, an AES-256-CTR keystream
+keyed from ``os.urandom`` (or, in the loud insecure test mode, from a seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+from privacy._errors import ConfigError, InvalidMessage, InvalidSignature
+
+__all__ = [
+    "KEY_BYTES",
+    "PRIME",
+    "SHARE_BYTES",
+    "SIGNATURE_BYTES",
+    "Csprng",
+    "DiscreteGaussianSampler",
+    "KeyPair",
+    "add_prg_masks",
+    "aead_decrypt",
+    "aead_encrypt",
+    "decode_share",
+    "derive_key",
+    "encode_share",
+    "fwht",
+    "lagrange_coefficients_at_zero",
+    "prg_keystream",
+    "shamir_reconstruct",
+    "shamir_split",
+    "sign",
+    "verify",
+]
+
+#: Field modulus for Shamir sharing: the smallest prime above 2^256.
+PRIME = 2**256 + 297
+#: Encoded field element width (a value < PRIME needs 257 bits).
+ELEMENT_BYTES = 33
+#: Encoded share: x-coordinate (uint32, big-endian) || y (33 bytes, big-endian).
+SHARE_BYTES = 4 + ELEMENT_BYTES
+KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+_DOMAIN = b"secure-fml/secagg/v1/"
+
+
+# ---------------------------------------------------------------------------
+# Randomness
+# ---------------------------------------------------------------------------
+
+
+class Csprng:
+    """A cryptographically secure stream of random bytes and integers.
+
+    The stream is AES-256-CTR keyed with 32 bytes from ``os.urandom``. Drawing
+    large numpy arrays from a keystream is an order of magnitude faster than
+    calling ``os.urandom`` repeatedly and is as strong as the AES key. A seed is
+    accepted only through :meth:`insecure_from_seed`, which the public API
+    reaches only in its explicitly named insecure test mode.
+    """
+
+    def __init__(self, key: bytes | None = None) -> None:
+        if key is None:
+            key = os.urandom(KEY_BYTES)
+        if len(key) != KEY_BYTES:
+            raise ConfigError("Csprng key must be 32 bytes")
+        self._enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+
+    @classmethod
+    def insecure_from_seed(cls, seed: int, label: str) -> Csprng:
+        """Deterministic stream for tests only: anyone who knows the seed knows every draw."""
+        digest = hashlib.sha256(
+            _DOMAIN + b"insecure-seed/" + label.encode() + b"/" + str(int(seed)).encode()
+        ).digest()
+        return cls(digest)
+
+    def bytes(self, n: int) -> bytes:
+        return self._enc.update(bytes(n))
+
+    def uint64(self, n: int) -> np.ndarray:
+        return np.frombuffer(self.bytes(8 * n), dtype=np.uint64).copy()
+
+    def below(self, bound: np.ndarray | int, n: int | None = None) -> np.ndarray:
+        """Uniform integers in [0, bound) for each bound (< 2^63), by unbiased rejection.
+
+        Uses the arc4random_uniform trick: reject r < (2^64 - m) mod m, which
+        leaves a multiple of m values, then reduce mod m.
+        """
+        m = np.asarray(bound, dtype=np.uint64)
+        if n is not None:
+            m = np.broadcast_to(m, (n,))
+        m = np.ascontiguousarray(m)
+        if m.size and (m.min() < 1 or m.max() >= np.uint64(2**63)):
+            raise ConfigError("bound must be in [1, 2^63)")
+        out = np.empty(m.shape, dtype=np.uint64)
+        todo = np.arange(m.size)
+        flat_m = m.reshape(-1)
+        flat_out = out.reshape(-1)
+        while todo.size:
+            mm = flat_m[todo]
+            r = self.uint64(todo.size)
+            threshold = (np.uint64(0) - mm) % mm  # == (2^64 - m) mod m in uint64
+            ok = r >= threshold
+            flat_out[todo[ok]] = r[ok] % mm[ok]
+            todo = todo[~ok]
+        return out
+
+    def uniform01(self, n: int) -> np.ndarray:
+        """Uniform floats in [0, 1) with 53 random bits each."""
+        return (self.uint64(n) >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+# ---------------------------------------------------------------------------
+# Key agreement, key derivation, signatures, AEAD
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """An X25519 key pair with raw 32-byte encodings."""
+
+    private: X25519PrivateKey
+    public_bytes: bytes
+
+    @classmethod
+    def generate(cls, rng: Csprng | None = None) -> KeyPair:
+        # With a Csprng we derive the key from its stream (used by the insecure
+        # deterministic mode and, equivalently strong, by the secure stream).
+        sk = (
+            X25519PrivateKey.generate()
+            if rng is None
+            else X25519PrivateKey.from_private_bytes(rng.bytes(KEY_BYTES))
+        )
+        return cls(sk, sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> KeyPair:
+        if len(raw) != KEY_BYTES:
+            raise InvalidMessage("X25519 private key must be 32 bytes")
+        sk = X25519PrivateKey.from_private_bytes(raw)
+        return cls(sk, sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    def private_bytes(self) -> bytes:
+        return self.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+def derive_key(
+    private: X25519PrivateKey,
+    peer_public: bytes,
+    *,
+    purpose: bytes,
+    session_id: bytes,
+    round_index: int,
+    model_hash: bytes,
+    ids: tuple[int, int],
+) -> bytes:
+    """X25519 + HKDF-SHA256 with an ``info`` that binds the whole context.
+
+    Binding the session id and round makes keys single-use; binding the hash of
+    the global model the client received means two clients that were sent
+    different models derive different keys, so their AEAD share transport fails
+    and their pairwise masks do not cancel (model-inconsistency attacks abort).
+    """
+    if len(peer_public) != KEY_BYTES:
+        raise InvalidMessage("X25519 public key must be 32 bytes")
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError as exc:  # all-zero shared secret: small-order peer key
+        raise InvalidMessage("peer X25519 key is of small order") from exc
+    lo, hi = sorted(ids)
+    info = b"".join(
+        [
+            _DOMAIN,
+            purpose,
+            b"\x00",
+            struct.pack(">H", len(session_id)),
+            session_id,
+            struct.pack(">QII", round_index, lo, hi),
+            model_hash,
+        ]
+    )
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
+    return key.sign(message)
+
+
+def verify(public: Ed25519PublicKey, signature: bytes, message: bytes, *, what: str) -> None:
+    """Raise :class:`InvalidSignature` unless ``signature`` verifies; never returns a bool."""
+    if len(signature) != SIGNATURE_BYTES:
+        raise InvalidSignature(f"{what}: signature must be {SIGNATURE_BYTES} bytes")
+    try:
+        public.verify(signature, message)
+    except _CryptoInvalidSignature as exc:
+        raise InvalidSignature(f"{what}: signature does not verify") from exc
+
+
+def aead_encrypt(key: bytes, plaintext: bytes, aad: bytes, rng: Csprng) -> tuple[bytes, bytes]:
+    nonce = rng.bytes(12)
+    return nonce, AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    if len(nonce) != 12:
+        raise InvalidMessage("AES-GCM nonce must be 12 bytes")
+    try:
+        return AESGCM(key).decrypt(nonce, ciphertext, aad)
+    except InvalidTag as exc:
+        raise InvalidSignature("encrypted share: AES-GCM tag does not verify") from exc
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+# ---------------------------------------------------------------------------
+# PRG masks over Z_{2^b}
+# ---------------------------------------------------------------------------
+
+
+def mask_dtype(bits: int) -> type[np.unsignedinteger]:
+    return np.uint32 if bits <= 32 else np.uint64
+
+
+def prg_keystream(seed: bytes, nbytes: int, out: bytearray | None = None) -> memoryview:
+    """AES-256-CTR keystream from a full 256-bit seed (nonce 0; every seed is single-use)."""
+    if len(seed) != KEY_BYTES:
+        raise ConfigError("PRG seed must be 32 bytes")
+    zeros = bytes(nbytes) if out is None or len(out) < nbytes + 15 else None
+    enc = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    if out is None or zeros is not None:
+        return memoryview(enc.update(bytes(nbytes)))
+    # update_into avoids a fresh allocation per mask; it wants 15 bytes of slack.
+    enc.update_into(_zeros(nbytes), out)
+    return memoryview(out)[:nbytes]
+
+
+_ZERO_CACHE: dict[int, bytes] = {}
+
+
+def _zeros(n: int) -> bytes:
+    z = _ZERO_CACHE.get(n)
+    if z is None:
+        _ZERO_CACHE.clear()
+        z = bytes(n)
+        _ZERO_CACHE[n] = z
+    return z
+
+
+def add_prg_masks(
+    acc: np.ndarray, plus: Sequence[bytes], minus: Sequence[bytes], bits: int
+) -> None:
+    """acc += sum PRG(s) for s in plus - sum PRG(s) for s in minus, in place, mod 2^w.
+
+    ``acc`` has dtype uint32 (bits <= 32) or uint64; numpy's unsigned arithmetic
+    wraps modulo 2^32 / 2^64, which is a multiple of 2^bits, so the caller only
+    has to reduce once at the end. Every mask word is uniform over 2^w, hence
+    its low ``bits`` bits are uniform over Z_{2^bits}.
+    """
+    dtype = mask_dtype(bits)
+    if acc.dtype != dtype:
+        raise ConfigError(f"accumulator must be {np.dtype(dtype).name} for {bits} bits")
+    d = acc.shape[0]
+    nbytes = d * np.dtype(dtype).itemsize
+    buf = bytearray(nbytes + 15)
+    for seed in plus:
+        ks = prg_keystream(seed, nbytes, buf)
+        np.add(acc, np.frombuffer(ks, dtype=dtype, count=d), out=acc)
+    for seed in minus:
+        ks = prg_keystream(seed, nbytes, buf)
+        np.subtract(acc, np.frombuffer(ks, dtype=dtype, count=d), out=acc)
+
+
+def prg_mask(seed: bytes, d: int, bits: int) -> np.ndarray:
+    """One mask vector, uniform over Z_{2^bits}^d."""
+    dtype = mask_dtype(bits)
+    out = np.frombuffer(prg_keystream(seed, d * np.dtype(dtype).itemsize), dtype=dtype).copy()
+    if bits not in (32, 64):
+        out &= dtype((1 << bits) - 1)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Shamir secret sharing over GF(2^256 + 297)
+# ---------------------------------------------------------------------------
+
+
+def shamir_split(
+    secret: bytes, xs: Sequence[int], threshold: int, rng: Csprng
+) -> list[tuple[int, int]]:
+    """Split a 32-byte secret into shares (x, f(x)) with deg f = threshold - 1.
+
+    Any ``threshold`` shares determine f(0) = secret; any ``threshold - 1``
+    shares are jointly uniform and independent of the secret because the
+    threshold - 1 random coefficients are uniform over the field.
+    """
+    if len(secret) != KEY_BYTES:
+        raise ConfigError("Shamir secrets are 32 bytes")
+    if not 1 <= threshold <= len(xs):
+        raise ConfigError("need 1 <= threshold <= number of shares")
+    if len(set(xs)) != len(xs) or any(not 0 < x < PRIME for x in xs):
+        raise ConfigError("share x-coordinates must be distinct and nonzero")
+    coeffs = [int.from_bytes(secret, "big")]
+    # Coefficients uniform over GF(p): 40 random bytes reduced mod p have
+    # statistical distance < 2^-60 from uniform.
+    raw = rng.bytes(40 * (threshold - 1))
+    coeffs += [
+        int.from_bytes(raw[40 * i : 40 * i + 40], "big") % PRIME for i in range(threshold - 1)
+    ]
+    shares = []
+    for x in xs:
+        acc = 0
+        for c in reversed(coeffs):
+            acc = (acc * x + c) % PRIME
+        shares.append((x, acc))
+    return shares
+
+
+def lagrange_coefficients_at_zero(xs: Sequence[int]) -> list[int]:
+    """Coefficients l_i with f(0) = sum l_i f(x_i), for distinct nonzero x_i.
+
+    The server reuses one coefficient set for every secret shared among the same
+    responders, so unmasking n secrets costs one O(t^2) step plus n dot products.
+    """
+    if len(set(xs)) != len(xs):
+        raise InvalidMessage("duplicate share x-coordinates")
+    out = []
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                num = num * xj % PRIME
+                den = den * (xj - xi) % PRIME
+        out.append(num * pow(den, -1, PRIME) % PRIME)
+    return out
+
+
+def shamir_reconstruct(
+    shares: Sequence[tuple[int, int]], threshold: int, coeffs: Sequence[int] | None = None
+) -> bytes:
+    """Recover the 32-byte secret from at least ``threshold`` shares (uses the first t)."""
+    if len(shares) < threshold:
+        raise InvalidMessage(f"need {threshold} shares, got {len(shares)}")
+    used = shares[:threshold]
+    if coeffs is None:
+        coeffs = lagrange_coefficients_at_zero([x for x, _ in used])
+    value = sum(c * y for c, (_, y) in zip(coeffs, used, strict=True)) % PRIME
+    if value >= 2**256:
+        # A correct sharing of a 32-byte secret never reconstructs above 2^256.
+        raise InvalidMessage("reconstructed value is not a 32-byte secret (bad shares)")
+    return value.to_bytes(KEY_BYTES, "big")
+
+
+def encode_share(share: tuple[int, int]) -> bytes:
+    x, y = share
+    if not 0 < x < 2**32 or not 0 <= y < PRIME:
+        raise ConfigError("share out of range")
+    return struct.pack(">I", x) + y.to_bytes(ELEMENT_BYTES, "big")
+
+
+def decode_share(raw: bytes) -> tuple[int, int]:
+    """Strict inverse of :func:`encode_share`: exact length, nonzero x, y < p."""
+    if len(raw) != SHARE_BYTES:
+        raise InvalidMessage(f"share must be exactly {SHARE_BYTES} bytes, got {len(raw)}")
+    (x,) = struct.unpack(">I", raw[:4])
+    y = int.from_bytes(raw[4:], "big")
+    if x == 0 or y >= PRIME:
+        raise InvalidMessage("share coordinates out of range")
+    return x, y
+
+
+# ---------------------------------------------------------------------------
+# Exact discrete Gaussian sampler (Canonne, Kamath, Steinke 2020)
+# ---------------------------------------------------------------------------
+
+# All integers stay below 2^62 so that numpy int64/uint64 never overflows.
+_INT_LIMIT = 2**62
+
+
+class DiscreteGaussianSampler:
+    """Exact sampler of N_Z(0, sigma^2) using integer arithmetic on CSPRNG output.
+
+    CKS20 Algorithm 3: draw Y from a discrete Laplace with scale t = floor(sigma)+1
+    (Algorithm 2), accept with probability exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2)).
+    Each Bernoulli(exp(-gamma)) for rational gamma uses Algorithm 1, which needs
+    only Bernoulli(n/d) = [uniform{0..d-1} < n] draws, so no floating point
+    touches the distribution.
+
+    ``sigma^2`` is rounded *up* to a dyadic rational a/2^k (k as large as keeps
+    every intermediate below 2^62). The relative change is below 2^-20 for
+    sigma <= 2^10 and it only ever adds noise, so accounting with the requested
+    sigma stays conservative. The exact value used is :attr:`sigma_sq`.
+    Values of sigma above 2^15 are refused: the acceptance test needs uniform
+    integers below 2 sigma^2 t^2 ~ 2 sigma^4, which must stay under 2^62. Callers
+    needing more noise in integer units should lower the fixed-point scale.
+    """
+
+    MAX_SIGMA = float(2**15)
+
+    def __init__(self, sigma: float, rng: Csprng) -> None:
+        if not math.isfinite(sigma) or sigma <= 0:
+            raise ConfigError("discrete Gaussian sigma must be a positive finite number")
+        if sigma > self.MAX_SIGMA:
+            raise ConfigError(f"discrete Gaussian sigma must be <= {self.MAX_SIGMA:g}")
+        self._rng = rng
+        t = math.floor(sigma) + 1
+        sig2 = Fraction(sigma) ** 2
+        # Pick the largest power-of-two denominator keeping 2*a*B*t^2 < 2^62.
+        k = 40
+        while k > 0:
+            a = math.ceil(sig2 * 2**k)
+            if 2 * a * 2**k * t * t < _INT_LIMIT:
+                break
+            k -= 1
+        a = math.ceil(sig2 * 2**k)
+        b = 2**k
+        if 2 * a * b * t * t >= _INT_LIMIT:
+            raise ConfigError("discrete Gaussian sigma too large for exact integer sampling")
+        self.sigma_sq = Fraction(a, b)
+        self._a, self._b, self._t = a, b, t
+        self._den = 2 * a * b * t * t  # gamma = (|Y| b t - a)^2 / den
+
+    @property
+    def sigma(self) -> float:
+        return math.sqrt(self.sigma_sq)
+
+    # --- Bernoulli helpers (vectorised over arrays of equal length) --------
+
+    def _bern_ratio(self, num: np.ndarray, den: np.ndarray | int) -> np.ndarray:
+        """Bernoulli(num/den) elementwise, num <= den < 2^62."""
+        n = num.shape[0]
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        d = np.broadcast_to(np.asarray(den, dtype=np.uint64), (n,))
+        return self._rng.below(d) < num.astype(np.uint64)
+
+    def _bern_exp_frac(self, num: np.ndarray, den: np.ndarray | int) -> np.ndarray:
+        """Bernoulli(exp(-num/den)) for 0 <= num/den <= 1 (CKS20 Algorithm 1)."""
+        n = num.shape[0]
+        den_arr = np.broadcast_to(np.asarray(den, dtype=np.int64), (n,))
+        k = np.ones(n, dtype=np.int64)
+        active = np.arange(n)
+        while active.size:
+            # A_k ~ Bernoulli(gamma / k) = Bernoulli(gamma) AND Bernoulli(1/k).
+            a = self._bern_ratio(num[active], den_arr[active])
+            a &= self._bern_ratio(np.ones(active.size, dtype=np.int64), k[active])
+            k[active[a]] += 1
+            active = active[a]
+        return (k % 2) == 1
+
+    def _bern_exp(
+        self, g_int: np.ndarray, g_num: np.ndarray, g_den: np.ndarray | int
+    ) -> np.ndarray:
+        """Bernoulli(exp(-(g_int + g_num/g_den))), g_num < g_den."""
+        n = g_int.shape[0]
+        ok = np.ones(n, dtype=bool)
+        remaining = g_int.copy()
+        active = np.nonzero(remaining > 0)[0]
+        ones = np.ones(n, dtype=np.int64)
+        while active.size:
+            b = self._bern_exp_frac(ones[active], 1)
+            ok[active[~b]] = False
+            remaining[active] -= 1
+            active = active[b & (remaining[active] > 0)]
+        idx = np.nonzero(ok)[0]
+        den = np.broadcast_to(np.asarray(g_den, dtype=np.int64), (n,))
+        ok[idx] = self._bern_exp_frac(g_num[idx], den[idx])
+        return ok
+
+    def _discrete_laplace(self, n: int) -> np.ndarray:
+        """n samples of the discrete Laplace with scale t (CKS20 Algorithm 2, s = 1)."""
+        t = self._t
+        out = np.empty(0, dtype=np.int64)
+        while out.size < n:
+            m = max(16, int((n - out.size) * 1.7))
+            u = self._rng.below(t, m).astype(np.int64)
+            keep = self._bern_exp_frac(u, t)
+            u = u[keep]
+            v = np.zeros(u.size, dtype=np.int64)
+            active = np.arange(u.size)
+            ones = np.ones(u.size, dtype=np.int64)
+            while active.size:
+                a = self._bern_exp_frac(ones[active], 1)
+                v[active[a]] += 1
+                active = active[a]
+            x = u + t * v
+            sign_bit = self._rng.below(2, u.size).astype(bool)
+            good = ~(sign_bit & (x == 0))
+            y = np.where(sign_bit, -x, x)[good]
+            out = np.concatenate([out, y])
+        return out[:n]
+
+    def sample(self, n: int) -> np.ndarray:
+        """n independent draws of N_Z(0, sigma_sq) as int64."""
+        if n < 0:
+            raise ConfigError("sample size must be >= 0")
+        a, b, t = self._a, self._b, self._t
+        out = np.empty(0, dtype=np.int64)
+        while out.size < n:
+            m = max(16, int((n - out.size) * 1.3))
+            y = self._discrete_laplace(m)
+            # gamma = (|Y| - s2/t)^2 / (2 s2) = (|Y| b t - a)^2 / (2 a b t^2).
+            # Square exactly per distinct |Y| with Python integers (few distinct
+            # values), then split into integer part and remainder.
+            absy, inv = np.unique(np.abs(y), return_inverse=True)
+            g_int_u = np.empty(absy.size, dtype=np.int64)
+            g_rem_u = np.empty(absy.size, dtype=np.int64)
+            for i, val in enumerate(absy.tolist()):
+                q, r = divmod((val * b * t - a) ** 2, self._den)
+                g_int_u[i] = min(q, 2**40)  # exp(-2^40) is 0 for any practical purpose
+                g_rem_u[i] = r
+            accept = self._bern_exp(g_int_u[inv], g_rem_u[inv], self._den)
+            out = np.concatenate([out, y[accept]])
+        return out[:n]
+
+
+# ---------------------------------------------------------------------------
+# Randomized Hadamard rotation
+# ---------------------------------------------------------------------------
+
+
+def fwht(x: np.ndarray) -> np.ndarray:
+    """Orthonormal fast Walsh-Hadamard transform along the last axis (length 2^k)."""
+    n = x.shape[-1]
+    if n & (n - 1):
+        raise ConfigError("Hadamard length must be a power of two")
+    y = np.array(x, dtype=np.float64, copy=True)
+    h = 1
+    while h < n:
+        y = y.reshape(-1, n // (2 * h), 2, h)
+        a = y[:, :, 0, :].copy()
+        b = y[:, :, 1, :]
+        y[:, :, 0, :] += b
+        y[:, :, 1, :] = a - b
+        h *= 2
+    return y.reshape(x.shape) / math.sqrt(n)
