@@ -1,0 +1,387 @@
+"""Run configuration: frozen dataclasses loaded from TOML (``tomllib``), validated on construction.
+
+Every error is a :class:`ConfigError` whose message names the offending field
+as ``section.field``, so that the CLI can print it on one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from privacy._errors import ConfigError
+from secure_fml.algorithms import AlgorithmConfig, AlgorithmName, UpdateKind
+from secure_fml.rounds import (
+    SamplingConfig,
+    SamplingMode,
+    ServerOptimizerConfig,
+    ServerOptimizerKind,
+)
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "PrivacyConfig",
+    "RunConfig",
+    "SecureAggregationConfig",
+    "ServerConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_toml",
+    "load_config",
+    "with_overrides",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    preset: str = "synthetic"
+    root: str | None = None
+    min_samples: int = 10
+    client_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    leave_out: str | None = None  # leave-one-client-out: this client is the new site
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_samples, int) or self.min_samples < 2:
+            raise ConfigError(f"data.min_samples must be an integer >= 2, got {self.min_samples!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    kind: str = "auto"  # auto | cnn | lstm | mlp | logreg
+    hidden: tuple[int, ...] = (64,)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", "cnn", "lstm", "mlp", "logreg"):
+            raise ConfigError(
+                f"model.kind must be one of auto, cnn, lstm, mlp, logreg; got {self.kind!r}"
+            )
+        if any((not isinstance(h, int)) or h < 1 for h in self.hidden):
+            raise ConfigError(f"model.hidden must be positive integers, got {list(self.hidden)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    rounds: int = 100
+    sampling: SamplingMode = SamplingMode.FIXED
+    clients_per_round: int | None = 4
+    sampling_rate: float | None = None
+    optimizer: ServerOptimizerKind | None = None  # None: Adam for meta-gradients, SGD for deltas
+    lr: float | None = None  # None: 1e-3 for Adam, 1.0 for SGD (plain model averaging)
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"server.rounds must be an integer >= 1, got {self.rounds!r}")
+        self.sampling_config()  # validates sampling fields
+
+    def sampling_config(self) -> SamplingConfig:
+        return SamplingConfig(
+            mode=self.sampling, clients_per_round=self.clients_per_round, rate=self.sampling_rate
+        )
+
+    def optimizer_config(self, update_kind: UpdateKind) -> ServerOptimizerConfig:
+        kind = self.optimizer or (
+            ServerOptimizerKind.ADAM
+            if update_kind is UpdateKind.META_GRADIENT
+            else ServerOptimizerKind.SGD
+        )
+        lr = self.lr if self.lr is not None else (1e-3 if kind is ServerOptimizerKind.ADAM else 1.0)
+        return ServerOptimizerConfig(kind=kind, lr=lr, momentum=self.momentum)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    every: int = 10  # evaluate on validation clients every N rounds (0: only at the end)
+    adapt_steps: int | None = None
+    max_val_clients: int | None = 50
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, int) or self.every < 0:
+            raise ConfigError(f"eval.every must be an integer >= 0, got {self.every!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    """Client-level differential privacy (see ``privacy``); off by default."""
+
+    enabled: bool = False
+    clip_norm: float = 1.0
+    noise_multiplier: float | None = None  # None: calibrate from target_epsilon
+    target_epsilon: float | None = None
+    max_epsilon: float | None = None  # budget; rounds that would exceed it are refused
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    placement: str = "auto"  # auto | central | distributed (distributed whenever secagg is on)
+    adaptive_clipping: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    insecure_seed: int | None = None  # test mode only: seeds the noise, warns loudly
+
+    def __post_init__(self) -> None:
+        if self.clip_norm <= 0:
+            raise ConfigError(f"privacy.clip_norm must be > 0, got {self.clip_norm!r}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
+        if self.placement not in ("auto", "central", "distributed"):
+            raise ConfigError(
+                f"privacy.placement must be auto, central or distributed; got {self.placement!r}"
+            )
+        if self.enabled and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ConfigError("privacy: set privacy.noise_multiplier or privacy.target_epsilon")
+        if self.noise_multiplier is not None and self.noise_multiplier < 0:
+            raise ConfigError(f"privacy.noise_multiplier must be >= 0, got {self.noise_multiplier}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecureAggregationConfig:
+    """Secure aggregation (see ``aggregation``); off by default."""
+
+    protocol: str = "none"  # none | secagg | secagg+
+    min_survivor_fraction: float = 0.66
+    dropout_fraction: float = 0.0  # simulated dropouts per round (testing recovery)
+    bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("none", "secagg", "secagg+"):
+            raise ConfigError(
+                "secure_aggregation.protocol must be none, secagg or secagg+; "
+                f"got {self.protocol!r}"
+            )
+        if not 0 < self.min_survivor_fraction <= 1:
+            raise ConfigError("secure_aggregation.min_survivor_fraction must be in (0, 1]")
+        if not 0 <= self.dropout_fraction < 1:
+            raise ConfigError("secure_aggregation.dropout_fraction must be in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    threads: int | None = None
+    checkpoint_every: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"run.name must be a plain directory name, got {self.name!r}")
+        if self.checkpoint_every < 1:
+            raise ConfigError("run.checkpoint_every must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "algorithm": AlgorithmConfig,
+    "server": ServerConfig,
+    "eval": EvalConfig,
+    "privacy": PrivacyConfig,
+    "secure_aggregation": SecureAggregationConfig,
+    "run": RunConfig,
+}
+
+
+def _coerce(where: str, tp: Any, value: Any) -> Any:
+    """Convert a TOML value to the annotated field type, or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(where, a, value)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value
+        valid = ", ".join(str(m.value) for m in tp)
+        for m in tp:
+            if m.value == value:
+                return m
+        raise ConfigError(f"{where} must be one of {valid}; got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()] if value.strip() else []
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(where, args[0], v) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} entries, got {list(value)}")
+        return tuple(_coerce(where, a, v) for a, v in zip(args, value, strict=True))
+    if origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"{where} must be a table, got {value!r}")
+    return value
+
+
+def _build_section(name: str, values: Mapping[str, Any]) -> Any:
+    cls = _SECTION_TYPES[name]
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"{name}.{key} is not a known field (valid: {', '.join(sorted(known))})"
+            )
+        kwargs[key] = _coerce(f"{name}.{key}", hints[key], value)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    sections: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _SECTION_TYPES:
+            raise ConfigError(
+                f"[{key}] is not a known section (valid: {', '.join(_SECTION_TYPES)})"
+            )
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"[{key}] must be a table")
+        sections[key] = _build_section(key, value)
+    return Config(**sections)
+
+
+def load_config(path: str | Path) -> Config:
+    """Load a TOML config, or the exact ``config.json`` a run directory holds."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    try:
+        raw = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(
+            f"{p}: invalid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a table of sections")
+    return config_from_dict(raw)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in _SECTION_TYPES:
+        section = getattr(config, name)
+        out[name] = {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+    return out
+
+
+def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """Apply ``{"server.rounds": 5, ...}`` (CLI flags) on top of a config."""
+    raw = config_to_dict(config)
+    for dotted, value in overrides.items():
+        if "." not in dotted:
+            raise ConfigError(f"override {dotted!r} must look like section.field")
+        section, key = dotted.split(".", 1)
+        if section not in raw:
+            raise ConfigError(f"[{section}] is not a known section")
+        raw[section][key] = value
+    return config_from_dict(raw)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dump_toml(config: Config) -> str:
+    """The resolved config as TOML (``None`` fields are omitted: they mean 'default')."""
+    lines: list[str] = []
+    for name, values in config_to_dict(config).items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# Algorithm names accepted on the command line, for error messages and help.
+ALGORITHMS = tuple(a.value for a in AlgorithmName)
