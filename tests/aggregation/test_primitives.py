@@ -1,0 +1,248 @@
+"""Known-answer and statistical tests for the private primitives (hazmat layer)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from aggregation import _primitives as P
+from privacy._errors import ConfigError, InvalidMessage, InvalidSignature
+
+
+def _miller_rabin(n: int) -> bool:
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d //= 2
+        s += 1
+    for a in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71):
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def test_field_prime_is_prime_and_above_2_256() -> None:
+    assert P.PRIME > 2**256
+    assert _miller_rabin(P.PRIME)
+
+
+def test_x25519_rfc7748_vector() -> None:
+    # RFC 7748 section 6.1.
+    a = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    b = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    a_pub = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    b_pub = "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+    shared = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+    ka, kb = P.KeyPair.from_private_bytes(a), P.KeyPair.from_private_bytes(b)
+    assert ka.public_bytes.hex() == a_pub
+    assert kb.public_bytes.hex() == b_pub
+    assert ka.private.exchange(X25519PrivateKey.from_private_bytes(b).public_key()).hex() == shared
+
+
+def test_derive_key_binds_context_and_is_symmetric() -> None:
+    a, b = P.KeyPair.generate(), P.KeyPair.generate()
+    ctx = dict(purpose=b"p", session_id=bytes(16), round_index=3, model_hash=bytes(32))
+    k_ab = P.derive_key(a.private, b.public_bytes, ids=(1, 2), **ctx)  # type: ignore[arg-type]
+    k_ba = P.derive_key(b.private, a.public_bytes, ids=(2, 1), **ctx)  # type: ignore[arg-type]
+    assert k_ab == k_ba
+    for field, value in [
+        ("round_index", 4),
+        ("model_hash", b"\x01" * 32),
+        ("session_id", b"\x02" * 16),
+        ("purpose", b"q"),
+    ]:
+        other = dict(ctx)
+        other[field] = value
+        assert P.derive_key(a.private, b.public_bytes, ids=(1, 2), **other) != k_ab  # type: ignore[arg-type]
+
+
+def test_aes_ctr_sp800_38a_and_prg_matches_independent_ecb() -> None:
+    key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    # NIST SP 800-38A F.1.5 (ECB-AES256), block 1.
+    assert (
+        ecb.update(bytes.fromhex("6bc1bee22e409f96e93d7e117393172a")).hex()
+        == "f3eed1bdb5d2a03c064b5a7e3db181f8"
+    )
+    # Our PRG is AES-256-CTR from counter block 0: keystream block i = AES_k(i).
+    counters = b"".join(i.to_bytes(16, "big") for i in range(64))
+    expected = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(counters)
+    assert bytes(P.prg_keystream(key, 1024)) == expected
+    buf = bytearray(1024 + 15)
+    assert bytes(P.prg_keystream(key, 1024, buf)) == expected
+    mask = P.prg_mask(key, 256, 32)
+    assert np.array_equal(mask, np.frombuffer(expected, dtype="<u4").astype(np.uint32))
+    assert np.array_equal(P.prg_mask(key, 256, 12), mask & 0xFFF)
+
+
+def test_add_prg_masks_wraps_mod_2_32() -> None:
+    seeds = [bytes([i]) * 32 for i in range(3)]
+    acc = np.zeros(1000, dtype=np.uint32)
+    P.add_prg_masks(acc, seeds[:2], seeds[2:], 32)
+    ref = (
+        P.prg_mask(seeds[0], 1000, 32).astype(np.int64)
+        + P.prg_mask(seeds[1], 1000, 32).astype(np.int64)
+        - P.prg_mask(seeds[2], 1000, 32).astype(np.int64)
+    ) % 2**32
+    assert np.array_equal(acc.astype(np.int64), ref)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    secret=st.binary(min_size=32, max_size=32),
+    n=st.integers(min_value=1, max_value=12),
+    data=st.data(),
+)
+def test_shamir_t_of_n_reconstructs_from_any_t(secret: bytes, n: int, data: st.DataObject) -> None:
+    t = data.draw(st.integers(min_value=1, max_value=n))
+    xs = data.draw(st.lists(st.integers(1, 2**32 - 1), min_size=n, max_size=n, unique=True))
+    shares = P.shamir_split(secret, xs, t, P.Csprng())
+    subset = data.draw(st.permutations(shares))[:t]
+    assert P.shamir_reconstruct(subset, t) == secret
+    encoded = [P.encode_share(s) for s in shares]
+    assert all(len(e) == P.SHARE_BYTES for e in encoded)
+    assert [P.decode_share(e) for e in encoded] == shares
+    if t > 1:
+        with pytest.raises(InvalidMessage):
+            P.shamir_reconstruct(subset[: t - 1], t)
+
+
+def test_t_minus_1_shares_are_uniform_and_independent_of_secret() -> None:
+    # For t = 3, the two shares at x = 1, 2 must be uniform over the field
+    # whatever the secret. Bin the top and low bits of each share for two very
+    # different secrets and compare with chi-square tests.
+    rng = P.Csprng()
+    samples: dict[bytes, list[tuple[int, int]]] = {}
+    secrets = [bytes(32), b"\xff" * 32]
+    for s in secrets:
+        rows = []
+        for _ in range(3000):
+            (_, y1), (_, y2) = P.shamir_split(s, [1, 2, 3], 3, rng)[:2]
+            rows.append((y1 % 16, (y2 * 16) // P.PRIME))
+        samples[s] = rows
+    for s in secrets:
+        arr = np.array(samples[s])
+        for col in range(2):
+            counts = np.bincount(arr[:, col], minlength=16)
+            assert stats.chisquare(counts).pvalue > 1e-4
+        joint = np.bincount(arr[:, 0] * 16 + arr[:, 1], minlength=256)
+        assert stats.chisquare(joint).pvalue > 1e-4
+    a = np.array(samples[secrets[0]])[:, 0]
+    b = np.array(samples[secrets[1]])[:, 0]
+    table = np.stack([np.bincount(a, minlength=16), np.bincount(b, minlength=16)])
+    assert stats.chi2_contingency(table).pvalue > 1e-4
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        bytes(P.SHARE_BYTES - 1),
+        bytes(P.SHARE_BYTES + 1),
+        bytes(P.SHARE_BYTES),  # x = 0
+        (1).to_bytes(4, "big") + P.PRIME.to_bytes(33, "big"),  # y = p
+    ],
+)
+def test_share_decoding_is_strict(raw: bytes) -> None:
+    with pytest.raises(InvalidMessage):
+        P.decode_share(raw)
+
+
+def test_corrupted_share_never_reconstructs_the_secret() -> None:
+    shares = P.shamir_split(b"\x01" * 32, [1, 2, 3], 2, P.Csprng())
+    bad = [(shares[0][0], (shares[0][1] + 12345) % P.PRIME), shares[1]]
+    # The range check (result < 2^256) only catches a 297/p sliver; the server
+    # detects bad pairwise-key shares by comparing with the advertised public key.
+    try:
+        out = P.shamir_reconstruct(bad, 2)
+    except InvalidMessage:
+        return
+    assert out != b"\x01" * 32
+
+
+def test_signatures_and_aead_raise_on_tampering() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    sk = Ed25519PrivateKey.generate()
+    sig = P.sign(sk, b"msg")
+    P.verify(sk.public_key(), sig, b"msg", what="t")
+    with pytest.raises(InvalidSignature):
+        P.verify(sk.public_key(), sig, b"msg2", what="t")
+    with pytest.raises(InvalidSignature):
+        P.verify(sk.public_key(), sig[:-1], b"msg", what="t")
+    key = bytes(32)
+    nonce, ct = P.aead_encrypt(key, b"secret", b"aad", P.Csprng())
+    assert P.aead_decrypt(key, nonce, ct, b"aad") == b"secret"
+    with pytest.raises(InvalidSignature):
+        P.aead_decrypt(key, nonce, ct, b"other aad")
+    with pytest.raises(InvalidSignature):
+        P.aead_decrypt(key, nonce, ct[:-1] + bytes([ct[-1] ^ 1]), b"aad")
+
+
+def test_csprng_below_is_uniform() -> None:
+    draws = P.Csprng().below(7, 70_000)
+    assert draws.max() < 7
+    assert stats.chisquare(np.bincount(draws.astype(np.int64), minlength=7)).pvalue > 1e-4
+    with pytest.raises(ConfigError):
+        P.Csprng().below(0, 3)
+
+
+def _dgauss_pmf(sigma_sq: float, support: np.ndarray) -> np.ndarray:
+    w = np.exp(-(support.astype(np.float64) ** 2) / (2 * sigma_sq))
+    full = np.arange(-2000, 2001)
+    return w / np.exp(-(full.astype(np.float64) ** 2) / (2 * sigma_sq)).sum()
+
+
+@pytest.mark.parametrize("sigma", [0.6, 1.5, 4.0])
+def test_discrete_gaussian_matches_exact_pmf(sigma: float) -> None:
+    sampler = P.DiscreteGaussianSampler(sigma, P.Csprng())
+    x = sampler.sample(200_000)
+    s2 = float(sampler.sigma_sq)
+    assert abs(s2 - sigma**2) <= 1e-6 * sigma**2 and s2 >= sigma**2
+    lim = math.ceil(5 * sigma)
+    support = np.arange(-lim, lim + 1)
+    pmf = _dgauss_pmf(s2, support)
+    counts = np.array([(x == k).sum() for k in support], dtype=np.float64)
+    tail_obs = x.size - counts.sum()
+    tail_exp = max(0.0, 1.0 - pmf.sum())
+    obs = np.append(counts, tail_obs)
+    exp = np.append(pmf, tail_exp) * x.size
+    keep = exp > 5
+    obs_k, exp_k = obs[keep], exp[keep]
+    exp_k *= obs_k.sum() / exp_k.sum()
+    assert stats.chisquare(obs_k, exp_k).pvalue > 1e-4
+    theory_var = float((support.astype(np.float64) ** 2 * pmf).sum())
+    assert abs(x.mean()) < 5 * math.sqrt(theory_var / x.size)
+    assert abs(x.var() / theory_var - 1) < 0.02
+
+
+def test_discrete_gaussian_large_sigma_moments_and_limits() -> None:
+    sampler = P.DiscreteGaussianSampler(300.0, P.Csprng())
+    x = sampler.sample(100_000)
+    assert abs(x.mean()) < 5 * 300 / math.sqrt(x.size)
+    assert abs(x.var() / 300.0**2 - 1) < 0.03
+    for bad in (0.0, -1.0, float("nan"), 2.0**16):
+        with pytest.raises(ConfigError):
+            P.DiscreteGaussianSampler(bad, P.Csprng())
+
+
+def test_fwht_is_orthonormal_involution() -> None:
+    x = np.random.default_rng(0).normal(size=(64,))
+    y = P.fwht(x)
+    assert np.allclose(np.linalg.norm(y), np.linalg.norm(x))
+    assert np.allclose(P.fwht(y), x)
+    with pytest.raises(ConfigError):
+        P.fwht(np.zeros(6))
