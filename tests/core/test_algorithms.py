@@ -65,7 +65,7 @@ def test_fomaml_is_query_gradient_at_adapted_point() -> None:
 
 
 @pytest.mark.parametrize("steps", [1, 2])
-def test_metasgd_alpha_gradient_is_true_dL_dalpha(steps: int) -> None:
+def test_metasgd_alpha_gradient_is_true_dloss_dalpha(steps: int) -> None:
     fm, theta, support, query = _setup(2)
     alg = make_algorithm(_cfg(AlgorithmName.METASGD, inner_lr=0.1, inner_steps=steps), fm)
     state = alg.initial_state(theta).double()
@@ -115,7 +115,9 @@ def test_fedavg_and_reptile_update_is_model_delta_of_local_sgd() -> None:
 def test_perfedavg_fo_hand_computed() -> None:
     fm, theta, support, query = _setup(5)
     data = Batch(torch.cat([support.x, query.x]), torch.cat([support.y, query.y]))
-    alg = make_algorithm(_cfg(AlgorithmName.PERFEDAVG_FO, inner_lr=0.2, local_lr=0.1, local_steps=2), fm)
+    alg = make_algorithm(
+        _cfg(AlgorithmName.PERFEDAVG_FO, inner_lr=0.2, local_lr=0.1, local_steps=2), fm
+    )
     upd = alg.client_update(theta, data, torch.Generator())
     w = theta
     for _ in range(2):  # full batches: D = D' = all data
@@ -134,7 +136,10 @@ def test_perfedavg_hf_hessian_vector_product_matches_autograd() -> None:
     torch.testing.assert_close(approx, exact, rtol=1e-4, atol=1e-6)
     # the HF update differs from FO by exactly -beta * alpha * H v per step
     data = support
-    hf = make_algorithm(_cfg(AlgorithmName.PERFEDAVG_HF, inner_lr=0.2, local_lr=0.1, local_steps=1, hf_delta=1e-5), fm)
+    hf = make_algorithm(
+        _cfg(AlgorithmName.PERFEDAVG_HF, inner_lr=0.2, local_lr=0.1, local_steps=1, hf_delta=1e-5),
+        fm,
+    )
     upd = hf.client_update(theta, data, torch.Generator())
     g_fo = fm.grad(theta - 0.2 * fm.grad(theta, data), data)
     tt = theta.detach().requires_grad_(True)

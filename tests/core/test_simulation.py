@@ -1,0 +1,212 @@
+"""Simulation loop, sampling, server optimizer, checkpoints, config and CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secure_fml.checkpoint import load_checkpoint, save_checkpoint
+from secure_fml.cli import main
+from secure_fml.config import Config, config_from_dict, load_config, with_overrides
+from secure_fml.errors import CheckpointError, ConfigError
+from secure_fml.rounds import (
+    ClientSampler,
+    SamplingConfig,
+    SamplingMode,
+    ServerOptimizer,
+    ServerOptimizerConfig,
+    ServerOptimizerKind,
+)
+from secure_fml.simulation import Simulation
+
+SMALL = {
+    "data": {"options": {"num_clients": 30, "max_samples": 120}},
+    "server": {"rounds": 6, "clients_per_round": 5},
+    "eval": {"every": 3},
+}
+
+
+def _cfg(**sections: dict) -> Config:
+    raw = json.loads(json.dumps(SMALL))
+    for k, v in sections.items():
+        raw.setdefault(k, {}).update(v)
+    return config_from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    "alg", ["maml", "fomaml", "metasgd", "reptile", "perfedavg-fo", "perfedavg-hf", "fedavg"]
+)
+def test_every_algorithm_trains_and_improves_the_query_loss(alg: str) -> None:
+    cfg = _cfg(
+        algorithm={"name": alg, "inner_lr": 0.05, "local_lr": 0.05},
+        server={"rounds": 15, "clients_per_round": 8},
+    )
+    sim = Simulation(cfg)
+    before = sim.evaluate_on(sim.split.train[:10])
+    res = sim.run(progress=False)
+    after = sim.evaluate_on(sim.split.train[:10])
+    assert res.rounds == 15
+    assert after.personalized_loss < before.personalized_loss
+    assert res.final is not None and 0.0 <= res.final.personalized_accuracy <= 1.0
+
+
+def test_metasgd_learns_alpha_and_it_stays_positive() -> None:
+    sim = Simulation(_cfg(algorithm={"name": "metasgd"}, server={"lr": 0.05}))
+    alpha0 = sim.algorithm.alpha(sim.state)
+    sim.run(progress=False)
+    alpha1 = sim.algorithm.alpha(sim.state)
+    assert isinstance(alpha1, torch.Tensor) and isinstance(alpha0, torch.Tensor)
+    assert not torch.allclose(alpha0, alpha1)
+    assert bool((alpha1 > 0).all())
+
+
+def test_run_directory_contents_and_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    cfg = _cfg(run={"checkpoint_every": 3})
+    full = Simulation(cfg, run_dir=tmp_path / "full").run(progress=False)
+    lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    first = json.loads(lines[0])
+    assert first["round"] == 1 and first["sampling"] == "fixed" and len(first["clients"]) == 5
+    assert "val_personalized_accuracy" in json.loads(lines[2])
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert summary["test"]["per_client_personalized"]["values"]
+    assert load_config(tmp_path / "full" / "config.json") == cfg
+    assert load_config(tmp_path / "full" / "config.toml").server == cfg.server
+
+    # Stop after round 3 (the checkpoint), then resume in a fresh process-like object.
+    part_cfg = with_overrides(cfg, {"server.rounds": 3})
+    Simulation(part_cfg, run_dir=tmp_path / "part").run(progress=False)
+    resumed = Simulation(cfg, run_dir=tmp_path / "part")
+    res = resumed.run(progress=False, resume=True)
+    assert res.rounds == 6
+    torch.testing.assert_close(res.state, full.state, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_detects_truncation_and_tampering(tmp_path: Path) -> None:
+    sim = Simulation(_cfg())
+    sim.run_round()
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, sim.checkpoint())
+    assert load_checkpoint(path).round == 1
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-100])
+    with pytest.raises(CheckpointError, match="integrity"):
+        load_checkpoint(path)
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 1
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 60), m=st.integers(1, 60), seed=st.integers(0, 2**32 - 1))
+def test_fixed_sampling_draws_m_distinct_clients(n: int, m: int, seed: int) -> None:
+    ids = [f"c{i}" for i in range(n)]
+    cfg = SamplingConfig(mode=SamplingMode.FIXED, clients_per_round=m)
+    if m > n:
+        with pytest.raises(ConfigError, match="clients_per_round"):
+            ClientSampler(ids, cfg, rng=np.random.default_rng(seed))
+        return
+    s = ClientSampler(ids, cfg, rng=np.random.default_rng(seed)).sample(1)
+    assert len(s.client_ids) == m == len(set(s.client_ids))
+    assert set(s.client_ids) <= set(ids)
+    assert s.rate == pytest.approx(m / n)
+
+
+def test_poisson_sampling_rate_is_q() -> None:
+    ids = [f"c{i}" for i in range(200)]
+    sampler = ClientSampler(
+        ids, SamplingConfig(mode=SamplingMode.POISSON, rate=0.1), rng=np.random.default_rng(0)
+    )
+    counts = [len(sampler.sample(r).client_ids) for r in range(300)]
+    # Binomial(200, 0.1): mean 20, std of the mean over 300 rounds ~0.24
+    assert abs(np.mean(counts) - 20) < 1.0
+    assert min(counts) < 20 < max(counts)  # the size varies, unlike fixed-size sampling
+
+
+def test_server_sgd_lr1_is_plain_averaging_and_adam_matches_torch() -> None:
+    state = torch.randn(7)
+    upd = torch.randn(7)
+    sgd = ServerOptimizer(state, ServerOptimizerConfig(kind=ServerOptimizerKind.SGD, lr=1.0))
+    torch.testing.assert_close(sgd.step(upd), state - upd)
+    adam = ServerOptimizer(state, ServerOptimizerConfig(kind=ServerOptimizerKind.ADAM, lr=0.01))
+    # first Adam step moves each coordinate by lr * sign(g) (bias-corrected m/sqrt(v))
+    torch.testing.assert_close(adam.step(upd), state - 0.01 * torch.sign(upd), rtol=0, atol=1e-6)
+    with pytest.raises(Exception, match="NaN"):
+        adam.step(torch.full((7,), float("nan")))
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"server": {"rounds": 0}}, "server.rounds"),
+        ({"server": {"rounds": "many"}}, "server.rounds"),
+        ({"server": {"lrr": 1}}, "server.lrr"),
+        ({"servr": {}}, "servr"),
+        ({"algorithm": {"name": "maml2"}}, "algorithm.name"),
+        ({"server": {"sampling": "poisson"}}, "server.sampling_rate"),
+        ({"privacy": {"enabled": True}}, "privacy"),
+        ({"model": {"kind": "resnet"}}, "model.kind"),
+        ({"data": {"client_fractions": [0.5, 0.5]}}, "data.client_fractions"),
+    ],
+)
+def test_bad_config_errors_name_the_field(raw: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        config_from_dict(raw)
+
+
+def test_cli_simulate_adapt_datasets_and_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The README's main command, shortened.
+    rc = main(["simulate", "--rounds", "3", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "personalized accuracy" in out
+    run_dir = tmp_path / "run"
+    assert (run_dir / "checkpoint.pt").exists() and (run_dir / "summary.json").exists()
+
+    assert main(["simulate", "--rounds", "3", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+    out_json = tmp_path / "adapt.json"
+    assert (
+        main(
+            [
+                "adapt",
+                "--checkpoint",
+                str(run_dir),
+                "--data",
+                "synthetic",
+                "--client",
+                "client_05",
+                "--steps",
+                "2",
+                "--output",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
+    res = json.loads(out_json.read_text())
+    assert res["client"] == "client_05" and res["steps"] == 2
+    assert 0 <= res["accuracy_after"] <= 1
+
+    assert (
+        main(["adapt", "--checkpoint", str(run_dir), "--data", "synthetic", "--client", "nobody"])
+        == 2
+    )
+    assert "nobody" in capsys.readouterr().err
+    assert main(["simulate", "--set", "server.rounds=-1", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: server.rounds")
+    assert main(["datasets"]) == 0
+    assert "synthetic" in capsys.readouterr().out
