@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -77,7 +78,7 @@ class SamplingMode(enum.Enum):
     FULL = "full"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Sampling:
     """A round's sampling scheme.
 
@@ -105,16 +106,24 @@ class Sampling:
     @classmethod
     def poisson(cls, *, sample_rate: float, population: int) -> Sampling:
         q = require_probability("sample_rate", sample_rate)
-        return cls(SamplingMode.POISSON, population, q * population)
+        return cls(
+            mode=SamplingMode.POISSON, population=population, clients_per_round=q * population
+        )
 
     @classmethod
     def fixed_size(cls, *, clients_per_round: int, population: int) -> Sampling:
         require_int("clients_per_round", clients_per_round, minimum=1)
-        return cls(SamplingMode.FIXED_SIZE, population, float(clients_per_round))
+        return cls(
+            mode=SamplingMode.FIXED_SIZE,
+            population=population,
+            clients_per_round=float(clients_per_round),
+        )
 
     @classmethod
     def full(cls, *, population: int) -> Sampling:
-        return cls(SamplingMode.FULL, population, float(population))
+        return cls(
+            mode=SamplingMode.FULL, population=population, clients_per_round=float(population)
+        )
 
     @property
     def sample_rate(self) -> float:
@@ -262,18 +271,39 @@ def ddgauss_rdp(
     evaluated at ⌈α⌉ since RDP is non-decreasing in α). Returns ε(α) for
     ``orders``.
     """
-    s = require_positive("local_stddev", local_stddev)
-    n_total = require_int("num_survivors", num_survivors, minimum=1)
-    k = require_int("assumed_colluding_clients", assumed_colluding_clients, minimum=0)
+    return np.array(
+        _ddgauss_rdp_cached(
+            float(require_positive("local_stddev", local_stddev)),
+            require_int("num_survivors", num_survivors, minimum=1),
+            float(require_positive("scale", scale)),
+            float(require_positive("clip_norm", clip_norm)),
+            require_int("dimension", dimension, minimum=1),
+            float(require_finite("beta", beta)),
+            float(require_probability("sample_rate", sample_rate)),
+            require_int("assumed_colluding_clients", assumed_colluding_clients, minimum=0),
+            tuple(float(a) for a in orders),
+        ),
+        dtype=np.float64,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _ddgauss_rdp_cached(
+    s: float,
+    n_total: int,
+    sc: float,
+    c: float,
+    d: int,
+    beta: float,
+    q: float,
+    k: int,
+    orders: tuple[float, ...],
+) -> tuple[float, ...]:
+    # Ledgers repeat the same release parameters round after round; the
+    # subsampled bound costs ~1024 terms per order, so cache it.
     if k >= n_total:
-        raise ConfigError(
-            f"assumed_colluding_clients={k} must be < num_survivors={n_total}"
-        )
+        raise ConfigError(f"assumed_colluding_clients={k} must be < num_survivors={n_total}")
     n = n_total - k
-    sc = require_positive("scale", scale)
-    c = require_positive("clip_norm", clip_norm)
-    d = require_int("dimension", dimension, minimum=1)
-    q = require_probability("sample_rate", sample_rate)
     l2 = rounded_l2_norm_bound(l2_norm=c * sc, beta=beta, dimension=d)
     l1 = l2 * min(math.sqrt(d), l2)
     tau = ddgauss_tau(local_stddev=s, num_clients=n)
@@ -293,7 +323,7 @@ def ddgauss_rdp(
         else:
             ai = max(2, math.ceil(a))
             out.append(min(_subsampled_rdp_upper(ai, q, lambda ell: eps(float(ell))), eps(ai)))
-    return np.asarray(out, dtype=np.float64)
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------
@@ -340,9 +370,7 @@ class Accountant:
         if not isinstance(name, str):
             raise TypeError(f"accountant name must be a str, got {type(name).__name__}")
         if name not in ACCOUNTANTS:
-            raise ConfigError(
-                f"unknown accountant {name!r}; choose one of {sorted(ACCOUNTANTS)}"
-            )
+            raise ConfigError(f"unknown accountant {name!r}; choose one of {sorted(ACCOUNTANTS)}")
         self.name = name
         self._state = _AccountantState()
 
@@ -552,7 +580,7 @@ def _eps_wor(steps: Sequence[_GaussianStep], delta: float) -> float:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PrivacyPlan:
     """Noise multiplier that reaches ``target_epsilon`` at ``delta`` after ``rounds``."""
 
@@ -667,7 +695,7 @@ def _bisect(eps_of: Callable[[float], float], target: float, tol: float) -> floa
     return hi
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProjectionRow:
     """One population size: Poisson rate q = m/N, δ used, σ for the target ε, and
     ε reached at the given σ (if one was given)."""
@@ -679,7 +707,7 @@ class ProjectionRow:
     epsilon_at_noise_multiplier: float | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PrivacyProjection:
     """What the same training schedule would cost at other population sizes."""
 
@@ -719,8 +747,10 @@ def project(
         if m > n:
             raise ConfigError(f"clients_per_round={m} exceeds population={n}")
         d = n**-1.1 if delta is None else require_probability("delta", delta)
-        sampling = Sampling.full(population=n) if m == n else Sampling.poisson(
-            sample_rate=m / n, population=n
+        sampling = (
+            Sampling.full(population=n)
+            if m == n
+            else Sampling.poisson(sample_rate=m / n, population=n)
         )
         try:
             sigma: float | None = plan(
@@ -735,7 +765,15 @@ def project(
                 noise_multiplier=z, rounds=T, sampling=sampling, delta=d, accountant=accountant
             )
         )
-        rows.append(ProjectionRow(n, sampling.sample_rate, d, sigma, eps))
+        rows.append(
+            ProjectionRow(
+                population=n,
+                sample_rate=sampling.sample_rate,
+                delta=d,
+                noise_multiplier_for_target=sigma,
+                epsilon_at_noise_multiplier=eps,
+            )
+        )
     return PrivacyProjection(
         target_epsilon=eps_t,
         rounds=T,
@@ -775,8 +813,10 @@ def render_projection(p: PrivacyProjection) -> str:
         cols += f" {'eps@sigma=' + format(p.noise_multiplier, '.3g'):>16}"
     lines = [head, cols]
     for r in p.rows:
-        sig = "unreachable" if r.noise_multiplier_for_target is None else (
-            f"{r.noise_multiplier_for_target:.4f}"
+        sig = (
+            "unreachable"
+            if r.noise_multiplier_for_target is None
+            else (f"{r.noise_multiplier_for_target:.4f}")
         )
         line = f"{r.population:>8} {r.sample_rate:>10.5g} {r.delta:>10.3g} {sig:>16}"
         if p.noise_multiplier is not None and r.epsilon_at_noise_multiplier is not None:

@@ -53,9 +53,7 @@ def _check_ids(ids: tuple[str, ...] | None, surviving: int) -> None:
     if len(set(ids)) != len(ids):
         raise ConfigError("client_ids contains duplicates")
     if len(ids) != surviving:
-        raise ConfigError(
-            f"client_ids lists {len(ids)} clients but clients_surviving={surviving}"
-        )
+        raise ConfigError(f"client_ids lists {len(ids)} clients but clients_surviving={surviving}")
 
 
 def _check_sampling(mode: Any, rate: float, population: int | None) -> None:
@@ -70,7 +68,7 @@ def _check_sampling(mode: Any, rate: float, population: int | None) -> None:
         raise ConfigError("FIXED_SIZE sampling needs population")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GaussianRelease:
     """A noised sum of clipped client updates (optionally with the adaptive-clip bit).
 
@@ -112,9 +110,7 @@ class GaussianRelease:
         sampled = require_int("clients_sampled", self.clients_sampled, minimum=1)
         surviving = require_int("clients_surviving", self.clients_surviving, minimum=1)
         if surviving > sampled:
-            raise ConfigError(
-                f"clients_surviving={surviving} exceeds clients_sampled={sampled}"
-            )
+            raise ConfigError(f"clients_surviving={surviving} exceeds clients_sampled={sampled}")
         k = require_int("assumed_colluding_clients", self.assumed_colluding_clients, minimum=0)
         if self.placement is NoisePlacement.DISTRIBUTED:
             if self.min_survivors is None or self.per_client_noise_std is None:
@@ -256,7 +252,7 @@ class GaussianRelease:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DistributedDiscreteGaussianRelease:
     """A SecAgg sum of scaled, rotated, rounded updates plus per-client discrete
     Gaussian noise (Kairouz, Liu, Steinke 2021). ``local_stddev`` is in the
@@ -339,7 +335,7 @@ class DistributedDiscreteGaussianRelease:
         accountant.step_rdp(self.rdp())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClipStatistics:
     """Post-processing annotation written *after* round ``round``'s release:
     the noisy unclipped fraction it revealed and the clip norm it implies for
@@ -365,8 +361,7 @@ class ClipStatistics:
 PrivacyEvent = GaussianRelease | DistributedDiscreteGaussianRelease | ClipStatistics
 
 EVENT_TYPES: Mapping[str, type[Any]] = {
-    cls.kind: cls
-    for cls in (GaussianRelease, DistributedDiscreteGaussianRelease, ClipStatistics)
+    cls.kind: cls for cls in (GaussianRelease, DistributedDiscreteGaussianRelease, ClipStatistics)
 }
 
 

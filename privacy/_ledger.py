@@ -106,7 +106,7 @@ class LedgerEntry:
     hash: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PrivacyBudget:
     """Refuse any release that would push ε above ``max_epsilon`` at ``delta``
     under the named ``accountant``."""
@@ -149,9 +149,7 @@ def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
             raise LedgerCorrupted(f"{where}: unsupported schema version {obj['schema']!r}")
         if obj["seq"] != i:
             raise LedgerCorrupted(f"{where}: sequence number {obj['seq']!r}, expected {i}")
-        if not isinstance(obj["prev_hash"], str) or not hmac.compare_digest(
-            obj["prev_hash"], prev
-        ):
+        if not isinstance(obj["prev_hash"], str) or not hmac.compare_digest(obj["prev_hash"], prev):
             raise LedgerCorrupted(f"{where}: hash chain broken (line deleted or reordered?)")
         body = {k: v for k, v in obj.items() if k != "hash"}
         try:
@@ -216,8 +214,15 @@ class PrivacyLedger:
     so two servers cannot append to one ledger.
     """
 
-    def __init__(self, *, _path: Path, _fd: int, _entries: list[LedgerEntry],
-                 _budget: PrivacyBudget | None, _size: int) -> None:
+    def __init__(
+        self,
+        *,
+        _path: Path,
+        _fd: int,
+        _entries: list[LedgerEntry],
+        _budget: PrivacyBudget | None,
+        _size: int,
+    ) -> None:
         self._path = _path
         self._fd = _fd
         self._entries = _entries
@@ -266,7 +271,8 @@ class PrivacyLedger:
             ledger = cls(_path=p, _fd=fd, _entries=entries, _budget=budget, _size=len(data))
             if expected_head is not None:
                 ledger._check_head(expected_head)
-            # Rebuild (and thereby validate) the budget's accountant now.
+            # Rebuild (and thereby validate) the accountants now.
+            ledger.accountant("rdp")
             if budget is not None:
                 ledger.accountant(budget.accountant)
         except BaseException:
@@ -325,6 +331,11 @@ class PrivacyLedger:
                 for e in self._entries:
                     e.event.apply_to(acc)
             except (PrivacyError, ConfigError) as exc:
+                if name != "rdp":
+                    # The ledger is fine; this accountant cannot handle it.
+                    raise PrivacyError(f"accountant {name!r}: {exc}") from exc
+                # record() refuses anything the RDP accountant cannot compose,
+                # so a ledger it cannot account was not written by us.
                 raise LedgerCorrupted(f"{self._path}: cannot account ledger: {exc}") from exc
             self._accountants[name] = acc
         return self._accountants[name].copy()
@@ -353,6 +364,9 @@ class PrivacyLedger:
                 f"round {event.round} is not after the last charged round "
                 f"{self.last_round}: it was already charged; continue at {self.next_round}"
             )
+        # Refuse anything the reference (RDP) accountant cannot compose, e.g.
+        # mixing fixed-size (replace-one) and Poisson (add/remove) releases.
+        event.apply_to(self.accountant("rdp"))
         if self._budget is not None:
             b = self._budget
             acc = self.accountant(b.accountant)

@@ -93,8 +93,13 @@ def _epsilon_curves(
                 eps.append(e if math.isfinite(e) else None)
         except PrivacyError as exc:
             note = f"not applicable: {exc}"
-        out[name] = {"description": ACCOUNTANTS[name], "rounds": rounds, "epsilon": eps,
-                     "final": (eps[-1] if eps and note is None else None), "note": note}
+        out[name] = {
+            "description": ACCOUNTANTS[name],
+            "rounds": rounds,
+            "epsilon": eps,
+            "final": (eps[-1] if eps and note is None else None),
+            "note": note,
+        }
     return out
 
 
@@ -125,10 +130,17 @@ def _describe_sampling(releases: Sequence[Any]) -> str:
 
 
 def _describe_placement(releases: Sequence[Any], colluders_cfg: int | None) -> tuple[str, str]:
-    dist = [r for r in releases if isinstance(r, DistributedDiscreteGaussianRelease)
-            or r.placement is NoisePlacement.DISTRIBUTED]
-    central = [r for r in releases if isinstance(r, GaussianRelease)
-               and r.placement is NoisePlacement.CENTRAL]
+    dist = [
+        r
+        for r in releases
+        if isinstance(r, DistributedDiscreteGaussianRelease)
+        or r.placement is NoisePlacement.DISTRIBUTED
+    ]
+    central = [
+        r
+        for r in releases
+        if isinstance(r, GaussianRelease) and r.placement is NoisePlacement.CENTRAL
+    ]
     k_values = sorted({r.assumed_colluding_clients for r in dist})
     k_txt = ", ".join(str(k) for k in k_values) if k_values else "0"
     placement = []
@@ -147,8 +159,11 @@ def _describe_placement(releases: Sequence[Any], colluders_cfg: int | None) -> t
         trust.append(
             "With distributed noise the guarantee holds against the server and up to "
             f"{k_txt} colluding client(s) per round (the noise of colluders is not counted)"
-            + (f"; the configured collusion threshold is {colluders_cfg}." if colluders_cfg
-               is not None else ".")
+            + (
+                f"; the configured collusion threshold is {colluders_cfg}."
+                if colluders_cfg is not None
+                else "."
+            )
             + " It relies on secure aggregation hiding individual noisy updates."
         )
     if central:
@@ -217,9 +232,11 @@ def build_report(entries: Sequence[LedgerEntry], config: Mapping[str, Any]) -> d
             "type": r.kind,
             "noise_multiplier": r.noise_multiplier,
             "clip_norm": r.clip_norm,
-            "placement": (NoisePlacement.DISTRIBUTED.value
-                          if isinstance(r, DistributedDiscreteGaussianRelease)
-                          else r.placement.value),
+            "placement": (
+                NoisePlacement.DISTRIBUTED.value
+                if isinstance(r, DistributedDiscreteGaussianRelease)
+                else r.placement.value
+            ),
             "sampling_mode": r.sampling_mode.value,
             "sample_rate": r.sample_rate,
             "clients_sampled": r.clients_sampled,
@@ -259,8 +276,11 @@ def build_report(entries: Sequence[LedgerEntry], config: Mapping[str, Any]) -> d
             ),
             "delta": (
                 f"δ = {delta:g}"
-                + (f" for a population of N = {population} clients (1/N = {1 / population:.3g})."
-                   if population else ".")
+                + (
+                    f" for a population of N = {population} clients (1/N = {1 / population:.3g})."
+                    if population
+                    else "."
+                )
             ),
             "sampling": _describe_sampling(releases),
             "noise_placement": placement_txt,
@@ -378,8 +398,13 @@ def _markdown(report: Mapping[str, Any], pngs: Sequence[str]) -> str:
     lines += [f"- {item}" for item in report["not_protected"]]
     lines += ["", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in pngs]
-    lines += ["", "## Rounds", "", "| round | σ | C | placement | sampling | q | sampled | "
-              "surviving |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Rounds",
+        "",
+        "| round | σ | C | placement | sampling | q | sampled | surviving |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["rounds"]:
         lines.append(
             f"| {r['round']} | {_fmt(r['noise_multiplier'])} | {_fmt(r['clip_norm'])} | "
@@ -412,17 +437,23 @@ def _html(markdown_report: Mapping[str, Any], images: Mapping[str, bytes]) -> st
         )
     parts.append(f"</table><p>δ = {r['delta']:g}; max ε = {esc(_fmt(r['max_epsilon']))}.</p>")
     parts.append("<h2>What is protected</h2><ul>")
-    for label, key in [("Privacy unit", "privacy_unit"), ("δ", "delta"),
-                       ("Sampling", "sampling"), ("Noise placement", "noise_placement"),
-                       ("Trust assumptions", "trust_assumptions")]:
+    for label, key in [
+        ("Privacy unit", "privacy_unit"),
+        ("δ", "delta"),
+        ("Sampling", "sampling"),
+        ("Noise placement", "noise_placement"),
+        ("Trust assumptions", "trust_assumptions"),
+    ]:
         parts.append(f"<li><b>{esc(label)}.</b> {esc(s[key])}</li>")
     parts.append("</ul><h2>What is NOT protected</h2><ul>")
     parts += [f"<li>{esc(item)}</li>" for item in r["not_protected"]]
     parts.append("</ul><h2>Plots</h2>")
     for name, data in images.items():
         b64 = base64.b64encode(data).decode("ascii")
-        parts.append(f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{b64}">'
-                     f"<figcaption>{esc(name)}</figcaption></figure>")
+        parts.append(
+            f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{esc(name)}</figcaption></figure>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

@@ -132,7 +132,9 @@ def test_fixed_size_uses_replace_one_wor_accounting() -> None:
     acc = Accountant("rdp")
     for _ in range(100):
         acc.step(
-            noise_multiplier=2.0, sample_rate=0.1, sampling=SamplingMode.FIXED_SIZE,
+            noise_multiplier=2.0,
+            sample_rate=0.1,
+            sampling=SamplingMode.FIXED_SIZE,
             population=300,
         )
     ref = dp_accounting.rdp.RdpAccountant(
@@ -156,7 +158,9 @@ def test_fixed_size_uses_replace_one_wor_accounting() -> None:
         acc.step(noise_multiplier=2.0, sample_rate=0.1)
     with pytest.raises(PrivacyError, match="FIXED_SIZE"):
         Accountant("prv").step(
-            noise_multiplier=2.0, sample_rate=0.1, sampling=SamplingMode.FIXED_SIZE,
+            noise_multiplier=2.0,
+            sample_rate=0.1,
+            sampling=SamplingMode.FIXED_SIZE,
             population=300,
         )
 
@@ -165,8 +169,16 @@ def test_state_dict_round_trip() -> None:
     acc = Accountant("rdp")
     for i in range(30):
         acc.step(noise_multiplier=1.0 + (i % 3) * 0.1, sample_rate=0.05)
-    acc.step_rdp(ddgauss_rdp(local_stddev=50, num_survivors=20, scale=100, clip_norm=1.0,
-                             dimension=100, sample_rate=0.05))
+    acc.step_rdp(
+        ddgauss_rdp(
+            local_stddev=50,
+            num_survivors=20,
+            scale=100,
+            clip_norm=1.0,
+            dimension=100,
+            sample_rate=0.05,
+        )
+    )
     clone = Accountant.from_state_dict(acc.state_dict())
     assert clone.get_epsilon(1e-5) == acc.get_epsilon(1e-5)
     assert len(clone) == len(acc) == 31
@@ -187,8 +199,10 @@ def test_plan_round_trip(sampling: Sampling, target: float) -> None:
     acc = Accountant("rdp")
     for _ in range(100):
         acc.step(
-            noise_multiplier=p.noise_multiplier, sample_rate=sampling.sample_rate,
-            sampling=sampling.mode, population=sampling.population,
+            noise_multiplier=p.noise_multiplier,
+            sample_rate=sampling.sample_rate,
+            sampling=sampling.mode,
+            population=sampling.population,
         )
     eps = acc.get_epsilon(1e-5)
     assert eps <= target
@@ -202,8 +216,10 @@ def test_plan_prv() -> None:
     p = plan(target_epsilon=4.0, delta=1e-5, rounds=200, sampling=s, accountant="prv")
     assert 4.0 - 0.05 <= p.epsilon <= 4.0
     # PRV is tighter than RDP, so it needs less noise for the same target.
-    assert p.noise_multiplier < plan(target_epsilon=4.0, delta=1e-5, rounds=200,
-                                     sampling=s).noise_multiplier
+    assert (
+        p.noise_multiplier
+        < plan(target_epsilon=4.0, delta=1e-5, rounds=200, sampling=s).noise_multiplier
+    )
 
 
 def test_projection_more_clients_need_less_noise() -> None:
@@ -242,18 +258,29 @@ def test_ddgauss_approaches_continuous_gaussian_as_scale_grows(q: float) -> None
     # Same subsampling bound (Zhu & Wang Thm. 5) applied to the continuous
     # Gaussian's RDP curve: the limit the discrete bound must approach.
     generic = _rdp_to_epsilon(
-        10 * np.array([
-            _subsampled_rdp_upper(max(2, math.ceil(a)), q, lambda ell: ell / (2 * z * z))
-            if q < 1 else a / (2 * z * z)
-            for a in RDP_ORDERS
-        ]),
+        10
+        * np.array(
+            [
+                _subsampled_rdp_upper(max(2, math.ceil(a)), q, lambda ell: ell / (2 * z * z))
+                if q < 1
+                else a / (2 * z * z)
+                for a in RDP_ORDERS
+            ]
+        ),
         1e-5,
     )
     gaps = []
     for scale in (10.0, 100.0, 1000.0, 10000.0):
         local = z * c * scale / math.sqrt(n)
-        rdp = 10 * ddgauss_rdp(local_stddev=local, num_survivors=n, scale=scale, clip_norm=c,
-                               dimension=d, beta=0.0, sample_rate=q)
+        rdp = 10 * ddgauss_rdp(
+            local_stddev=local,
+            num_survivors=n,
+            scale=scale,
+            clip_norm=c,
+            dimension=d,
+            beta=0.0,
+            sample_rate=q,
+        )
         eps = _rdp_to_epsilon(rdp, 1e-5)
         assert eps >= exact * 0.999  # never claims more than the continuous Gaussian
         gaps.append(eps / generic - 1)

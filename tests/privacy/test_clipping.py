@@ -97,7 +97,10 @@ def test_adaptive_bit_and_step() -> None:
     # 100 clients, 80 unclipped, no noise: fraction 0.8 > target 0.5 -> C shrinks.
     bit_sum = 80 * 0.5 + 20 * -0.5
     step = adaptive_clip_step(
-        clip_norm=1.0, noisy_bit_sum=bit_sum, num_clients=100, target_quantile=0.5,
+        clip_norm=1.0,
+        noisy_bit_sum=bit_sum,
+        num_clients=100,
+        target_quantile=0.5,
         learning_rate=0.2,
     )
     assert step.unclipped_fraction == pytest.approx(0.8)
@@ -111,7 +114,10 @@ def test_adaptive_clip_converges_to_quantile() -> None:
     for _ in range(200):
         s = sum(adaptive_clip_bit(norm=n, clip_norm=c) for n in norms)
         c = adaptive_clip_step(
-            clip_norm=c, noisy_bit_sum=s, num_clients=len(norms), target_quantile=0.5,
+            clip_norm=c,
+            noisy_bit_sum=s,
+            num_clients=len(norms),
+            target_quantile=0.5,
             learning_rate=0.2,
         ).new_clip_norm
     assert c == pytest.approx(float(np.median(norms)), rel=0.05)

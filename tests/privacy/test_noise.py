@@ -69,8 +69,10 @@ def test_distributed_sum_over_min_survivors_has_target_std() -> None:
     assert per == pytest.approx(sigma * c / 4.0)
     src = GaussianNoiseSource()
     d = 20_000
-    total = sum(add_noise(np.zeros(d, np.float32), std=per, source=src).astype(np.float64)
-                for _ in range(m_min))
+    total = sum(
+        add_noise(np.zeros(d, np.float32), std=per, source=src).astype(np.float64)
+        for _ in range(m_min)
+    )
     # Relative s.e. of the sample std over d coordinates is 1/sqrt(2d) = 0.5%.
     assert abs(total.std() / (sigma * c) - 1) < 6 / math.sqrt(2 * d)
 
@@ -105,7 +107,10 @@ def test_colluders_are_not_counted() -> None:
     )
     assert per == pytest.approx(1 / math.sqrt(8))
     assert distributed_effective_noise_multiplier(
-        per_client_std=per, clip_norm=1.0, num_survivors=10, min_survivors=10,
+        per_client_std=per,
+        clip_norm=1.0,
+        num_survivors=10,
+        min_survivors=10,
         assumed_colluding_clients=2,
     ) == pytest.approx(1.0)
     with pytest.raises(ConfigError):
@@ -116,9 +121,11 @@ def test_colluders_are_not_counted() -> None:
 
 def test_add_noise_bit_coordinate_gets_own_std() -> None:
     src = GaussianNoiseSource()
-    outs = np.stack([
-        add_noise(np.zeros(2, np.float32), std=0.0, source=src, last_coordinate_std=2.0)
-        for _ in range(3000)
-    ])
+    outs = np.stack(
+        [
+            add_noise(np.zeros(2, np.float32), std=0.0, source=src, last_coordinate_std=2.0)
+            for _ in range(3000)
+        ]
+    )
     assert np.all(outs[:, 0] == 0.0)
     assert abs(outs[:, 1].std() / 2.0 - 1) < 0.1
