@@ -1,3 +1,92 @@
-"""secure-fml: privacy-hardened federated meta-learning."""
+"""secure-fml: privacy-hardened federated meta-learning.
+
+Quick start::
+
+    from secure_fml import Config, Simulation
+    result = Simulation(Config()).run()        # embedded synthetic task, FedMeta(MAML)
+    print(result.final.personalized_accuracy)
+
+Layers (one-way): ``privacy`` <- ``aggregation`` <- ``secure_fml`` <- ``audits``.
+"""
+
+from secure_fml.algorithms import (
+    Algorithm,
+    AlgorithmConfig,
+    AlgorithmName,
+    ClientUpdate,
+    LocalOptimizer,
+    UpdateKind,
+    make_algorithm,
+)
+from secure_fml.config import (
+    Config,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    PrivacyConfig,
+    RunConfig,
+    SecureAggregationConfig,
+    ServerConfig,
+    config_from_dict,
+    load_config,
+    with_overrides,
+)
+from secure_fml.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    PrivacyBudgetExhausted,
+    SecureFMLError,
+)
+from secure_fml.evaluation import EvalResult, evaluate
+from secure_fml.models import MLP, CharLSTM, FemnistCNN
+from secure_fml.rounds import (
+    AggregateResult,
+    PlainSum,
+    RoundContext,
+    SamplingMode,
+    ServerOptimizerKind,
+    UpdatePath,
+)
+from secure_fml.simulation import RunResult, Simulation
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "MLP",
+    "AggregateResult",
+    "Algorithm",
+    "AlgorithmConfig",
+    "AlgorithmName",
+    "CharLSTM",
+    "CheckpointError",
+    "ClientUpdate",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "EvalConfig",
+    "EvalResult",
+    "FemnistCNN",
+    "LocalOptimizer",
+    "ModelConfig",
+    "PlainSum",
+    "PrivacyBudgetExhausted",
+    "PrivacyConfig",
+    "RoundContext",
+    "RunConfig",
+    "RunResult",
+    "SamplingMode",
+    "SecureAggregationConfig",
+    "SecureFMLError",
+    "ServerConfig",
+    "ServerOptimizerKind",
+    "Simulation",
+    "UpdateKind",
+    "UpdatePath",
+    "config_from_dict",
+    "evaluate",
+    "load_config",
+    "make_algorithm",
+    "with_overrides",
+]
