@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -139,6 +140,8 @@ class ClientSession:
         self._header = context_bytes(session_id, round_index)
         self.state = _ClientState()
         self.last_noise: np.ndarray | None = None  # kept only for tests of the noise path
+        #: Seconds spent in sub-steps of the masked-input stage (for benchmarks).
+        self.timings: dict[str, float] = {}
 
     @property
     def stage(self) -> Stage:
@@ -332,12 +335,12 @@ class ClientSession:
         bits = self.config.modulus_bits
         dtype = P.mask_dtype(bits)
         x = st.input_vector
+        t0 = time.perf_counter()
         if self.noise_stddev_int > 0.0:
             noise = P.DiscreteGaussianSampler(self.noise_stddev_int, self._rng).sample(x.shape[0])
             self.last_noise = noise
             x = x + noise
-        # int64 -> uint64 is reduction mod 2^64 (two's complement); then mod 2^w.
-        acc = x.astype(np.uint64).astype(dtype)
+        t1 = time.perf_counter()
         plus = [st.self_seed]
         minus: list[bytes] = []
         for v in sorted(held):
@@ -353,9 +356,15 @@ class ClientSession:
                 ids=(self.client_id, v),
             )
             (plus if self.client_id < v else minus).append(seed)
+        t2 = time.perf_counter()
+        # numpy integer casts wrap: int64 -> uint32/uint64 is reduction mod 2^w.
+        acc = x.astype(dtype)
         P.add_prg_masks(acc, plus, minus, bits)
         if bits not in (32, 64):
             acc &= dtype((1 << bits) - 1)
+        t3 = time.perf_counter()
+        self.timings.update(noise=t1 - t0, key_agreement=t2 - t1, masking=t3 - t2)
+        self.timings["mask_vectors"] = float(len(plus) + len(minus))
         st.input_vector = None  # drop the plaintext as soon as it is masked
         st.stage = Stage.CONSISTENCY_CHECK
         return MaskedInput(
