@@ -139,13 +139,20 @@ class Sampling:
 
 
 def _opacus_rdp(*, q: float, noise_multiplier: float, steps: int) -> npt.NDArray[np.float64]:
+    return steps * np.asarray(_opacus_rdp_one_step(float(q), float(noise_multiplier)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _opacus_rdp_one_step(q: float, noise_multiplier: float) -> tuple[float, ...]:
+    # Fractional orders cost ~1 ms each in Opacus; ledgers repeat (q, σ), so
+    # cache the one-step curve (RDP composes additively over steps).
     from opacus.accountants.analysis import rdp as rdp_analysis
 
-    return np.asarray(
-        rdp_analysis.compute_rdp(
-            q=q, noise_multiplier=noise_multiplier, steps=steps, orders=list(RDP_ORDERS)
-        ),
-        dtype=np.float64,
+    return tuple(
+        float(x)
+        for x in rdp_analysis.compute_rdp(
+            q=q, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS)
+        )
     )
 
 
@@ -485,7 +492,13 @@ class Accountant:
         from opacus.accountants import PRVAccountant
 
         acc = PRVAccountant()
-        acc.history = [(s.noise_multiplier, s.sample_rate, s.count) for s in self._state.gaussian]
+        # Composition is commutative: merge identical (σ, q) steps so PRV
+        # composes one distribution per distinct release, not one per round.
+        grouped: dict[tuple[float, float], int] = {}
+        for s in self._state.gaussian:
+            key = (s.noise_multiplier, s.sample_rate)
+            grouped[key] = grouped.get(key, 0) + s.count
+        acc.history = [(z, q, n) for (z, q), n in grouped.items()]
         return float(acc.get_epsilon(delta=delta, eps_error=0.01))
 
     def _eps_gdp(self, delta: float) -> float:

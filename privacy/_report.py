@@ -42,8 +42,10 @@ __all__ = [
 
 LEDGER_FILENAME = "privacy_ledger.jsonl"
 REPORT_SCHEMA_VERSION = 1
-# At most this many points per ε curve (PRV is ~50 ms per evaluation).
+# At most this many points per ε curve; PRV costs up to seconds per
+# evaluation when σ varies between rounds, so it gets fewer.
 _MAX_CURVE_POINTS = 40
+_PRV_CURVE_POINTS = 6
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,12 @@ def _cfg(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return inner if isinstance(inner, Mapping) else config
 
 
-def _curve_points(n: int) -> list[int]:
-    if n <= _MAX_CURVE_POINTS:
+def _curve_points(n: int, limit: int | None = None) -> list[int]:
+    k = _MAX_CURVE_POINTS if limit is None else limit
+    if n <= k:
         return list(range(1, n + 1))
-    step = n / _MAX_CURVE_POINTS
-    pts = sorted({max(1, round(step * (i + 1))) for i in range(_MAX_CURVE_POINTS)})
+    step = n / k
+    pts = sorted({max(1, round(step * (i + 1))) for i in range(k)})
     if pts[-1] != n:
         pts.append(n)
     return pts
@@ -74,9 +77,9 @@ def _curve_points(n: int) -> list[int]:
 def _epsilon_curves(
     releases: Sequence[GaussianRelease | DistributedDiscreteGaussianRelease], delta: float
 ) -> dict[str, dict[str, Any]]:
-    points = _curve_points(len(releases))
     out: dict[str, dict[str, Any]] = {}
     for name in ACCOUNTANTS:
+        points = _curve_points(len(releases), _PRV_CURVE_POINTS if name == "prv" else None)
         acc = Accountant(name)
         rounds: list[int] = []
         eps: list[float | None] = []

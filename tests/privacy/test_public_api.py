@@ -1,0 +1,63 @@
+"""The public surface: ``__all__`` is complete, importable, and the layering holds."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import privacy
+
+PKG = Path(privacy.__file__).parent
+
+
+def test_all_names_exist_and_are_unique() -> None:
+    assert len(set(privacy.__all__)) == len(privacy.__all__)
+    for name in privacy.__all__:
+        assert hasattr(privacy, name), name
+
+
+def test_all_lists_every_public_name() -> None:
+    public = {n for n in vars(privacy) if not n.startswith("_")}
+    assert public - {"annotations"} <= set(privacy.__all__) | {
+        # implementation modules are private and never exported
+        n
+        for n in public
+        if n.startswith("_")
+    }
+
+
+def test_implementation_modules_are_private() -> None:
+    for f in PKG.glob("*.py"):
+        assert f.name == "__init__.py" or f.name.startswith("_"), f.name
+
+
+def test_privacy_never_imports_upper_layers() -> None:
+    forbidden = {"secure_fml", "aggregation", "audits"}
+    for f in PKG.glob("*.py"):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            mods: list[str] = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module]
+            for m in mods:
+                assert m.split(".")[0] not in forbidden, f"{f.name} imports {m}"
+
+
+def test_no_print_or_assert_in_library_code() -> None:
+    for f in PKG.glob("*.py"):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            assert not isinstance(node, ast.Assert), f"assert in {f.name}:{node.lineno}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id != "print", f"print in {f.name}:{node.lineno}"
+
+
+def test_error_tree_docstring_lists_every_error() -> None:
+    from privacy import _errors
+
+    doc = _errors.__doc__ or ""
+    for name in _errors.__all__:
+        assert name in doc, name
+        assert issubclass(getattr(_errors, name), _errors.SecureFMLError)
