@@ -37,9 +37,14 @@ from aggregation._messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from aggregation._primitives import DiscreteGaussianSampler as _DiscreteGaussianSampler
 from aggregation._server import ServerSession
 
+#: Largest per-client discrete Gaussian sigma (integer units) the exact sampler accepts.
+DISCRETE_GAUSSIAN_MAX_SIGMA: float = _DiscreteGaussianSampler.MAX_SIGMA
+
 __all__ = [
+    "DISCRETE_GAUSSIAN_MAX_SIGMA",
     "PROTOCOL_VERSION",
     "AdvertiseKeys",
     "ClientSession",

@@ -61,6 +61,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if overrides:
             config = with_overrides(config, overrides)
         run_dir = Path(config.run.out_dir) / config.run.name
+        if (run_dir / "privacy_ledger.jsonl").exists():
+            raise ConfigError(
+                f"run directory {run_dir} holds a privacy ledger; a spent budget is never "
+                f"discarded: use --resume {run_dir} or another --name"
+            )
         if (run_dir / "checkpoint.pt").exists() and not args.overwrite:
             raise ConfigError(
                 f"run directory {run_dir} already holds a run; use --resume {run_dir}, "

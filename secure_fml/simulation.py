@@ -7,8 +7,10 @@ and ``summary.json`` (final test-client evaluation).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from privacy import LedgerHead
 from privacy._errors import CheckpointError, ConfigError
 from secure_fml._functional import Batch, FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
@@ -35,6 +38,7 @@ from secure_fml.rounds import (
     ServerOptimizer,
     UpdatePath,
 )
+from secure_fml.update_paths import DifferentialPrivacy, build_update_path
 
 __all__ = ["RunResult", "Simulation", "build_model", "load_dataset", "model_spec_for"]
 
@@ -127,7 +131,7 @@ class Simulation:
             config.server.sampling_config(),
             rng=self.rng,
         )
-        self.update_path = update_path if update_path is not None else PlainSum()
+        self._update_path = update_path
         self._train = {c.client_id: c for c in self.split.train}
         self._batches: dict[str, Batch] = {}
         self.round = 0
@@ -135,6 +139,33 @@ class Simulation:
         self.history: list[dict[str, Any]] = []
 
     # -- helpers ---------------------------------------------------------------------------
+    @property
+    def update_path(self) -> UpdatePath:
+        if self._update_path is None:
+            self._update_path = self._build_update_path(None)
+        return self._update_path
+
+    def _build_update_path(self, ledger_head: dict[str, Any] | None) -> UpdatePath:
+        cfg = self.config
+        if not cfg.privacy.enabled and cfg.secure_aggregation.protocol == "none":
+            return PlainSum()
+        ledger_dir = self.run_dir
+        if ledger_dir is None:
+            ledger_dir = Path(tempfile.mkdtemp(prefix="secure-fml-ledger-"))
+        head = LedgerHead(**ledger_head) if ledger_head else None
+        return build_update_path(
+            cfg,
+            population=len(self.split.train),
+            ledger_dir=ledger_dir,
+            rng=np.random.default_rng([cfg.run.seed, 2]),
+            expected_head=head,
+        )
+
+    def close(self) -> None:
+        """Release the privacy ledger (its file lock), if one is open."""
+        if isinstance(self._update_path, DifferentialPrivacy):
+            self._update_path.ledger.close()
+
     def _batch(self, client_id: str) -> Batch:
         if client_id not in self._batches:
             self._batches[client_id] = to_batch(self._train[client_id], self.dataset.input_kind)
@@ -203,6 +234,11 @@ class Simulation:
             extra={
                 "algorithm": self.config.algorithm.name.value,
                 "sampler_rng": json.dumps(self.rng.bit_generator.state),
+                "ledger_head": (
+                    dataclasses.asdict(self.update_path.ledger.head)
+                    if isinstance(self.update_path, DifferentialPrivacy)
+                    else None
+                ),
             },
         )
 
@@ -216,6 +252,22 @@ class Simulation:
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.rng.bit_generator.state = json.loads(ckpt.extra["sampler_rng"])
         self.round = ckpt.round
+        if self._update_path is None:
+            self._update_path = self._build_update_path(ckpt.extra.get("ledger_head"))
+        if isinstance(self._update_path, DifferentialPrivacy):
+            # Rounds charged after this checkpoint (crash between record and the next
+            # checkpoint) stay spent: training continues after the last charged round
+            # instead of charging it twice.
+            last = self._update_path.ledger.last_round
+            if last is not None and last > self.round:
+                log.warning(
+                    "rounds %d..%d were charged to the privacy ledger after the last "
+                    "checkpoint; continuing at round %d",
+                    self.round + 1,
+                    last,
+                    last + 1,
+                )
+                self.round = last
 
     # -- the whole run ---------------------------------------------------------------------
     def run(self, *, progress: bool = True, resume: bool = False) -> RunResult:
@@ -263,6 +315,7 @@ class Simulation:
                 metrics_f.close()
         final = self.evaluate_on(self.split.test) if self.split.test else None
         summary = self.summary(final)
+        self.close()
         if run_dir is not None:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return RunResult(run_dir, self.round, self.state, final, summary)

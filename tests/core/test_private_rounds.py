@@ -1,0 +1,162 @@
+"""DP and secure aggregation wrapped around the update path, end to end in-process."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from privacy import DistributedDiscreteGaussianRelease, GaussianRelease, read_ledger
+from secure_fml.config import config_from_dict
+from secure_fml.errors import ConfigError, PrivacyBudgetExhausted
+from secure_fml.simulation import Simulation
+
+BASE = {
+    "data": {"options": {"num_clients": 40, "max_samples": 100}},
+    "algorithm": {"name": "maml"},
+    "server": {"rounds": 4, "clients_per_round": 6, "lr": 0.01},
+    "eval": {"every": 0},
+}
+
+
+def cfg(**sections: dict):
+    raw = json.loads(json.dumps(BASE))
+    for k, v in sections.items():
+        raw.setdefault(k, {}).update(v)
+    return config_from_dict(raw)
+
+
+def test_secure_aggregation_matches_plain_run_up_to_quantization(tmp_path: Path) -> None:
+    plain = Simulation(cfg()).run(progress=False)
+    for protocol in ("secagg", "secagg+"):
+        # clip_norm far above any update norm: only fixed-point quantization differs.
+        c = cfg(secure_aggregation={"protocol": protocol}, privacy={"clip_norm": 1e3})
+        sec = Simulation(c).run(progress=False)
+        diff = float((sec.state - plain.state).abs().max())
+        assert 0 < diff < 1e-4, (protocol, diff)
+
+
+def test_secure_aggregation_recovers_dropouts_every_round() -> None:
+    c = cfg(
+        secure_aggregation={"protocol": "secagg+", "dropout_fraction": 0.2},
+        privacy={"clip_norm": 1e3},
+    )
+    sim = Simulation(c)
+    sim.run(progress=False)
+    # One of 6 clients goes silent each round at a random stage. Before its masked input
+    # it is excluded from the sum; during unmasking its input is already in and counts.
+    assert all(line["contributors"] + line["secagg_dropped"] == 6 for line in sim.history)
+    assert {line["contributors"] for line in sim.history} <= {5, 6}
+    assert sum(line["secagg_dropped"] for line in sim.history) >= 1
+
+
+def test_central_dp_writes_ledger_before_apply_and_accounts(tmp_path: Path) -> None:
+    c = cfg(privacy={"enabled": True, "noise_multiplier": 1.0, "clip_norm": 0.5})
+    sim = Simulation(c, run_dir=tmp_path)
+    sim.run(progress=False)
+    entries = read_ledger(tmp_path / "privacy_ledger.jsonl")
+    assert [e.round for e in entries] == [1, 2, 3, 4]
+    assert all(isinstance(e.event, GaussianRelease) for e in entries)
+    eps = [line["dp_epsilon"] for line in sim.history]
+    assert eps == sorted(eps) and eps[0] > 0
+    assert all(line["dp_noise_multiplier"] == 1.0 for line in sim.history)
+
+
+def test_budget_refuses_the_round_that_would_exceed_it(tmp_path: Path) -> None:
+    c = cfg(
+        privacy={"enabled": True, "noise_multiplier": 1.0, "max_epsilon": 3.0},
+        server={"rounds": 50},
+    )
+    sim = Simulation(c, run_dir=tmp_path)
+    with pytest.raises(PrivacyBudgetExhausted, match=r"3"):
+        sim.run(progress=False)
+    spent = read_ledger(tmp_path / "privacy_ledger.jsonl")
+    # Every recorded round was applied; the refused one was neither recorded nor applied.
+    assert len(spent) == sim.round
+
+
+def test_distributed_discrete_gaussian_inside_secagg_with_dropouts(tmp_path: Path) -> None:
+    c = cfg(
+        privacy={"enabled": True, "noise_multiplier": 0.8, "clip_norm": 1.0},
+        secure_aggregation={
+            "protocol": "secagg+",
+            "dropout_fraction": 0.2,
+            "min_survivor_fraction": 0.75,
+        },
+        server={"sampling": "poisson", "sampling_rate": 0.2, "clients_per_round": None},
+    )
+    sim = Simulation(c, run_dir=tmp_path)
+    sim.run(progress=False)
+    entries = read_ledger(tmp_path / "privacy_ledger.jsonl")
+    assert entries and all(isinstance(e.event, DistributedDiscreteGaussianRelease) for e in entries)
+    for e in entries:
+        # charged with the survivors actually present, never below the target noise
+        assert e.event.clients_surviving >= e.event.min_survivors
+        assert e.event.noise_multiplier >= 0.8 * 0.99
+    assert any(e.event.clients_surviving < e.event.clients_sampled for e in entries)
+
+
+def test_distributed_secagg_with_fixed_size_sampling_is_refused() -> None:
+    c = cfg(
+        privacy={"enabled": True, "noise_multiplier": 1.0, "placement": "distributed"},
+        secure_aggregation={"protocol": "secagg"},
+    )
+    with pytest.raises(ConfigError, match="poisson"):
+        Simulation(c).update_path  # noqa: B018
+
+
+def test_resume_after_crash_never_double_charges(tmp_path: Path) -> None:
+    c = cfg(
+        privacy={"enabled": True, "noise_multiplier": 1.0},
+        server={"rounds": 3},
+        run={"checkpoint_every": 2},
+    )
+    sim = Simulation(c, run_dir=tmp_path)
+    sim.run(progress=False)  # ledger: rounds 1..3, last checkpoint ... at round 3 (final)
+    # Simulate a crash after round 3 was charged but before its checkpoint: roll the
+    # checkpoint back to round 2 by re-running rounds 1-2 into a fresh directory.
+    c2 = cfg(
+        privacy={"enabled": True, "noise_multiplier": 1.0},
+        server={"rounds": 5},
+        run={"checkpoint_every": 2},
+    )
+    crash = tmp_path / "crash"
+    s1 = Simulation(c2, run_dir=crash)
+    for _ in range(3):
+        s1.run_round()
+    from secure_fml.checkpoint import save_checkpoint
+
+    ck = s1.checkpoint()
+    s1.close()
+    save_checkpoint(crash / "checkpoint.pt", ck)
+    # now lose round 3's checkpoint: ledger has 3 rounds, checkpoint says round 3 -> fine;
+    # write an older checkpoint (round 2 view) to emulate the crash window.
+    from dataclasses import replace
+
+    save_checkpoint(
+        crash / "checkpoint.pt", replace(ck, round=2, extra={**ck.extra, "ledger_head": None})
+    )
+    s2 = Simulation(c2, run_dir=crash)
+    res = s2.run(progress=False, resume=True)
+    rounds = [e.round for e in read_ledger(crash / "privacy_ledger.jsonl")]
+    assert rounds == [1, 2, 3, 4, 5] and res.rounds == 5
+
+
+def test_insecure_noise_seed_warns_loudly() -> None:
+    c = cfg(privacy={"enabled": True, "noise_multiplier": 1.0, "insecure_seed": 7})
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        Simulation(c).update_path  # noqa: B018
+    assert any("INSECURE" in str(x.message) for x in w)
+
+
+def test_dp_changes_the_model_and_clips(tmp_path: Path) -> None:
+    plain = Simulation(cfg()).run(progress=False)
+    c = cfg(privacy={"enabled": True, "noise_multiplier": 0.5, "clip_norm": 0.01})
+    sim = Simulation(c)
+    res = sim.run(progress=False)
+    assert not torch.allclose(res.state, plain.state)
+    assert all(line["dp_fraction_clipped"] == 1.0 for line in sim.history)
