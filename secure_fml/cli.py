@@ -181,6 +181,78 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_privacy_plan(args: argparse.Namespace) -> int:
+    import privacy
+
+    if args.sampling == "poisson":
+        if args.clients_per_round is None:
+            raise ConfigError("privacy plan: --clients-per-round (expected m) is required")
+        sampling = privacy.Sampling.poisson(
+            sample_rate=args.clients_per_round / args.population, population=args.population
+        )
+    elif args.sampling == "fixed":
+        if args.clients_per_round is None:
+            raise ConfigError("privacy plan: --clients-per-round is required for fixed sampling")
+        sampling = privacy.Sampling.fixed_size(
+            clients_per_round=args.clients_per_round, population=args.population
+        )
+    else:
+        sampling = privacy.Sampling.full(population=args.population)
+    p = privacy.plan(
+        target_epsilon=args.epsilon,
+        delta=args.delta,
+        rounds=args.rounds,
+        sampling=sampling,
+        accountant=args.accountant,
+    )
+    print(privacy.render_plan(p))
+    if args.project:
+        proj = privacy.project(
+            target_epsilon=args.epsilon,
+            rounds=args.rounds,
+            clients_per_round=int(args.clients_per_round or args.population),
+            populations=tuple(args.project),
+            noise_multiplier=p.noise_multiplier,
+            accountant=args.accountant,
+        )
+        print()
+        print(privacy.render_projection(proj))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import privacy
+
+    run_dir = Path(args.run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
+    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    out = Path(args.out) if args.out else run_dir
+    paths = privacy.write_report(run_dir, config, out)
+    for p in (paths.json, paths.markdown, paths.html):
+        print(p)
+    return 0
+
+
+def _register_plugins(sub: Any) -> None:
+    """Commands contributed by other installed packages (entry-point group
+    ``secure_fml.commands``; each entry is ``register(subparsers) -> None``).
+
+    This is how ``audits`` adds ``secure-fml audit`` without ``secure_fml``
+    importing it: the dependency is declared in packaging, resolved at run time.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="secure_fml.commands"), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError as e:
+            logging.getLogger(__name__).warning("command plugin %s unavailable: %s", ep.name, e)
+            continue
+        register(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="secure-fml",
@@ -234,6 +306,32 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("datasets", help="list dataset presets and the files they need")
     ds.add_argument("--data-root")
     ds.set_defaults(func=_cmd_datasets)
+
+    pv = sub.add_parser("privacy", help="differential-privacy planning")
+    pv_sub = pv.add_subparsers(dest="privacy_command", required=True)
+    pl = pv_sub.add_parser("plan", help="noise multiplier for a target (epsilon, delta)")
+    pl.add_argument("--epsilon", type=float, required=True)
+    pl.add_argument("--delta", type=float, default=1e-5)
+    pl.add_argument("--rounds", type=int, required=True)
+    pl.add_argument("--population", type=int, required=True, help="eligible clients N")
+    pl.add_argument("--clients-per-round", type=int, help="m (expected m for Poisson)")
+    pl.add_argument("--sampling", choices=["poisson", "fixed", "all"], default="poisson")
+    pl.add_argument("--accountant", choices=["rdp", "prv", "gdp"], default="rdp")
+    pl.add_argument(
+        "--project",
+        type=int,
+        nargs="*",
+        metavar="N",
+        help="also project epsilon/sigma to these populations (e.g. 300 3000 30000)",
+    )
+    pl.set_defaults(func=_cmd_privacy_plan)
+
+    rp = sub.add_parser("report", help="privacy budget report of a run (json, md, html)")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", help="output directory (default: the run directory)")
+    rp.set_defaults(func=_cmd_report)
+
+    _register_plugins(sub)
     return ap
 
 
