@@ -227,6 +227,41 @@ class DifferentialPrivacy(UpdatePath):
         by_sampler = 0.99 * DISCRETE_GAUSSIAN_MAX_SIGMA / per_client_std
         return float(min(by_modulus, by_sampler))
 
+    def secagg_noise(self, ctx: RoundContext, n: int) -> tuple[float, float]:
+        """(per-client discrete Gaussian sigma in integer units, fixed-point scale) for
+        ``n`` clients inside secure aggregation; shared with the gRPC coordinator."""
+        std = self._per_client_std(ctx)
+        scale = self._scale_for(n, std)
+        return std * scale, scale
+
+    def secagg_event(
+        self,
+        ctx: RoundContext,
+        *,
+        noise_stddev_int: float,
+        scale: float,
+        clients_surviving: int,
+        client_ids: tuple[str, ...] | None = None,
+    ) -> privacy.DistributedDiscreteGaussianRelease:
+        """The ledger event of a distributed discrete Gaussian release inside SecAgg."""
+        sampling = privacy_sampling(ctx.sampled)
+        return privacy.DistributedDiscreteGaussianRelease(
+            round=ctx.round,
+            local_stddev=noise_stddev_int,
+            scale=scale,
+            clip_norm=self.clip_norm,
+            beta=0.0,  # unconditional stochastic rounding: Δ2 <= C*scale + sqrt(d)
+            dimension=ctx.dim,
+            sampling_mode=sampling.mode,
+            sample_rate=sampling.sample_rate,
+            population=sampling.population,
+            clients_sampled=len(ctx.sampled.client_ids),
+            clients_surviving=clients_surviving,
+            min_survivors=self.min_survivors(ctx),
+            assumed_colluding_clients=self.colluding,
+            client_ids=client_ids,
+        )
+
     def aggregate(
         self, ctx: RoundContext, contributions: Mapping[str, np.ndarray]
     ) -> AggregateResult:
@@ -238,25 +273,14 @@ class DifferentialPrivacy(UpdatePath):
         m_min = self.min_survivors(ctx)
         event: Any
         if self.placement is NoisePlacement.DISTRIBUTED and isinstance(self.inner, SecureSum):
-            std = self._per_client_std(ctx)
-            scale = self._scale_for(len(contributions), std)
-            agg = self.inner.aggregate(
-                ctx, contributions, noise_stddev_int=std * scale, scale=scale
-            )
-            event = privacy.DistributedDiscreteGaussianRelease(
-                round=ctx.round,
-                local_stddev=std * scale,
+            std_int, scale = self.secagg_noise(ctx, len(contributions))
+            agg = self.inner.aggregate(ctx, contributions, noise_stddev_int=std_int, scale=scale)
+            event = self.secagg_event(
+                ctx,
+                noise_stddev_int=std_int,
                 scale=scale,
-                clip_norm=self.clip_norm,
-                beta=0.0,  # unconditional stochastic rounding: Δ2 <= C*scale + sqrt(d)
-                dimension=ctx.dim,
-                sampling_mode=sampling.mode,
-                sample_rate=sampling.sample_rate,
-                population=sampling.population,
-                clients_sampled=n_sampled,
                 clients_surviving=agg.count,
-                min_survivors=m_min,
-                assumed_colluding_clients=self.colluding,
+                client_ids=agg.contributors,
             )
             total = agg.total.astype(np.float64)
         elif self.placement is NoisePlacement.DISTRIBUTED:
@@ -271,6 +295,7 @@ class DifferentialPrivacy(UpdatePath):
                 clients_surviving=agg.count,
                 target_noise_multiplier=self.noise_multiplier,
                 assumed_colluding_clients=self.colluding,
+                client_ids=agg.contributors,
             )
             total = agg.total.astype(np.float64)
         else:
@@ -291,6 +316,7 @@ class DifferentialPrivacy(UpdatePath):
                 sampling=sampling,
                 clients_sampled=n_sampled,
                 clients_surviving=agg.count,
+                client_ids=agg.contributors,
             )
         # Durable before the aggregate is applied or released (raises on budget).
         self.ledger.record(event)
