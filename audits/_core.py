@@ -1,0 +1,222 @@
+"""Audit interface, verdicts, result records and the runner.
+
+Shape after Google's dp_auditorium: each audit is a small object holding a
+frozen, validated config; :class:`AuditRunner` runs a list of them against one
+:class:`AuditTarget` (the deployed configuration, its data and its claimed ε)
+and returns :class:`AuditResult` records that the report renders.
+
+Verdict rules (one place, so every audit answers the same question,
+"does the deployed configuration leak more than the ε we report?"):
+
+- ``LEAK_FOUND``: an empirical lower bound, valid at confidence 1 - β, exceeds
+  the claimed ε; or, where nothing is claimed (DP off), a confident leak
+  (a lower bound > 0, a recognisable reconstruction, a protocol that did not abort).
+- ``PASS``: the audit could have exceeded the claim (its ceiling is above the
+  claim) and did not.
+- ``INCONCLUSIVE``: the audit cannot reach the claimed ε with the evidence it
+  has (e.g. too few canaries for the bound to exceed the claim), so "no leak
+  found" would mean nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from secure_fml.config import Config
+from secure_fml.data import FederatedDataset
+
+__all__ = [
+    "Audit",
+    "AuditResult",
+    "AuditRunner",
+    "AuditTarget",
+    "Control",
+    "Verdict",
+    "bound_verdict",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(enum.Enum):
+    PASS = "pass"
+    LEAK_FOUND = "leak_found"
+    INCONCLUSIVE = "inconclusive"
+
+
+class Control(enum.Enum):
+    """Deliberate sabotage of the mechanism for positive controls.
+
+    The claimed ε stays what the deployed configuration reports (the ledger is
+    charged as usual); only the mechanism is broken, as a real bug would.
+    """
+
+    NONE = "none"
+    NOISE_OFF = "noise_off"  # DP noise replaced by zeros
+    CLIPPING_OFF = "clipping_off"  # client updates not clipped (canaries oversized)
+    SECAGG_OFF = "secagg_off"  # the server sees individual updates
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditTarget:
+    """What is audited: a run configuration, its data and the ε it reports.
+
+    ``claimed_epsilon`` is None when the configuration makes no DP claim
+    (privacy off). Audits that train compute their own claim from their own
+    ledger (the accountant's ε for exactly the releases they observed) and
+    record it in their result.
+    """
+
+    config: Config
+    dataset: FederatedDataset | None = None
+    claimed_epsilon: float | None = None
+    seed: int = 0
+    #: Shared, memoized experiments (e.g. one canary run serves two audits).
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def delta(self) -> float:
+        return self.config.privacy.delta
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """One audit's record. ``metrics`` and ``details`` are JSON-serialisable."""
+
+    audit: str
+    verdict: Verdict
+    summary: str
+    claimed_epsilon: float | None
+    empirical_lower_bound: float | None = None
+    empirical_estimate: float | None = None
+    confidence: float | None = None
+    control: Control = Control.NONE
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+    #: PNG images, name -> bytes (embedded by the HTML report, not in JSON).
+    figures: Mapping[str, bytes] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def bound_exceeds_claim(self) -> bool:
+        """True when a confident lower bound exceeds a finite claim: a bug."""
+        return (
+            self.claimed_epsilon is not None
+            and self.empirical_lower_bound is not None
+            and self.empirical_lower_bound > self.claimed_epsilon
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "audit": self.audit,
+            "verdict": self.verdict.value,
+            "summary": self.summary,
+            "claimed_epsilon": _num(self.claimed_epsilon),
+            "empirical_lower_bound": _num(self.empirical_lower_bound),
+            "empirical_estimate": _num(self.empirical_estimate),
+            "confidence": self.confidence,
+            "control": self.control.value,
+            "bound_exceeds_claim": self.bound_exceeds_claim,
+            "metrics": _jsonable(self.metrics),
+            "details": _jsonable(self.details),
+            "figures": sorted(self.figures),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _num(x: float | None) -> float | str | None:
+    if x is None:
+        return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if math.isnan(x):
+        return "nan"
+    return float(x)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, enum.Enum):
+        return x.value
+    if isinstance(x, bool) or x is None or isinstance(x, str | int):
+        return x
+    if isinstance(x, float):
+        return _num(x)
+    try:
+        return _num(float(x))
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def bound_verdict(
+    *, lower_bound: float, ceiling: float, claimed: float | None
+) -> tuple[Verdict, str]:
+    """The shared rule for audits that produce an ε lower bound (see module doc)."""
+    if claimed is None:
+        if lower_bound > 0:
+            return Verdict.LEAK_FOUND, (f"no DP claim, and the audit proves ε >= {lower_bound:.2f}")
+        return Verdict.INCONCLUSIVE, "no DP claim and no provable leakage"
+    if lower_bound > claimed:
+        return Verdict.LEAK_FOUND, (
+            f"empirical lower bound {lower_bound:.2f} exceeds the claimed ε {claimed:.2f} (a bug)"
+        )
+    if ceiling <= claimed:
+        return Verdict.INCONCLUSIVE, (
+            f"the bound could reach at most {ceiling:.2f} with this many canaries, "
+            f"not the claimed ε {claimed:.2f}"
+        )
+    return Verdict.PASS, f"lower bound {lower_bound:.2f} <= claimed ε {claimed:.2f}"
+
+
+class Audit(ABC):
+    """One attack audit: a name, a frozen config, and ``run(target) -> AuditResult``."""
+
+    name: str = "audit"
+
+    @abstractmethod
+    def run(self, target: AuditTarget) -> AuditResult:
+        """Run the attack against ``target`` and judge it."""
+
+
+class AuditRunner:
+    """Runs audits in order; an audit that raises becomes an INCONCLUSIVE record.
+
+    A crashed audit must never read as PASS, and must not hide the others' results.
+    """
+
+    def __init__(self, audits: Sequence[Audit]) -> None:
+        self.audits = list(audits)
+
+    def run(self, target: AuditTarget) -> list[AuditResult]:
+        results: list[AuditResult] = []
+        for audit in self.audits:
+            t0 = time.perf_counter()
+            try:
+                res = audit.run(target)
+            except Exception as exc:  # reported as a record, never swallowed silently
+                log.exception("audit %s failed", audit.name)
+                res = AuditResult(
+                    audit=audit.name,
+                    verdict=Verdict.INCONCLUSIVE,
+                    summary=f"audit raised {type(exc).__name__}: {exc}",
+                    claimed_epsilon=target.claimed_epsilon,
+                )
+            elapsed = time.perf_counter() - t0
+            results.append(_with_seconds(res, elapsed))
+        return results
+
+
+def _with_seconds(res: AuditResult, seconds: float) -> AuditResult:
+    from dataclasses import replace
+
+    return replace(res, seconds=seconds)
