@@ -1,0 +1,148 @@
+"""Malicious-server audit against the SecAgg state machines (``aggregation.run_protocol``).
+
+Scenarios (each must end in a refused / aborted round; a completed round is a leak):
+
+- ``model_inconsistency``: the target client gets model B, everyone else model A
+  (Pasquini et al. CCS'22 gradient suppression needs exactly this);
+- ``crafted_model``: every client gets a crafted model (trap weights / imprint
+  module) while the server commits to the published model hash;
+- ``both_shares``: at unmasking the server declares the live target dropped to
+  some clients, to collect its pairwise-key shares next to its self-mask
+  shares (which would unmask its individual input);
+- ``both_shares_same_request``: one request lists the target alive and dropped.
+
+The honest round must complete (otherwise the audit cannot tell an abort
+caused by the attack from a broken protocol and says INCONCLUSIVE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aggregation import Message, SecAggConfig, SecAggMode, UnmaskRequest
+from aggregation._driver import run_protocol
+from audits._core import Audit, AuditResult, AuditTarget, Control, Verdict
+from privacy._errors import ConfigError, ProtocolError
+
+__all__ = ["MaliciousServerAudit", "MaliciousServerConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaliciousServerConfig:
+    num_clients: int = 8
+    dimension: int = 16
+    mode: SecAggMode = SecAggMode.SECAGG
+    target: int = 0
+    control: Control = Control.NONE
+
+    def __post_init__(self) -> None:
+        if self.num_clients < 4:
+            raise ConfigError("num_clients must be >= 4")
+        if not 0 <= self.target < self.num_clients:
+            raise ConfigError("target must be a client index")
+        if not isinstance(self.mode, SecAggMode):
+            raise ConfigError("mode must be a SecAggMode")
+
+
+def _outcome(fn: Callable[[], Any]) -> tuple[bool, str]:
+    """(aborted, reason)."""
+    try:
+        fn()
+    except ProtocolError as exc:
+        return True, f"{type(exc).__name__}: {exc}"
+    return False, "round completed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaliciousServerAudit(Audit):
+    config: MaliciousServerConfig = field(default_factory=MaliciousServerConfig)
+    name: str = "malicious_server"
+
+    def run(self, target: AuditTarget) -> AuditResult:
+        cfg = self.config
+        n, t = cfg.num_clients, cfg.target
+        mode = cfg.mode
+        if target.config.secure_aggregation.protocol != "none":
+            mode = SecAggMode(target.config.secure_aggregation.protocol)
+        secagg_off = (
+            cfg.control is Control.SECAGG_OFF or target.config.secure_aggregation.protocol == "none"
+        )
+        sac = SecAggConfig(num_clients=n, mode=mode)
+        rng = np.random.default_rng(target.seed)
+        xs = [rng.integers(0, 100, cfg.dimension).astype(np.int64) for _ in range(n)]
+        honest = hashlib.sha256(b"published model").digest()
+        evil = hashlib.sha256(b"crafted model").digest()
+
+        def both_shares(same_request: bool) -> Callable[[str, int, Message], Message]:
+            def tamper(stage: str, i: int, msg: Message) -> Message:
+                if stage != "unmask" or i == t or not isinstance(msg, UnmaskRequest):
+                    return msg
+                if same_request:
+                    return dataclasses.replace(msg, dropped=tuple(sorted({*msg.dropped, t})))
+                if i % 2 == 0:  # half of the clients are told the target dropped
+                    return dataclasses.replace(
+                        msg,
+                        survivors=tuple(s for s in msg.survivors if s != t),
+                        dropped=tuple(sorted({*msg.dropped, t})),
+                    )
+                return msg
+
+            return tamper
+
+        scenarios: dict[str, Callable[[], Any]] = {
+            "model_inconsistency": lambda: run_protocol(
+                xs, config=sac, server_model_hash=honest, model_hashes={t: evil}
+            ),
+            "crafted_model": lambda: run_protocol(
+                xs, config=sac, server_model_hash=honest, model_hashes=dict.fromkeys(range(n), evil)
+            ),
+            "both_shares": lambda: run_protocol(
+                xs, config=sac, server_model_hash=honest, tamper=both_shares(False)
+            ),
+            "both_shares_same_request": lambda: run_protocol(
+                xs, config=sac, server_model_hash=honest, tamper=both_shares(True)
+            ),
+        }
+        honest_aborted, honest_why = _outcome(
+            lambda: run_protocol(xs, config=sac, server_model_hash=honest)
+        )
+        results = {name: _outcome(fn) for name, fn in scenarios.items()}
+        metrics: dict[str, Any] = {
+            name: {"aborted": a, "reason": why} for name, (a, why) in results.items()
+        }
+        metrics["honest_round"] = {"aborted": honest_aborted, "reason": honest_why}
+        if secagg_off:
+            verdict, summary = (
+                Verdict.LEAK_FOUND,
+                (
+                    "secure aggregation is off: the server receives every client's update in "
+                    "the clear, so model-inconsistency and crafted-model attacks need no protocol "
+                    "break (the protocol itself, checked below, would have aborted: "
+                    f"{all(a for a, _ in results.values())})"
+                ),
+            )
+        elif honest_aborted:
+            verdict, summary = Verdict.INCONCLUSIVE, f"the honest round aborted: {honest_why}"
+        elif all(a for a, _ in results.values()):
+            verdict, summary = (
+                Verdict.PASS,
+                f"all {len(results)} malicious-server attacks aborted the round",
+            )
+        else:
+            bad = [k for k, (a, _) in results.items() if not a]
+            verdict, summary = Verdict.LEAK_FOUND, f"round completed under: {', '.join(bad)}"
+        return AuditResult(
+            audit=self.name,
+            verdict=verdict,
+            summary=summary,
+            claimed_epsilon=target.claimed_epsilon,
+            control=cfg.control,
+            metrics=metrics,
+            details={"num_clients": n, "mode": mode.value, "target": t},
+        )
