@@ -1,0 +1,121 @@
+"""``coordinator.toml`` / ``site.toml``: a ``[deploy]`` or ``[site]`` table plus the
+usual config sections (``[algorithm]``, ``[server]``, ``[privacy]``, ...), which
+are validated by :func:`secure_fml.config.config_from_dict` exactly as for the
+simulation."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from privacy._errors import ConfigError
+from secure_fml.config import Config, config_from_dict
+
+__all__ = ["CoordinatorSettings", "SiteSettings", "load_coordinator_config", "load_site_config"]
+
+
+def _build(cls: type, where: str, raw: Mapping[str, Any], base: Path) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]} is not a known field (valid: {', '.join(sorted(known))})"
+        )
+    values = dict(raw)
+    for k in ("pki_dir", "run_dir", "download"):
+        if k in values and values[k] is not None:
+            p = Path(values[k])
+            values[k] = p if p.is_absolute() else base / p
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordinatorSettings:
+    sites: tuple[str, ...]
+    sample_shape: tuple[int, ...]
+    num_classes: int
+    input_kind: str = "image"
+    address: str = "127.0.0.1:50051"
+    pki_dir: Path = Path("pki")
+    run_dir: Path = Path("runs/deploy")
+    insecure: bool = False
+    min_sites: int = 3
+    train_timeout_s: float = 300.0
+    stage_timeout_s: float = 60.0
+    lease_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sites", tuple(self.sites))
+        object.__setattr__(self, "sample_shape", tuple(int(x) for x in self.sample_shape))
+        object.__setattr__(self, "pki_dir", Path(self.pki_dir))
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+        if not isinstance(self.insecure, bool):
+            raise ConfigError("deploy.insecure must be true or false")
+        if not all(isinstance(s, str) and s for s in self.sites):
+            raise ConfigError("deploy.sites must be a list of site names")
+
+    def model_spec(self, config: Config) -> dict[str, Any]:
+        kind = config.model.kind
+        if kind == "auto":
+            kind = "cnn" if self.sample_shape == (28, 28) else "mlp"
+        return {
+            "kind": kind,
+            "sample_shape": list(self.sample_shape),
+            "num_classes": self.num_classes,
+            "hidden": list(config.model.hidden),
+            "input_kind": self.input_kind,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteSettings:
+    name: str
+    client: str
+    server: str = "127.0.0.1:50051"
+    pki_dir: Path = Path("pki")
+    insecure: bool = False
+    require_noise: bool = True
+    download: Path | None = None
+    seed: int | None = None
+    poll_wait_s: float = 5.0
+    reconnect_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pki_dir", Path(self.pki_dir))
+        for k in ("insecure", "require_noise"):
+            if not isinstance(getattr(self, k), bool):
+                raise ConfigError(f"site.{k} must be true or false")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def load_coordinator_config(path: Path | str) -> tuple[CoordinatorSettings, Config]:
+    p = Path(path)
+    raw = _read(p)
+    dep = raw.pop("deploy", None)
+    if dep is None:
+        raise ConfigError(f"{p}: missing [deploy] table")
+    return _build(CoordinatorSettings, "deploy", dep, p.parent), config_from_dict(raw)
+
+
+def load_site_config(path: Path | str) -> tuple[SiteSettings, Config]:
+    p = Path(path)
+    raw = _read(p)
+    site = raw.pop("site", None)
+    if site is None:
+        raise ConfigError(f"{p}: missing [site] table")
+    return _build(SiteSettings, "site", site, p.parent), config_from_dict(raw)

@@ -1,0 +1,265 @@
+"""``*_to_proto`` / ``*_from_proto``: the only place that knows the protobuf layout.
+
+A stream is one :class:`Header` frame followed by payload chunks. Readers check
+the protocol version first, refuse a declared size above the caller's limit
+before reading any chunk, bound every chunk, and verify the total length and
+the SHA-256 of the payload; every failure is a typed error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+
+from aggregation import SecAggConfig, SecAggMode, Stage
+from privacy._errors import ConfigError, InvalidMessage
+from secure_fml.deploy._errors import RefusalReason, Refused
+from secure_fml.deploy._messages import (
+    PROTOCOL_VERSION,
+    Finished,
+    Peer,
+    RoundStart,
+    ServerMessage,
+    StageReply,
+    StageRequest,
+    Wait,
+)
+from secure_fml.proto import secure_fml_v1_pb2 as pb
+
+__all__ = [
+    "MAX_CHUNK_BYTES",
+    "MAX_FRAME_BYTES",
+    "check_version",
+    "read_stream",
+    "server_message_from_proto",
+    "server_message_to_proto",
+    "stage_reply_from_proto",
+    "stage_reply_to_proto",
+    "write_stream",
+]
+
+#: Payload bytes per chunk frame; frames stay far below gRPC's 4 MB default.
+MAX_CHUNK_BYTES = 1 << 20
+#: Largest single protobuf frame either side accepts (chunk + header headroom).
+MAX_FRAME_BYTES = MAX_CHUNK_BYTES + (64 << 10)
+_SESSION_ID_BYTES = 16
+_MAX_PEERS = 100_000
+
+
+def check_version(version: int) -> None:
+    if version != PROTOCOL_VERSION:
+        raise Refused(
+            RefusalReason.VERSION,
+            f"protocol version {version} is not supported; this side speaks {PROTOCOL_VERSION}",
+        )
+
+
+def write_stream(header: pb.Header, payload: bytes) -> Iterator[pb.Frame]:
+    header.protocol_version = PROTOCOL_VERSION
+    header.payload_bytes = len(payload)
+    header.payload_sha256 = hashlib.sha256(payload).digest()
+    yield pb.Frame(header=header)
+    mv = memoryview(payload)
+    for off in range(0, len(payload), MAX_CHUNK_BYTES):
+        yield pb.Frame(chunk=bytes(mv[off : off + MAX_CHUNK_BYTES]))
+
+
+def read_stream(
+    frames: Iterable[pb.Frame], *, max_payload: Callable[[pb.Header], int]
+) -> tuple[pb.Header, bytes]:
+    """Header plus the reassembled payload; ``max_payload(header)`` bounds the size."""
+    it = iter(frames)
+    first = next(it, None)
+    if first is None or first.WhichOneof("body") != "header":
+        raise InvalidMessage("stream must start with a header frame")
+    header = first.header
+    check_version(header.protocol_version)
+    limit = max_payload(header)
+    size = int(header.payload_bytes)
+    if size > limit:
+        raise Refused(
+            RefusalReason.OVERSIZE, f"payload of {size} bytes exceeds the limit of {limit}"
+        )
+    buf = bytearray()
+    for frame in it:
+        if frame.WhichOneof("body") != "chunk":
+            raise InvalidMessage("only chunk frames may follow the header")
+        if len(frame.chunk) > MAX_CHUNK_BYTES or len(buf) + len(frame.chunk) > size:
+            raise Refused(RefusalReason.OVERSIZE, "chunks exceed the declared payload size")
+        buf += frame.chunk
+    if len(buf) != size:
+        raise InvalidMessage(f"payload truncated: {len(buf)} of {size} bytes")
+    if not hmac.compare_digest(hashlib.sha256(buf).digest(), header.payload_sha256):
+        raise InvalidMessage("payload does not match its SHA-256")
+    return header, bytes(buf)
+
+
+def _stage(value: int) -> Stage:
+    try:
+        return Stage(int(value))
+    except ValueError:
+        raise InvalidMessage(f"unknown SecAgg stage {value}") from None
+
+
+def _session(raw: bytes) -> bytes:
+    if len(raw) != _SESSION_ID_BYTES:
+        raise InvalidMessage("session_id must be 16 bytes")
+    return bytes(raw)
+
+
+# ---------------------------------------------------------------- server -> site
+
+
+def server_message_to_proto(msg: ServerMessage) -> Iterator[pb.Frame]:
+    h = pb.Header()
+    payload = b""
+    if isinstance(msg, Wait):
+        h.kind = pb.WAIT
+        h.retry_after_ms = msg.retry_after_ms
+    elif isinstance(msg, Finished):
+        h.kind = pb.FINISHED
+        h.round = msg.round
+    elif isinstance(msg, StageRequest):
+        h.kind = pb.SECAGG
+        h.round = msg.round
+        h.session_id = msg.session_id
+        h.stage = msg.stage.value
+        payload = msg.payload
+    else:
+        h.kind = pb.ROUND_START
+        h.round = msg.round
+        h.session_id = msg.session_id
+        h.tensor.dtype = "float32"
+        h.tensor.shape.append(int(msg.model.shape[0]))
+        rs = h.round_start
+        rs.site_index = msg.site_index
+        for p in msg.peers:
+            rs.peers.add(index=p.index, name=p.name, certificate=p.certificate)
+        rs.model_sha256 = msg.model_hash
+        cfg = msg.secagg
+        rs.secagg_mode = cfg.mode.value
+        rs.modulus_bits = cfg.modulus_bits
+        rs.threshold = cfg.t
+        rs.degree = cfg.k
+        rs.num_clients = cfg.num_clients
+        rs.clip_norm = msg.clip_norm
+        rs.scale = msg.scale
+        rs.noise_stddev_int = msg.noise_stddev_int
+        rs.wrap_probability = msg.wrap_probability
+        payload = np.ascontiguousarray(msg.model, dtype="<f4").tobytes()
+    return write_stream(h, payload)
+
+
+def _finite_nonneg(name: str, v: float) -> float:
+    if not (np.isfinite(v) and v >= 0):
+        raise InvalidMessage(f"{name} must be a finite number >= 0, got {v}")
+    return float(v)
+
+
+def server_message_from_proto(frames: Iterable[pb.Frame], *, max_model_bytes: int) -> ServerMessage:
+    header, payload = read_stream(frames, max_payload=lambda _h: max_model_bytes)
+    kind = header.kind
+    if kind == pb.WAIT:
+        return Wait(min(int(header.retry_after_ms), 60_000))
+    if kind == pb.FINISHED:
+        return Finished(int(header.round))
+    if kind == pb.SECAGG:
+        return StageRequest(
+            round=int(header.round),
+            session_id=_session(header.session_id),
+            stage=_stage(header.stage),
+            payload=payload,
+        )
+    if kind != pb.ROUND_START:
+        raise InvalidMessage(f"unexpected frame kind {kind}")
+    t = header.tensor
+    if t.dtype != "float32" or len(t.shape) != 1 or t.shape[0] * 4 != len(payload):
+        raise InvalidMessage(
+            f"model must be float32[d] with 4d payload bytes, got {t.dtype}{list(t.shape)} "
+            f"and {len(payload)} bytes"
+        )
+    rs = header.round_start
+    if len(rs.peers) > _MAX_PEERS or len(rs.model_sha256) != 32:
+        raise InvalidMessage("round start has too many peers or a malformed model hash")
+    try:
+        cfg = SecAggConfig(
+            num_clients=int(rs.num_clients),
+            mode=SecAggMode(rs.secagg_mode),
+            modulus_bits=int(rs.modulus_bits),
+            threshold=int(rs.threshold),
+            degree=int(rs.degree),
+        )
+    except (ConfigError, ValueError, TypeError) as e:
+        raise InvalidMessage(f"unsafe or malformed SecAgg parameters: {e}") from None
+    peers = tuple(Peer(int(p.index), str(p.name), bytes(p.certificate)) for p in rs.peers)
+    if sorted(p.index for p in peers) != list(range(cfg.num_clients)):
+        raise InvalidMessage("peer list must name clients 0..n-1 exactly once")
+    clip = _finite_nonneg("clip_norm", rs.clip_norm)
+    scale = _finite_nonneg("scale", rs.scale)
+    if clip <= 0 or scale <= 0:
+        raise InvalidMessage("clip_norm and scale must be > 0")
+    return RoundStart(
+        round=int(header.round),
+        session_id=_session(header.session_id),
+        site_index=int(rs.site_index),
+        peers=peers,
+        model=np.frombuffer(payload, dtype="<f4").astype(np.float32),
+        model_hash=bytes(rs.model_sha256),
+        secagg=cfg,
+        clip_norm=clip,
+        scale=scale,
+        noise_stddev_int=_finite_nonneg("noise_stddev_int", rs.noise_stddev_int),
+        wrap_probability=_finite_nonneg("wrap_probability", rs.wrap_probability),
+    )
+
+
+# ---------------------------------------------------------------- site -> server
+
+
+def stage_reply_to_proto(
+    reply: StageReply, *, connection_id: bytes, tensor: tuple[str, int] | None = None
+) -> Iterator[pb.Frame]:
+    h = pb.Header(
+        kind=pb.SECAGG,
+        round=reply.round,
+        session_id=reply.session_id,
+        stage=reply.stage.value,
+        connection_id=connection_id,
+    )
+    if tensor is not None:
+        h.tensor.dtype = tensor[0]
+        h.tensor.shape.append(tensor[1])
+    return write_stream(h, reply.payload)
+
+
+def stage_reply_from_proto(
+    frames: Iterable[pb.Frame],
+    *,
+    max_payload: Callable[[Stage], int],
+    expected_tensor: Callable[[Stage], tuple[str, int] | None],
+) -> tuple[bytes, StageReply]:
+    """(connection id, reply); shape and dtype of a masked input are checked here."""
+
+    def limit(h: pb.Header) -> int:
+        return max_payload(_stage(h.stage))
+
+    header, payload = read_stream(frames, max_payload=limit)
+    if header.kind != pb.SECAGG:
+        raise InvalidMessage(f"sites may only submit SECAGG frames, got kind {header.kind}")
+    stage = _stage(header.stage)
+    want = expected_tensor(stage)
+    if want is not None:
+        got = (header.tensor.dtype, list(header.tensor.shape))
+        if got != (want[0], [want[1]]):
+            raise InvalidMessage(
+                f"{stage.name} must carry {want[0]}[{want[1]}], got {got[0]}{got[1]}"
+            )
+    return bytes(header.connection_id), StageReply(
+        round=int(header.round),
+        session_id=_session(header.session_id),
+        stage=stage,
+        payload=payload,
+    )

@@ -1,0 +1,274 @@
+"""Consortium PKI: one CA, one coordinator certificate, one certificate per site.
+
+TLS keys are ECDSA P-256 (gRPC's BoringSSL does not negotiate Ed25519
+certificates). Each site also holds an Ed25519 secure-aggregation identity key
+whose public half the CA embeds in the site certificate (a private extension),
+so the CA attests both keys at once: the coordinator hands every sampled site
+the certificates of its peers, and each site checks them against the
+consortium CA before trusting an advertisement. A coordinator therefore cannot
+substitute identity keys without the CA's private key. Private keys are written
+with mode 0600 and never overwritten silently.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+from privacy._errors import ConfigError, InvalidSignature
+
+__all__ = [
+    "CA_CERT",
+    "CA_KEY",
+    "SERVER_CERT",
+    "SERVER_KEY",
+    "SiteIdentity",
+    "common_name",
+    "identity_public_key",
+    "init_ca",
+    "issue_server",
+    "issue_site",
+    "load_identity_key",
+    "load_private_key",
+    "site_paths",
+    "verify_site_certificate",
+]
+
+CA_CERT = "ca.pem"
+CA_KEY = "ca.key"
+SERVER_CERT = "server.pem"
+SERVER_KEY = "server.key"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_VALIDITY = _dt.timedelta(days=365)
+#: Private-arc OID of the extension carrying the raw 32-byte Ed25519 SecAgg identity key.
+SECAGG_IDENTITY_OID = ObjectIdentifier("1.3.6.1.4.1.57264.7301.1")
+
+_PrivateKey = ec.EllipticCurvePrivateKey | Ed25519PrivateKey
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(
+            f"site name {name!r} must be 1-63 characters of letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def _write_private(path: Path, key: _PrivateKey) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # O_EXCL: refuse to clobber an existing key (re-issuing is an explicit decision).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path} is not an ECDSA private key")
+    return key
+
+
+def load_identity_key(path: Path) -> Ed25519PrivateKey:
+    """A site's Ed25519 secure-aggregation identity key (``site-NAME.secagg.key``)."""
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except FileNotFoundError:
+        raise ConfigError(f"identity key not found: {path}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"certificate not found: {path}") from None
+
+
+def common_name(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(attrs) != 1:
+        raise InvalidSignature("certificate must carry exactly one common name")
+    return str(attrs[0].value)
+
+
+def _builder(
+    subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
+    now = _dt.datetime.now(_dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
+    )
+
+
+def init_ca(directory: Path, *, name: str = "secure-fml consortium CA") -> Path:
+    """Create ``ca.pem`` / ``ca.key`` in ``directory`` (refuses to overwrite a CA)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    if (d / CA_KEY).exists():
+        raise ConfigError(f"a CA already exists in {d}; refusing to overwrite it")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        _builder(name, subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(d / CA_KEY, key)
+    _write_cert(d / CA_CERT, cert)
+    return d / CA_CERT
+
+
+def _issue(
+    directory: Path, *, cn: str, cert_name: str, key_name: str, server: bool, hosts: tuple[str, ...]
+) -> Path:
+    d = Path(directory)
+    ca_key = load_private_key(d / CA_KEY)
+    ca_cert = _load_cert(d / CA_CERT)
+    if (d / key_name).exists():
+        raise ConfigError(f"{d / key_name} already exists; refusing to overwrite it")
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    b = (
+        _builder(cn, ca_cert.subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if server:
+        sans: list[x509.GeneralName] = []
+        for h in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+            except ValueError:
+                sans.append(x509.DNSName(h))
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    identity: Ed25519PrivateKey | None = None
+    if not server:
+        identity = Ed25519PrivateKey.generate()
+        raw = identity.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        b = b.add_extension(x509.UnrecognizedExtension(SECAGG_IDENTITY_OID, raw), critical=False)
+    cert = b.sign(ca_key, hashes.SHA256())
+    _write_private(d / key_name, key)
+    if identity is not None:
+        _write_private(d / key_name.replace(".key", ".secagg.key"), identity)
+    _write_cert(d / cert_name, cert)
+    return d / cert_name
+
+
+def issue_server(directory: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:
+    """``server.pem`` / ``server.key`` for the coordinator, valid for ``hosts``."""
+    return _issue(
+        directory,
+        cn="secure-fml-coordinator",
+        cert_name=SERVER_CERT,
+        key_name=SERVER_KEY,
+        server=True,
+        hosts=hosts,
+    )
+
+
+def site_paths(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    """(certificate, TLS key, SecAgg identity key) of site ``name``."""
+    d = Path(directory)
+    _check_name(name)
+    return d / f"site-{name}.pem", d / f"site-{name}.key", d / f"site-{name}.secagg.key"
+
+
+def issue_site(directory: Path, name: str) -> Path:
+    """``site-NAME.pem`` / ``site-NAME.key``; the certificate's CN is the site's identity."""
+    cert_path, key_path, _ = site_paths(directory, name)
+    return _issue(
+        directory,
+        cn=name,
+        cert_name=cert_path.name,
+        key_name=key_path.name,
+        server=False,
+        hosts=(),
+    )
+
+
+@dataclass(frozen=True)
+class SiteIdentity:
+    name: str
+    public_key: Ed25519PublicKey
+
+
+def verify_site_certificate(
+    cert_der: bytes, *, ca_cert: x509.Certificate, expected_name: str
+) -> SiteIdentity:
+    """Check a peer site's certificate against the consortium CA; raise on any mismatch."""
+    try:
+        cert = x509.load_der_x509_certificate(cert_der)
+    except ValueError as e:
+        raise InvalidSignature(f"peer certificate of {expected_name!r} is malformed: {e}") from None
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, _CryptoInvalidSignature):
+        raise InvalidSignature(
+            f"certificate of {expected_name!r} was not issued by the consortium CA"
+        ) from None
+    now = _dt.datetime.now(_dt.UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise InvalidSignature(f"certificate of {expected_name!r} is not valid now")
+    if common_name(cert) != expected_name:
+        raise InvalidSignature(
+            f"certificate names {common_name(cert)!r}, expected {expected_name!r}"
+        )
+    return SiteIdentity(expected_name, identity_public_key(cert))
+
+
+def identity_public_key(cert: x509.Certificate) -> Ed25519PublicKey:
+    """The Ed25519 SecAgg identity key the CA embedded in a site certificate."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(SECAGG_IDENTITY_OID).value
+    except x509.ExtensionNotFound:
+        raise InvalidSignature(
+            f"certificate of {common_name(cert)!r} carries no SecAgg identity key"
+        ) from None
+    raw = ext.value if isinstance(ext, x509.UnrecognizedExtension) else b""
+    if len(raw) != 32:
+        raise InvalidSignature("SecAgg identity key extension must hold 32 bytes")
+    return Ed25519PublicKey.from_public_bytes(raw)

@@ -1,0 +1,169 @@
+"""Assemble coordinator and site processes from their settings (used by the CLI and tests)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from privacy._errors import ConfigError
+from secure_fml.config import Config
+from secure_fml.deploy._config import CoordinatorSettings, SiteSettings
+from secure_fml.deploy._coordinator import Coordinator, Deadlines
+from secure_fml.deploy._pki import (
+    CA_CERT,
+    SERVER_CERT,
+    SERVER_KEY,
+    load_identity_key,
+    site_paths,
+)
+from secure_fml.deploy._runner import run_site
+from secure_fml.deploy._site import Site
+from secure_fml.deploy._transport import CoordinatorService, GrpcTransport, serve
+
+__all__ = [
+    "INSECURE_WARNING",
+    "build_coordinator",
+    "build_site",
+    "run_client",
+    "run_server",
+    "site_transport",
+]
+
+log = logging.getLogger(__name__)
+
+INSECURE_WARNING = (
+    "--insecure: TLS is OFF. Site identities are unauthenticated claims, the model and all "
+    "secure-aggregation traffic travel in clear text, and anyone on the network can join as "
+    "any allowlisted site. Use only for local experiments, never across organisations."
+)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found (run `secure-fml pki ...` first)") from None
+
+
+def _ca(pki_dir: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(_read(pki_dir / CA_CERT))
+
+
+def build_coordinator(settings: CoordinatorSettings, config: Config) -> Coordinator:
+    return Coordinator(
+        config,
+        sites=settings.sites,
+        ca_certificate=_ca(settings.pki_dir),
+        model_spec=settings.model_spec(config),
+        run_dir=settings.run_dir,
+        deadlines=Deadlines(
+            train_s=settings.train_timeout_s,
+            stage_s=settings.stage_timeout_s,
+            lease_s=settings.lease_s,
+        ),
+        min_sites=settings.min_sites,
+    )
+
+
+def run_server(
+    settings: CoordinatorSettings,
+    config: Config,
+    *,
+    stop: threading.Event | None = None,
+    linger_s: float = 10.0,
+) -> Coordinator:
+    """Serve until training is finished (then ``linger_s`` more for final downloads)."""
+    stop = stop or threading.Event()
+    creds = None
+    if settings.insecure:
+        warnings.warn(INSECURE_WARNING, stacklevel=2)
+        log.warning(INSECURE_WARNING)
+    else:
+        d = settings.pki_dir
+        creds = grpc.ssl_server_credentials(
+            [(_read(d / SERVER_KEY), _read(d / SERVER_CERT))],
+            root_certificates=_read(d / CA_CERT),
+            require_client_auth=True,
+        )
+    coord = build_coordinator(settings, config)
+    coord.open()
+    service = CoordinatorService(coord)
+    server, port = serve(service, address=settings.address, server_credentials=creds)
+    log.info("coordinator listening on port %d (run dir %s)", port, settings.run_dir)
+    try:
+        finished_at: float | None = None
+        while not stop.wait(0.2):
+            if coord.finished:
+                finished_at = finished_at or time.monotonic()
+                if time.monotonic() - finished_at > linger_s:
+                    break
+    finally:
+        server.stop(grace=1.0)
+        service.stop()
+        coord.close()
+    return coord
+
+
+def build_site(settings: SiteSettings, config: Config) -> tuple[Site, bytes]:
+    """The site's state machine on its own data, and its certificate (DER)."""
+    from secure_fml._functional import FunctionalModel
+    from secure_fml.algorithms import make_algorithm
+    from secure_fml.data import load_preset
+    from secure_fml.evaluation import to_batch
+    from secure_fml.simulation import build_model, model_spec_for
+
+    ds = load_preset(config.data.preset, root=config.data.root, **config.data.options)
+    client = ds.client(settings.client)
+    fm = FunctionalModel(build_model(model_spec_for(config, ds)))
+    cert_path, _, identity_path = site_paths(settings.pki_dir, settings.name)
+    cert = x509.load_pem_x509_certificate(_read(cert_path))
+    site = Site(
+        name=settings.name,
+        algorithm=make_algorithm(config.algorithm, fm),
+        data=to_batch(client, ds.input_kind),
+        identity_key=load_identity_key(identity_path),
+        ca_certificate=_ca(settings.pki_dir),
+        require_noise=settings.require_noise,
+        seed=settings.seed,
+    )
+    return site, cert.public_bytes(Encoding.DER)
+
+
+def site_transport(settings: SiteSettings) -> GrpcTransport:
+    if settings.insecure:
+        warnings.warn(INSECURE_WARNING, stacklevel=2)
+        log.warning(INSECURE_WARNING)
+        return GrpcTransport(settings.server, credentials=None)
+    cert_path, key_path, _ = site_paths(settings.pki_dir, settings.name)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.pki_dir / CA_CERT),
+        private_key=_read(key_path),
+        certificate_chain=_read(cert_path),
+    )
+    return GrpcTransport(settings.server, credentials=creds)
+
+
+def run_client(
+    settings: SiteSettings, config: Config, *, stop: threading.Event | None = None
+) -> int:
+    site, cert = build_site(settings, config)
+    transport = site_transport(settings)
+    try:
+        return run_site(
+            site,
+            transport,
+            certificate=cert,
+            poll_wait_s=settings.poll_wait_s,
+            reconnect_timeout_s=settings.reconnect_timeout_s,
+            download_to=settings.download,
+            stop=stop,
+        )
+    finally:
+        transport.close()

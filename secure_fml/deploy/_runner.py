@@ -1,0 +1,84 @@
+"""The site's event loop: join, long-poll, hand messages to the :class:`Site`, reply.
+
+Transport failures (the coordinator restarting, a network blip) lead to a
+re-join with exponential backoff until ``reconnect_timeout_s`` passes; a
+protocol error in one round ends this site's part in that round only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from privacy._errors import ProtocolError, SecureFMLError, TransportError
+from secure_fml.checkpoint import atomic_write_bytes
+from secure_fml.deploy._errors import RefusalReason, Refused
+from secure_fml.deploy._messages import Finished
+from secure_fml.deploy._site import Site
+from secure_fml.deploy._transport import Transport
+
+__all__ = ["run_site"]
+
+log = logging.getLogger(__name__)
+
+
+def run_site(
+    site: Site,
+    transport: Transport,
+    *,
+    certificate: bytes,
+    poll_wait_s: float = 5.0,
+    reconnect_timeout_s: float = 120.0,
+    download_to: Path | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Take part in rounds until training finishes; returns the rounds this site finished."""
+    stop = stop or threading.Event()
+    conn: bytes | None = None
+    backoff = 0.1
+    lost_since: float | None = None
+    while not stop.is_set():
+        try:
+            if conn is None:
+                conn = transport.join(site.name, certificate)
+                log.info("site %s joined", site.name)
+                backoff, lost_since = 0.1, None
+            msg = transport.poll(conn, wait_s=poll_wait_s)
+            if isinstance(msg, Finished):
+                site.handle(msg)
+                if download_to is not None:
+                    atomic_write_bytes(download_to, transport.download_checkpoint(conn))
+                    log.info("site %s downloaded the final model to %s", site.name, download_to)
+                break
+            try:
+                reply = site.handle(msg)
+            except ProtocolError as e:
+                log.warning("site %s leaves this round: %s", site.name, e)
+                continue
+            if reply is not None:
+                try:
+                    transport.submit(conn, reply)
+                except ProtocolError as e:
+                    log.warning("site %s: reply refused: %s", site.name, e)
+        except Refused as e:
+            if e.reason in (RefusalReason.UNKNOWN_SITE, RefusalReason.VERSION):
+                raise
+            conn = None  # unauthenticated (coordinator restarted) or duplicate: join again
+            lost_since = lost_since or time.monotonic()
+            log.warning("site %s: %s; joining again", site.name, e)
+        except TransportError as e:
+            conn = None
+            lost_since = lost_since or time.monotonic()
+            log.warning("site %s: coordinator unreachable (%s)", site.name, e)
+        except SecureFMLError:
+            raise
+        if lost_since is not None:
+            if time.monotonic() - lost_since > reconnect_timeout_s:
+                raise TransportError(
+                    f"coordinator unreachable for {reconnect_timeout_s:.0f}s; giving up"
+                )
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 2.0)
+    return len(site.rounds_done)

@@ -1,0 +1,460 @@
+"""Transports: a thread-safe service around the coordinator, and two ways to reach it.
+
+- :class:`CoordinatorService` serialises access to the pure
+  :class:`~secure_fml.deploy._coordinator.Coordinator`, runs a ticker thread for
+  stage deadlines and implements long polling.
+- :class:`Transport` is the site's view; :class:`InProcessTransport` calls the
+  service directly but still round-trips every message through the protobuf
+  converters, and :class:`GrpcTransport` speaks ``secure_fml.v1`` over a
+  (mutual-TLS) channel.
+- :class:`CoordinatorServicer` is the gRPC server side: decode, validate sizes
+  and shapes, delegate, and map typed errors to status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from aggregation import Stage
+from privacy._errors import (
+    CheckpointError,
+    ConfigError,
+    InvalidMessage,
+    ProtocolError,
+    SecureFMLError,
+    TransportError,
+)
+from secure_fml.deploy._convert import (
+    MAX_FRAME_BYTES,
+    check_version,
+    read_stream,
+    server_message_from_proto,
+    server_message_to_proto,
+    stage_reply_from_proto,
+    stage_reply_to_proto,
+    write_stream,
+)
+from secure_fml.deploy._coordinator import CHECKPOINT_FILE, Coordinator
+from secure_fml.deploy._errors import OutOfOrder, RefusalReason, Refused, StaleMessage
+from secure_fml.deploy._messages import PROTOCOL_VERSION, ServerMessage, StageReply, Wait
+from secure_fml.proto import secure_fml_v1_pb2 as pb
+from secure_fml.proto import secure_fml_v1_pb2_grpc as pbg
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "CoordinatorService",
+    "CoordinatorServicer",
+    "GrpcTransport",
+    "InProcessTransport",
+    "Transport",
+    "serve",
+    "status_code_for",
+]
+
+log = logging.getLogger(__name__)
+
+#: Explicit limits on both ends: every frame is at most one chunk plus headroom.
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_FRAME_BYTES),
+    ("grpc.max_receive_message_length", MAX_FRAME_BYTES),
+    ("grpc.max_metadata_size", 16 << 10),
+]
+DEFAULT_MAX_MODEL_BYTES = 1 << 30
+_MAX_SMALL_REPLY = 4 << 20  # keys, shares, signatures: kilobytes per peer
+
+
+def status_code_for(err: BaseException) -> grpc.StatusCode:
+    """One status code per error type, so a refused peer can tell what went wrong."""
+    if isinstance(err, Refused):
+        return {
+            RefusalReason.VERSION: grpc.StatusCode.UNIMPLEMENTED,
+            RefusalReason.UNKNOWN_SITE: grpc.StatusCode.PERMISSION_DENIED,
+            RefusalReason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+            RefusalReason.DUPLICATE_CONNECTION: grpc.StatusCode.ALREADY_EXISTS,
+            RefusalReason.OVERSIZE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        }[err.reason]
+    if isinstance(err, StaleMessage):
+        return grpc.StatusCode.ABORTED
+    if isinstance(err, OutOfOrder):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(err, (InvalidMessage, ConfigError)):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(err, ProtocolError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL
+
+
+class CoordinatorService:
+    """Thread-safe front of a :class:`Coordinator` shared by all transports."""
+
+    def __init__(self, coordinator: Coordinator, *, tick_s: float = 0.05) -> None:
+        self.coordinator = coordinator
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._tick_s = tick_s
+        self._ticker = threading.Thread(
+            target=self._run_ticker, name="coordinator-tick", daemon=True
+        )
+        self._ticker.start()
+
+    def _run_ticker(self) -> None:
+        while not self._stop.wait(self._tick_s):
+            with self._cond:
+                try:
+                    self.coordinator.tick()
+                except SecureFMLError:
+                    log.exception("coordinator tick failed")
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._ticker.join(timeout=5)
+
+    def join(self, site: str, certificate: bytes) -> bytes:
+        with self._cond:
+            return self.coordinator.join(site, certificate)
+
+    def poll(self, conn: bytes, *, wait_s: float) -> ServerMessage:
+        deadline = time.monotonic() + max(0.0, min(wait_s, 30.0))
+        with self._cond:
+            while True:
+                msg = self.coordinator.poll(conn)
+                left = deadline - time.monotonic()
+                if not isinstance(msg, Wait) or left <= 0 or self._stop.is_set():
+                    return msg
+                self._cond.wait(min(left, self._tick_s))
+
+    def submit(self, conn: bytes, reply: StageReply) -> None:
+        with self._cond:
+            try:
+                self.coordinator.submit(conn, reply)
+            finally:
+                self._cond.notify_all()
+
+    def site_of(self, conn: bytes) -> str:
+        with self._cond:
+            return self.coordinator.connection_site(conn)
+
+    def limits(self, stage: Stage) -> tuple[int, tuple[str, int] | None]:
+        """(max payload bytes, expected tensor) for a reply of ``stage`` right now."""
+        with self._cond:
+            c = self.coordinator
+            d = int(c.state.numel())
+            if stage is Stage.MASKED_INPUT:
+                bits = c.round_modulus_bits()
+                return 64 + d * ((bits + 7) // 8), (f"uint{bits}", d)
+            return _MAX_SMALL_REPLY, None
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            return self.coordinator.status()
+
+    def checkpoint_bytes(self) -> bytes:
+        with self._cond:
+            path = self.coordinator.run_dir / CHECKPOINT_FILE
+            if not path.exists():
+                raise CheckpointError("no checkpoint yet")
+            return path.read_bytes()
+
+
+class Transport(ABC):
+    """A site's connection to the coordinator."""
+
+    @abstractmethod
+    def join(self, site: str, certificate: bytes) -> bytes: ...
+
+    @abstractmethod
+    def poll(self, conn: bytes, *, wait_s: float) -> ServerMessage: ...
+
+    @abstractmethod
+    def submit(self, conn: bytes, reply: StageReply) -> None: ...
+
+    @abstractmethod
+    def download_checkpoint(self, conn: bytes) -> bytes: ...
+
+    def close(self) -> None:
+        return None
+
+
+def _tensor_for(reply: StageReply) -> tuple[str, int] | None:
+    if reply.stage is not Stage.MASKED_INPUT:
+        return None
+    from aggregation import MaskedInput
+
+    m = MaskedInput.from_bytes(reply.payload)
+    return f"uint{m.bits}", int(m.vector.shape[0])
+
+
+class InProcessTransport(Transport):
+    """Calls the service directly, through the same protobuf converters as gRPC."""
+
+    def __init__(
+        self, service: CoordinatorService, *, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    ):
+        self.service = service
+        self.max_model_bytes = max_model_bytes
+
+    def join(self, site: str, certificate: bytes) -> bytes:
+        return self.service.join(site, certificate)
+
+    def poll(self, conn: bytes, *, wait_s: float) -> ServerMessage:
+        msg = self.service.poll(conn, wait_s=wait_s)
+        frames = list(server_message_to_proto(msg))
+        return server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
+
+    def submit(self, conn: bytes, reply: StageReply) -> None:
+        frames = list(stage_reply_to_proto(reply, connection_id=conn, tensor=_tensor_for(reply)))
+        svc = self.service
+        conn2, parsed = stage_reply_from_proto(
+            frames,
+            max_payload=lambda s: svc.limits(s)[0],
+            expected_tensor=lambda s: svc.limits(s)[1],
+        )
+        svc.submit(conn2, parsed)
+
+    def download_checkpoint(self, conn: bytes) -> bytes:
+        self.service.site_of(conn)
+        return self.service.checkpoint_bytes()
+
+
+# ---------------------------------------------------------------------- gRPC server
+
+
+def _peer_identity(
+    context: grpc.ServicerContext, *, insecure: bool
+) -> tuple[str | None, bytes | None]:
+    """(common name, DER certificate) of the TLS client, or (None, None) without TLS."""
+    auth = context.auth_context()
+    cns = auth.get("x509_common_name") or []
+    pems = auth.get("x509_pem_cert") or []
+    if not cns or not pems:
+        if insecure:
+            return None, None
+        raise Refused(RefusalReason.UNAUTHENTICATED, "a client certificate is required")
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    cert = x509.load_pem_x509_certificate(pems[0])
+    return cns[0].decode(), cert.public_bytes(Encoding.DER)
+
+
+class CoordinatorServicer(pbg.CoordinatorServicer):
+    """Decode, validate sizes and shapes, delegate to the service, map errors."""
+
+    def __init__(self, service: CoordinatorService, *, insecure: bool = False) -> None:
+        self.service = service
+        self.insecure = insecure
+
+    def _fail(self, context: grpc.ServicerContext, err: BaseException, what: str) -> None:
+        code = status_code_for(err)
+        log.warning("%s refused (%s): %s [peer %s]", what, code.name, err, context.peer())
+        context.abort(code, f"{type(err).__name__}: {err}")
+
+    def _check_conn(self, context: grpc.ServicerContext, conn: bytes) -> str:
+        site = self.service.site_of(conn)
+        cn, _ = _peer_identity(context, insecure=self.insecure)
+        if cn is not None and cn != site:
+            # A connection id is only valid together with the certificate that obtained it.
+            raise Refused(RefusalReason.UNAUTHENTICATED, "connection id belongs to another site")
+        return site
+
+    def Join(  # noqa: N802 - gRPC method name
+        self, request: pb.JoinRequest, context: grpc.ServicerContext
+    ) -> pb.JoinReply:
+        try:
+            check_version(request.protocol_version)
+            cn, der = _peer_identity(context, insecure=self.insecure)
+            if cn is not None:
+                if request.site != cn:
+                    raise Refused(
+                        RefusalReason.UNAUTHENTICATED,
+                        f"site name {request.site!r} does not match its certificate ({cn!r})",
+                    )
+                assert der is not None
+                cert = der
+            else:
+                cert = bytes(request.certificate)  # insecure mode: unauthenticated claim
+            conn = self.service.join(request.site, cert)
+            return pb.JoinReply(connection_id=conn, max_chunk_bytes=MAX_FRAME_BYTES)
+        except SecureFMLError as e:
+            self._fail(context, e, "join")
+            raise AssertionError("unreachable") from e
+
+    def Poll(  # noqa: N802 - gRPC method name
+        self, request: pb.PollRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Frame]:
+        try:
+            check_version(request.protocol_version)
+            self._check_conn(context, request.connection_id)
+            msg = self.service.poll(request.connection_id, wait_s=request.wait_ms / 1000.0)
+        except SecureFMLError as e:
+            self._fail(context, e, "poll")
+            return
+        yield from server_message_to_proto(msg)
+
+    def Submit(  # noqa: N802 - gRPC method name
+        self, request_iterator: Iterable[pb.Frame], context: grpc.ServicerContext
+    ) -> pb.SubmitReply:
+        svc = self.service
+        try:
+            conn, reply = stage_reply_from_proto(
+                request_iterator,
+                max_payload=lambda s: svc.limits(s)[0],
+                expected_tensor=lambda s: svc.limits(s)[1],
+            )
+            self._check_conn(context, conn)
+            svc.submit(conn, reply)
+            return pb.SubmitReply(accepted=True)
+        except SecureFMLError as e:
+            self._fail(context, e, "submit")
+            raise AssertionError("unreachable") from e
+
+    def Status(  # noqa: N802 - gRPC method name
+        self, request: pb.StatusRequest, context: grpc.ServicerContext
+    ) -> pb.StatusReply:
+        return pb.StatusReply(json=json.dumps(self.service.status()))
+
+    def Download(  # noqa: N802 - gRPC method name
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Frame]:
+        try:
+            check_version(request.protocol_version)
+            self._check_conn(context, request.connection_id)
+            data = self.service.checkpoint_bytes()
+        except SecureFMLError as e:
+            self._fail(context, e, "download")
+            return
+        yield from write_stream(pb.Header(kind=pb.CHECKPOINT), data)
+
+
+def serve(
+    service: CoordinatorService,
+    *,
+    address: str,
+    server_credentials: grpc.ServerCredentials | None,
+    max_workers: int = 32,
+) -> tuple[grpc.Server, int]:
+    """Start a gRPC server (mutual TLS unless ``server_credentials`` is None)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS
+    )
+    pbg.add_CoordinatorServicer_to_server(
+        CoordinatorServicer(service, insecure=server_credentials is None), server
+    )
+    if server_credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, server_credentials)
+    if port == 0:
+        raise TransportError(f"could not bind {address}")
+    server.start()
+    return server, port
+
+
+# ---------------------------------------------------------------------- gRPC client
+
+
+def _transport_error(err: grpc.RpcError) -> SecureFMLError:
+    code = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else str(err)
+    if code is grpc.StatusCode.ABORTED:
+        return StaleMessage(str(details))
+    if code is grpc.StatusCode.FAILED_PRECONDITION:
+        return OutOfOrder(str(details))
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidMessage(str(details))
+    reason = {
+        grpc.StatusCode.UNIMPLEMENTED: RefusalReason.VERSION,
+        grpc.StatusCode.PERMISSION_DENIED: RefusalReason.UNKNOWN_SITE,
+        grpc.StatusCode.UNAUTHENTICATED: RefusalReason.UNAUTHENTICATED,
+        grpc.StatusCode.ALREADY_EXISTS: RefusalReason.DUPLICATE_CONNECTION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: RefusalReason.OVERSIZE,
+    }.get(code)
+    if reason is not None:
+        return Refused(reason, f"{code.name}: {details}")  # type: ignore[union-attr]
+    return TransportError(f"{code.name if code else 'RPC'}: {details}")
+
+
+class GrpcTransport(Transport):
+    """``secure_fml.v1`` over a gRPC channel (mutual TLS unless ``credentials`` is None)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        credentials: grpc.ChannelCredentials | None,
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+        rpc_timeout_s: float = 60.0,
+    ) -> None:
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+        self.stub = pbg.CoordinatorStub(self.channel)
+        self.max_model_bytes = max_model_bytes
+        self.timeout = rpc_timeout_s
+        #: Payload bytes sent and received (without gRPC/TLS framing), for benchmarks.
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def join(self, site: str, certificate: bytes) -> bytes:
+        try:
+            rep = self.stub.Join(
+                pb.JoinRequest(
+                    protocol_version=PROTOCOL_VERSION, site=site, certificate=certificate
+                ),
+                timeout=self.timeout,
+            )
+        except grpc.RpcError as e:
+            raise _transport_error(e) from None
+        return bytes(rep.connection_id)
+
+    def poll(self, conn: bytes, *, wait_s: float) -> ServerMessage:
+        req = pb.PollRequest(
+            protocol_version=PROTOCOL_VERSION, connection_id=conn, wait_ms=int(wait_s * 1000)
+        )
+        try:
+            frames = list(self.stub.Poll(req, timeout=wait_s + self.timeout))
+        except grpc.RpcError as e:
+            raise _transport_error(e) from None
+        self.bytes_received += sum(f.ByteSize() for f in frames)
+        return server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
+
+    def submit(self, conn: bytes, reply: StageReply) -> None:
+        frames = list(stage_reply_to_proto(reply, connection_id=conn, tensor=_tensor_for(reply)))
+        self.bytes_sent += sum(f.ByteSize() for f in frames)
+        try:
+            self.stub.Submit(iter(frames), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _transport_error(e) from None
+
+    def download_checkpoint(self, conn: bytes) -> bytes:
+        req = pb.DownloadRequest(protocol_version=PROTOCOL_VERSION, connection_id=conn)
+        try:
+            frames = self.stub.Download(req, timeout=self.timeout)
+            _, data = read_stream(frames, max_payload=lambda _h: self.max_model_bytes * 4)
+        except grpc.RpcError as e:
+            raise _transport_error(e) from None
+        return data
+
+    def status(self) -> dict[str, Any]:
+        try:
+            rep = self.stub.Status(
+                pb.StatusRequest(protocol_version=PROTOCOL_VERSION), timeout=self.timeout
+            )
+        except grpc.RpcError as e:
+            raise _transport_error(e) from None
+        out: dict[str, Any] = json.loads(rep.json)
+        return out
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,157 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KIND_UNSPECIFIED: _ClassVar[Kind]
+    WAIT: _ClassVar[Kind]
+    ROUND_START: _ClassVar[Kind]
+    SECAGG: _ClassVar[Kind]
+    FINISHED: _ClassVar[Kind]
+    CHECKPOINT: _ClassVar[Kind]
+KIND_UNSPECIFIED: Kind
+WAIT: Kind
+ROUND_START: Kind
+SECAGG: Kind
+FINISHED: Kind
+CHECKPOINT: Kind
+
+class TensorSpec(_message.Message):
+    __slots__ = ("dtype", "shape")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("index", "name", "certificate")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    certificate: bytes
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., certificate: _Optional[bytes] = ...) -> None: ...
+
+class RoundStart(_message.Message):
+    __slots__ = ("site_index", "peers", "model_sha256", "secagg_mode", "modulus_bits", "threshold", "degree", "num_clients", "clip_norm", "scale", "noise_stddev_int", "wrap_probability")
+    SITE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_MODE_FIELD_NUMBER: _ClassVar[int]
+    MODULUS_BITS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DEGREE_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STDDEV_INT_FIELD_NUMBER: _ClassVar[int]
+    WRAP_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    site_index: int
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    model_sha256: bytes
+    secagg_mode: str
+    modulus_bits: int
+    threshold: int
+    degree: int
+    num_clients: int
+    clip_norm: float
+    scale: float
+    noise_stddev_int: float
+    wrap_probability: float
+    def __init__(self, site_index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model_sha256: _Optional[bytes] = ..., secagg_mode: _Optional[str] = ..., modulus_bits: _Optional[int] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., num_clients: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., noise_stddev_int: _Optional[float] = ..., wrap_probability: _Optional[float] = ...) -> None: ...
+
+class Header(_message.Message):
+    __slots__ = ("protocol_version", "kind", "round", "session_id", "stage", "payload_bytes", "payload_sha256", "connection_id", "retry_after_ms", "tensor", "round_start")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    ROUND_START_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    kind: Kind
+    round: int
+    session_id: bytes
+    stage: int
+    payload_bytes: int
+    payload_sha256: bytes
+    connection_id: bytes
+    retry_after_ms: int
+    tensor: TensorSpec
+    round_start: RoundStart
+    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., session_id: _Optional[bytes] = ..., stage: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ..., connection_id: _Optional[bytes] = ..., retry_after_ms: _Optional[int] = ..., tensor: _Optional[_Union[TensorSpec, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: Header
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("protocol_version", "site", "certificate")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    site: str
+    certificate: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., site: _Optional[str] = ..., certificate: _Optional[bytes] = ...) -> None: ...
+
+class JoinReply(_message.Message):
+    __slots__ = ("connection_id", "max_chunk_bytes")
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    connection_id: bytes
+    max_chunk_bytes: int
+    def __init__(self, connection_id: _Optional[bytes] = ..., max_chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class PollRequest(_message.Message):
+    __slots__ = ("protocol_version", "connection_id", "wait_ms")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    connection_id: bytes
+    wait_ms: int
+    def __init__(self, protocol_version: _Optional[int] = ..., connection_id: _Optional[bytes] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class SubmitReply(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ("protocol_version",)
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    def __init__(self, protocol_version: _Optional[int] = ...) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class DownloadRequest(_message.Message):
+    __slots__ = ("protocol_version", "connection_id")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    connection_id: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., connection_id: _Optional[bytes] = ...) -> None: ...
