@@ -241,7 +241,7 @@ class _NullPath(UpdatePath):
 
 
 def _fit(x: npt.NDArray[np.float64]) -> tuple[float, float]:
-    return float(np.mean(x)), float(max(np.std(x, ddof=1), 1e-12))
+    return float(np.mean(x)), max(float(np.std(x, ddof=1)), 1e-12)
 
 
 def _hist_png(exp: CanaryExperiment, title: str) -> bytes:

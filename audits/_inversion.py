@@ -45,7 +45,7 @@ from audits._training import dataset_for
 from privacy._errors import ConfigError
 from secure_fml.update_paths import resolve_noise_multiplier
 
-__all__ = ["InversionConfig", "InversionView", "GradientInversionAudit", "psnr", "ssim"]
+__all__ = ["GradientInversionAudit", "InversionConfig", "InversionView", "psnr", "ssim"]
 
 VIEWS = ("plain", "dp", "secagg_sum")
 InversionView = str
@@ -260,7 +260,8 @@ class GradientInversionAudit(Audit):
             verdict, why = (
                 Verdict.INCONCLUSIVE,
                 (
-                    f"the attack does not even invert the plain update (+{gain['plain']:.1f} dB over "
+                    f"the attack does not even invert the plain update "
+                    f"({gain['plain']:+.1f} dB over "
                     "the mean image), so failing on the deployed view proves nothing"
                 ),
             )
