@@ -103,10 +103,12 @@ class Deadlines:
     train_s: float = 300.0  # round start -> key advertisement (includes local training)
     stage_s: float = 60.0  # every later SecAgg stage
     lease_s: float = 15.0  # a site that has not polled for this long is not connected
+    #: With min_sites but not all sites connected, wait this long for the rest.
+    start_grace_s: float = 10.0
     retry_ms: int = 200  # how long an idle site waits before polling again
 
     def __post_init__(self) -> None:
-        for name in ("train_s", "stage_s", "lease_s"):
+        for name in ("train_s", "stage_s", "lease_s", "start_grace_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"deploy.{name} must be a positive number, got {v!r}")
@@ -158,8 +160,8 @@ class Coordinator:
         names = tuple(sorted(set(sites)))
         if len(names) != len(sites) or len(names) < 3:
             raise ConfigError("deploy.sites must list >= 3 distinct site names")
-        if not isinstance(min_sites, int) or min_sites < 3:
-            raise ConfigError("deploy.min_sites must be an integer >= 3")
+        if not isinstance(min_sites, int) or not 3 <= min_sites <= len(names):
+            raise ConfigError("deploy.min_sites must be an integer in [3, number of sites]")
         self.config = config
         self.sites = names
         self.ca = ca_certificate
@@ -186,6 +188,7 @@ class Coordinator:
         self._last_seen: dict[str, float] = {}
         self._outbox: dict[str, collections.deque[ServerMessage]] = {}
         self._round: _Round | None = None
+        self._quorum_since: float | None = None
         self.last_aggregate: np.ndarray | None = None
         self.history: list[dict[str, Any]] = []
         self.refusals: collections.Counter[str] = collections.Counter()
@@ -209,6 +212,8 @@ class Coordinator:
         )
         if ckpt is not None:
             self._restore(ckpt)
+            if self.round != ckpt.round:
+                save_checkpoint(ckpt_path, self.checkpoint())
         else:
             save_checkpoint(ckpt_path, self.checkpoint())
 
@@ -349,6 +354,11 @@ class Coordinator:
         if idx is None:
             self._refuse(site, "not_participant")
             raise OutOfOrder(f"site {site!r} is not a participant of round {rd.number}")
+        if reply.stage.value < rd.stage.value:
+            self._refuse(site, "replay")
+            raise StaleMessage(
+                f"{reply.stage.name} reply after that stage closed (replay or late site)"
+            )
         if reply.stage is not rd.stage:
             self._refuse(site, "out_of_order")
             raise OutOfOrder(f"{reply.stage.name} reply while stage {rd.stage.name} is open")
@@ -415,7 +425,16 @@ class Coordinator:
             return
         if self.path is None:
             raise ConfigError("call Coordinator.open() first")
-        if not self.finished and len(self.connected()) >= self.min_sites:
+        if self.finished:
+            return
+        n = len(self.connected())
+        if n < self.min_sites:
+            self._quorum_since = None
+            return
+        if self._quorum_since is None:
+            self._quorum_since = now
+        if n == len(self.sites) or now - self._quorum_since >= self.deadlines.start_grace_s:
+            self._quorum_since = None
             self._start_round()
 
     def _maybe_advance(self) -> None:

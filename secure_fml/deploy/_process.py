@@ -67,6 +67,7 @@ def build_coordinator(settings: CoordinatorSettings, config: Config) -> Coordina
             train_s=settings.train_timeout_s,
             stage_s=settings.stage_timeout_s,
             lease_s=settings.lease_s,
+            start_grace_s=settings.start_grace_s,
         ),
         min_sites=settings.min_sites,
     )

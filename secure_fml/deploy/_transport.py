@@ -18,11 +18,12 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from aggregation import Stage
 from privacy._errors import (
@@ -271,6 +272,7 @@ class CoordinatorServicer(pbg.CoordinatorServicer):
         self, request: pb.JoinRequest, context: grpc.ServicerContext
     ) -> pb.JoinReply:
         try:
+            _require(request)
             check_version(request.protocol_version)
             cn, der = _peer_identity(context, insecure=self.insecure)
             if cn is not None:
@@ -293,6 +295,7 @@ class CoordinatorServicer(pbg.CoordinatorServicer):
         self, request: pb.PollRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Frame]:
         try:
+            _require(request)
             check_version(request.protocol_version)
             self._check_conn(context, request.connection_id)
             msg = self.service.poll(request.connection_id, wait_s=request.wait_ms / 1000.0)
@@ -307,7 +310,7 @@ class CoordinatorServicer(pbg.CoordinatorServicer):
         svc = self.service
         try:
             conn, reply = stage_reply_from_proto(
-                request_iterator,
+                _checked(request_iterator),
                 max_payload=lambda s: svc.limits(s)[0],
                 expected_tensor=lambda s: svc.limits(s)[1],
             )
@@ -321,12 +324,22 @@ class CoordinatorServicer(pbg.CoordinatorServicer):
     def Status(  # noqa: N802 - gRPC method name
         self, request: pb.StatusRequest, context: grpc.ServicerContext
     ) -> pb.StatusReply:
-        return pb.StatusReply(json=json.dumps(self.service.status()))
+        try:
+            _require(request)
+            check_version(request.protocol_version)
+            cn, _ = _peer_identity(context, insecure=self.insecure)
+            if cn is not None and cn not in self.service.coordinator.sites:
+                raise Refused(RefusalReason.UNKNOWN_SITE, f"site {cn!r} is not on the allowlist")
+            return pb.StatusReply(json=json.dumps(self.service.status()))
+        except SecureFMLError as e:
+            self._fail(context, e, "status")
+            raise AssertionError("unreachable") from e
 
     def Download(  # noqa: N802 - gRPC method name
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Frame]:
         try:
+            _require(request)
             check_version(request.protocol_version)
             self._check_conn(context, request.connection_id)
             data = self.service.checkpoint_bytes()
@@ -334,6 +347,38 @@ class CoordinatorServicer(pbg.CoordinatorServicer):
             self._fail(context, e, "download")
             return
         yield from write_stream(pb.Header(kind=pb.CHECKPOINT), data)
+
+
+SERVICE_NAME = "secure_fml.v1.Coordinator"
+
+
+class _Malformed:
+    """Stands in for a request that did not parse, so the servicer can answer with a
+    typed INVALID_ARGUMENT instead of gRPC's generic deserialization failure."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(cls: Any) -> Callable[[bytes], Any]:
+    def parse(raw: bytes) -> Any:
+        try:
+            return cls.FromString(raw)
+        except DecodeError as e:
+            return _Malformed(f"malformed {cls.__name__} protobuf: {e}")
+
+    return parse
+
+
+def _require(request: Any) -> None:
+    if isinstance(request, _Malformed):
+        raise InvalidMessage(request.error)
+
+
+def _checked(frames: Iterable[Any]) -> Iterator[pb.Frame]:
+    for f in frames:
+        _require(f)
+        yield f
 
 
 def serve(
@@ -347,9 +392,35 @@ def serve(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS
     )
-    pbg.add_CoordinatorServicer_to_server(
-        CoordinatorServicer(service, insecure=server_credentials is None), server
-    )
+    servicer = CoordinatorServicer(service, insecure=server_credentials is None)
+    handlers = {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            servicer.Join,
+            request_deserializer=_lenient(pb.JoinRequest),
+            response_serializer=pb.JoinReply.SerializeToString,
+        ),
+        "Poll": grpc.unary_stream_rpc_method_handler(
+            servicer.Poll,
+            request_deserializer=_lenient(pb.PollRequest),
+            response_serializer=pb.Frame.SerializeToString,
+        ),
+        "Submit": grpc.stream_unary_rpc_method_handler(
+            servicer.Submit,
+            request_deserializer=_lenient(pb.Frame),
+            response_serializer=pb.SubmitReply.SerializeToString,
+        ),
+        "Status": grpc.unary_unary_rpc_method_handler(
+            servicer.Status,
+            request_deserializer=_lenient(pb.StatusRequest),
+            response_serializer=pb.StatusReply.SerializeToString,
+        ),
+        "Download": grpc.unary_stream_rpc_method_handler(
+            servicer.Download,
+            request_deserializer=_lenient(pb.DownloadRequest),
+            response_serializer=pb.Frame.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     if server_credentials is None:
         port = server.add_insecure_port(address)
     else:

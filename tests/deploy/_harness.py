@@ -157,8 +157,12 @@ def run_sites(
         t = ep.connect(site.name)
         try:
             results[i] = run_site(
-                site, t, certificate=cert_der(pki, site.name), poll_wait_s=0.5,
-                reconnect_timeout_s=10, stop=stop,
+                site,
+                t,
+                certificate=cert_der(pki, site.name),
+                poll_wait_s=0.5,
+                reconnect_timeout_s=10,
+                stop=stop,
             )
         except Exception as e:  # surfaced to the test below
             results[i] = e

@@ -1,0 +1,200 @@
+"""``secure-fml pki | server | client | status`` (registered through the
+``secure_fml.commands`` entry point; see ``secure_fml.cli._register_plugins``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def _out(text: str, *, err: bool = False) -> None:
+    print(text, file=sys.stderr if err else sys.stdout)
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: easy to grep, ship and parse."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("secure_fml.deploy._site").setLevel(logging.INFO)
+
+
+def _cmd_pki(args: argparse.Namespace) -> int:
+    from secure_fml.deploy._pki import init_ca, issue_server, issue_site
+
+    d = Path(args.dir)
+    if args.pki_command == "init":
+        _out(f"CA written to {init_ca(d)} (keep {d / 'ca.key'} offline)")
+    elif args.pki_command == "issue-server":
+        _out(f"server certificate written to {issue_server(d, hosts=tuple(args.host))}")
+    else:
+        _out(f"site certificate written to {issue_site(d, args.name)}")
+    return 0
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from secure_fml.deploy._config import load_coordinator_config
+    from secure_fml.deploy._process import INSECURE_WARNING, run_server
+
+    settings, config = load_coordinator_config(args.config)
+    if args.insecure:
+        settings = dataclasses.replace(settings, insecure=True)
+    if args.address:
+        settings = dataclasses.replace(settings, address=args.address)
+    if settings.insecure:
+        _out(f"WARNING: {INSECURE_WARNING}", err=True)
+    _setup_logging(args)
+    coord = run_server(settings, config)
+    last = coord.status()["last"]
+    _out(json.dumps({"finished": coord.finished, "round": coord.round, "last": last}))
+    return 0
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    from secure_fml.deploy._config import load_site_config
+    from secure_fml.deploy._process import INSECURE_WARNING, run_client
+
+    settings, config = load_site_config(args.config)
+    if args.insecure:
+        settings = dataclasses.replace(settings, insecure=True)
+    if args.server:
+        settings = dataclasses.replace(settings, server=args.server)
+    if settings.insecure:
+        _out(f"WARNING: {INSECURE_WARNING}", err=True)
+    _setup_logging(args)
+    rounds = run_client(settings, config)
+    _out(json.dumps({"site": settings.name, "rounds": rounds, "model": str(settings.download)}))
+    return 0
+
+
+def _status_line(line: dict[str, Any]) -> str:
+    eps = line.get("epsilon")
+    return (
+        f"round {line['round']}: {line['status']}, sites seen {line['sites_seen']}, "
+        f"dropped {line['dropped']}, epsilon {eps:.3f}, {line['round_s']:.2f}s"
+        if eps is not None
+        else f"round {line['round']}: {line['status']}, sites seen {line['sites_seen']}, "
+        f"dropped {line['dropped']}, {line['round_s']:.2f}s"
+    )
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    if args.run_dir:
+        path = Path(args.run_dir) / "metrics.jsonl"
+        if not path.exists():
+            _out(f"error: {path} not found", err=True)
+            return 2
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            _out(_status_line(json.loads(raw)))
+        return 0
+    import grpc
+
+    from secure_fml.deploy._pki import site_paths
+    from secure_fml.deploy._transport import GrpcTransport
+
+    if args.insecure:
+        creds = None
+    else:
+        if not args.site:
+            _out("error: --site NAME (whose certificate to use) is required with TLS", err=True)
+            return 2
+        cert, key, _ = site_paths(Path(args.pki_dir), args.site)
+        creds = grpc.ssl_channel_credentials(
+            (Path(args.pki_dir) / "ca.pem").read_bytes(), key.read_bytes(), cert.read_bytes()
+        )
+    t = GrpcTransport(args.server, credentials=creds, rpc_timeout_s=10)
+    try:
+        st = t.status()
+    finally:
+        t.close()
+    if args.json:
+        _out(json.dumps(st, indent=2))
+    else:
+        _out(
+            f"round {st['round']}/{st['rounds']}, finished {st['finished']}, "
+            f"connected {len(st['connected'])}: {', '.join(st['connected'])}"
+        )
+        if st["last"]:
+            _out(_status_line(st["last"]))
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``pki``, ``server``, ``client`` and ``status`` to the ``secure-fml`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-format", choices=("json", "text"), default="json")
+
+    p = sub.add_parser("pki", help="consortium CA and certificates for deployment")
+    psub = p.add_subparsers(dest="pki_command", required=True)
+    for name, helptext in (
+        ("init", "create the consortium CA (ca.pem, ca.key)"),
+        ("issue-server", "issue the coordinator's certificate"),
+        ("issue-site", "issue a site's certificate and SecAgg identity key"),
+    ):
+        q = psub.add_parser(name, help=helptext)
+        q.add_argument("--dir", default="pki", help="PKI directory (default: pki)")
+        if name == "issue-server":
+            q.add_argument(
+                "--host", action="append", default=None, help="DNS name or IP (repeatable)"
+            )
+        if name == "issue-site":
+            q.add_argument("name", help="site name (the certificate CN)")
+    p.set_defaults(func=_cmd_pki_defaults)
+
+    s = sub.add_parser("server", parents=[common], help="run the coordinator (gRPC, mTLS)")
+    s.add_argument("--config", required=True, help="coordinator.toml")
+    s.add_argument("--address", help="override deploy.address, e.g. 127.0.0.1:50051")
+    s.add_argument(
+        "--insecure", action="store_true", help="no TLS: local experiments only (warns loudly)"
+    )
+    s.set_defaults(func=_cmd_server)
+
+    c = sub.add_parser("client", parents=[common], help="run one site (gRPC, mTLS)")
+    c.add_argument("--config", required=True, help="site.toml")
+    c.add_argument("--server", help="override site.server")
+    c.add_argument(
+        "--insecure", action="store_true", help="no TLS: local experiments only (warns loudly)"
+    )
+    c.set_defaults(func=_cmd_client)
+
+    t = sub.add_parser("status", help="round status of a coordinator (live or from its run dir)")
+    g = t.add_mutually_exclusive_group(required=True)
+    g.add_argument("--server", help="coordinator address")
+    g.add_argument("--run-dir", help="the coordinator's run directory")
+    t.add_argument("--pki-dir", default="pki")
+    t.add_argument("--site", help="site whose certificate authenticates the query")
+    t.add_argument("--insecure", action="store_true")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_cmd_status)
+
+
+def _cmd_pki_defaults(args: argparse.Namespace) -> int:
+    if getattr(args, "host", None) is None and args.pki_command == "issue-server":
+        args.host = ["localhost", "127.0.0.1"]
+    return _cmd_pki(args)
