@@ -167,7 +167,8 @@ def _hockey_stick(mu_p: float, s_p: float, mu_q: float, s_q: float, eps: float) 
     def mass(lo: float, hi: float) -> float:
         pp = stats.norm.cdf(hi, mu_p, s_p) - stats.norm.cdf(lo, mu_p, s_p)
         qq = stats.norm.cdf(hi, mu_q, s_q) - stats.norm.cdf(lo, mu_q, s_q)
-        return float(pp - math.exp(eps) * qq)
+        # exp(ε) overflows past ~709; the mass there is negative anyway.
+        return float(pp - math.exp(min(eps, 700.0)) * qq)
 
     if abs(a) < 1e-12 * max(abs(b), 1e-300):
         if b == 0:
