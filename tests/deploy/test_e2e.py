@@ -227,4 +227,4 @@ def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
         timeout=90,
     )
     assert out.returncode == 0, out.stderr
-    assert "accuracy_after" in out.stdout
+    assert "accuracy after adaptation" in out.stdout
