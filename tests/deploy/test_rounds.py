@@ -10,6 +10,7 @@ import pytest
 
 import privacy
 from secure_fml.checkpoint import load_checkpoint
+from secure_fml.deploy import Site
 from tests.deploy import _harness as H
 
 TRANSPORTS = ["inprocess", "grpc"]
@@ -38,4 +39,84 @@ def test_dp_secagg_rounds_complete_and_charge_once(kind: str, pki: Path, tmp_pat
     assert [e.event.round for e in entries] == [1, 2]
     ck = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ck.round == 2 and ck.extra["ledger_head"]["entries"] == 2
+    coord.close()
+
+
+class _SilentAfterSharing(Site):
+    """A site that dies right after sharing its keys in round 1 (never masks its input)."""
+
+    def handle(self, message):  # type: ignore[no-untyped-def]
+        from aggregation import Stage
+        from secure_fml.deploy import StageRequest
+
+        if (
+            isinstance(message, StageRequest)
+            and message.round == 1
+            and message.stage is Stage.MASKED_INPUT
+        ):
+            return None
+        return super().handle(message)
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_site_silent_mid_round_is_recovered(kind: str, pki: Path, tmp_path: Path) -> None:
+    cfg = H.small_config(dp=True, rounds=2)
+    coord = H.make_coordinator(cfg, pki, tmp_path, stage_s=1.5)
+    sites = [H.make_site(cfg, pki, n, f"client_0{i}") for i, n in enumerate(H.SITES)]
+    victim = sites[-1]
+    victim.__class__ = _SilentAfterSharing
+    with H.endpoint(kind, coord, pki) as ep:
+        done = H.run_sites(ep, sites, pki)
+    assert done[:3] == [2, 2, 2]
+    first, second = coord.history
+    assert first["status"] == "complete" and first["dropped"] == 1 and first["survivors"] == 3
+    assert second["status"] == "complete" and second["dropped"] == 0
+    coord.close()
+
+
+def test_resume_after_crash_never_double_charges(pki: Path, tmp_path: Path) -> None:
+    cfg = H.small_config(dp=True, rounds=3)
+    coord = H.make_coordinator(H.small_config(dp=True, rounds=1), pki, tmp_path)
+    sites = [H.make_site(cfg, pki, n, f"client_0{i}") for i, n in enumerate(H.SITES)]
+    with H.endpoint("inprocess", coord, pki) as ep:
+        H.run_sites(ep, sites, pki, timeout_s=60)
+    assert coord.round == 1
+    state1 = coord.state.clone()
+    # Crash after round 2 was charged but before its checkpoint: the ledger is ahead.
+    dp = coord._dp
+    assert dp is not None
+    from secure_fml.rounds import RoundContext
+
+    ctx = RoundContext(2, coord.sampler.sample(2), int(coord.state.numel()))
+    std, scale = dp.secagg_noise(ctx, 4)
+    dp.ledger.record(dp.secagg_event(ctx, noise_stddev_int=std, scale=scale, clients_surviving=4))
+    coord.close()
+
+    again = H.make_coordinator(cfg, pki, tmp_path)
+    assert again.round == 2  # continues after the last charged round, never re-charges it
+    assert np.allclose(again.state.numpy(), state1.numpy())
+    assert load_checkpoint(tmp_path / "checkpoint.pt").round == 2
+    with H.endpoint("inprocess", again, pki) as ep:
+        H.run_sites(ep, sites, pki, timeout_s=60)
+    assert again.round == 3
+    rounds = [e.event.round for e in privacy.read_ledger(tmp_path / privacy.LEDGER_FILENAME)]
+    assert rounds == [1, 2, 3]
+    again.close()
+
+
+def test_duplicate_connection_and_unknown_site_are_refused(pki: Path, tmp_path: Path) -> None:
+    from secure_fml.deploy import RefusalReason, Refused
+
+    coord = H.make_coordinator(H.small_config(dp=True), pki, tmp_path)
+    coord.join("alpha", H.cert_der(pki, "alpha"))
+    with pytest.raises(Refused) as ei:
+        coord.join("alpha", H.cert_der(pki, "alpha"))
+    assert ei.value.reason is RefusalReason.DUPLICATE_CONNECTION
+    with pytest.raises(Refused) as ei:
+        coord.join("mallory", H.cert_der(pki, "mallory"))
+    assert ei.value.reason is RefusalReason.UNKNOWN_SITE
+    from privacy._errors import InvalidSignature
+
+    with pytest.raises(InvalidSignature):  # a certificate that names another site
+        coord.join("beta", H.cert_der(pki, "gamma"))
     coord.close()
