@@ -83,18 +83,23 @@ def read_stream(
         raise Refused(
             RefusalReason.OVERSIZE, f"payload of {size} bytes exceeds the limit of {limit}"
         )
-    buf = bytearray()
+    chunks: list[bytes] = []
+    got = 0
+    digest = hashlib.sha256()
     for frame in it:
         if frame.WhichOneof("body") != "chunk":
             raise InvalidMessage("only chunk frames may follow the header")
-        if len(frame.chunk) > MAX_CHUNK_BYTES or len(buf) + len(frame.chunk) > size:
+        chunk = frame.chunk
+        if len(chunk) > MAX_CHUNK_BYTES or got + len(chunk) > size:
             raise Refused(RefusalReason.OVERSIZE, "chunks exceed the declared payload size")
-        buf += frame.chunk
-    if len(buf) != size:
-        raise InvalidMessage(f"payload truncated: {len(buf)} of {size} bytes")
-    if not hmac.compare_digest(hashlib.sha256(buf).digest(), header.payload_sha256):
+        got += len(chunk)
+        digest.update(chunk)
+        chunks.append(chunk)
+    if got != size:
+        raise InvalidMessage(f"payload truncated: {got} of {size} bytes")
+    if not hmac.compare_digest(digest.digest(), header.payload_sha256):
         raise InvalidMessage("payload does not match its SHA-256")
-    return header, bytes(buf)
+    return header, b"".join(chunks)
 
 
 def _stage(value: int) -> Stage:

@@ -52,6 +52,7 @@ from privacy._errors import (
     ConfigError,
     DropoutThresholdNotMet,
     InvalidMessage,
+    PrivacyBudgetExhausted,
     PrivacyError,
     ProtocolError,
 )
@@ -189,6 +190,8 @@ class Coordinator:
         self._outbox: dict[str, collections.deque[ServerMessage]] = {}
         self._round: _Round | None = None
         self._quorum_since: float | None = None
+        #: Why training stopped early (e.g. the privacy budget is spent), else None.
+        self.stopped: str | None = None
         self.last_aggregate: np.ndarray | None = None
         self.history: list[dict[str, Any]] = []
         self.refusals: collections.Counter[str] = collections.Counter()
@@ -223,7 +226,7 @@ class Coordinator:
 
     @property
     def finished(self) -> bool:
-        return self.round >= self.config.server.rounds
+        return self.stopped is not None or self.round >= self.config.server.rounds
 
     @property
     def _dp(self) -> DifferentialPrivacy | None:
@@ -593,6 +596,9 @@ class Coordinator:
 
     def _abort(self, rd: _Round, err: Exception) -> None:
         log.warning("round %d aborted in %s: %s", rd.number, rd.stage.name, err)
+        if isinstance(err, PrivacyBudgetExhausted):
+            # No later round can be charged either: stop instead of retrying forever.
+            self.stopped = f"privacy budget exhausted at round {rd.number}"
         if rd.charged:
             # The release may already be known to us: the round number is spent.
             self.round = rd.number
@@ -636,6 +642,7 @@ class Coordinator:
             "round": self.round,
             "rounds": self.config.server.rounds,
             "finished": self.finished,
+            "stopped": self.stopped,
             "connected": self.connected(),
             "open_round": None
             if rd is None

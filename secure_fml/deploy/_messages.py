@@ -73,6 +73,9 @@ class StageReply:
     session_id: bytes
     stage: Stage
     payload: bytes
+    #: (dtype, length) of the masked vector in a MASKED_INPUT payload, declared on the wire
+    #: so the receiver can check shape and dtype before parsing.
+    tensor: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)

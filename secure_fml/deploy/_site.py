@@ -29,6 +29,7 @@ from aggregation import (
     ConsistencyRequest,
     FixedPointCodec,
     KeyBroadcast,
+    MaskedInput,
     Message,
     ShareRouting,
     Stage,
@@ -46,6 +47,7 @@ from secure_fml.deploy._messages import (
     StageReply,
     StageRequest,
 )
+from secure_fml.deploy._pki import verify_site_certificate
 
 __all__ = ["Site"]
 
@@ -125,8 +127,6 @@ class Site:
         state = self._check_model(msg)
         if self.require_noise and not msg.noise_stddev_int > 0:
             raise InvalidMessage("coordinator asked for a round without DP noise; refused")
-        from secure_fml.deploy._pki import verify_site_certificate
-
         keys = {}
         for p in msg.peers:
             keys[p.index] = verify_site_certificate(
@@ -192,6 +192,15 @@ class Site:
             self.rounds_done.append(msg.round)
             self._session = None
         log.info("site %s round %d: %s sent", self.name, msg.round, msg.stage.name.lower())
+        tensor = (
+            (f"uint{reply.bits}", int(reply.vector.shape[0]))
+            if isinstance(reply, MaskedInput)
+            else None
+        )
         return StageReply(
-            round=msg.round, session_id=msg.session_id, stage=msg.stage, payload=reply.to_bytes()
+            round=msg.round,
+            session_id=msg.session_id,
+            stage=msg.stage,
+            payload=reply.to_bytes(),
+            tensor=tensor,
         )

@@ -186,15 +186,6 @@ class Transport(ABC):
         return None
 
 
-def _tensor_for(reply: StageReply) -> tuple[str, int] | None:
-    if reply.stage is not Stage.MASKED_INPUT:
-        return None
-    from aggregation import MaskedInput
-
-    m = MaskedInput.from_bytes(reply.payload)
-    return f"uint{m.bits}", int(m.vector.shape[0])
-
-
 class InProcessTransport(Transport):
     """Calls the service directly, through the same protobuf converters as gRPC."""
 
@@ -213,7 +204,7 @@ class InProcessTransport(Transport):
         return server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
-        frames = list(stage_reply_to_proto(reply, connection_id=conn, tensor=_tensor_for(reply)))
+        frames = list(stage_reply_to_proto(reply, connection_id=conn, tensor=reply.tensor))
         svc = self.service
         conn2, parsed = stage_reply_from_proto(
             frames,
@@ -501,7 +492,7 @@ class GrpcTransport(Transport):
         return server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
-        frames = list(stage_reply_to_proto(reply, connection_id=conn, tensor=_tensor_for(reply)))
+        frames = list(stage_reply_to_proto(reply, connection_id=conn, tensor=reply.tensor))
         self.bytes_sent += sum(f.ByteSize() for f in frames)
         try:
             self.stub.Submit(iter(frames), timeout=self.timeout)

@@ -120,3 +120,22 @@ def test_duplicate_connection_and_unknown_site_are_refused(pki: Path, tmp_path: 
     with pytest.raises(InvalidSignature):  # a certificate that names another site
         coord.join("beta", H.cert_der(pki, "gamma"))
     coord.close()
+
+
+def test_spent_budget_stops_training_without_release(pki: Path, tmp_path: Path) -> None:
+    from secure_fml.config import config_from_dict, config_to_dict
+
+    raw = config_to_dict(H.small_config(dp=True, rounds=3))
+    raw["privacy"]["max_epsilon"] = 0.5  # one round already costs more
+    cfg = config_from_dict(raw)
+    coord = H.make_coordinator(cfg, pki, tmp_path)
+    theta0 = coord.state.clone()
+    sites = [H.make_site(cfg, pki, n, f"client_0{i}") for i, n in enumerate(H.SITES)]
+    with H.endpoint("inprocess", coord, pki) as ep:
+        done = H.run_sites(ep, sites, pki, timeout_s=60)
+    assert done == [0, 0, 0, 0]  # no site ever revealed unmasking shares
+    assert coord.finished and coord.stopped and coord.round == 0
+    assert coord.history[-1]["status"] == "aborted: PrivacyBudgetExhausted"
+    assert np.array_equal(coord.state.numpy(), theta0.numpy())
+    assert privacy.read_ledger(tmp_path / privacy.LEDGER_FILENAME) == ()
+    coord.close()
