@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--algorithms", nargs="+", default=["maml", "fomaml", "metasgd"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = load_preset("femnist", root=str(data_root())).filter_min_samples(10)
@@ -75,7 +76,7 @@ def main() -> None:
     module = FemnistCNN()
     fm = FunctionalModel(module)
     results: dict[str, Any] = {}
-    for alg in ("maml", "fomaml", "metasgd"):
+    for alg in args.algorithms:
         algo = make_algorithm(
             AlgorithmConfig(name=AlgorithmName(alg), inner_lr=INNER_LR, inner_steps=args.steps), fm
         )
@@ -91,17 +92,29 @@ def main() -> None:
             if err > 1e-4:
                 raise SystemExit(f"{alg}: ours and reference differ (relative error {err:.2e})")
         t_ours, t_ref = [], []
-        for rep in range(args.reps + 1):
+
+        def time_ours(algo: Any = algo, state: torch.Tensor = state, splits: Any = splits) -> float:
             t0 = time.perf_counter()
             for s, q in splits:
-                algo.meta_gradient(state, s, q, torch.Generator())  # type: ignore[attr-defined]
-            t1 = time.perf_counter()
+                algo.meta_gradient(state, s, q, torch.Generator())
+            return (time.perf_counter() - t0) / len(splits)
+
+        def time_ref(alg: str = alg, splits: Any = splits) -> float:
+            t0 = time.perf_counter()
             for s, q in splits:
                 reference_update(module, alg, s, q, args.steps)
-            t2 = time.perf_counter()
+            return (time.perf_counter() - t0) / len(splits)
+
+        for rep in range(args.reps + 1):
+            # Alternate which side runs first so drifting background load cannot favour one.
+            if rep % 2:
+                r_time = time_ref()
+                pair = (time_ours(), r_time)
+            else:
+                pair = (time_ours(), time_ref())
             if rep:  # the first repetition warms up both paths
-                t_ours.append((t1 - t0) / len(splits))
-                t_ref.append((t2 - t1) / len(splits))
+                t_ours.append(pair[0])
+                t_ref.append(pair[1])
         mo, mr = statistics.median(t_ours), statistics.median(t_ref)
         results[alg] = {
             "ours_s_per_client": mo,

@@ -49,6 +49,18 @@ class FunctionalModel:
         parts = torch.split(flat, self.numels)
         return {n: t.view(s) for n, t, s in zip(self.names, parts, self.shapes, strict=True)}
 
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter views of a flat vector, in ``named_parameters`` order."""
+        parts = torch.split(flat, self.numels)
+        return [t.view(s) for t, s in zip(parts, self.shapes, strict=True)]
+
+    def loss_params(self, params: list[torch.Tensor], batch: Batch) -> torch.Tensor:
+        """Mean loss with parameters given as a per-parameter list (see :meth:`split`)."""
+        full = dict(zip(self.names, params, strict=True))
+        full.update(self.buffers)
+        out: torch.Tensor = functional_call(self.module, full, (batch.x,))
+        return nn.functional.cross_entropy(out, batch.y)
+
     def logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         params = self.unflatten(flat)
         params.update(self.buffers)

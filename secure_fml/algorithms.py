@@ -205,6 +205,24 @@ class _MetaGradient(Algorithm):
     update_kind = UpdateKind.META_GRADIENT
     second_order = True
 
+    def __init__(self, config: AlgorithmConfig, model: FunctionalModel) -> None:
+        super().__init__(config, model)
+        self._alpha_cache: tuple[torch.Tensor, int, list[torch.Tensor]] | None = None
+
+    def _alpha_values(self, state: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter alpha = exp(log_alpha), cached for one version of ``state``.
+
+        The cache holds a reference to ``state`` itself (so its identity cannot be
+        reused by another tensor) and its version counter, which every in-place
+        update (e.g. the server optimizer's step) increments.
+        """
+        c = self._alpha_cache
+        if c is None or c[0] is not state or c[1] != state._version:
+            with torch.no_grad():
+                values = self.model.split(torch.exp(state[self.model.dim :]))
+            self._alpha_cache = c = (state, state._version, values)
+        return c[2]
+
     def client_update(self, state: torch.Tensor, data: Batch, gen: torch.Generator) -> ClientUpdate:
         support, query = split_support_query(data, self.config.support_fraction, gen)
         return self.meta_gradient(state, support, query, gen)
@@ -212,27 +230,43 @@ class _MetaGradient(Algorithm):
     def meta_gradient(
         self, state: torch.Tensor, support: Batch, query: Batch, gen: torch.Generator
     ) -> ClientUpdate:
-        d = self.model.dim
-        theta = state[:d].detach().requires_grad_(True)
-        leaves = [theta]
-        alpha: torch.Tensor | float
+        # The hot loop works on per-parameter tensors (one autograd leaf each) and
+        # concatenates once at the end: gradients w.r.t. a flat leaf would cost an
+        # extra full-size copy (the backward of the split) at every step.
+        model = self.model
+        d = model.dim
+        theta = [t.detach().requires_grad_(True) for t in model.split(state[:d])]
+        leaves = list(theta)
+        alpha: list[torch.Tensor | float]
+        alpha_values: list[torch.Tensor] = []
         if self.learns_alpha:
-            log_alpha = state[d:].detach().requires_grad_(True)
-            leaves.append(log_alpha)
-            alpha = torch.exp(log_alpha)
+            # alpha = exp(log_alpha) is the same for every client of a round: computed once
+            # per global state; the chain rule to log_alpha is applied after autograd.
+            alpha_values = self._alpha_values(state)
+            alpha_leaves = [a.detach().requires_grad_(True) for a in alpha_values]
+            leaves += alpha_leaves
+            alpha = list(alpha_leaves)
         else:
-            alpha = self.config.inner_lr
+            alpha = [self.config.inner_lr] * len(theta)
         with torch.enable_grad():
-            p = theta
+            p: list[torch.Tensor] = theta
             for _ in range(self.config.inner_steps):
                 b = _sample(support, self.config.batch_size, gen)
-                # First order: the inner gradient is a constant (no graph through it),
-                # so d theta_u / d theta is the identity, as FOMAML prescribes.
-                g = self.model.grad(p, b, create_graph=self.second_order)
-                p = p - alpha * g
+                if self.second_order:
+                    g = torch.autograd.grad(model.loss_params(p, b), p, create_graph=True)
+                else:
+                    # First order: the inner gradient is a constant (no graph through it),
+                    # so d theta_u / d theta is the identity, as FOMAML prescribes.
+                    pd = [x.detach().requires_grad_(True) for x in p]
+                    g = torch.autograd.grad(model.loss_params(pd, b), pd)
+                p = [x - a * gi for x, a, gi in zip(p, alpha, g, strict=True)]
             q = _sample(query, self.config.query_batch_size, gen)
-            loss = self.model.loss(p, q)
-            grads = torch.autograd.grad(loss, leaves)
+            loss = model.loss_params(p, q)
+            grads = list(torch.autograd.grad(loss, leaves))
+        if alpha_values:
+            k = len(theta)
+            # dL/dlog(alpha) = alpha * dL/dalpha
+            grads[k:] = [g * a for g, a in zip(grads[k:], alpha_values, strict=True)]
         vector = torch.cat([g.reshape(-1) for g in grads])
         return ClientUpdate(vector, float(loss.detach()), len(support) + len(query))
 
