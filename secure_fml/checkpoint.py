@@ -11,16 +11,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from privacy._errors import CheckpointError
 
-__all__ = ["Checkpoint", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Checkpoint",
+    "atomic_write_bytes",
+    "load_checkpoint",
+    "restore_training_state",
+    "resume_round",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = 1
 
@@ -101,3 +112,44 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise
     except Exception as e:  # any parse problem is reported as one typed error
         raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
+
+
+def restore_training_state(
+    ckpt: Checkpoint,
+    *,
+    expected_numel: int,
+    optimizer: Any,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """Load the optimizer and sampler state from ``ckpt``; return the global state.
+
+    Shared by the simulation and the gRPC coordinator so both resume identically.
+    ``optimizer`` is a :class:`secure_fml.rounds.ServerOptimizer`.
+    """
+    if ckpt.state.numel() != expected_numel:
+        raise CheckpointError(
+            f"checkpoint state has {ckpt.state.numel()} values, the model needs {expected_numel}"
+        )
+    optimizer.load_state_dict(ckpt.optimizer)
+    rng.bit_generator.state = json.loads(ckpt.extra["sampler_rng"])
+    state: torch.Tensor = ckpt.state.clone()
+    return state
+
+
+def resume_round(checkpoint_round: int, ledger_last_round: int | None) -> int:
+    """The round to continue after, given the checkpoint and the privacy ledger.
+
+    Rounds charged to the ledger after the last checkpoint (a crash between
+    ``ledger.record`` and the next checkpoint) stay spent: training continues
+    after the last charged round instead of charging it twice.
+    """
+    if ledger_last_round is not None and ledger_last_round > checkpoint_round:
+        log.warning(
+            "rounds %d..%d were charged to the privacy ledger after the last checkpoint; "
+            "continuing at round %d",
+            checkpoint_round + 1,
+            ledger_last_round,
+            ledger_last_round + 1,
+        )
+        return ledger_last_round
+    return checkpoint_round

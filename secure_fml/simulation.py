@@ -23,10 +23,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from privacy import LedgerHead
-from privacy._errors import CheckpointError, ConfigError
+from privacy._errors import ConfigError
 from secure_fml._functional import Batch, FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
-from secure_fml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from secure_fml.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    restore_training_state,
+    resume_round,
+    save_checkpoint,
+)
 from secure_fml.config import Config, config_to_dict, dump_toml
 from secure_fml.data import ClientData, ClientSplit, FederatedDataset, InputKind, load_preset
 from secure_fml.evaluation import EvalResult, evaluate, to_batch
@@ -243,31 +249,17 @@ class Simulation:
         )
 
     def restore(self, ckpt: Checkpoint) -> None:
-        if ckpt.state.shape != self.state.shape:
-            raise CheckpointError(
-                f"checkpoint state has {ckpt.state.numel()} values, "
-                f"the model needs {self.state.numel()}"
-            )
-        self.state = ckpt.state.clone()
-        self.optimizer.load_state_dict(ckpt.optimizer)
-        self.rng.bit_generator.state = json.loads(ckpt.extra["sampler_rng"])
-        self.round = ckpt.round
+        self.state = restore_training_state(
+            ckpt, expected_numel=self.state.numel(), optimizer=self.optimizer, rng=self.rng
+        )
         if self._update_path is None:
             self._update_path = self._build_update_path(ckpt.extra.get("ledger_head"))
-        if isinstance(self._update_path, DifferentialPrivacy):
-            # Rounds charged after this checkpoint (crash between record and the next
-            # checkpoint) stay spent: training continues after the last charged round
-            # instead of charging it twice.
-            last = self._update_path.ledger.last_round
-            if last is not None and last > self.round:
-                log.warning(
-                    "rounds %d..%d were charged to the privacy ledger after the last "
-                    "checkpoint; continuing at round %d",
-                    self.round + 1,
-                    last,
-                    last + 1,
-                )
-                self.round = last
+        last = (
+            self._update_path.ledger.last_round
+            if isinstance(self._update_path, DifferentialPrivacy)
+            else None
+        )
+        self.round = resume_round(ckpt.round, last)
 
     # -- the whole run ---------------------------------------------------------------------
     def run(self, *, progress: bool = True, resume: bool = False) -> RunResult:

@@ -58,7 +58,13 @@ from privacy._errors import (
 )
 from secure_fml._functional import FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
-from secure_fml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from secure_fml.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    restore_training_state,
+    resume_round,
+    save_checkpoint,
+)
 from secure_fml.config import Config, config_to_dict
 from secure_fml.deploy._errors import OutOfOrder, RefusalReason, Refused, StaleMessage
 from secure_fml.deploy._messages import (
@@ -259,26 +265,11 @@ class Coordinator:
         )
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        if ckpt.state.shape != self.state.shape:
-            raise ConfigError(
-                f"checkpoint state has {ckpt.state.numel()} values, the model needs "
-                f"{self.state.numel()}"
-            )
-        self.state = ckpt.state.clone()
-        self.optimizer.load_state_dict(ckpt.optimizer)
-        self.rng.bit_generator.state = json.loads(ckpt.extra["sampler_rng"])
-        self.round = ckpt.round
+        self.state = restore_training_state(
+            ckpt, expected_numel=self.state.numel(), optimizer=self.optimizer, rng=self.rng
+        )
         dp = self._dp
-        last = dp.ledger.last_round if dp is not None else None
-        if last is not None and last > self.round:
-            # Same rule as Simulation.restore: a charged round stays spent; continue after it.
-            log.warning(
-                "rounds %d..%d were charged after the last checkpoint; continuing at round %d",
-                self.round + 1,
-                last,
-                last + 1,
-            )
-            self.round = last
+        self.round = resume_round(ckpt.round, dp.ledger.last_round if dp is not None else None)
         log.info("resumed at round %d", self.round)
 
     # ------------------------------------------------------------------ sites

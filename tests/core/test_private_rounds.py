@@ -30,13 +30,20 @@ def cfg(**sections: dict):
 
 
 def test_secure_aggregation_matches_plain_run_up_to_quantization(tmp_path: Path) -> None:
-    plain = Simulation(cfg()).run(progress=False)
+    # Server SGD, so the effect of quantization is linear and boundable: each client's
+    # stochastic rounding moves each coordinate by < 1/scale, so after R rounds the
+    # states differ by about lr * R / scale (Adam would renormalise tiny coordinates).
+    sgd = {"optimizer": "sgd", "lr": 0.01}
+    plain = Simulation(cfg(server=sgd)).run(progress=False)
     for protocol in ("secagg", "secagg+"):
         # clip_norm far above any update norm: only fixed-point quantization differs.
-        c = cfg(secure_aggregation={"protocol": protocol}, privacy={"clip_norm": 1e3})
-        sec = Simulation(c).run(progress=False)
+        c = cfg(secure_aggregation={"protocol": protocol}, privacy={"clip_norm": 1e3}, server=sgd)
+        sim = Simulation(c)
+        sec = sim.run(progress=False)
+        scale = sim.update_path.last.codec.scale  # type: ignore[attr-defined]
+        bound = 4 * 0.01 * 2.0 / scale  # 4 rounds, lr 0.01, 2x slack for the dynamics
         diff = float((sec.state - plain.state).abs().max())
-        assert 0 < diff < 1e-4, (protocol, diff)
+        assert 0 < diff < bound, (protocol, diff, bound)
 
 
 def test_secure_aggregation_recovers_dropouts_every_round() -> None:
