@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from privacy import LedgerHead
-from privacy._errors import ConfigError
+from privacy._errors import ConfigError, ProtocolAbort
 from secure_fml._functional import Batch, FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
 from secure_fml.checkpoint import (
@@ -38,6 +38,7 @@ from secure_fml.data import ClientData, ClientSplit, FederatedDataset, InputKind
 from secure_fml.evaluation import EvalResult, evaluate, to_batch
 from secure_fml.models import default_model
 from secure_fml.rounds import (
+    AggregateResult,
     ClientSampler,
     PlainSum,
     RoundContext,
@@ -207,7 +208,15 @@ class Simulation:
             losses.append(upd.loss)
             norms.append(float(np.linalg.norm(vec)))
             contributions[cid] = self.update_path.client_side(ctx, cid, vec)
-        agg = self.update_path.aggregate(ctx, contributions)
+        aborted: str | None = None
+        try:
+            agg = self.update_path.aggregate(ctx, contributions)
+        except ProtocolAbort as e:
+            # The round releases nothing and is charged nothing (aborts happen before the
+            # ledger records); training goes on. A spent budget is not an abort: it stops.
+            log.warning("round %d aborted: %s", r, e)
+            aborted = str(e)
+            agg = AggregateResult(np.zeros(ctx.dim, np.float32), 0, 1.0, ())
         if agg.count > 0:
             self.state = self.optimizer.step(torch.from_numpy(agg.total / agg.denominator))
         self.round = r
@@ -220,6 +229,8 @@ class Simulation:
             "round_s": time.perf_counter() - t0,
             **{k: v for k, v in agg.info.items() if k != "clients"},
         }
+        if aborted is not None:
+            line["aborted"] = aborted
         every = self.config.eval.every
         if every and r % every == 0 and self.split.val:
             val = self.split.val[: self.config.eval.max_val_clients]

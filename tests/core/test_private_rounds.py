@@ -157,3 +157,27 @@ def test_dp_changes_the_model_and_clips(tmp_path: Path) -> None:
     res = sim.run(progress=False)
     assert not torch.allclose(res.state, plain.state)
     assert all(line["dp_fraction_clipped"] == 1.0 for line in sim.history)
+
+
+def test_aborted_rounds_release_and_charge_nothing_and_training_continues(tmp_path: Path) -> None:
+    # Poisson rate 0.05 of 32 clients: many rounds draw fewer than the 3 clients SecAgg needs.
+    c = cfg(
+        privacy={"enabled": True, "noise_multiplier": 1.0},
+        secure_aggregation={"protocol": "secagg", "min_survivor_fraction": 0.75},
+        server={
+            "rounds": 12,
+            "sampling": "poisson",
+            "sampling_rate": 0.05,
+            "clients_per_round": None,
+        },
+    )
+    sim = Simulation(c, run_dir=tmp_path)
+    res = sim.run(progress=False)
+    assert res.rounds == 12
+    aborted = [line["round"] for line in sim.history if "aborted" in line]
+    charged = [e.round for e in read_ledger(tmp_path / "privacy_ledger.jsonl")]
+    assert aborted, "the setup should produce aborted rounds"
+    assert not set(aborted) & set(charged)
+    assert sorted(set(aborted) | set(charged)) == [
+        line["round"] for line in sim.history if "aborted" in line or line["contributors"] > 0
+    ]
