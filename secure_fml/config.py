@@ -128,6 +128,7 @@ class PrivacyConfig:
     adaptive_clipping: bool = False
     target_quantile: float = 0.5
     clip_lr: float = 0.2
+    clipped_count_stddev: float | None = None  # adaptive clipping bit noise (None: m/20)
     insecure_seed: int | None = None  # test mode only: seeds the noise, warns loudly
 
     def __post_init__(self) -> None:

@@ -17,9 +17,11 @@ touches an algorithm:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,13 @@ from secure_fml.rounds import (
     UpdatePath,
 )
 
-__all__ = ["DifferentialPrivacy", "SecureSum", "build_update_path", "privacy_sampling"]
+__all__ = [
+    "AdaptiveClipping",
+    "DifferentialPrivacy",
+    "SecureSum",
+    "build_update_path",
+    "privacy_sampling",
+]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +160,26 @@ class SecureSum(UpdatePath):
         }
 
 
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveClipping:
+    """Adaptive clipping to a target quantile of update norms (Andrew et al. 2021)."""
+
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    expected_clients_per_round: float
+    clipped_count_stddev: float | None = None  # None: expected_clients_per_round / 20
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_quantile < 1.0:
+            raise ConfigError(
+                f"privacy.target_quantile must be in (0, 1), got {self.target_quantile}"
+            )
+        if not self.learning_rate > 0:
+            raise ConfigError(f"privacy.clip_lr must be > 0, got {self.learning_rate}")
+        if not self.expected_clients_per_round > 0:
+            raise ConfigError("adaptive clipping needs a positive expected number of clients")
+
+
 class DifferentialPrivacy(UpdatePath):
     """Client-level DP around an inner aggregation (plain sum or secure aggregation)."""
 
@@ -167,6 +195,7 @@ class DifferentialPrivacy(UpdatePath):
         assumed_colluding_clients: int = 0,
         noise_source: GaussianNoiseSource | None = None,
         delta: float = 1e-5,
+        adaptive: AdaptiveClipping | None = None,
     ) -> None:
         if not (math.isfinite(clip_norm) and clip_norm > 0):
             raise ConfigError(f"privacy.clip_norm must be > 0, got {clip_norm}")
@@ -184,8 +213,37 @@ class DifferentialPrivacy(UpdatePath):
         self.source = noise_source if noise_source is not None else GaussianNoiseSource()
         self.delta = delta
         self._clipped: dict[str, bool] = {}
-        if isinstance(inner, SecureSum) and placement is NoisePlacement.DISTRIBUTED:
-            inner.clip_norm = self.clip_norm
+        self.adaptive = adaptive
+        # Without adaptive clipping the whole noise multiplier protects the update; with
+        # it, the target is split between the update and the appended clip bit so that
+        # the joint release costs exactly noise_multiplier (Andrew et al. 2021).
+        self.value_noise_multiplier = self.noise_multiplier
+        self.bit_std: float | None = None
+        if adaptive is not None:
+            if placement is NoisePlacement.DISTRIBUTED and isinstance(inner, SecureSum):
+                raise ConfigError(
+                    "privacy.adaptive_clipping with distributed noise inside secure aggregation "
+                    "is not supported (the clip bit would need its own discrete noise); use "
+                    "privacy.placement = central or fixed clipping"
+                )
+            split = privacy.adaptive_clip_noise_split(
+                noise_multiplier=self.noise_multiplier,
+                expected_clients_per_round=adaptive.expected_clients_per_round,
+                clipped_count_stddev=adaptive.clipped_count_stddev,
+            )
+            self.value_noise_multiplier = split.value_noise_multiplier
+            self.bit_std = split.clipped_count_stddev
+        self._sync_inner_clip()
+
+    def _sync_inner_clip(self) -> None:
+        """Secure aggregation's fixed-point range follows the (possibly adaptive) clip norm."""
+        if isinstance(self.inner, SecureSum):
+            # The appended clip bit is +-1/2, so the vector's norm is <= sqrt(C^2 + 1/4).
+            extra = 0.25 if self.adaptive is not None else 0.0
+            self.inner.clip_norm = math.sqrt(self.clip_norm**2 + extra)
+
+    def _inner_ctx(self, ctx: RoundContext) -> RoundContext:
+        return dataclasses.replace(ctx, dim=ctx.dim + 1) if self.adaptive is not None else ctx
 
     @property
     def _secure(self) -> bool:
@@ -197,7 +255,7 @@ class DifferentialPrivacy(UpdatePath):
 
     def _per_client_std(self, ctx: RoundContext) -> float:
         return privacy.distributed_noise_std(
-            noise_multiplier=self.noise_multiplier,
+            noise_multiplier=self.value_noise_multiplier,
             clip_norm=self.clip_norm,
             min_survivors=self.min_survivors(ctx),
             assumed_colluding_clients=self.colluding,
@@ -207,11 +265,26 @@ class DifferentialPrivacy(UpdatePath):
         res = privacy.clip_update(vector, clip_norm=self.clip_norm)
         self._clipped[client_id] = res.clipped
         out = res.vector
+        if self.adaptive is not None:
+            # The clipped/not-clipped bit travels inside the (noised, aggregated) update:
+            # it is never sent in the clear.
+            bit = privacy.adaptive_clip_bit(norm=res.norm, clip_norm=self.clip_norm)
+            out = np.append(out, np.float32(bit))
         if self.placement is NoisePlacement.DISTRIBUTED and not self._secure:
             # Continuous Gaussian on the client; with SecAgg the noise is an exact
             # discrete Gaussian added in the integer domain inside the protocol.
-            out = privacy.add_noise(out, std=self._per_client_std(ctx), source=self.source)
-        return self.inner.client_side(ctx, client_id, out)
+            out = privacy.add_noise(
+                out,
+                std=self._per_client_std(ctx),
+                source=self.source,
+                last_coordinate_std=self._per_client_bit_std(ctx),
+            )
+        return self.inner.client_side(self._inner_ctx(ctx), client_id, out)
+
+    def _per_client_bit_std(self, ctx: RoundContext) -> float | None:
+        if self.bit_std is None:
+            return None
+        return self.bit_std / math.sqrt(self.min_survivors(ctx) - self.colluding)
 
     def _scale_for(self, n: int, per_client_std: float) -> float:
         """Fixed-point scale: as fine as the modulus and the exact sampler allow.
@@ -284,7 +357,7 @@ class DifferentialPrivacy(UpdatePath):
             )
             total = agg.total.astype(np.float64)
         elif self.placement is NoisePlacement.DISTRIBUTED:
-            agg = self.inner.aggregate(ctx, contributions)
+            agg = self.inner.aggregate(self._inner_ctx(ctx), contributions)
             event = GaussianRelease.distributed(
                 round=ctx.round,
                 per_client_noise_std=self._per_client_std(ctx),
@@ -295,38 +368,67 @@ class DifferentialPrivacy(UpdatePath):
                 clients_surviving=agg.count,
                 target_noise_multiplier=self.noise_multiplier,
                 assumed_colluding_clients=self.colluding,
+                per_client_count_stddev=self._per_client_bit_std(ctx),
                 client_ids=agg.contributors,
             )
             total = agg.total.astype(np.float64)
         else:
-            agg = self.inner.aggregate(ctx, contributions)
+            agg = self.inner.aggregate(self._inner_ctx(ctx), contributions)
             if agg.count < m_min:
                 raise DropoutThresholdNotMet(
                     f"round {ctx.round}: {agg.count} of {n_sampled} clients survived, "
                     f"below the minimum {m_min}"
                 )
             std = privacy.central_noise_std(
-                noise_multiplier=self.noise_multiplier, clip_norm=self.clip_norm
+                noise_multiplier=self.value_noise_multiplier, clip_norm=self.clip_norm
             )
-            total = agg.total.astype(np.float64) + self.source.normal(ctx.dim, std=std)
+            total = agg.total.astype(np.float64)
+            total[: ctx.dim] += self.source.normal(ctx.dim, std=std)
+            if self.bit_std is not None:
+                total[ctx.dim] += self.source.normal(1, std=self.bit_std)[0]
             event = GaussianRelease.central(
                 round=ctx.round,
-                noise_multiplier=self.noise_multiplier,
+                noise_multiplier=self.value_noise_multiplier,
                 clip_norm=self.clip_norm,
                 sampling=sampling,
                 clients_sampled=n_sampled,
                 clients_surviving=agg.count,
+                clipped_count_stddev=self.bit_std,
                 client_ids=agg.contributors,
             )
         # Durable before the aggregate is applied or released (raises on budget).
         self.ledger.record(event)
+        clip_used = self.clip_norm
+        unclipped_noisy: float | None = None
+        if self.adaptive is not None:
+            total, bit_sum = total[: ctx.dim], float(total[ctx.dim])
+            if agg.count > 0:
+                # Post-processing of the release just charged: costs no privacy.
+                step = privacy.adaptive_clip_step(
+                    clip_norm=self.clip_norm,
+                    noisy_bit_sum=bit_sum,
+                    num_clients=agg.count,
+                    target_quantile=self.adaptive.target_quantile,
+                    learning_rate=self.adaptive.learning_rate,
+                )
+                self.ledger.record(
+                    privacy.ClipStatistics(
+                        round=ctx.round,
+                        unclipped_fraction=step.unclipped_fraction,
+                        next_clip_norm=step.new_clip_norm,
+                    )
+                )
+                unclipped_noisy = step.unclipped_fraction
+                self.clip_norm = step.new_clip_norm
+                self._sync_inner_clip()
         clipped = [self._clipped.get(c, False) for c in agg.contributors]
         self._clipped.clear()
         info = dict(agg.info)
         info.update(
             {
                 "dp_noise_multiplier": float(event.noise_multiplier),
-                "dp_clip_norm": self.clip_norm,
+                "dp_clip_norm": clip_used,
+                "dp_unclipped_fraction_noisy": unclipped_noisy,
                 "dp_fraction_clipped": float(np.mean(clipped)) if clipped else 0.0,
                 "dp_epsilon": self.ledger.epsilon(delta=self.delta),
             }
@@ -411,10 +513,6 @@ def build_update_path(
             "privacy.placement=distributed with secure aggregation is accounted with the "
             "distributed discrete Gaussian analysis, which needs server.sampling = poisson or all"
         )
-    if pc.adaptive_clipping:
-        raise ConfigError(
-            "privacy.adaptive_clipping is not wired into rounds yet (see privacy API)"
-        )
     source = (
         GaussianNoiseSource(seed=pc.insecure_seed, insecure_test_mode=True)
         if pc.insecure_seed is not None
@@ -440,4 +538,16 @@ def build_update_path(
         else 1.0 - sa.dropout_fraction,
         noise_source=source,
         delta=pc.delta,
+        adaptive=(
+            AdaptiveClipping(
+                target_quantile=pc.target_quantile,
+                learning_rate=pc.clip_lr,
+                expected_clients_per_round=config.server.sampling_config().expected_clients(
+                    population
+                ),
+                clipped_count_stddev=pc.clipped_count_stddev,
+            )
+            if pc.adaptive_clipping
+            else None
+        ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -181,3 +182,39 @@ def test_aborted_rounds_release_and_charge_nothing_and_training_continues(tmp_pa
     assert sorted(set(aborted) | set(charged)) == [
         line["round"] for line in sim.history if "aborted" in line or line["contributors"] > 0
     ]
+
+
+@pytest.mark.parametrize("placement", ["central", "distributed"])
+@pytest.mark.parametrize(("start", "direction"), [(100.0, -1), (1e-4, +1)])
+def test_adaptive_clipping_tracks_the_quantile_and_charges_the_bit(
+    tmp_path: Path, placement: str, start: float, direction: int
+) -> None:
+    c = cfg(
+        privacy={
+            "enabled": True,
+            "noise_multiplier": 1.0,
+            "clip_norm": start,
+            "adaptive_clipping": True,
+            "clipped_count_stddev": 1.0,
+            "placement": placement,
+        },
+        server={"rounds": 6, "clients_per_round": 10},
+    )
+    sim = Simulation(c, run_dir=tmp_path)
+    sim.run(progress=False)
+    entries = read_ledger(tmp_path / "privacy_ledger.jsonl")
+    releases = [e.event for e in entries if isinstance(e.event, GaussianRelease)]
+    stats = [e.event for e in entries if type(e.event).__name__ == "ClipStatistics"]
+    assert len(releases) == len(stats) == 6
+    clips = [r.clip_norm for r in releases]
+    # geometric steps towards the median norm: monotone in the expected direction
+    assert all(direction * (b - a) > 0 for a, b in itertools.pairwise(clips))
+    for r in releases:
+        # the joint (update, bit) release costs exactly the configured multiplier
+        # (central: exactly; distributed: at least, sized for the minimum survivor set)
+        if placement == "central":
+            assert r.noise_multiplier == pytest.approx(1.0, rel=1e-6)
+        else:
+            assert r.noise_multiplier >= 1.0 - 1e-9
+        assert r.clipped_count_stddev is not None
+        assert r.value_noise_multiplier > r.noise_multiplier
