@@ -218,3 +218,47 @@ def test_adaptive_clipping_tracks_the_quantile_and_charges_the_bit(
             assert r.noise_multiplier >= 1.0 - 1e-9
         assert r.clipped_count_stddev is not None
         assert r.value_noise_multiplier > r.noise_multiplier
+
+
+@pytest.mark.parametrize("protocol", ["secagg", "secagg+"])
+def test_cli_simulate_with_secure_aggregation_and_distributed_noise(
+    tmp_path: Path, protocol: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from secure_fml.cli import main
+
+    argv = [
+        "simulate",
+        "--rounds",
+        "3",
+        "--out",
+        str(tmp_path),
+        "--name",
+        protocol,
+        "--algorithm",
+        "metasgd",
+        "--secure-aggregation",
+        protocol,
+        "--no-progress",
+        "--set",
+        "server.sampling=poisson",
+        "--set",
+        "server.sampling_rate=0.3",
+        "--set",
+        "privacy.enabled=true",
+        "--set",
+        "privacy.noise_multiplier=1.0",
+        "--set",
+        "privacy.placement=distributed",
+        "--set",
+        "secure_aggregation.dropout_fraction=0.1",
+    ]
+    assert main(argv) == 0
+    assert "personalized accuracy" in capsys.readouterr().out
+    entries = read_ledger(tmp_path / protocol / "privacy_ledger.jsonl")
+    assert entries and all(isinstance(e.event, DistributedDiscreteGaussianRelease) for e in entries)
+    lines = [
+        json.loads(x) for x in (tmp_path / protocol / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert all(line["secagg"] == protocol for line in lines if "aborted" not in line)
+    assert main(["report", str(tmp_path / protocol)]) == 0
+    assert (tmp_path / protocol / "report.html").exists()
