@@ -273,6 +273,14 @@ def _coerce(where: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"{where} must have {len(args)} entries, got {list(value)}")
         return tuple(_coerce(where, a, v) for a, v in zip(args, value, strict=True))
     if origin is dict:
+        if isinstance(value, str):
+            # From the command line: an inline TOML table, e.g. {max_clients = 40}.
+            try:
+                value = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(
+                    f"{where} must be a table, e.g. {{max_clients = 40}}; got {value!r}"
+                ) from None
         if isinstance(value, dict):
             return dict(value)
         raise ConfigError(f"{where} must be a table, got {value!r}")

@@ -210,3 +210,23 @@ def test_cli_simulate_adapt_datasets_and_errors(
     assert capsys.readouterr().err.strip().startswith("error: server.rounds")
     assert main(["datasets"]) == 0
     assert "synthetic" in capsys.readouterr().out
+
+
+def test_cli_sets_preset_options_as_inline_table(tmp_path: Path) -> None:
+    rc = main(
+        [
+            "simulate",
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--set",
+            "data.options={num_clients = 12, max_samples = 60}",
+        ]
+    )
+    assert rc == 0
+    cfg = load_config(tmp_path / "run" / "config.json")
+    assert cfg.data.options == {"num_clients": 12, "max_samples": 60}
+    with pytest.raises(ConfigError, match=r"data\.options must be a table"):
+        with_overrides(Config(), {"data.options": "num_clients=12"})
