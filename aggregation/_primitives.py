@@ -123,8 +123,12 @@ class Csprng:
         """Uniform integers in [0, bound) for each bound (< 2^63), by unbiased rejection.
 
         Uses the arc4random_uniform trick: reject r < (2^64 - m) mod m, which
-        leaves a multiple of m values, then reduce mod m.
+        leaves a multiple of m values, then reduce mod m. A single (scalar) bound
+        takes a fast path: a power of two is a mask (no rejection needed), and the
+        rejection threshold is computed once instead of per element.
         """
+        if n is not None and np.ndim(bound) == 0:
+            return self._below_scalar(int(bound), n)
         m = np.asarray(bound, dtype=np.uint64)
         if n is not None:
             m = np.broadcast_to(m, (n,))
@@ -141,6 +145,22 @@ class Csprng:
             threshold = (np.uint64(0) - mm) % mm  # == (2^64 - m) mod m in uint64
             ok = r >= threshold
             flat_out[todo[ok]] = r[ok] % mm[ok]
+            todo = todo[~ok]
+        return out
+
+    def _below_scalar(self, bound: int, n: int) -> np.ndarray:
+        if not 1 <= bound < 2**63:
+            raise ConfigError("bound must be in [1, 2^63)")
+        if bound & (bound - 1) == 0:  # power of two: the low bits are exactly uniform
+            return self.uint64(n) & np.uint64(bound - 1)
+        m = np.uint64(bound)
+        threshold = np.uint64((2**64 - bound) % bound)
+        out = np.empty(n, dtype=np.uint64)
+        todo = np.arange(n)
+        while todo.size:
+            r = self.uint64(todo.size)
+            ok = r >= threshold
+            out[todo[ok]] = r[ok] % m
             todo = todo[~ok]
         return out
 
@@ -471,8 +491,13 @@ class DiscreteGaussianSampler:
         n = num.shape[0]
         if n == 0:
             return np.zeros(0, dtype=bool)
-        d = np.broadcast_to(np.asarray(den, dtype=np.uint64), (n,))
-        return self._rng.below(d) < num.astype(np.uint64)
+        if np.ndim(den) == 0:
+            d = int(den)
+            if d == 1:  # num in {0, 1}: the outcome is certain, no randomness needed
+                return num >= 1
+            return self._rng.below(d, n) < num.astype(np.uint64)
+        d_arr = np.broadcast_to(np.asarray(den, dtype=np.uint64), (n,))
+        return self._rng.below(d_arr) < num.astype(np.uint64)
 
     def _bern_exp_frac(self, num: np.ndarray, den: np.ndarray | int) -> np.ndarray:
         """Bernoulli(exp(-num/den)) for 0 <= num/den <= 1 (CKS20 Algorithm 1)."""
@@ -480,10 +505,16 @@ class DiscreteGaussianSampler:
         den_arr = np.broadcast_to(np.asarray(den, dtype=np.int64), (n,))
         k = np.ones(n, dtype=np.int64)
         active = np.arange(n)
+        scalar_den = np.ndim(den) == 0
         while active.size:
             # A_k ~ Bernoulli(gamma / k) = Bernoulli(gamma) AND Bernoulli(1/k).
-            a = self._bern_ratio(num[active], den_arr[active])
-            a &= self._bern_ratio(np.ones(active.size, dtype=np.int64), k[active])
+            a = self._bern_ratio(num[active], den if scalar_den else den_arr[active])
+            kk = k[active]
+            # Bernoulli(1/1) is certain: draw only for k > 1, one scalar-bound batch per
+            # distinct k (k stays small: P(k > j) <= 1/j!).
+            for kv in np.unique(kk[kk > 1]).tolist():
+                sel = np.nonzero(kk == kv)[0]
+                a[sel] &= self._rng.below(int(kv), sel.size) == 0
             k[active[a]] += 1
             active = active[a]
         return (k % 2) == 1
@@ -503,8 +534,11 @@ class DiscreteGaussianSampler:
             remaining[active] -= 1
             active = active[b & (remaining[active] > 0)]
         idx = np.nonzero(ok)[0]
-        den = np.broadcast_to(np.asarray(g_den, dtype=np.int64), (n,))
-        ok[idx] = self._bern_exp_frac(g_num[idx], den[idx])
+        if np.ndim(g_den) == 0:
+            ok[idx] = self._bern_exp_frac(g_num[idx], int(g_den))
+        else:
+            den = np.broadcast_to(np.asarray(g_den, dtype=np.int64), (n,))
+            ok[idx] = self._bern_exp_frac(g_num[idx], den[idx])
         return ok
 
     def _discrete_laplace(self, n: int) -> np.ndarray:

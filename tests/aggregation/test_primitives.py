@@ -200,6 +200,16 @@ def test_csprng_below_is_uniform() -> None:
         P.Csprng().below(0, 3)
 
 
+@pytest.mark.parametrize("bound", [2, 8, 7, 12])
+def test_csprng_below_scalar_and_array_paths_are_uniform(bound: int) -> None:
+    rng = P.Csprng()
+    scalar = rng.below(bound, 40_000).astype(np.int64)
+    array = rng.below(np.full(40_000, bound, dtype=np.uint64)).astype(np.int64)
+    for draws in (scalar, array):
+        assert draws.min() >= 0 and draws.max() < bound
+        assert stats.chisquare(np.bincount(draws, minlength=bound)).pvalue > 1e-4
+
+
 def _dgauss_pmf(sigma_sq: float, support: np.ndarray) -> np.ndarray:
     w = np.exp(-(support.astype(np.float64) ** 2) / (2 * sigma_sq))
     full = np.arange(-2000, 2001)
