@@ -157,8 +157,14 @@ class FixedPointCodec:
             v = v * (self.clip_norm / norm)
         return v
 
-    def encode(self, x: np.ndarray, rng: Csprng) -> np.ndarray:
-        """Clip, (rotate), scale, round stochastically; int64 of length padded_dimension."""
+    def encode(self, x: np.ndarray, rng: Csprng | None = None) -> np.ndarray:
+        """Clip, (rotate), scale, round stochastically; int64 of length padded_dimension.
+
+        The rounding randomness comes from ``rng``, by default a fresh CSPRNG keyed from
+        ``os.urandom`` (a seeded stream is only for the explicit insecure test mode).
+        """
+        if rng is None:
+            rng = Csprng()
         v = self.clip(x)
         if self.rotation_seed is not None:
             padded = np.zeros(self.padded_dimension)

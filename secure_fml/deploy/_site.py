@@ -35,7 +35,6 @@ from aggregation import (
     Stage,
     UnmaskRequest,
 )
-from aggregation._primitives import Csprng  # the codec's stochastic rounding needs the CSPRNG
 from privacy._errors import ConfigError, InvalidMessage
 from secure_fml._functional import Batch
 from secure_fml.algorithms import Algorithm
@@ -163,7 +162,7 @@ class Site:
             model_hash=msg.model_hash,
             noise_stddev_int=msg.noise_stddev_int,
         )
-        client.set_input(codec.encode(clipped, Csprng()))
+        client.set_input(codec.encode(clipped))
         ad = client.advertise_keys()
         self._session = _Session(msg.round, msg.session_id, client)
         log.info("site %s round %d: update computed, keys advertised", self.name, msg.round)
