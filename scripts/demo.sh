@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine -> install -> run the main job on the embedded synthetic task (no downloads
 # beyond package registries, no data files): FedMeta(Meta-SGD) training, then a new site
-# personalizes the trained model.
+# personalizes the trained model (client_95 is one of the unseen test clients).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -13,4 +13,4 @@ pip install -q torch==2.13.0
 pip install -q -e .
 secure-fml simulate --algorithm metasgd --rounds 100 --clients-per-round 10 \
     --name demo --overwrite
-secure-fml adapt --checkpoint runs/demo --data synthetic --client client_07 --steps 5
+secure-fml adapt --checkpoint runs/demo --data synthetic --client client_95 --steps 5
