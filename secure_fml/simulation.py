@@ -313,6 +313,11 @@ class Simulation:
                 ):
                     save_checkpoint(run_dir / "checkpoint.pt", self.checkpoint())
             bar.close()
+        except BaseException:
+            # Budget exhausted, abort, interrupt: release the ledger's lock so the run can
+            # be resumed (or reported) by another process; what was charged stays charged.
+            self.close()
+            raise
         finally:
             if metrics_f is not None:
                 metrics_f.close()

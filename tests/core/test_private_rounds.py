@@ -84,6 +84,10 @@ def test_budget_refuses_the_round_that_would_exceed_it(tmp_path: Path) -> None:
     spent = read_ledger(tmp_path / "privacy_ledger.jsonl")
     # Every recorded round was applied; the refused one was neither recorded nor applied.
     assert len(spent) == sim.round
+    # The ledger lock was released: a report (another reader/writer) can open it now.
+    from privacy import PrivacyLedger
+
+    PrivacyLedger.open(tmp_path / "privacy_ledger.jsonl").close()
 
 
 def test_distributed_discrete_gaussian_inside_secagg_with_dropouts(tmp_path: Path) -> None:
