@@ -7,8 +7,8 @@ over all query points of the unseen test writers (the paper's convention),
 with the per-writer distribution. Learning curves (validation writers every
 ``--eval-every`` rounds) are kept as evidence of convergence.
 
-    python benchmarks/fedmeta_femnist.py                 # the committed run
-    python benchmarks/fedmeta_femnist.py --rounds 20 --seeds 0   # smoke test
+    python -m benchmarks.fedmeta_femnist                       # the committed run
+    python -m benchmarks.fedmeta_femnist --rounds 20 --seeds 0  # smoke test
 
 Writes benchmarks/results/fedmeta_femnist.json and .md (after every run, so a
 partial result survives an interruption).
@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="fedmeta_femnist")
     args = ap.parse_args()
-    command = "python benchmarks/fedmeta_femnist.py " + " ".join(
+    command = "python -m benchmarks.fedmeta_femnist " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
     )

@@ -8,7 +8,7 @@ the same architecture *alone* on the same support set (Adam, ``--alone-steps``
 full-batch steps, best of a small learning-rate grid chosen on the support set
 itself by 5-fold cross-validation, so the query set is never looked at).
 
-    python benchmarks/heart_loo.py
+    python -m benchmarks.heart_loo
 
 Writes benchmarks/results/heart_loo.json and .md.
 """
@@ -181,7 +181,7 @@ def main() -> None:
     ap.add_argument("--alone-steps", type=int, default=200)
     args = ap.parse_args()
     command = (
-        f"python benchmarks/heart_loo.py --rounds {args.rounds} --support {args.support} "
+        f"python -m benchmarks.heart_loo --rounds {args.rounds} --support {args.support} "
         f"--seeds {' '.join(map(str, args.seeds))} --algorithms {' '.join(args.algorithms)} "
         f"--alone-steps {args.alone_steps}"
     )
