@@ -31,7 +31,7 @@ from secure_fml.deploy._messages import (
 )
 from secure_fml.deploy._pki import init_ca, issue_server, issue_site
 from secure_fml.deploy._process import build_coordinator, build_site, run_client, run_server
-from secure_fml.deploy._runner import run_site
+from secure_fml.deploy._runner import CRASH_POINT_ENV, run_site
 from secure_fml.deploy._site import Site
 from secure_fml.deploy._transport import (
     CoordinatorService,
@@ -43,6 +43,7 @@ from secure_fml.deploy._transport import (
 )
 
 __all__ = [
+    "CRASH_POINT_ENV",
     "PROTOCOL_VERSION",
     "Coordinator",
     "CoordinatorService",

@@ -25,7 +25,7 @@ import pytest
 
 import privacy
 from secure_fml.checkpoint import load_checkpoint
-from secure_fml.deploy import issue_site
+from secure_fml.deploy import CRASH_POINT_ENV, issue_site
 
 REPO = Path(__file__).resolve().parents[2]
 SITES = {
@@ -87,8 +87,10 @@ class Procs:
         self.root = root
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    def start(
+        self, name: str, *args: str, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(extra_env or {})}
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         p = subprocess.Popen(_cli(*args), cwd=self.root, stdout=log, stderr=log, env=env)
         log.close()
@@ -163,7 +165,10 @@ def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
 
     procs.start("server", "server", "--config", "coordinator.toml")
     for name in SITES:
-        procs.start(name, "client", "--config", f"{name}.toml")
+        # The victim SIGKILLs itself right after its round-2 key shares were accepted:
+        # a deterministic point after sharing and before its masked input.
+        crash = {CRASH_POINT_ENV: "share_keys:2"} if name == VICTIM else None
+        procs.start(name, "client", "--config", f"{name}.toml", extra_env=crash)
 
     # An allowlist miss: a CA-issued certificate whose name the coordinator does not serve.
     intruder = procs.start("intruder", "client", "--config", "intruder.toml")
@@ -174,8 +179,8 @@ def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
     # Round 1 completes with everyone; in round 2 the victim dies right after sharing keys.
     _wait_for(lambda: len(_metrics(run_dir)) >= 1, 120, "round 1")
     assert _metrics(run_dir)[0]["dropped"] == 0, _metrics(run_dir)
-    _wait_for(lambda: "round 2: share_keys sent" in procs.log(VICTIM), 60, "the victim in round 2")
-    procs.kill(VICTIM)
+    assert procs.procs[VICTIM].wait(timeout=120) == -signal.SIGKILL
+    assert "test crash point ('share_keys', 2) reached" in procs.log(VICTIM)
     _wait_for(lambda: len(_metrics(run_dir)) >= 2, 60, "round 2")
     r2 = _metrics(run_dir)[1]
     assert r2["status"] == "complete", r2
