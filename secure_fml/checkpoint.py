@@ -8,6 +8,7 @@ needed to rebuild the network, and the resolved config. It is loaded with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ __all__ = [
     "restore_training_state",
     "resume_round",
     "save_checkpoint",
+    "training_checkpoint",
 ]
 
 FORMAT_VERSION = 1
@@ -112,6 +114,38 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise
     except Exception as e:  # any parse problem is reported as one typed error
         raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
+
+
+def training_checkpoint(
+    *,
+    round: int,
+    state: torch.Tensor,
+    optimizer: Any,
+    rng: np.random.Generator,
+    model_spec: dict[str, Any],
+    config: dict[str, Any],
+    algorithm: str,
+    ledger_head: Any | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Checkpoint:
+    """The checkpoint of a training run; :func:`restore_training_state` reads it back.
+
+    Shared by the simulation and the gRPC coordinator so both write the same format.
+    ``ledger_head`` is the privacy ledger's :class:`privacy.LedgerHead` (or None).
+    """
+    return Checkpoint(
+        round=round,
+        state=state,
+        optimizer=optimizer.state_dict(),
+        model_spec=model_spec,
+        config=config,
+        extra={
+            "algorithm": algorithm,
+            "sampler_rng": json.dumps(rng.bit_generator.state),
+            "ledger_head": dataclasses.asdict(ledger_head) if ledger_head is not None else None,
+            **(extra or {}),
+        },
+    )
 
 
 def restore_training_state(

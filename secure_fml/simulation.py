@@ -7,7 +7,6 @@ and ``summary.json`` (final test-client evaluation).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import tempfile
@@ -32,6 +31,7 @@ from secure_fml.checkpoint import (
     restore_training_state,
     resume_round,
     save_checkpoint,
+    training_checkpoint,
 )
 from secure_fml.config import Config, config_to_dict, dump_toml
 from secure_fml.data import ClientData, ClientSplit, FederatedDataset, InputKind, load_preset
@@ -242,21 +242,16 @@ class Simulation:
 
     # -- checkpoints -----------------------------------------------------------------------
     def checkpoint(self) -> Checkpoint:
-        return Checkpoint(
+        path = self.update_path
+        return training_checkpoint(
             round=self.round,
             state=self.state,
-            optimizer=self.optimizer.state_dict(),
+            optimizer=self.optimizer,
+            rng=self.rng,
             model_spec=self.model_spec,
             config=config_to_dict(self.config),
-            extra={
-                "algorithm": self.config.algorithm.name.value,
-                "sampler_rng": json.dumps(self.rng.bit_generator.state),
-                "ledger_head": (
-                    dataclasses.asdict(self.update_path.ledger.head)
-                    if isinstance(self.update_path, DifferentialPrivacy)
-                    else None
-                ),
-            },
+            algorithm=self.config.algorithm.name.value,
+            ledger_head=path.ledger.head if isinstance(path, DifferentialPrivacy) else None,
         )
 
     def restore(self, ckpt: Checkpoint) -> None:

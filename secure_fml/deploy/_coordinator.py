@@ -18,7 +18,6 @@ checkpoint atomically (:mod:`secure_fml.checkpoint`).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -64,6 +63,7 @@ from secure_fml.checkpoint import (
     restore_training_state,
     resume_round,
     save_checkpoint,
+    training_checkpoint,
 )
 from secure_fml.config import Config, config_to_dict
 from secure_fml.deploy._errors import OutOfOrder, RefusalReason, Refused, StaleMessage
@@ -250,18 +250,16 @@ class Coordinator:
 
     def checkpoint(self) -> Checkpoint:
         dp = self._dp
-        return Checkpoint(
+        return training_checkpoint(
             round=self.round,
             state=self.state,
-            optimizer=self.optimizer.state_dict(),
+            optimizer=self.optimizer,
+            rng=self.rng,
             model_spec=self.model_spec,
             config=config_to_dict(self.config),
-            extra={
-                "algorithm": self.config.algorithm.name.value,
-                "sampler_rng": json.dumps(self.rng.bit_generator.state),
-                "ledger_head": dataclasses.asdict(dp.ledger.head) if dp is not None else None,
-                "deploy": {"sites": list(self.sites)},
-            },
+            algorithm=self.config.algorithm.name.value,
+            ledger_head=dp.ledger.head if dp is not None else None,
+            extra={"deploy": {"sites": list(self.sites)}},
         )
 
     def _restore(self, ckpt: Checkpoint) -> None:
