@@ -45,27 +45,24 @@ class FunctionalModel:
         """The module's own initialization as a flat float32 vector (a copy)."""
         return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).float()
 
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = torch.split(flat, self.numels)
-        return {n: t.view(s) for n, t, s in zip(self.names, parts, self.shapes, strict=True)}
-
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Per-parameter views of a flat vector, in ``named_parameters`` order."""
         parts = torch.split(flat, self.numels)
         return [t.view(s) for t, s in zip(parts, self.shapes, strict=True)]
 
-    def loss_params(self, params: list[torch.Tensor], batch: Batch) -> torch.Tensor:
-        """Mean loss with parameters given as a per-parameter list (see :meth:`split`)."""
+    def logits_params(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits with parameters given as a per-parameter list (see :meth:`split`)."""
         full = dict(zip(self.names, params, strict=True))
         full.update(self.buffers)
-        out: torch.Tensor = functional_call(self.module, full, (batch.x,))
-        return nn.functional.cross_entropy(out, batch.y)
+        out: torch.Tensor = functional_call(self.module, full, (x,))
+        return out
+
+    def loss_params(self, params: list[torch.Tensor], batch: Batch) -> torch.Tensor:
+        """Mean loss with parameters given as a per-parameter list."""
+        return nn.functional.cross_entropy(self.logits_params(params, batch.x), batch.y)
 
     def logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        params = self.unflatten(flat)
-        params.update(self.buffers)
-        out: torch.Tensor = functional_call(self.module, params, (x,))
-        return out
+        return self.logits_params(self.split(flat), x)
 
     def loss(self, flat: torch.Tensor, batch: Batch) -> torch.Tensor:
         return nn.functional.cross_entropy(self.logits(flat, batch.x), batch.y)
