@@ -33,7 +33,7 @@ from aggregation._messages import (
     _ids_bytes,
     context_bytes,
 )
-from privacy._errors import (
+from privacy.errors import (
     ConfigError,
     ConsistencyCheckFailed,
     DropoutThresholdNotMet,
@@ -93,7 +93,7 @@ class ClientSession:
     Call :meth:`advertise_keys` once, then feed each server message to
     :meth:`handle` (or the stage-specific methods) and send back what it
     returns. Any out-of-order, replayed or malformed message raises a
-    :class:`~privacy._errors.ProtocolError` subclass and the session must be
+    :class:`~privacy.errors.ProtocolError` subclass and the session must be
     discarded; sessions are single-use because their keys are.
 
     ``model_hash`` is the hash of the global model this client received; it

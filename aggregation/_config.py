@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import cast
 
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 
 __all__ = ["SecAggConfig", "SecAggMode", "Stage", "find_secagg_plus_parameters"]
 

@@ -36,7 +36,7 @@ from aggregation._messages import (
 )
 from aggregation._primitives import Csprng
 from aggregation._server import ServerSession
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 
 __all__ = [
     "RunStats",
@@ -327,7 +327,7 @@ def secure_sum(
     masked, aggregated and decoded. The result is the sum over the survivors
     (clients that delivered a masked input); ``dropouts[i] = stage`` makes
     client i go silent from that stage on. Raises
-    :class:`~privacy._errors.DropoutThresholdNotMet` when too few remain.
+    :class:`~privacy.errors.DropoutThresholdNotMet` when too few remain.
 
     In integer units one float unit is ``result.codec.scale``: a float noise
     stddev sigma_f per client is ``noise_stddev_int = sigma_f * scale``. Pass a

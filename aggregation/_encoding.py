@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggregation._primitives import Csprng, fwht
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 
 __all__ = ["FixedPointCodec", "centered_lift"]
 

@@ -22,7 +22,7 @@ from typing import ClassVar, TypeVar
 import numpy as np
 
 from aggregation._primitives import KEY_BYTES, SHARE_BYTES, SIGNATURE_BYTES, mask_dtype
-from privacy._errors import InvalidMessage
+from privacy.errors import InvalidMessage
 
 __all__ = [
     "AEAD_CIPHERTEXT_BYTES",

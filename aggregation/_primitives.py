@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from privacy._errors import ConfigError, InvalidMessage, InvalidSignature
+from privacy.errors import ConfigError, InvalidMessage, InvalidSignature
 
 __all__ = [
     "KEY_BYTES",

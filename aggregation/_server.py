@@ -38,7 +38,7 @@ from aggregation._messages import (
     UnmaskResponse,
     context_bytes,
 )
-from privacy._errors import (
+from privacy.errors import (
     ConfigError,
     ConsistencyCheckFailed,
     DropoutThresholdNotMet,

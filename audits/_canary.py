@@ -48,7 +48,7 @@ from audits._stats import (
     threshold_epsilon_lower_bound,
 )
 from audits._training import dataset_for, train
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 from secure_fml.rounds import AggregateResult, RoundContext, SampledRound, UpdatePath
 from secure_fml.simulation import Simulation
 

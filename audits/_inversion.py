@@ -42,7 +42,7 @@ import privacy
 from aggregation import SecAggConfig, SecAggMode, secure_sum
 from audits._core import Audit, AuditResult, AuditTarget, Control, Verdict
 from audits._training import dataset_for
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 from secure_fml.update_paths import resolve_noise_multiplier
 
 __all__ = ["GradientInversionAudit", "InversionConfig", "InversionView", "psnr", "ssim"]

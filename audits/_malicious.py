@@ -28,7 +28,7 @@ import numpy as np
 from aggregation import Message, SecAggConfig, SecAggMode, UnmaskRequest
 from aggregation._driver import run_protocol
 from audits._core import Audit, AuditResult, AuditTarget, Control, Verdict
-from privacy._errors import ConfigError, ProtocolError
+from privacy.errors import ConfigError, ProtocolError
 
 __all__ = ["MaliciousServerAudit", "MaliciousServerConfig"]
 

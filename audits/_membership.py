@@ -37,7 +37,7 @@ from audits._canary import choose_fraction, one_run_guesses
 from audits._core import Audit, AuditResult, AuditTarget, Control, bound_verdict
 from audits._stats import auc, one_run_epsilon_lower_bound, roc, tpr_at_fpr
 from audits._training import dataset_for, train
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 from secure_fml.config import Config
 from secure_fml.data import ClientData, FederatedDataset
 from secure_fml.evaluation import to_batch

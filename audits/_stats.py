@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize, special, stats
 
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 
 __all__ = [
     "RocCurve",

@@ -21,7 +21,7 @@ import torch
 
 from audits._core import Control
 from privacy import GaussianNoiseSource
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 from secure_fml.config import Config
 from secure_fml.data import FederatedDataset
 from secure_fml.rounds import PlainSum, UpdatePath

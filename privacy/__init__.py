@@ -41,23 +41,6 @@ from privacy._clipping import (
     adaptive_effective_noise_multiplier,
     clip_update,
 )
-from privacy._errors import (
-    CheckpointError,
-    ConfigError,
-    ConsistencyCheckFailed,
-    DataError,
-    DropoutThresholdNotMet,
-    InsecureModeError,
-    InvalidMessage,
-    InvalidSignature,
-    LedgerCorrupted,
-    PrivacyBudgetExhausted,
-    PrivacyError,
-    ProtocolAbort,
-    ProtocolError,
-    SecureFMLError,
-    TransportError,
-)
 from privacy._events import (
     ClipStatistics,
     DistributedDiscreteGaussianRelease,
@@ -81,6 +64,27 @@ from privacy._noise import (
     distributed_noise_std,
 )
 from privacy._report import LEDGER_FILENAME, ReportPaths, build_report, write_report
+from privacy.errors import (
+    CheckpointError,
+    ConfigError,
+    ConsistencyCheckFailed,
+    DataError,
+    DropoutThresholdNotMet,
+    InsecureModeError,
+    InvalidMessage,
+    InvalidSignature,
+    LedgerCorrupted,
+    OutOfOrder,
+    PrivacyBudgetExhausted,
+    PrivacyError,
+    ProtocolAbort,
+    ProtocolError,
+    RefusalReason,
+    Refused,
+    SecureFMLError,
+    StaleMessage,
+    TransportError,
+)
 
 __all__ = [
     "ACCOUNTANTS",
@@ -107,6 +111,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerHead",
     "NoisePlacement",
+    "OutOfOrder",
     "PrivacyBudget",
     "PrivacyBudgetExhausted",
     "PrivacyError",
@@ -117,10 +122,13 @@ __all__ = [
     "ProjectionRow",
     "ProtocolAbort",
     "ProtocolError",
+    "RefusalReason",
+    "Refused",
     "ReportPaths",
     "Sampling",
     "SamplingMode",
     "SecureFMLError",
+    "StaleMessage",
     "TransportError",
     "adaptive_clip_bit",
     "adaptive_clip_noise_split",

@@ -38,13 +38,13 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize, special, stats
 
-from privacy._errors import ConfigError, PrivacyError
 from privacy._validation import (
     require_finite,
     require_int,
     require_positive,
     require_probability,
 )
+from privacy.errors import ConfigError, PrivacyError
 
 __all__ = [
     "ACCOUNTANTS",

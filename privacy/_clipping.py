@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from privacy._errors import ConfigError, DataError
 from privacy._validation import require_int, require_positive, require_probability
+from privacy.errors import ConfigError, DataError
 
 __all__ = [
     "AdaptiveClipNoise",

@@ -20,7 +20,6 @@ import numpy.typing as npt
 
 from privacy._accounting import RDP_ORDERS, Accountant, Sampling, SamplingMode, ddgauss_rdp
 from privacy._clipping import adaptive_effective_noise_multiplier
-from privacy._errors import ConfigError
 from privacy._noise import NoisePlacement, distributed_effective_noise_multiplier
 from privacy._validation import (
     require_finite,
@@ -28,6 +27,7 @@ from privacy._validation import (
     require_positive,
     require_probability,
 )
+from privacy.errors import ConfigError
 
 __all__ = [
     "EVENT_TYPES",
@@ -301,7 +301,7 @@ class DistributedDiscreteGaussianRelease:
         if k >= m:
             raise ConfigError(f"assumed_colluding_clients={k} must be < min_survivors={m}")
         if surviving < m:
-            from privacy._errors import DropoutThresholdNotMet
+            from privacy.errors import DropoutThresholdNotMet
 
             raise DropoutThresholdNotMet(
                 f"only {surviving} clients survived, below min_survivors={m}: the "

@@ -44,12 +44,6 @@ from pathlib import Path
 from typing import Any
 
 from privacy._accounting import ACCOUNTANTS, Accountant
-from privacy._errors import (
-    ConfigError,
-    LedgerCorrupted,
-    PrivacyBudgetExhausted,
-    PrivacyError,
-)
 from privacy._events import (
     ClipStatistics,
     PrivacyEvent,
@@ -57,6 +51,12 @@ from privacy._events import (
     event_to_dict,
 )
 from privacy._validation import require_positive, require_probability
+from privacy.errors import (
+    ConfigError,
+    LedgerCorrupted,
+    PrivacyBudgetExhausted,
+    PrivacyError,
+)
 
 __all__ = [
     "LEDGER_SCHEMA_VERSION",

@@ -49,8 +49,8 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from privacy._clipping import as_flat_float32
-from privacy._errors import ConfigError, DropoutThresholdNotMet, InsecureModeError
 from privacy._validation import require_int, require_positive
+from privacy.errors import ConfigError, DropoutThresholdNotMet, InsecureModeError
 
 __all__ = [
     "GaussianNoiseSource",

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from privacy._accounting import ACCOUNTANTS, Accountant, SamplingMode
-from privacy._errors import ConfigError, PrivacyError
 from privacy._events import (
     ClipStatistics,
     DistributedDiscreteGaussianRelease,
@@ -31,6 +30,7 @@ from privacy._events import (
 from privacy._ledger import LedgerEntry, read_ledger
 from privacy._noise import NoisePlacement
 from privacy._validation import require_probability
+from privacy.errors import ConfigError, PrivacyError
 
 __all__ = [
     "LEDGER_FILENAME",

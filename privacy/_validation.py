@@ -1,6 +1,6 @@
 """Argument validation shared by the privacy modules.
 
-Every check raises :class:`~privacy._errors.ConfigError` (a ``ValueError``) or
+Every check raises :class:`~privacy.errors.ConfigError` (a ``ValueError``) or
 ``TypeError`` with the argument's name in the message; nothing here uses
 ``assert``, which ``python -O`` strips.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 
 __all__ = [
     "require_finite",

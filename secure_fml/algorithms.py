@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 from secure_fml._functional import Batch, FunctionalModel
 
 __all__ = [

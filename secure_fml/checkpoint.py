@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from privacy._errors import CheckpointError
+from privacy.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

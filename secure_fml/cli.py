@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from privacy._errors import ConfigError, SecureFMLError
+from privacy.errors import ConfigError, SecureFMLError
 
 __all__ = ["main"]
 

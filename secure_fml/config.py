@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 from secure_fml.algorithms import AlgorithmConfig, AlgorithmName, UpdateKind
 from secure_fml.rounds import (
     SamplingConfig,

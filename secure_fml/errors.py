@@ -1,6 +1,6 @@
-"""Exceptions raised by secure-fml (the tree is drawn in ``privacy._errors``)."""
+"""Exceptions raised by secure-fml: the one tree of ``privacy.errors``, re-exported."""
 
-from privacy._errors import (
+from privacy.errors import (
     CheckpointError,
     ConfigError,
     ConsistencyCheckFailed,
@@ -10,11 +10,15 @@ from privacy._errors import (
     InvalidMessage,
     InvalidSignature,
     LedgerCorrupted,
+    OutOfOrder,
     PrivacyBudgetExhausted,
     PrivacyError,
     ProtocolAbort,
     ProtocolError,
+    RefusalReason,
+    Refused,
     SecureFMLError,
+    StaleMessage,
     TransportError,
 )
 
@@ -28,10 +32,14 @@ __all__ = [
     "InvalidMessage",
     "InvalidSignature",
     "LedgerCorrupted",
+    "OutOfOrder",
     "PrivacyBudgetExhausted",
     "PrivacyError",
     "ProtocolAbort",
     "ProtocolError",
+    "RefusalReason",
+    "Refused",
     "SecureFMLError",
+    "StaleMessage",
     "TransportError",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 
 __all__ = ["MLP", "CharLSTM", "FemnistCNN", "default_model"]
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from privacy._errors import ConfigError, DataError
+from privacy.errors import ConfigError, DataError
 
 __all__ = [
     "AggregateResult",

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from privacy import LedgerHead
-from privacy._errors import ConfigError, ProtocolAbort
+from privacy.errors import ConfigError, ProtocolAbort
 from secure_fml._functional import Batch, FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
 from secure_fml.checkpoint import (

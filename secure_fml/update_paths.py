@@ -37,7 +37,7 @@ from privacy import (
     PrivacyLedger,
     Sampling,
 )
-from privacy._errors import ConfigError, DropoutThresholdNotMet, ProtocolAbort
+from privacy.errors import ConfigError, DropoutThresholdNotMet, ProtocolAbort
 from secure_fml.config import Config
 from secure_fml.rounds import (
     AggregateResult,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from privacy._errors import ConfigError, DataError
+from privacy.errors import ConfigError, DataError
 
 __all__ = ["ClientData", "ClientSplit", "FederatedDataset", "InputKind"]
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from privacy._errors import ConfigError, DataError
+from privacy.errors import ConfigError, DataError
 
 from ._core import ClientData, FederatedDataset, InputKind
 

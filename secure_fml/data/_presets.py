@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from privacy._errors import ConfigError, DataError
+from privacy.errors import ConfigError, DataError
 
 from ._core import ClientData, ClientSplit, FederatedDataset, InputKind
 from ._loaders import Impute, _npz_array, impute_and_standardize, load_npz

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 
 from ._core import ClientData, FederatedDataset, InputKind
 

@@ -12,6 +12,7 @@ state machines); only the transport differs. Layout:
   server | client | status``.
 """
 
+from privacy.errors import OutOfOrder, RefusalReason, Refused, StaleMessage
 from secure_fml.deploy._config import (
     CoordinatorSettings,
     SiteSettings,
@@ -19,7 +20,6 @@ from secure_fml.deploy._config import (
     load_site_config,
 )
 from secure_fml.deploy._coordinator import Coordinator, Deadlines, model_hash
-from secure_fml.deploy._errors import OutOfOrder, RefusalReason, Refused, StaleMessage
 from secure_fml.deploy._messages import (
     PROTOCOL_VERSION,
     Finished,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 from secure_fml.config import Config, config_from_dict
 
 __all__ = ["CoordinatorSettings", "SiteSettings", "load_coordinator_config", "load_site_config"]

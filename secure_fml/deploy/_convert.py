@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from aggregation import SecAggConfig, SecAggMode, Stage
-from privacy._errors import ConfigError, InvalidMessage
-from secure_fml.deploy._errors import RefusalReason, Refused
+from privacy.errors import ConfigError, InvalidMessage, RefusalReason, Refused
 from secure_fml.deploy._messages import (
     PROTOCOL_VERSION,
     Finished,

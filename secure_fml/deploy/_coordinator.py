@@ -47,13 +47,17 @@ from aggregation import (
     centered_lift,
 )
 from privacy import LedgerHead
-from privacy._errors import (
+from privacy.errors import (
     ConfigError,
     DropoutThresholdNotMet,
     InvalidMessage,
+    OutOfOrder,
     PrivacyBudgetExhausted,
     PrivacyError,
     ProtocolError,
+    RefusalReason,
+    Refused,
+    StaleMessage,
 )
 from secure_fml._functional import FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
@@ -66,7 +70,6 @@ from secure_fml.checkpoint import (
     training_checkpoint,
 )
 from secure_fml.config import Config, config_to_dict
-from secure_fml.deploy._errors import OutOfOrder, RefusalReason, Refused, StaleMessage
 from secure_fml.deploy._messages import (
     Finished,
     Peer,

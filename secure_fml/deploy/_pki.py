@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
-from privacy._errors import ConfigError, InvalidSignature
+from privacy.errors import ConfigError, InvalidSignature
 
 __all__ = [
     "CA_CERT",

@@ -12,7 +12,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 from secure_fml.config import Config
 from secure_fml.deploy._config import CoordinatorSettings, SiteSettings
 from secure_fml.deploy._coordinator import Coordinator, Deadlines

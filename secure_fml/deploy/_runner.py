@@ -14,9 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from privacy._errors import ProtocolError, SecureFMLError, TransportError
+from privacy.errors import ProtocolError, RefusalReason, Refused, SecureFMLError, TransportError
 from secure_fml.checkpoint import atomic_write_bytes
-from secure_fml.deploy._errors import RefusalReason, Refused
 from secure_fml.deploy._messages import Finished
 from secure_fml.deploy._site import Site
 from secure_fml.deploy._transport import Transport

@@ -35,10 +35,9 @@ from aggregation import (
     Stage,
     UnmaskRequest,
 )
-from privacy._errors import ConfigError, InvalidMessage
+from privacy.errors import ConfigError, InvalidMessage, StaleMessage
 from secure_fml._functional import Batch
 from secure_fml.algorithms import Algorithm
-from secure_fml.deploy._errors import StaleMessage
 from secure_fml.deploy._messages import (
     Finished,
     RoundStart,

@@ -26,12 +26,16 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from aggregation import Stage
-from privacy._errors import (
+from privacy.errors import (
     CheckpointError,
     ConfigError,
     InvalidMessage,
+    OutOfOrder,
     ProtocolError,
+    RefusalReason,
+    Refused,
     SecureFMLError,
+    StaleMessage,
     TransportError,
 )
 from secure_fml.deploy._convert import (
@@ -45,7 +49,6 @@ from secure_fml.deploy._convert import (
     write_stream,
 )
 from secure_fml.deploy._coordinator import CHECKPOINT_FILE, Coordinator
-from secure_fml.deploy._errors import OutOfOrder, RefusalReason, Refused, StaleMessage
 from secure_fml.deploy._messages import PROTOCOL_VERSION, ServerMessage, StageReply, Wait
 from secure_fml.proto import secure_fml_v1_pb2 as pb
 from secure_fml.proto import secure_fml_v1_pb2_grpc as pbg

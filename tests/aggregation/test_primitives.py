@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from aggregation import _primitives as P
-from privacy._errors import ConfigError, InvalidMessage, InvalidSignature
+from privacy.errors import ConfigError, InvalidMessage, InvalidSignature
 
 
 def _miller_rabin(n: int) -> bool:

@@ -33,7 +33,7 @@ from aggregation import (
 )
 from aggregation._driver import run_protocol
 from aggregation._messages import SHARE_KIND_PAIRWISE_KEY, SHARE_KIND_SELF_MASK
-from privacy._errors import (
+from privacy.errors import (
     ConfigError,
     ConsistencyCheckFailed,
     DropoutThresholdNotMet,
@@ -573,7 +573,7 @@ def test_layering_never_imports_upper_packages() -> None:
                 top = name.split(".")[0]
                 assert top not in {"secure_fml", "audits"}, (path, name)
                 if top == "privacy":
-                    assert name == "privacy._errors", (path, name)
+                    assert name == "privacy.errors", (path, name)
 
 
 def test_result_reports_bytes_and_errors_are_protocol_errors() -> None:

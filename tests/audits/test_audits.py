@@ -25,7 +25,7 @@ from audits import (
     Verdict,
     write_report,
 )
-from privacy._errors import ConfigError
+from privacy.errors import ConfigError
 from secure_fml.config import Config, config_from_dict
 
 

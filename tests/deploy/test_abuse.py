@@ -312,7 +312,7 @@ def _round_start(pki: Path, site: Site, model: np.ndarray) -> RoundStart:
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "shape", "dtype", "hash", "no_noise"])
 def test_site_refuses_bad_models_from_the_coordinator(pki: Path, bad: str) -> None:
-    from privacy._errors import InvalidMessage
+    from privacy.errors import InvalidMessage
 
     cfg = H.small_config(dp=True)
     site = H.make_site(cfg, pki, "alpha", "client_00")

@@ -115,7 +115,7 @@ def test_duplicate_connection_and_unknown_site_are_refused(pki: Path, tmp_path: 
     with pytest.raises(Refused) as ei:
         coord.join("mallory", H.cert_der(pki, "mallory"))
     assert ei.value.reason is RefusalReason.UNKNOWN_SITE
-    from privacy._errors import InvalidSignature
+    from privacy.errors import InvalidSignature
 
     with pytest.raises(InvalidSignature):  # a certificate that names another site
         coord.join("beta", H.cert_der(pki, "gamma"))

@@ -17,14 +17,24 @@ re-exports the whole tree for users.
     │   └── LedgerCorrupted               broken hash chain, truncated line, bad record
     ├── ProtocolError                     secure-aggregation protocol failures
     │   ├── InvalidMessage                malformed / malicious / replayed / out-of-order
-    │   │   └── InvalidSignature          a signature or AEAD tag does not verify
+    │   │   ├── InvalidSignature          a signature or AEAD tag does not verify
+    │   │   ├── StaleMessage              another round or session (a replay, or a late peer)
+    │   │   └── OutOfOrder                a message for a stage that is not open for its sender
     │   └── ProtocolAbort                 the round cannot complete safely
     │       ├── DropoutThresholdNotMet    fewer than t survivors
     │       └── ConsistencyCheckFailed    clients disagree (e.g. different models)
     └── TransportError                    network / RPC failures, refused peers
+        └── Refused                       a peer or request the coordinator will not serve
+                                          (``reason``: a :class:`RefusalReason`)
+
+This is the one public errors module: every package imports it as
+``privacy.errors`` (``secure_fml.errors`` re-exports it for users); no package
+reaches into another's private modules for an exception type.
 """
 
 from __future__ import annotations
+
+import enum
 
 __all__ = [
     "CheckpointError",
@@ -36,11 +46,15 @@ __all__ = [
     "InvalidMessage",
     "InvalidSignature",
     "LedgerCorrupted",
+    "OutOfOrder",
     "PrivacyBudgetExhausted",
     "PrivacyError",
     "ProtocolAbort",
     "ProtocolError",
+    "RefusalReason",
+    "Refused",
     "SecureFMLError",
+    "StaleMessage",
     "TransportError",
 ]
 
@@ -103,3 +117,29 @@ class ConsistencyCheckFailed(ProtocolAbort):
 
 class TransportError(SecureFMLError):
     """A network or RPC failure, or a peer refused at the transport layer."""
+
+
+class StaleMessage(InvalidMessage):
+    """A message for another round or session: a replay, or a late peer."""
+
+
+class OutOfOrder(InvalidMessage):
+    """A message for a stage that is not open for its sender."""
+
+
+class RefusalReason(enum.Enum):
+    """Why a transport refused a peer or a request (one status code each)."""
+
+    VERSION = "version"
+    UNKNOWN_SITE = "unknown_site"
+    UNAUTHENTICATED = "unauthenticated"
+    DUPLICATE_CONNECTION = "duplicate_connection"
+    OVERSIZE = "oversize"
+
+
+class Refused(TransportError):  # noqa: N818 - a refusal, not a bug
+    """A peer or request the coordinator will not serve; ``reason`` says why."""
+
+    def __init__(self, reason: RefusalReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
