@@ -18,8 +18,11 @@ Typical use (simulation)::
 from aggregation._client import ClientSession
 from aggregation._config import SecAggConfig, SecAggMode, Stage, find_secagg_plus_parameters
 from aggregation._driver import (
+    InMemoryNetwork,
+    RunStats,
     SecureSumResult,
     per_client_noise_stddev,
+    run_protocol,
     secure_sum,
     secure_sum_int,
 )
@@ -32,13 +35,23 @@ from aggregation._messages import (
     KeyBroadcast,
     MaskedInput,
     Message,
+    PlainInput,
     ShareKeys,
     ShareRouting,
     UnmaskRequest,
     UnmaskResponse,
+    parse_message,
 )
 from aggregation._primitives import DiscreteGaussianSampler as _DiscreteGaussianSampler
 from aggregation._server import ServerSession
+from aggregation._session import (
+    Aggregate,
+    AggregationClient,
+    AggregationServer,
+    Outbox,
+    PlainSumClient,
+    PlainSumServer,
+)
 
 #: Largest per-client discrete Gaussian sigma (integer units) the exact sampler accepts.
 DISCRETE_GAUSSIAN_MAX_SIGMA: float = _DiscreteGaussianSampler.MAX_SIGMA
@@ -47,13 +60,22 @@ __all__ = [
     "DISCRETE_GAUSSIAN_MAX_SIGMA",
     "PROTOCOL_VERSION",
     "AdvertiseKeys",
+    "Aggregate",
+    "AggregationClient",
+    "AggregationServer",
     "ClientSession",
     "ConsistencyRequest",
     "ConsistencyResponse",
     "FixedPointCodec",
+    "InMemoryNetwork",
     "KeyBroadcast",
     "MaskedInput",
     "Message",
+    "Outbox",
+    "PlainInput",
+    "PlainSumClient",
+    "PlainSumServer",
+    "RunStats",
     "SecAggConfig",
     "SecAggMode",
     "SecureSumResult",
@@ -65,7 +87,9 @@ __all__ = [
     "UnmaskResponse",
     "centered_lift",
     "find_secagg_plus_parameters",
+    "parse_message",
     "per_client_noise_stddev",
+    "run_protocol",
     "secure_sum",
     "secure_sum_int",
 ]

@@ -33,6 +33,7 @@ from aggregation._messages import (
     _ids_bytes,
     context_bytes,
 )
+from aggregation._session import AggregationClient
 from privacy.errors import (
     ConfigError,
     ConsistencyCheckFailed,
@@ -87,7 +88,7 @@ class _ClientState:
     input_vector: np.ndarray | None = None
 
 
-class ClientSession:
+class ClientSession(AggregationClient):
     """One client's participation in one SecAgg round.
 
     Call :meth:`advertise_keys` once, then feed each server message to
@@ -175,6 +176,10 @@ class ClientSession:
 
     def _holders(self) -> tuple[int, ...]:
         return tuple(sorted((*self.state.neighbours, self.client_id)))
+
+    def start(self) -> AdvertiseKeys:
+        """The first message of the uniform stage interface: the key advertisement."""
+        return self.advertise_keys()
 
     def handle(self, message: Message) -> Message:
         """Dispatch a server message to the right stage; returns the reply."""

@@ -14,7 +14,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,23 +21,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aggregation._client import ClientSession
 from aggregation._config import SecAggConfig, Stage
 from aggregation._encoding import FixedPointCodec, centered_lift
-from aggregation._messages import (
-    AdvertiseKeys,
-    ConsistencyRequest,
-    ConsistencyResponse,
-    KeyBroadcast,
-    MaskedInput,
-    Message,
-    ShareKeys,
-    ShareRouting,
-    UnmaskRequest,
-    UnmaskResponse,
-)
+from aggregation._messages import Message
 from aggregation._primitives import Csprng
 from aggregation._server import ServerSession
+from aggregation._session import Outbox
 from privacy.errors import ConfigError
 
 __all__ = [
+    "InMemoryNetwork",
     "RunStats",
     "SecureSumResult",
     "per_client_noise_stddev",
@@ -46,8 +36,6 @@ __all__ = [
     "secure_sum",
     "secure_sum_int",
 ]
-
-M = TypeVar("M", bound=Message)
 
 _INSECURE_WARNING = (
     "insecure_deterministic_seed is set: identity keys, masks, Shamir shares and DP noise "
@@ -104,10 +92,38 @@ def per_client_noise_stddev(total_stddev_int: float, *, min_survivors: int) -> f
     return total_stddev_int / math.sqrt(min_survivors)
 
 
-def _hop(msg: M, cls: type[M], counter: dict[int, int], who: int) -> M:
-    raw = msg.to_bytes()
-    counter[who] = counter.get(who, 0) + len(raw)
-    return cls.from_bytes(raw)
+class InMemoryNetwork:
+    """The in-process network of :func:`run_protocol`: serialises every message with
+    ``to_bytes`` and parses it with ``from_bytes`` on each hop (so byte counts are real
+    wire sizes, without transport framing), and makes a client silent from the stage
+    ``dropouts`` names for it. Adversarial tests subclass it and override
+    :meth:`to_client` / :meth:`to_server` to forge, withhold or rewrite messages:
+    faults are injected through the network, not through the protocol's API.
+    """
+
+    def __init__(self, dropouts: Mapping[int, Stage] | None = None) -> None:
+        self.dropouts = dict(dropouts or {})
+        self.bytes_sent: dict[int, int] = {}
+        self.bytes_received: dict[int, int] = {}
+
+    def live(self, client: int, stage: Stage) -> bool:
+        drop = self.dropouts.get(client)
+        return drop is None or stage.value < drop.value
+
+    def _hop(self, msg: Message, counter: dict[int, int], who: int) -> Message:
+        raw = msg.to_bytes()
+        counter[who] = counter.get(who, 0) + len(raw)
+        return type(msg).from_bytes(raw)
+
+    def to_client(self, stage: Stage, recipient: int, msg: Message) -> Message | None:
+        """Deliver a server message opening ``stage``; None: the recipient never gets it."""
+        if not self.live(recipient, stage):
+            return None
+        return self._hop(msg, self.bytes_received, recipient)
+
+    def to_server(self, stage: Stage, sender: int, msg: Message) -> Message | None:
+        """Deliver a client reply of ``stage``; None: it never arrives."""
+        return self._hop(msg, self.bytes_sent, sender)
 
 
 def run_protocol(
@@ -121,13 +137,16 @@ def run_protocol(
     rng_factory: Callable[[str], Csprng] | None = None,
     session_id: bytes | None = None,
     round_index: int = 0,
-    tamper: Callable[[str, int, Message], Message] | None = None,
+    network: InMemoryNetwork | None = None,
+    min_inputs: int | None = None,
 ) -> tuple[np.ndarray, RunStats]:
     """Run one round over integer inputs; returns (sum mod 2^b, stats).
 
-    ``model_hashes`` overrides the model hash per client (to simulate a server
-    that sends different models), ``tamper(stage, client_id, msg)`` lets tests
-    rewrite server->client messages. Both exist for adversarial tests.
+    ``model_hashes`` is the hash of the model each client received (default: the
+    server's), e.g. to model a server that sends different models. ``network``
+    carries every message (default: an honest :class:`InMemoryNetwork` with
+    ``dropouts``). The loop below knows nothing of the stage order: the server
+    session returns what to send next (see :mod:`aggregation._session`).
     """
     n = config.num_clients
     if len(int_vectors) != n:
@@ -136,8 +155,11 @@ def run_protocol(
     if len(dims) != 1:
         raise ConfigError("all vectors must have the same dimension")
     d = dims.pop()
-    drops = dict(dropouts or {})
-    if any(not 0 <= c < n for c in drops):
+    if network is None:
+        network = InMemoryNetwork(dropouts)
+    elif dropouts:
+        raise ConfigError("give dropouts to the network, not to run_protocol, when passing one")
+    if any(not 0 <= c < n for c in network.dropouts):
         raise ConfigError("dropouts name an unknown client")
     rngf = rng_factory or (lambda _label: Csprng())
     sid = session_id if session_id is not None else rngf("session").bytes(16)
@@ -169,101 +191,45 @@ def run_protocol(
         round_index=round_index,
         model_hash=model_hash,
         dimension=d,
+        min_inputs=min_inputs,
     )
-    sent: dict[int, int] = {}
-    recv: dict[int, int] = {}
     csec: dict[int, float] = dict.fromkeys(range(n), 0.0)
     stage_sec: dict[str, float] = {}
     ssec = 0.0
 
-    def live(i: int, stage: Stage) -> bool:
-        s = drops.get(i)
-        return s is None or stage.value < s.value
-
-    def timed_client(i: int, stage: str, fn: Callable[[], M]) -> M:
+    def client_step(i: int, stage: Stage, fn: Callable[[], Message]) -> None:
+        nonlocal ssec
         t0 = time.perf_counter()
-        out = fn()
+        reply = fn()
         dt = time.perf_counter() - t0
         csec[i] += dt
-        stage_sec[stage] = stage_sec.get(stage, 0.0) + dt
-        return out
-
-    def deliver(stage: str, i: int, msg: M, cls: type[M]) -> M:
-        if tamper is not None:
-            msg = tamper(stage, i, msg)  # type: ignore[assignment]
-        return _hop(msg, cls, recv, i)
+        stage_sec[stage.name.lower()] = stage_sec.get(stage.name.lower(), 0.0) + dt
+        delivered = network.to_server(stage, i, reply)
+        if delivered is not None:
+            t0 = time.perf_counter()
+            server.receive(delivered)
+            ssec += time.perf_counter() - t0
 
     for i, v in enumerate(int_vectors):
         clients[i].set_input(np.asarray(v))
-
-    # Stage 0: advertise keys.
     for i in range(n):
-        if live(i, Stage.ADVERTISE_KEYS):
-            ad = timed_client(i, "advertise", clients[i].advertise_keys)
-            raw = _hop(ad, AdvertiseKeys, sent, i)
-            t0 = time.perf_counter()
-            server.receive_advertisement(raw)
-            ssec += time.perf_counter() - t0
+        if network.live(i, Stage.ADVERTISE_KEYS):
+            client_step(i, Stage.ADVERTISE_KEYS, clients[i].start)
     t0 = time.perf_counter()
-    broadcast = server.finish_advertising()
+    out = server.close_stage()
     ssec += time.perf_counter() - t0
-
-    # Stage 1: share keys.
-    for i in range(n):
-        if live(i, Stage.SHARE_KEYS):
-            b = deliver("broadcast", i, broadcast, KeyBroadcast)
-            sk = timed_client(i, "share_keys", partial(clients[i].share_keys, b))
-            parsed = _hop(sk, ShareKeys, sent, i)
-            t0 = time.perf_counter()
-            server.receive_shares(parsed)
-            ssec += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    routing = server.finish_sharing()
-    ssec += time.perf_counter() - t0
-
-    # Stage 2: masked input.
-    for i in range(n):
-        if live(i, Stage.MASKED_INPUT):
-            r = deliver("routing", i, routing[i], ShareRouting)
-            y = timed_client(i, "masked_input", partial(clients[i].masked_input, r))
-            parsed_y = _hop(y, MaskedInput, sent, i)
-            t0 = time.perf_counter()
-            server.receive_masked_input(parsed_y)
-            ssec += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    creq = server.finish_masked_input()
-    ssec += time.perf_counter() - t0
-
-    # Stage 3: consistency check.
-    for i in creq.survivors:
-        if live(i, Stage.CONSISTENCY_CHECK):
-            q = deliver("consistency", i, creq, ConsistencyRequest)
-            sig = timed_client(i, "consistency", partial(clients[i].consistency_check, q))
-            parsed_sig = _hop(sig, ConsistencyResponse, sent, i)
-            t0 = time.perf_counter()
-            server.receive_consistency(parsed_sig)
-            ssec += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ureq = server.finish_consistency()
-    ssec += time.perf_counter() - t0
-
-    # Stage 4: unmasking.
-    for i in sorted(dict(ureq.signatures)):
-        if live(i, Stage.UNMASKING):
-            q4 = deliver("unmask", i, ureq, UnmaskRequest)
-            resp = timed_client(i, "unmask", partial(clients[i].unmask, q4))
-            parsed_resp = _hop(resp, UnmaskResponse, sent, i)
-            t0 = time.perf_counter()
-            server.receive_unmask(parsed_resp)
-            ssec += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    total = server.finish_unmasking()
-    ssec += time.perf_counter() - t0
-    server.never_held_both_kinds()
+    while isinstance(out, Outbox):
+        for i in sorted(out.messages):
+            msg = network.to_client(out.stage, i, out.messages[i])
+            if msg is not None and network.live(i, out.stage):
+                client_step(i, out.stage, partial(clients[i].handle, msg))
+        t0 = time.perf_counter()
+        out = server.close_stage()
+        ssec += time.perf_counter() - t0
     stats = RunStats(
-        survivors=server.survivors,
-        bytes_sent=sent,
-        bytes_received=recv,
+        survivors=out.contributors,
+        bytes_sent=network.bytes_sent,
+        bytes_received=network.bytes_received,
         client_seconds=csec,
         client_stage_seconds=stage_sec,
         server_seconds=ssec,
@@ -271,7 +237,7 @@ def run_protocol(
         server=server,
         clients=clients,
     )
-    return total, stats
+    return out.total, stats
 
 
 def _rng_factory(insecure_seed: int | None) -> Callable[[str], Csprng]:

@@ -35,11 +35,13 @@ __all__ = [
     "KeyBroadcast",
     "MaskedInput",
     "Message",
+    "PlainInput",
     "ShareKeys",
     "ShareRouting",
     "UnmaskRequest",
     "UnmaskResponse",
     "UnmaskedShare",
+    "parse_message",
 ]
 
 PROTOCOL_VERSION = 1
@@ -159,6 +161,10 @@ class Message:
     def _parse_body(cls: type[M], r: _Reader, sid: bytes, rnd: int) -> M:
         raise NotImplementedError
 
+    def sender_id(self) -> int:
+        """The client a client-to-server message claims to come from."""
+        raise InvalidMessage(f"{type(self).__name__} is not a client-to-server message")
+
 
 @dataclass(frozen=True, kw_only=True)
 class AdvertiseKeys(Message):
@@ -212,6 +218,9 @@ class AdvertiseKeys(Message):
     @classmethod
     def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> AdvertiseKeys:
         return cls._parse_entry(r, sid, rnd)
+
+    def sender_id(self) -> int:
+        return self.client_id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,6 +277,10 @@ class ShareKeys(Message):
 
     TYPE: ClassVar[int] = 3
     sender: int
+
+    def sender_id(self) -> int:
+        return self.sender
+
     shares: tuple[EncryptedShare, ...]
 
     def body(self) -> bytes:
@@ -314,6 +327,10 @@ class MaskedInput(Message):
 
     TYPE: ClassVar[int] = 5
     sender: int
+
+    def sender_id(self) -> int:
+        return self.sender
+
     bits: int
     vector: np.ndarray
 
@@ -378,6 +395,10 @@ class ConsistencyResponse(Message):
 
     TYPE: ClassVar[int] = 7
     sender: int
+
+    def sender_id(self) -> int:
+        return self.sender
+
     signature: bytes
 
     def __post_init__(self) -> None:
@@ -444,6 +465,10 @@ class UnmaskResponse(Message):
 
     TYPE: ClassVar[int] = 9
     sender: int
+
+    def sender_id(self) -> int:
+        return self.sender
+
     shares: tuple[UnmaskedShare, ...]
 
     def body(self) -> bytes:
@@ -461,3 +486,66 @@ class UnmaskResponse(Message):
             kind = r.u8()
             shares.append(UnmaskedShare(owner=owner, kind=kind, share=r.take(SHARE_BYTES)))
         return cls(session_id=sid, round_index=rnd, sender=sender, shares=tuple(shares))
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class PlainInput(Message):
+    """Plain-sum protocol, client -> server: the (clipped, possibly noised) float32 update
+    in the clear. Only for modes that trust the coordinator with individual updates."""
+
+    TYPE: ClassVar[int] = 10
+    sender: int
+    vector: np.ndarray
+
+    def sender_id(self) -> int:
+        return self.sender
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        v = self.vector
+        if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.ndim != 1 or v.size == 0:
+            raise InvalidMessage("plain input must be a non-empty 1-D float32 array")
+        if not bool(np.isfinite(v).all()):
+            raise InvalidMessage("plain input contains NaN or Inf")
+
+    def body(self) -> bytes:
+        v = self.vector.astype("<f4", copy=False)
+        return struct.pack(">II", self.sender, v.shape[0]) + v.tobytes()
+
+    @classmethod
+    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> PlainInput:
+        sender = r.u32()
+        d = r.u32()
+        if d == 0 or d >= _MAX_DIM:
+            raise InvalidMessage("vector dimension out of range")
+        vec = np.frombuffer(r.view(4 * d), dtype="<f4").astype(np.float32)
+        return cls(session_id=sid, round_index=rnd, sender=sender, vector=vec)
+
+
+_BY_TYPE: dict[int, type[Message]] = {
+    c.TYPE: c
+    for c in (
+        AdvertiseKeys,
+        KeyBroadcast,
+        ShareKeys,
+        ShareRouting,
+        MaskedInput,
+        ConsistencyRequest,
+        ConsistencyResponse,
+        UnmaskRequest,
+        UnmaskResponse,
+        PlainInput,
+    )
+}
+
+
+def parse_message(data: bytes, *, allowed: tuple[type[Message], ...] | None = None) -> Message:
+    """Parse any protocol message by its type byte; ``allowed`` restricts the accepted types."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < _HEADER.size:
+        raise InvalidMessage("message truncated")
+    cls = _BY_TYPE.get(int(bytes(data[1:2])[0]))
+    if cls is None:
+        raise InvalidMessage(f"unknown message type {int(bytes(data[1:2])[0])}")
+    if allowed is not None and cls not in allowed:
+        raise InvalidMessage(f"{cls.__name__} is not accepted here")
+    return cls.from_bytes(bytes(data))

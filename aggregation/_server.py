@@ -38,6 +38,7 @@ from aggregation._messages import (
     UnmaskResponse,
     context_bytes,
 )
+from aggregation._session import Aggregate, AggregationServer, Outbox
 from privacy.errors import (
     ConfigError,
     ConsistencyCheckFailed,
@@ -69,10 +70,19 @@ class _ServerState:
     unmask_seconds: float = 0.0
 
 
-class ServerSession:
-    """The server of one round. ``receive_*`` ingests a client message (bytes or
-    parsed), ``finish_*`` closes a stage (the caller decides when: all replies
-    in, or a timeout) and returns what to send next."""
+class ServerSession(AggregationServer):
+    """The server of one round.
+
+    Drive it through the uniform stage interface (:meth:`receive`,
+    :meth:`close_stage`, :attr:`expected`; see :mod:`aggregation._session`), or
+    stage by stage: ``receive_*`` ingests a client message (bytes or parsed),
+    ``finish_*`` closes a stage (the caller decides when: all replies in, or a
+    timeout) and returns what to send next.
+
+    ``min_inputs`` is the smallest number of masked inputs the caller accepts
+    (e.g. the survivors distributed noise was sized for): with fewer, the round
+    aborts before anyone is asked to unmask.
+    """
 
     def __init__(
         self,
@@ -83,7 +93,10 @@ class ServerSession:
         round_index: int,
         model_hash: bytes,
         dimension: int,
+        min_inputs: int | None = None,
     ) -> None:
+        if min_inputs is not None and (not isinstance(min_inputs, int) or min_inputs < 1):
+            raise ConfigError("min_inputs must be None or an int >= 1")
         if len(model_hash) != 32:
             raise ConfigError("model_hash must be 32 bytes (SHA-256)")
         if not isinstance(dimension, int) or dimension < 1:
@@ -95,9 +108,12 @@ class ServerSession:
         self.model_hash = model_hash
         self.dimension = dimension
         self.state = _ServerState()
+        self.min_inputs = min_inputs
         if len(session_id) != 16:
             raise ConfigError("session_id must be 16 bytes")
         self._header = context_bytes(session_id, round_index)
+        #: Who may reply in the open stage (all identities at stage 0).
+        self._awaiting: set[int] = set(self._pki)
 
     @property
     def stage(self) -> Stage:
@@ -113,6 +129,63 @@ class ServerSession:
 
     def neighbours(self, client_id: int) -> tuple[int, ...]:
         return self.state.graph[client_id]
+
+    # ------------------------------------------------- uniform stage interface
+
+    @property
+    def expected(self) -> frozenset[int]:
+        return frozenset(self._awaiting)
+
+    def receive(self, message: Message) -> None:
+        """Ingest one reply of the open stage (see :class:`AggregationServer`)."""
+        sender = message.sender_id()
+        if sender not in self._awaiting:
+            raise InvalidMessage(
+                f"no {type(message).__name__} expected from client {sender} in stage "
+                f"{self.state.stage.name} (duplicate, late or not a participant)"
+            )
+        handler = {
+            AdvertiseKeys: self.receive_advertisement,
+            ShareKeys: self.receive_shares,
+            MaskedInput: self.receive_masked_input,
+            ConsistencyResponse: self.receive_consistency,
+            UnmaskResponse: self.receive_unmask,
+        }.get(type(message))
+        if handler is None:
+            raise InvalidMessage(f"servers do not accept {type(message).__name__}")
+        try:
+            handler(message)  # type: ignore[arg-type]
+        finally:
+            # One reply per client and stage: a refused reply counts as the sender's
+            # answer (it is then treated as silent), so it cannot be retried with
+            # variations until something passes.
+            self._awaiting.discard(sender)
+
+    def close_stage(self) -> Outbox | Aggregate:
+        """Close the open stage and return the next stage's messages, or the sum."""
+        st = self.state
+        out: Outbox | Aggregate
+        if st.stage is Stage.ADVERTISE_KEYS:
+            bc = self.finish_advertising()
+            out = Outbox(Stage.SHARE_KEYS, dict.fromkeys(sorted(st.adverts), bc))
+        elif st.stage is Stage.SHARE_KEYS:
+            out = Outbox(Stage.MASKED_INPUT, self.finish_sharing())
+        elif st.stage is Stage.MASKED_INPUT:
+            creq = self.finish_masked_input()
+            out = Outbox(Stage.CONSISTENCY_CHECK, dict.fromkeys(creq.survivors, creq))
+        elif st.stage is Stage.CONSISTENCY_CHECK:
+            ureq = self.finish_consistency()
+            signers = [i for i, _ in ureq.signatures]
+            out = Outbox(Stage.UNMASKING, dict.fromkeys(signers, ureq), reveals_sum=True)
+        elif st.stage is Stage.UNMASKING:
+            total = self.finish_unmasking()
+            self.never_held_both_kinds()
+            self._awaiting = set()
+            return Aggregate(total, st.survivors, self.config.modulus_bits)
+        else:
+            raise ProtocolError(f"no stage to close in {st.stage.name}")
+        self._awaiting = set(out.messages)
+        return out
 
     def _check(self, msg: Message, stage: Stage) -> None:
         if msg.session_id != self.session_id or msg.round_index != self.round_index:
@@ -219,6 +292,12 @@ class ServerSession:
         st = self.state
         self._check_stage(Stage.MASKED_INPUT)
         self._need(len(st.inputs), "sent masked inputs")
+        if self.min_inputs is not None and len(st.inputs) < self.min_inputs:
+            # Distributed noise was sized for at least min_inputs contributions: fewer
+            # would under-noise the sum, so nobody may be asked to unmask it.
+            raise DropoutThresholdNotMet(
+                f"{len(st.inputs)} masked inputs, the round needs at least {self.min_inputs}"
+            )
         st.survivors = tuple(sorted(st.inputs))
         st.dropped = tuple(sorted(set(st.shares) - set(st.inputs)))
         st.stage = Stage.CONSISTENCY_CHECK

@@ -25,8 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from aggregation import Message, SecAggConfig, SecAggMode, UnmaskRequest
-from aggregation._driver import run_protocol
+from aggregation import (
+    InMemoryNetwork,
+    Message,
+    SecAggConfig,
+    SecAggMode,
+    Stage,
+    UnmaskRequest,
+    run_protocol,
+)
 from audits._core import Audit, AuditResult, AuditTarget, Control, Verdict
 from privacy.errors import ConfigError, ProtocolError
 
@@ -79,21 +86,29 @@ class MaliciousServerAudit(Audit):
         honest = hashlib.sha256(b"published model").digest()
         evil = hashlib.sha256(b"crafted model").digest()
 
-        def both_shares(same_request: bool) -> Callable[[str, int, Message], Message]:
-            def tamper(stage: str, i: int, msg: Message) -> Message:
-                if stage != "unmask" or i == t or not isinstance(msg, UnmaskRequest):
+        class BothShares(InMemoryNetwork):
+            """A server that tells clients the target dropped, to collect both its secrets."""
+
+            def __init__(self, same_request: bool) -> None:
+                super().__init__()
+                self.same_request = same_request
+
+            def to_client(self, stage: Stage, recipient: int, msg: Message) -> Message | None:
+                delivered = super().to_client(stage, recipient, msg)
+                if delivered is None or stage is not Stage.UNMASKING or recipient == t:
+                    return delivered
+                msg = delivered
+                if not isinstance(msg, UnmaskRequest):
                     return msg
-                if same_request:
+                if self.same_request:
                     return dataclasses.replace(msg, dropped=tuple(sorted({*msg.dropped, t})))
-                if i % 2 == 0:  # half of the clients are told the target dropped
+                if recipient % 2 == 0:  # half of the clients are told the target dropped
                     return dataclasses.replace(
                         msg,
                         survivors=tuple(s for s in msg.survivors if s != t),
                         dropped=tuple(sorted({*msg.dropped, t})),
                     )
                 return msg
-
-            return tamper
 
         scenarios: dict[str, Callable[[], Any]] = {
             "model_inconsistency": lambda: run_protocol(
@@ -103,10 +118,10 @@ class MaliciousServerAudit(Audit):
                 xs, config=sac, server_model_hash=honest, model_hashes=dict.fromkeys(range(n), evil)
             ),
             "both_shares": lambda: run_protocol(
-                xs, config=sac, server_model_hash=honest, tamper=both_shares(False)
+                xs, config=sac, server_model_hash=honest, network=BothShares(False)
             ),
             "both_shares_same_request": lambda: run_protocol(
-                xs, config=sac, server_model_hash=honest, tamper=both_shares(True)
+                xs, config=sac, server_model_hash=honest, network=BothShares(True)
             ),
         }
         honest_aborted, honest_why = _outcome(

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from aggregation import SecAggConfig, SecAggMode, Stage, centered_lift
 from aggregation import _primitives as P
-from aggregation._driver import run_protocol
+from aggregation import run_protocol
 from aggregation._messages import AEAD_CIPHERTEXT_BYTES, SESSION_ID_BYTES
 
 RESULTS = Path(__file__).parent / "results"

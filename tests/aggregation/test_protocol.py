@@ -19,8 +19,13 @@ from aggregation import (
     ClientSession,
     ConsistencyRequest,
     ConsistencyResponse,
+    InMemoryNetwork,
     KeyBroadcast,
     MaskedInput,
+    Message,
+    PlainInput,
+    PlainSumClient,
+    PlainSumServer,
     SecAggConfig,
     SecAggMode,
     ServerSession,
@@ -28,10 +33,10 @@ from aggregation import (
     Stage,
     UnmaskRequest,
     UnmaskResponse,
+    run_protocol,
     secure_sum,
     secure_sum_int,
 )
-from aggregation._driver import run_protocol
 from aggregation._messages import SHARE_KIND_PAIRWISE_KEY, SHARE_KIND_SELF_MASK
 from privacy.errors import (
     ConfigError,
@@ -582,3 +587,87 @@ def test_result_reports_bytes_and_errors_are_protocol_errors() -> None:
     assert all(res.bytes_sent[i] > 100 * 4 for i in range(4))
     assert np.allclose(res.sum, 4.0, atol=res.codec.quantization_bound if res.codec else 0)
     assert issubclass(DropoutThresholdNotMet, ProtocolError)
+
+
+# ---------------------------------------------------------------- uniform stage interface
+
+
+def _plain(n: int, d: int, min_inputs: int = 1) -> tuple[PlainSumServer, list[PlainSumClient]]:
+    sid = bytes(range(16))
+    server = PlainSumServer(
+        participants=range(n), session_id=sid, round_index=3, dimension=d, min_inputs=min_inputs
+    )
+    clients = [PlainSumClient(client_id=i, session_id=sid, round_index=3) for i in range(n)]
+    return server, clients
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 40), st.integers(0, 2**31 - 1))
+def test_plain_sum_is_the_exact_float64_sum(n: int, d: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    xs = [rng.normal(size=d).astype(np.float32) for _ in range(n)]
+    server, clients = _plain(n, d)
+    for c, x in zip(clients, xs, strict=True):
+        c.set_input(x)
+        server.receive(PlainInput.from_bytes(c.start().to_bytes()))
+    assert server.expected == frozenset()
+    out = server.close_stage()
+    assert out.contributors == tuple(range(n))
+    np.testing.assert_array_equal(out.total, np.sum(np.asarray(xs, np.float64), axis=0))
+
+
+def test_plain_sum_refuses_duplicates_strangers_bad_shapes_and_too_few_inputs() -> None:
+    server, clients = _plain(3, 4, min_inputs=2)
+    clients[0].set_input(np.ones(4, np.float32))
+    first = clients[0].start()
+    server.receive(first)
+    with pytest.raises(InvalidMessage, match="duplicate"):
+        server.receive(first)
+    sid, r = server.session_id, server.round_index
+    with pytest.raises(InvalidMessage, match="not a participant"):
+        server.receive(PlainInput(session_id=sid, round_index=r, sender=7, vector=np.ones(4, "f4")))
+    with pytest.raises(InvalidMessage, match="dimension"):
+        server.receive(PlainInput(session_id=sid, round_index=r, sender=1, vector=np.ones(5, "f4")))
+    with pytest.raises(InvalidMessage, match="another session"):
+        server.receive(
+            PlainInput(session_id=bytes(16), round_index=r, sender=2, vector=np.ones(4, "f4"))
+        )
+    with pytest.raises(InvalidMessage, match="NaN"):
+        PlainInput(session_id=sid, round_index=r, sender=2, vector=np.full(4, np.nan, "f4"))
+    with pytest.raises(DropoutThresholdNotMet, match="at least 2"):
+        server.close_stage()
+
+
+def test_stage_interface_reveals_the_sum_only_when_unmasking_and_checks_min_inputs() -> None:
+    n, d = 5, 8
+    cfg = SecAggConfig(num_clients=n, mode=SecAggMode.SECAGG)
+    seen: list[tuple[str, bool]] = []
+
+    class Recorder(InMemoryNetwork):
+        def to_client(self, stage: Stage, recipient: int, msg: Message) -> Message | None:
+            if recipient == 0:
+                seen.append((stage.name, stage is Stage.UNMASKING))
+            return super().to_client(stage, recipient, msg)
+
+    xs = [np.arange(d, dtype=np.int64) * (i + 1) for i in range(n)]
+    total, _ = run_protocol(xs, config=cfg, network=Recorder())
+    np.testing.assert_array_equal(total.astype(np.int64), np.sum(xs, axis=0))
+    assert [s for s, _ in seen] == ["SHARE_KEYS", "MASKED_INPUT", "CONSISTENCY_CHECK", "UNMASKING"]
+    # Distributed noise sized for 5 contributions: with one masked input missing the
+    # round aborts before anyone is asked to unmask.
+    with pytest.raises(DropoutThresholdNotMet, match="at least 5"):
+        run_protocol(xs, config=cfg, dropouts={2: Stage.MASKED_INPUT}, min_inputs=n)
+
+
+def test_a_refused_reply_counts_as_the_senders_answer() -> None:
+    n, d = 4, 3
+    cfg = SecAggConfig(num_clients=n, mode=SecAggMode.SECAGG)
+    out, stats = run_protocol([np.ones(d, np.int64)] * n, config=cfg)
+    server = stats.server
+    assert server.expected == frozenset()
+    with pytest.raises(InvalidMessage, match="no UnmaskResponse expected"):
+        server.receive(
+            UnmaskResponse(
+                session_id=server.session_id, round_index=server.round_index, sender=0, shares=()
+            )
+        )
