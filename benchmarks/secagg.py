@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from aggregation import SecAggConfig, SecAggMode, Stage, centered_lift
+from aggregation import SecAggConfig, SecAggMode, Stage, centered_lift, run_protocol
 from aggregation import _primitives as P
-from aggregation import run_protocol
 from aggregation._messages import AEAD_CIPHERTEXT_BYTES, SESSION_ID_BYTES
 
 RESULTS = Path(__file__).parent / "results"

@@ -19,10 +19,8 @@ from aggregation import (
     ClientSession,
     ConsistencyRequest,
     ConsistencyResponse,
-    InMemoryNetwork,
     KeyBroadcast,
     MaskedInput,
-    Message,
     PlainInput,
     PlainSumClient,
     PlainSumServer,
@@ -639,24 +637,30 @@ def test_plain_sum_refuses_duplicates_strangers_bad_shapes_and_too_few_inputs() 
 
 
 def test_stage_interface_reveals_the_sum_only_when_unmasking_and_checks_min_inputs() -> None:
-    n, d = 5, 8
-    cfg = SecAggConfig(num_clients=n, mode=SecAggMode.SECAGG)
-    seen: list[tuple[str, bool]] = []
-
-    class Recorder(InMemoryNetwork):
-        def to_client(self, stage: Stage, recipient: int, msg: Message) -> Message | None:
-            if recipient == 0:
-                seen.append((stage.name, stage is Stage.UNMASKING))
-            return super().to_client(stage, recipient, msg)
-
-    xs = [np.arange(d, dtype=np.int64) * (i + 1) for i in range(n)]
-    total, _ = run_protocol(xs, config=cfg, network=Recorder())
-    np.testing.assert_array_equal(total.astype(np.int64), np.sum(xs, axis=0))
-    assert [s for s, _ in seen] == ["SHARE_KEYS", "MASKED_INPUT", "CONSISTENCY_CHECK", "UNMASKING"]
+    rd = Round(n=5, d=8)
+    for c in rd.clients.values():
+        rd.server.receive(c.start())
+    flags = []
+    out = rd.server.close_stage()
+    while isinstance(out, aggregation.Outbox):
+        flags.append((out.stage.name, out.reveals_sum))
+        assert set(out.messages) == rd.server.expected
+        for i, msg in out.messages.items():
+            rd.server.receive(rd.clients[i].handle(msg))
+        out = rd.server.close_stage()
+    assert flags == [
+        ("SHARE_KEYS", False),
+        ("MASKED_INPUT", False),
+        ("CONSISTENCY_CHECK", False),
+        ("UNMASKING", True),
+    ]
+    np.testing.assert_array_equal(out.total.astype(np.int64), np.sum(list(rd.x.values()), axis=0))
     # Distributed noise sized for 5 contributions: with one masked input missing the
     # round aborts before anyone is asked to unmask.
+    cfg = SecAggConfig(num_clients=5, mode=SecAggMode.SECAGG)
+    xs = [np.ones(8, np.int64)] * 5
     with pytest.raises(DropoutThresholdNotMet, match="at least 5"):
-        run_protocol(xs, config=cfg, dropouts={2: Stage.MASKED_INPUT}, min_inputs=n)
+        run_protocol(xs, config=cfg, dropouts={2: Stage.MASKED_INPUT}, min_inputs=5)
 
 
 def test_a_refused_reply_counts_as_the_senders_answer() -> None:
