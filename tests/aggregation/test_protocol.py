@@ -666,7 +666,7 @@ def test_stage_interface_reveals_the_sum_only_when_unmasking_and_checks_min_inpu
 def test_a_refused_reply_counts_as_the_senders_answer() -> None:
     n, d = 4, 3
     cfg = SecAggConfig(num_clients=n, mode=SecAggMode.SECAGG)
-    out, stats = run_protocol([np.ones(d, np.int64)] * n, config=cfg)
+    _, stats = run_protocol([np.ones(d, np.int64)] * n, config=cfg)
     server = stats.server
     assert server.expected == frozenset()
     with pytest.raises(InvalidMessage, match="no UnmaskResponse expected"):
