@@ -63,6 +63,7 @@ from privacy._noise import (
     distributed_effective_noise_multiplier,
     distributed_noise_std,
 )
+from privacy._random import INSECURE_SEED_WARNING, Csprng
 from privacy._report import LEDGER_FILENAME, ReportPaths, build_report, write_report
 from privacy.errors import (
     CheckpointError,
@@ -88,6 +89,7 @@ from privacy.errors import (
 
 __all__ = [
     "ACCOUNTANTS",
+    "INSECURE_SEED_WARNING",
     "LEDGER_FILENAME",
     "LEDGER_SCHEMA_VERSION",
     "RDP_ORDERS",
@@ -99,6 +101,7 @@ __all__ = [
     "ClipStatistics",
     "ConfigError",
     "ConsistencyCheckFailed",
+    "Csprng",
     "DataError",
     "DistributedDiscreteGaussianRelease",
     "DropoutThresholdNotMet",

@@ -2,10 +2,10 @@
 
 Noise source
 ------------
-Noise is drawn from a ChaCha20 keystream (``cryptography``) keyed with 32 bytes
-from ``os.urandom``. Each Gaussian is produced by Box–Muller on 53-bit uniforms,
-and -- the floating-point mitigation -- every returned sample is the *sum of four*
-independent standard Gaussians divided by two.
+Noise is drawn from the project's CSPRNG (:class:`privacy.Csprng`, an AES-256-CTR
+keystream keyed with 32 bytes from ``os.urandom``). Each Gaussian is produced by
+Box–Muller on 53-bit uniforms, and -- the floating-point mitigation -- every
+returned sample is the *sum of four* independent standard Gaussians divided by two.
 
 Why the sum: a floating-point Gaussian sampler does not produce every double;
 the set of values Box–Muller can emit for a given uniform pair is sparse and
@@ -38,17 +38,15 @@ and a survivor count below ``m_min`` is an error, never a silent under-noising.
 from __future__ import annotations
 
 import enum
-import hashlib
 import math
-import os
 import warnings
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from privacy._clipping import as_flat_float32
+from privacy._random import Csprng
 from privacy._validation import require_int, require_positive
 from privacy.errors import ConfigError, DropoutThresholdNotMet, InsecureModeError
 
@@ -69,8 +67,6 @@ class NoisePlacement(enum.Enum):
     CENTRAL = "central"
 
 
-# Re-key well before ChaCha20's 32-bit block counter (256 GiB) could wrap.
-_REKEY_BYTES = 1 << 34
 _TWO_PI = 2.0 * math.pi
 # Number of Gaussians summed per returned sample (Opacus secure_mode uses 4).
 _N_SUMMED = 4
@@ -84,15 +80,22 @@ INSECURE_SEED_WARNING = (
 
 
 class GaussianNoiseSource:
-    """Standard-normal samples from a ChaCha20 keystream.
+    """Standard-normal samples from the project's CSPRNG (:class:`privacy.Csprng`).
 
-    ``GaussianNoiseSource()`` is the production path (key from ``os.urandom``).
+    ``GaussianNoiseSource()`` is the production path (key from ``os.urandom``);
+    ``GaussianNoiseSource(rng=...)`` draws from a given CSPRNG stream.
     ``GaussianNoiseSource(seed=..., insecure_test_mode=True)`` is reproducible
     and warns; a seed without ``insecure_test_mode`` raises
     :class:`InsecureModeError`.
     """
 
-    def __init__(self, *, seed: int | bytes | None = None, insecure_test_mode: bool = False):
+    def __init__(
+        self,
+        *,
+        seed: int | bytes | None = None,
+        insecure_test_mode: bool = False,
+        rng: Csprng | None = None,
+    ):
         if not isinstance(insecure_test_mode, bool):
             raise TypeError("insecure_test_mode must be a bool")
         if seed is not None and not insecure_test_mode:
@@ -100,38 +103,26 @@ class GaussianNoiseSource:
                 "a seed for DP noise is only accepted with insecure_test_mode=True "
                 "(seeded noise can be regenerated and subtracted by an attacker)"
             )
+        if seed is not None and rng is not None:
+            raise ConfigError("give a seed (insecure test mode) or an rng, not both")
+        if rng is not None and not isinstance(rng, Csprng):
+            raise TypeError("rng must be a privacy.Csprng")
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, int | bytes):
                 raise TypeError(f"seed must be int or bytes, got {type(seed).__name__}")
             warnings.warn(INSECURE_SEED_WARNING, RuntimeWarning, stacklevel=2)
-            seed_bytes = seed if isinstance(seed, bytes) else str(seed).encode()
-            self._seed_key: bytes | None = hashlib.sha256(b"secure-fml-noise" + seed_bytes).digest()
-        else:
-            self._seed_key = None
+            rng = Csprng.insecure_from_seed(seed, "gaussian-noise")
+        self._secure = seed is None
         self.insecure_test_mode = insecure_test_mode
-        self._generation = 0
-        self._rekey()
+        self._rng = rng if rng is not None else Csprng()
 
     @property
     def is_secure(self) -> bool:
-        """True when the key came from ``os.urandom`` (no user seed)."""
-        return self._seed_key is None
-
-    def _rekey(self) -> None:
-        if self._seed_key is None:
-            key = os.urandom(32)
-        else:
-            key = hashlib.sha256(self._seed_key + self._generation.to_bytes(8, "little")).digest()
-        self._generation += 1
-        # Fresh key every time, so an all-zero nonce is never reused with a key.
-        self._encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
-        self._bytes_used = 0
+        """True unless the stream was derived from a user seed (insecure test mode)."""
+        return self._secure
 
     def _keystream(self, n_bytes: int) -> bytes:
-        if self._bytes_used + n_bytes > _REKEY_BYTES:
-            self._rekey()
-        self._bytes_used += n_bytes
-        return self._encryptor.update(bytes(n_bytes))
+        return self._rng.bytes(n_bytes)
 
     def uniform53(self, n: int) -> npt.NDArray[np.float64]:
         """``n`` uniforms in (0, 1], each from 53 fresh keystream bits."""

@@ -551,34 +551,6 @@ def test_insecure_seed_warns_and_is_deterministic() -> None:
     assert np.array_equal(a.integer_sum, b.integer_sum)
 
 
-def test_public_api_all() -> None:
-    for name in aggregation.__all__:
-        assert not name.startswith("_")
-        assert hasattr(aggregation, name)
-    assert {"secure_sum", "SecAggConfig", "ClientSession", "ServerSession"} <= set(
-        aggregation.__all__
-    )
-
-
-def test_layering_never_imports_upper_packages() -> None:
-    import ast
-    import pathlib
-
-    root = pathlib.Path(aggregation.__file__).parent
-    for path in root.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            for name in names:
-                top = name.split(".")[0]
-                assert top not in {"secure_fml", "audits"}, (path, name)
-                if top == "privacy":
-                    assert name == "privacy.errors", (path, name)
-
-
 def test_result_reports_bytes_and_errors_are_protocol_errors() -> None:
     cfg = SecAggConfig(num_clients=4)
     res = secure_sum([np.ones(100, np.float32)] * 4, config=cfg, clip_norm=20.0)
