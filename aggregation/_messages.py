@@ -44,7 +44,9 @@ __all__ = [
     "parse_message",
 ]
 
-PROTOCOL_VERSION = 1
+#: The one version of the wire protocol: these messages and the deployment's engine
+#: messages that carry them (``secure_fml.messages``). Version 2: the round engine.
+PROTOCOL_VERSION = 2
 SESSION_ID_BYTES = 16
 _HEADER = struct.Struct(">BB16sQ")
 #: Plaintext of an encrypted share: sender u32 | recipient u32 | b-share | sk-share.

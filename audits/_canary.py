@@ -1,13 +1,13 @@
 """Canary clients: one instrumented training run, two audits.
 
-:class:`CanaryClients` wraps the configured :class:`~secure_fml.rounds.UpdatePath`.
 Each of m canary clients owns a fixed random unit direction c_j (isotropic in
-R^d), returns ``norm_multiplier * C * c_j`` as its update whenever it takes
-part, and takes part in a round with the round's client sampling rate q, like
-a real client (Andrew et al. 2024). A canary is *inserted* with probability ½
-(Steinke et al. 2023); non-inserted canaries never contribute and serve as the
-empirical null. Canary updates go through the same ``client_side``
-(clipping, distributed noise, SecAgg encoding) and ``aggregate`` as real ones.
+R^d) and returns ``norm_multiplier * C * c_j`` as its update whenever it takes
+part. Canaries are extra clients of the run's own round engine
+(:class:`CanaryClient` is a client pipeline with its local update replaced), so
+they are sampled like real clients (Andrew et al. 2024) and their updates are
+clipped, noised, encoded and aggregated by the code that ships. A canary is
+*inserted* with probability ½ (Steinke et al. 2023); non-inserted canaries never
+join and serve as the empirical null.
 
 Observations (the attacker never uses which rounds a canary joined, which
 would void the subsampling amplification the claim relies on):
@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from audits._core import (
     Audit,
@@ -49,10 +50,12 @@ from audits._stats import (
 )
 from audits._training import dataset_for, train
 from privacy.errors import ConfigError
-from secure_fml.rounds import AggregateResult, RoundContext, SampledRound, UpdatePath
+from secure_fml.algorithms import ClientUpdate
+from secure_fml.pipeline import ClientPipeline
 from secure_fml.simulation import Simulation
 
 __all__ = [
+    "CanaryClient",
     "CanaryClients",
     "CanaryConfig",
     "CanaryEpsilonAudit",
@@ -92,64 +95,87 @@ class CanaryConfig:
             raise ConfigError("control must be a Control")
 
 
-class CanaryClients(UpdatePath):
-    """Wraps an update path and adds canary clients to every round (see module doc)."""
+class CanaryClient(ClientPipeline):
+    """A canary: a client whose update is always ``norm * direction`` (see module doc).
+
+    It is an ordinary client pipeline with its local update replaced, so its update
+    is clipped, noised, encoded and aggregated exactly like a real one.
+    """
+
+    def __init__(self, base: ClientPipeline, *, direction: npt.NDArray[np.float32], norm: float):
+        super().__init__(
+            name=base.name,
+            algorithm=base.algorithm,
+            data=base.data,
+            identity_key=base._identity,
+            randomness=base._randomness,
+        )
+        self.direction = torch.from_numpy(np.asarray(direction, dtype=np.float32) * norm)
+        self.joined = 0
+
+    def local_update(self, state: torch.Tensor, round_: int) -> ClientUpdate:
+        if state.numel() != self.direction.numel():
+            raise ConfigError(
+                f"canaries have dimension {self.direction.numel()}, the update {state.numel()}"
+            )
+        self.joined += 1
+        return ClientUpdate(self.direction, 0.0, 1)
+
+
+class CanaryClients:
+    """The canaries of one run: inserted ones join the population; scores per round."""
 
     def __init__(
         self,
-        inner: UpdatePath,
         *,
         directions: npt.NDArray[np.float32],
         inserted: npt.NDArray[np.bool_],
         norm: float,
-        rng: np.random.Generator,
     ) -> None:
         if directions.ndim != 2 or inserted.shape != (directions.shape[0],):
             raise ConfigError("directions must be (m, d) and inserted (m,)")
-        self.inner = inner
         self.directions = directions
         self.inserted = inserted
         self.norm = float(norm)
-        self.rng = rng
         m = directions.shape[0]
         self.max_cos = np.full(m, -np.inf)
-        self.participations = np.zeros(m, dtype=np.int64)
         self.rounds = 0
+        self.clients: dict[int, CanaryClient] = {}
 
-    def client_side(self, ctx: RoundContext, client_id: str, vector: np.ndarray) -> np.ndarray:
-        return self.inner.client_side(ctx, client_id, vector)
+    def names(self) -> dict[str, Callable[[Simulation, str], ClientPipeline]]:
+        """Factories of the inserted canaries, by client name (non-inserted never join)."""
 
-    def aggregate(
-        self, ctx: RoundContext, contributions: Mapping[str, np.ndarray]
-    ) -> AggregateResult:
-        if self.directions.shape[1] != ctx.dim:
-            raise ConfigError(
-                f"canaries have dimension {self.directions.shape[1]}, the update {ctx.dim}"
-            )
-        joined = self.inserted & (self.rng.random(self.inserted.size) < ctx.sampled.rate)
-        ids = [f"__canary_{j}" for j in np.flatnonzero(joined)]
-        # Canaries are clients of this round: the event records them as sampled.
-        s = ctx.sampled
-        cctx = RoundContext(
-            ctx.round,
-            SampledRound(s.round, (*s.client_ids, *ids), s.mode, s.population, s.rate),
-            ctx.dim,
-        )
-        merged = dict(contributions)
-        for j, cid in zip(np.flatnonzero(joined), ids, strict=True):
-            vec = (self.norm * self.directions[j]).astype(np.float32)
-            merged[cid] = self.inner.client_side(cctx, cid, vec)
-        self.participations += joined
-        agg = self.inner.aggregate(cctx, merged)
-        total = agg.total.astype(np.float64)
+        def make(j: int) -> Callable[[Simulation, str], ClientPipeline]:
+            def build(sim: Simulation, name: str) -> ClientPipeline:
+                base = sim.client_pipeline(sim.split.train[0].client_id)
+                base.name = name
+                base._identity = sim._identity_key(name)
+                c = CanaryClient(base, direction=self.directions[j], norm=self.norm)
+                self.clients[j] = c
+                return c
+
+            return build
+
+        return {f"__canary_{j}": make(int(j)) for j in np.flatnonzero(self.inserted)}
+
+    @property
+    def participations(self) -> npt.NDArray[np.int64]:
+        out = np.zeros(self.directions.shape[0], dtype=np.int64)
+        for j, c in self.clients.items():
+            out[j] = c.joined
+        return out
+
+    def observe(self, sim: Simulation) -> None:
+        """Score every canary against the round's released (noised) sum."""
+        line = sim.history[-1] if sim.history else {}
+        total = sim.engine.last_aggregate
+        if line.get("status") != "complete" or total is None:
+            return
+        self.rounds += 1
         nrm = float(np.linalg.norm(total))
         if nrm > 0:
             cos = (self.directions @ total.astype(np.float32)) / nrm
             self.max_cos = np.maximum(self.max_cos, cos.astype(np.float64))
-        self.rounds += 1
-        info = dict(agg.info)
-        info["canaries_joined"] = int(joined.sum())
-        return AggregateResult(agg.total, agg.count, agg.denominator, agg.contributors, info)
 
 
 @dataclass(frozen=True)
@@ -177,10 +203,8 @@ def run_canary_experiment(target: AuditTarget, cfg: CanaryConfig) -> CanaryExper
     config = target.config
     ds = dataset_for(config, target.dataset)
     rng = np.random.default_rng([cfg.seed, 7])
-    holder: dict[str, CanaryClients] = {}
     # The dimension is the packed state size; build the model once to learn it.
-    probe = Simulation(config, dataset=ds, update_path=_NullPath())
-    dim = int(probe.state.numel())
+    dim = int(Simulation(config, dataset=ds).state.numel())
     m = cfg.num_canaries
     directions = rng.standard_normal((m, dim), dtype=np.float32)
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
@@ -188,19 +212,15 @@ def run_canary_experiment(target: AuditTarget, cfg: CanaryConfig) -> CanaryExper
     calibration = rng.random(m) < cfg.calibration_fraction
     norm = cfg.norm_multiplier * config.privacy.clip_norm
 
-    def wrap(inner: UpdatePath) -> UpdatePath:
-        c = CanaryClients(
-            inner,
-            directions=directions,
-            inserted=inserted,
-            norm=norm,
-            rng=np.random.default_rng([cfg.seed, 8]),
-        )
-        holder["c"] = c
-        return c
-
-    run = train(config, ds, control=cfg.control, wrap=wrap, rounds=cfg.rounds)
-    canaries = holder["c"]
+    canaries = CanaryClients(directions=directions, inserted=inserted, norm=norm)
+    run = train(
+        config,
+        ds,
+        control=cfg.control,
+        rounds=cfg.rounds,
+        extra_clients=canaries.names(),
+        after_round=canaries.observe,
+    )
     delta_model = (run.initial_state - run.final_state).numpy().astype(np.float64)
     nrm = float(np.linalg.norm(delta_model))
     final_cos = (
@@ -231,13 +251,6 @@ def run_canary_experiment(target: AuditTarget, cfg: CanaryConfig) -> CanaryExper
     )
     cache[key] = exp
     return exp
-
-
-class _NullPath(UpdatePath):
-    def aggregate(
-        self, ctx: RoundContext, contributions: Mapping[str, np.ndarray]
-    ) -> AggregateResult:  # pragma: no cover - never called
-        raise NotImplementedError
 
 
 def _fit(x: npt.NDArray[np.float64]) -> tuple[float, float]:

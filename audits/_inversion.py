@@ -43,7 +43,7 @@ from aggregation import SecAggConfig, SecAggMode, secure_sum
 from audits._core import Audit, AuditResult, AuditTarget, Control, Verdict
 from audits._training import dataset_for
 from privacy.errors import ConfigError
-from secure_fml.update_paths import resolve_noise_multiplier
+from secure_fml.engine import privacy_setup
 
 __all__ = ["GradientInversionAudit", "InversionConfig", "InversionView", "psnr", "ssim"]
 
@@ -189,7 +189,8 @@ class GradientInversionAudit(Audit):
         clip = pc.clip_norm
         sigma = 0.0
         if pc.enabled and cfg.control is not Control.NOISE_OFF:
-            sigma = resolve_noise_multiplier(config, population=len(split.train))
+            dp = privacy_setup(config, population=len(split.train))
+            sigma = dp.noise_multiplier if dp is not None else 0.0
         secagg = config.secure_aggregation.protocol
         if cfg.control is Control.SECAGG_OFF:
             secagg = "none"

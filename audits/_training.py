@@ -1,19 +1,26 @@
-"""Build and run the deployed training pipeline with audit instrumentation.
+"""Train through the round engine that ships, with audit instrumentation.
 
-Audits never change an algorithm: they build the update path the config asks
-for (:func:`secure_fml.update_paths.build_update_path`), optionally break it
-for a positive control (:class:`~audits._core.Control`), wrap it, and run the
-ordinary :class:`~secure_fml.simulation.Simulation` rounds.
+Audits never change an algorithm or the round engine: they run the ordinary
+:class:`~secure_fml.simulation.Simulation` (the engine plus the client
+pipelines a deployment runs) and inject faults the way a test fixture would:
+
+- ``Control.NOISE_OFF``: every client pipeline adds no noise (continuous or the
+  discrete Gaussian inside SecAgg) and the coordinator's central noise is zero,
+  while the ledger is still charged with the configured σ -- exactly what a real
+  bug that silently dropped the noise would leave behind;
+- ``Control.CLIPPING_OFF``: client pipelines skip clipping (refused with secure
+  aggregation, whose encoder clips by itself);
+- ``Control.SECAGG_OFF``: the run is configured without secure aggregation.
+
+Extra clients (an audit's canaries) join the population through the
+simulation's ``extra_clients`` and are sampled like everyone else.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,83 +31,61 @@ from privacy import GaussianNoiseSource
 from privacy.errors import ConfigError
 from secure_fml.config import Config
 from secure_fml.data import FederatedDataset
-from secure_fml.rounds import PlainSum, UpdatePath
+from secure_fml.messages import ClientNoise, RoundSettings
+from secure_fml.pipeline import ClientPipeline
 from secure_fml.simulation import Simulation, load_dataset
-from secure_fml.update_paths import DifferentialPrivacy, SecureSum, build_update_path
 
-__all__ = ["TrainedRun", "ZeroNoise", "build_path", "dataset_for", "train"]
+__all__ = ["TrainedRun", "ZeroNoise", "dataset_for", "instrumented_config", "train"]
 
 
 class ZeroNoise(GaussianNoiseSource):
-    """A broken noise source (positive control only): every sample is 0.
-
-    The ledger is still charged with the configured σ, exactly as a real bug
-    that silently dropped the noise would leave it.
-    """
+    """A broken noise source (positive control only): every sample is 0."""
 
     def standard_normal(self, n: int) -> npt.NDArray[np.float64]:
         return np.zeros(int(n), dtype=np.float64)
-
-
-class _UnclippedDP(DifferentialPrivacy):
-    """DP path whose clipping is switched off (positive control only)."""
-
-    def client_side(self, ctx: Any, client_id: str, vector: np.ndarray) -> np.ndarray:
-        return self.inner.client_side(ctx, client_id, vector)
 
 
 def dataset_for(config: Config, dataset: FederatedDataset | None) -> FederatedDataset:
     return dataset if dataset is not None else load_dataset(config)
 
 
-def build_path(
-    config: Config, *, population: int, ledger_dir: Path, control: Control, seed: int
-) -> UpdatePath:
-    """The configured update path, sabotaged as ``control`` asks."""
+def instrumented_config(config: Config, control: Control) -> Config:
+    """The configuration a control runs: SECAGG_OFF removes secure aggregation."""
     if control is Control.SECAGG_OFF and config.secure_aggregation.protocol != "none":
-        config = dataclasses.replace(
+        return dataclasses.replace(
             config,
             secure_aggregation=dataclasses.replace(config.secure_aggregation, protocol="none"),
             privacy=dataclasses.replace(config.privacy, placement="central")
             if config.privacy.enabled
             else config.privacy,
         )
-    if not config.privacy.enabled and config.secure_aggregation.protocol == "none":
-        path: UpdatePath = PlainSum()
-    else:
-        path = build_update_path(
-            config,
-            population=population,
-            ledger_dir=ledger_dir,
-            rng=np.random.default_rng([seed, 2]),
+    if control is Control.NOISE_OFF and not config.privacy.enabled:
+        raise ConfigError("the noise_off control needs privacy.enabled = true")
+    if control is Control.CLIPPING_OFF and (
+        not config.privacy.enabled or config.secure_aggregation.protocol != "none"
+    ):
+        raise ConfigError(
+            "the clipping_off control needs privacy.enabled = true without secure "
+            "aggregation (the SecAgg encoder clips by itself)"
         )
+    return config
+
+
+def _faulty(pipeline: ClientPipeline, control: Control) -> ClientPipeline:
+    """The same pipeline with the control's fault injected (a fixture, not an API)."""
     if control is Control.NOISE_OFF:
-        if not isinstance(path, DifferentialPrivacy):
-            raise ConfigError("the noise_off control needs privacy.enabled = true")
-        if isinstance(path.inner, SecureSum):
-            raise ConfigError(
-                "the noise_off control needs central or plain distributed noise "
-                "(discrete Gaussian noise inside SecAgg is not replaceable from outside)"
-            )
-        path.source = ZeroNoise()
+
+        def no_noise(settings: RoundSettings) -> tuple[ClientNoise, float]:
+            return ClientNoise.NONE, 0.0
+
+        pipeline.noise = no_noise  # type: ignore[method-assign]
     elif control is Control.CLIPPING_OFF:
-        if not isinstance(path, DifferentialPrivacy) or isinstance(path.inner, SecureSum):
-            raise ConfigError(
-                "the clipping_off control needs privacy.enabled = true without secure "
-                "aggregation (the SecAgg encoder clips by itself)"
-            )
-        path = _UnclippedDP(
-            clip_norm=path.clip_norm,
-            noise_multiplier=path.noise_multiplier,
-            placement=path.placement,
-            ledger=path.ledger,
-            inner=path.inner,
-            min_survivor_fraction=path.min_survivor_fraction,
-            assumed_colluding_clients=path.colluding,
-            noise_source=path.source,
-            delta=path.delta,
-        )
-    return path
+
+        def no_clip(vector: np.ndarray, clip_norm: float) -> tuple[np.ndarray, bool]:
+            return vector, False
+
+        pipeline.clip = no_clip  # type: ignore[method-assign]
+    return pipeline
 
 
 @dataclass
@@ -110,7 +95,6 @@ class TrainedRun:
     sim: Simulation
     initial_state: torch.Tensor
     claimed_epsilon: float | None
-    path: UpdatePath
 
     @property
     def final_state(self) -> torch.Tensor:
@@ -122,37 +106,38 @@ def train(
     dataset: FederatedDataset,
     *,
     control: Control = Control.NONE,
-    wrap: Callable[[UpdatePath], UpdatePath] | None = None,
     rounds: int | None = None,
+    extra_clients: Mapping[str, Callable[[Simulation, str], ClientPipeline]] | None = None,
+    after_round: Callable[[Simulation], None] | None = None,
 ) -> TrainedRun:
     """Run ``rounds`` (default: the config's) instrumented rounds in-process."""
-    split = dataset.split_clients(
-        fractions=config.data.client_fractions, seed=config.data.split_seed
+    config = instrumented_config(config, control)
+    holder: dict[str, Simulation] = {}
+
+    def real(name: str) -> ClientPipeline:
+        return _faulty(holder["sim"].client_pipeline(name), control)
+
+    def extra(make: Callable[[Simulation, str], ClientPipeline]) -> Callable[[str], ClientPipeline]:
+        return lambda name: _faulty(make(holder["sim"], name), control)
+
+    sim = Simulation(
+        config,
+        dataset=dataset,
+        client_factory=real,
+        extra_clients={n: extra(f) for n, f in (extra_clients or {}).items()},
     )
-    with tempfile.TemporaryDirectory(prefix="secure-fml-audit-") as tmp:
-        inner = build_path(
-            config,
-            population=len(split.train),
-            ledger_dir=Path(tmp),
-            control=control,
-            seed=config.run.seed,
-        )
-        path = wrap(inner) if wrap is not None else inner
-        sim = Simulation(config, dataset=dataset, update_path=path)
-        theta0 = sim.state.clone()
-        try:
-            for _ in range(rounds if rounds is not None else config.server.rounds):
-                sim.run_round()
-            claimed = (
-                float(
-                    inner.ledger.epsilon(
-                        delta=config.privacy.delta, accountant=config.privacy.accountant
-                    )
-                )
-                if isinstance(inner, DifferentialPrivacy)
-                else None
-            )
-        finally:
-            if isinstance(inner, DifferentialPrivacy):
-                inner.ledger.close()
-    return TrainedRun(sim=sim, initial_state=theta0, claimed_epsilon=claimed, path=path)
+    holder["sim"] = sim
+    if control is Control.NOISE_OFF:
+        sim.engine.central_noise_source = lambda _round: ZeroNoise()  # type: ignore[method-assign,assignment]
+    theta0 = sim.state.clone()
+    claimed: float | None = None
+    try:
+        sim.open()
+        for _ in range(rounds if rounds is not None else config.server.rounds):
+            sim.run_round()
+            if after_round is not None:
+                after_round(sim)
+        claimed = sim.engine.epsilon()
+    finally:
+        sim.close()
+    return TrainedRun(sim=sim, initial_state=theta0, claimed_epsilon=claimed)

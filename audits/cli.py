@@ -66,7 +66,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         "control": args.control,
         "rounds_override": args.rounds,
         "seconds": round(time.perf_counter() - t0, 1),
-        "noise_seeded_insecure_test_mode": config.privacy.insecure_seed is not None,
+        "noise_seeded_insecure_test_mode": config.run.insecure_seed is not None,
     }
     jp, hp = write_report(results, out, meta)
     for r in results:

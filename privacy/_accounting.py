@@ -71,11 +71,20 @@ RDP_ORDERS: tuple[float, ...] = tuple(
 
 
 class SamplingMode(enum.Enum):
-    """How the clients of a round are chosen; decides the amplification claimed."""
+    """How the clients of a round are chosen; decides the amplification claimed.
+
+    The one sampling enum of the project: the round engine draws with it and the
+    accountant amplifies (or not) by it. ``"fixed"`` and ``"all"`` are accepted as
+    the configuration's spellings of FIXED_SIZE and FULL.
+    """
 
     POISSON = "poisson"
     FIXED_SIZE = "fixed_size"
     FULL = "full"
+
+    @classmethod
+    def _missing_(cls, value: object) -> SamplingMode | None:
+        return {"fixed": cls.FIXED_SIZE, "all": cls.FULL}.get(str(value))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,6 +9,7 @@ Quick start::
 Layers (one-way): ``privacy`` <- ``aggregation`` <- ``secure_fml`` <- ``audits``.
 """
 
+from privacy import SamplingMode
 from secure_fml.algorithms import (
     Algorithm,
     AlgorithmConfig,
@@ -31,6 +32,7 @@ from secure_fml.config import (
     load_config,
     with_overrides,
 )
+from secure_fml.engine import RoundEngine, RoundPlan, plan_round
 from secure_fml.errors import (
     CheckpointError,
     ConfigError,
@@ -39,27 +41,23 @@ from secure_fml.errors import (
     SecureFMLError,
 )
 from secure_fml.evaluation import EvalResult, evaluate
+from secure_fml.messages import AggregationProtocol
 from secure_fml.models import MLP, CharLSTM, FemnistCNN
-from secure_fml.rounds import (
-    AggregateResult,
-    PlainSum,
-    RoundContext,
-    SamplingMode,
-    ServerOptimizerKind,
-    UpdatePath,
-)
+from secure_fml.pipeline import ClientPipeline
+from secure_fml.rounds import ServerOptimizerKind
 from secure_fml.simulation import RunResult, Simulation
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLP",
-    "AggregateResult",
+    "AggregationProtocol",
     "Algorithm",
     "AlgorithmConfig",
     "AlgorithmName",
     "CharLSTM",
     "CheckpointError",
+    "ClientPipeline",
     "ClientUpdate",
     "Config",
     "ConfigError",
@@ -70,10 +68,10 @@ __all__ = [
     "FemnistCNN",
     "LocalOptimizer",
     "ModelConfig",
-    "PlainSum",
     "PrivacyBudgetExhausted",
     "PrivacyConfig",
-    "RoundContext",
+    "RoundEngine",
+    "RoundPlan",
     "RunConfig",
     "RunResult",
     "SamplingMode",
@@ -83,10 +81,10 @@ __all__ = [
     "ServerOptimizerKind",
     "Simulation",
     "UpdateKind",
-    "UpdatePath",
     "config_from_dict",
     "evaluate",
     "load_config",
     "make_algorithm",
+    "plan_round",
     "with_overrides",
 ]

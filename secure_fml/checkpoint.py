@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from privacy.errors import CheckpointError
@@ -29,7 +28,6 @@ __all__ = [
     "Checkpoint",
     "atomic_write_bytes",
     "load_checkpoint",
-    "restore_training_state",
     "resume_round",
     "save_checkpoint",
     "training_checkpoint",
@@ -121,17 +119,17 @@ def training_checkpoint(
     round: int,
     state: torch.Tensor,
     optimizer: Any,
-    rng: np.random.Generator,
     model_spec: dict[str, Any],
     config: dict[str, Any],
     algorithm: str,
     ledger_head: Any | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Checkpoint:
-    """The checkpoint of a training run; :func:`restore_training_state` reads it back.
-
-    Shared by the simulation and the gRPC coordinator so both write the same format.
-    ``ledger_head`` is the privacy ledger's :class:`privacy.LedgerHead` (or None).
+    """The checkpoint of a training run (written by the round engine, for simulation
+    and deployment alike). ``ledger_head`` is the privacy ledger's
+    :class:`privacy.LedgerHead` (or None). Client sampling keeps no state: it draws
+    from the CSPRNG (or, in insecure test mode, from (seed, round)), so a resumed run
+    never replays a draw.
     """
     return Checkpoint(
         round=round,
@@ -141,33 +139,10 @@ def training_checkpoint(
         config=config,
         extra={
             "algorithm": algorithm,
-            "sampler_rng": json.dumps(rng.bit_generator.state),
             "ledger_head": dataclasses.asdict(ledger_head) if ledger_head is not None else None,
             **(extra or {}),
         },
     )
-
-
-def restore_training_state(
-    ckpt: Checkpoint,
-    *,
-    expected_numel: int,
-    optimizer: Any,
-    rng: np.random.Generator,
-) -> torch.Tensor:
-    """Load the optimizer and sampler state from ``ckpt``; return the global state.
-
-    Shared by the simulation and the gRPC coordinator so both resume identically.
-    ``optimizer`` is a :class:`secure_fml.rounds.ServerOptimizer`.
-    """
-    if ckpt.state.numel() != expected_numel:
-        raise CheckpointError(
-            f"checkpoint state has {ckpt.state.numel()} values, the model needs {expected_numel}"
-        )
-    optimizer.load_state_dict(ckpt.optimizer)
-    rng.bit_generator.state = json.loads(ckpt.extra["sampler_rng"])
-    state: torch.Tensor = ckpt.state.clone()
-    return state
 
 
 def resume_round(checkpoint_round: int, ledger_last_round: int | None) -> int:

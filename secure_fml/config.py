@@ -17,14 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from privacy import SamplingMode
 from privacy.errors import ConfigError
 from secure_fml.algorithms import AlgorithmConfig, AlgorithmName, UpdateKind
-from secure_fml.rounds import (
-    SamplingConfig,
-    SamplingMode,
-    ServerOptimizerConfig,
-    ServerOptimizerKind,
-)
+from secure_fml.rounds import SamplingConfig, ServerOptimizerConfig, ServerOptimizerKind
 
 __all__ = [
     "Config",
@@ -75,16 +71,23 @@ class ModelConfig:
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     rounds: int = 100
-    sampling: SamplingMode = SamplingMode.FIXED
+    sampling: SamplingMode = SamplingMode.FIXED_SIZE  # fixed | poisson | all
     clients_per_round: int | None = 4
     sampling_rate: float | None = None
     optimizer: ServerOptimizerKind | None = None  # None: Adam for meta-gradients, SGD for deltas
     lr: float | None = None  # None: 1e-3 for Adam, 1.0 for SGD (plain model averaging)
     momentum: float = 0.0
+    #: uniform: mean over contributors; samples: weighted by each client's sample count
+    #: (as FedMeta/FedAvg do; non-private plain aggregation only).
+    weighting: str = "uniform"
 
     def __post_init__(self) -> None:
         if not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"server.rounds must be an integer >= 1, got {self.rounds!r}")
+        if self.weighting not in ("uniform", "samples"):
+            raise ConfigError(
+                f"server.weighting must be uniform or samples, got {self.weighting!r}"
+            )
         self.sampling_config()  # validates sampling fields
 
     def sampling_config(self) -> SamplingConfig:
@@ -129,7 +132,6 @@ class PrivacyConfig:
     target_quantile: float = 0.5
     clip_lr: float = 0.2
     clipped_count_stddev: float | None = None  # adaptive clipping bit noise (None: m/20)
-    insecure_seed: int | None = None  # test mode only: seeds the noise, warns loudly
 
     def __post_init__(self) -> None:
         if self.clip_norm <= 0:
@@ -174,6 +176,9 @@ class RunConfig:
     seed: int = 0
     threads: int | None = None
     checkpoint_every: int = 10
+    #: INSECURE TEST MODE: derive sampling, session ids, keys, masks and noise from this
+    #: seed (reproducible runs for tests); warns loudly. Never for a reported guarantee.
+    insecure_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -226,10 +231,10 @@ def _coerce(where: str, tp: Any, value: Any) -> Any:
         if isinstance(value, tp):
             return value
         valid = ", ".join(str(m.value) for m in tp)
-        for m in tp:
-            if m.value == value:
-                return m
-        raise ConfigError(f"{where} must be one of {valid}; got {value!r}")
+        try:
+            return tp(value)  # the value, or an alias the enum accepts (_missing_)
+        except ValueError:
+            raise ConfigError(f"{where} must be one of {valid}; got {value!r}") from None
     if tp is bool:
         if isinstance(value, bool):
             return value

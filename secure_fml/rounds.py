@@ -1,59 +1,50 @@
-"""Round mechanics shared by the simulation and the gRPC coordinator.
+"""Round mechanics used by the round engine (:mod:`secure_fml.engine`).
 
 - :class:`ClientSampler`: fixed-size without replacement, Poisson with rate q,
-  or everyone; the draw is recorded in the round metadata because the privacy
-  accountant needs to know which sampling justified which amplification.
+  or everyone. The sampling mode is the accountant's own value
+  (:class:`privacy.SamplingMode`), so the draw and the amplification claimed for
+  it can never disagree. Draws come from the CSPRNG, one independent draw per
+  round index: a round is never redrawn, and a resumed run never replays a draw
+  (in the insecure test mode the draw for round r is a function of (seed, r)).
 - :class:`ServerOptimizer`: SGD or Adam on the packed global state, fed with
   the mean update ``sum / denominator``.
-- :class:`UpdatePath`: where each client's flat update goes between the
-  algorithm and the server step. The plain path sums; privacy (clip + noise +
-  ledger) and secure aggregation are other implementations of the same
-  interface, so algorithms never change when they are switched on.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from abc import ABC, abstractmethod
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from privacy import INSECURE_SEED_WARNING, Csprng, Sampling, SamplingMode
 from privacy.errors import ConfigError, DataError
 
 __all__ = [
-    "AggregateResult",
     "ClientSampler",
-    "PlainSum",
-    "RoundContext",
     "SampledRound",
     "SamplingConfig",
-    "SamplingMode",
     "ServerOptimizer",
     "ServerOptimizerConfig",
     "ServerOptimizerKind",
-    "UpdatePath",
 ]
-
-
-class SamplingMode(enum.Enum):
-    FIXED = "fixed"  # m clients uniformly without replacement
-    POISSON = "poisson"  # each client independently with probability q
-    ALL = "all"  # every client every round (no amplification)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-    mode: SamplingMode = SamplingMode.FIXED
+    mode: SamplingMode = SamplingMode.FIXED_SIZE
     clients_per_round: int | None = 4
     rate: float | None = None
 
     def __post_init__(self) -> None:
-        if self.mode is SamplingMode.FIXED and (
+        if not isinstance(self.mode, SamplingMode):
+            raise ConfigError(f"server.sampling must be a SamplingMode, got {self.mode!r}")
+        if self.mode is SamplingMode.FIXED_SIZE and (
             not isinstance(self.clients_per_round, int) or self.clients_per_round < 1
         ):
             raise ConfigError(
@@ -68,7 +59,7 @@ class SamplingConfig:
             )
 
     def expected_clients(self, population: int) -> float:
-        if self.mode is SamplingMode.FIXED:
+        if self.mode is SamplingMode.FIXED_SIZE:
             assert self.clients_per_round is not None
             return float(min(self.clients_per_round, population))
         if self.mode is SamplingMode.POISSON:
@@ -80,14 +71,38 @@ class SamplingConfig:
         """Per-client inclusion probability (q = m / N for fixed-size sampling)."""
         return min(1.0, self.expected_clients(population) / population)
 
+    def accounting(self, population: int) -> Sampling:
+        """The accountant's description of this sampling over ``population`` clients."""
+        if self.mode is SamplingMode.POISSON:
+            assert self.rate is not None
+            return Sampling.poisson(sample_rate=self.rate, population=population)
+        if self.mode is SamplingMode.FIXED_SIZE:
+            assert self.clients_per_round is not None
+            return Sampling.fixed_size(
+                clients_per_round=min(self.clients_per_round, population), population=population
+            )
+        return Sampling.full(population=population)
+
 
 @dataclass(frozen=True)
 class SampledRound:
+    """One round's draw: who was sampled, and the sampling that justified it."""
+
     round: int
     client_ids: tuple[str, ...]
-    mode: SamplingMode
-    population: int
-    rate: float
+    sampling: Sampling
+
+    @property
+    def mode(self) -> SamplingMode:
+        return self.sampling.mode
+
+    @property
+    def population(self) -> int:
+        return self.sampling.population
+
+    @property
+    def rate(self) -> float:
+        return self.sampling.sample_rate
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,37 +115,81 @@ class SampledRound:
 
 
 class ClientSampler:
-    """Draws the clients of each round from a fixed population."""
+    """Draws the clients of each round from a fixed population, from the CSPRNG.
+
+    ``insecure_seed`` (tests and reproducible research only) makes the draw of round
+    ``r`` a function of (seed, r); it warns loudly. Either way each round index has
+    exactly one draw: asking again for the same round is refused, so a round is never
+    redrawn until its size suits someone.
+    """
 
     def __init__(
-        self, population: Sequence[str], config: SamplingConfig, *, rng: np.random.Generator
+        self,
+        population: Sequence[str],
+        config: SamplingConfig,
+        *,
+        insecure_seed: int | None = None,
     ) -> None:
         if not population:
             raise DataError("cannot sample rounds from an empty client population")
-        if config.mode is SamplingMode.FIXED:
+        if len(set(population)) != len(population):
+            raise DataError("client population has duplicate ids")
+        if config.mode is SamplingMode.FIXED_SIZE:
             assert config.clients_per_round is not None
             if config.clients_per_round > len(population):
                 raise ConfigError(
                     f"server.clients_per_round={config.clients_per_round} exceeds the "
                     f"{len(population)} training clients"
                 )
+        if insecure_seed is not None:
+            warnings.warn(INSECURE_SEED_WARNING, RuntimeWarning, stacklevel=2)
         self.population = tuple(population)
         self.config = config
-        self.rng = rng
+        self.insecure_seed = insecure_seed
+        self.accounting = config.accounting(len(self.population))
+        self._rng = Csprng()
+        self._last_round = 0
+
+    def _stream(self, round_: int) -> Csprng:
+        if self.insecure_seed is not None:
+            return Csprng.insecure_from_seed(self.insecure_seed, f"client-sampling/{round_}")
+        return self._rng
 
     def sample(self, round_: int) -> SampledRound:
+        if not isinstance(round_, int) or round_ <= self._last_round:
+            raise ConfigError(
+                f"round {round_} was already drawn (last draw: round {self._last_round}); "
+                "a round is never redrawn"
+            )
+        self._last_round = round_
         n = len(self.population)
         mode = self.config.mode
-        if mode is SamplingMode.FIXED:
+        rng = self._stream(round_)
+        if mode is SamplingMode.FIXED_SIZE:
             assert self.config.clients_per_round is not None
-            idx = np.sort(self.rng.choice(n, size=self.config.clients_per_round, replace=False))
+            idx = _choose(rng, n, self.config.clients_per_round)
         elif mode is SamplingMode.POISSON:
             assert self.config.rate is not None
-            idx = np.flatnonzero(self.rng.random(n) < self.config.rate)
+            idx = np.flatnonzero(rng.uniform01(n) < self.config.rate)
         else:
             idx = np.arange(n)
         ids = tuple(self.population[int(i)] for i in idx)
-        return SampledRound(round_, ids, mode, n, self.config.sample_rate(n))
+        return SampledRound(round_, ids, self.accounting)
+
+    def resume_after(self, round_: int) -> None:
+        """Continue after ``round_`` (the last round charged or applied)."""
+        self._last_round = max(self._last_round, int(round_))
+
+
+def _choose(rng: Csprng, n: int, m: int) -> np.ndarray:
+    """m of range(n) uniformly without replacement (partial Fisher-Yates), sorted."""
+    perm = np.arange(n)
+    bounds = np.arange(n, n - m, -1, dtype=np.uint64)
+    picks = rng.below(bounds)
+    for i in range(m):
+        j = i + int(picks[i])
+        perm[i], perm[j] = perm[j], perm[i]
+    return np.sort(perm[:m])
 
 
 class ServerOptimizerKind(enum.Enum):
@@ -190,51 +249,3 @@ class ServerOptimizer:
         with torch.no_grad():
             self.param.copy_(sd["param"])
         self.opt.load_state_dict(dict(sd["opt"]))
-
-
-@dataclass(frozen=True)
-class RoundContext:
-    round: int
-    sampled: SampledRound
-    dim: int
-
-
-@dataclass(frozen=True)
-class AggregateResult:
-    """What the server sees: the sum of contributions and how many there were."""
-
-    total: np.ndarray
-    count: int
-    denominator: float
-    contributors: tuple[str, ...]
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-class UpdatePath(ABC):
-    """Client-side transform plus aggregation of the flat updates of one round."""
-
-    def client_side(self, ctx: RoundContext, client_id: str, vector: np.ndarray) -> np.ndarray:
-        """Runs on the client before anything leaves it (identity by default)."""
-        return vector
-
-    @abstractmethod
-    def aggregate(
-        self, ctx: RoundContext, contributions: Mapping[str, np.ndarray]
-    ) -> AggregateResult:
-        """Combine the client-side outputs; the server only learns the result."""
-
-    def summary(self) -> dict[str, Any]:
-        return {"update_path": type(self).__name__}
-
-
-class PlainSum(UpdatePath):
-    """No privacy, no masking: the server sums the plaintext updates (baseline)."""
-
-    def aggregate(
-        self, ctx: RoundContext, contributions: Mapping[str, np.ndarray]
-    ) -> AggregateResult:
-        ids = tuple(contributions)
-        total = np.zeros(ctx.dim, dtype=np.float64)
-        for cid in ids:
-            total += contributions[cid]
-        return AggregateResult(total.astype(np.float32), len(ids), float(len(ids)), ids)

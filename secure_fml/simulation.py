@@ -1,53 +1,63 @@
-"""In-process federated simulation: the same round logic the gRPC coordinator runs.
+"""In-process federated simulation: the round engine and client pipelines, in memory.
 
-A run directory holds ``config.json`` / ``config.toml`` (resolved), ``metrics.jsonl``
-(one line per round), ``checkpoint.pt`` (atomic; see :mod:`secure_fml.checkpoint`)
-and ``summary.json`` (final test-client evaluation).
+The simulation is the deployed system with the network taken out: the same
+:class:`~secure_fml.engine.RoundEngine` the gRPC coordinator runs, one
+:class:`~secure_fml.pipeline.ClientPipeline` per client (the code a deployed
+site runs), an :class:`InMemoryTransport` that hands messages over without a
+network, and a :class:`ManualClock` that jumps to the next stage deadline when
+the only clients left to answer are silent ones. A dropout is a client the
+transport makes silent from a chosen stage on. Client work goes through an
+executor (:class:`SequentialExecutor` here; a process pool or a distributed
+engine plugs into the same seam).
+
+A run directory holds ``config.json`` / ``config.toml`` (resolved),
+``metrics.jsonl`` (one line per round), ``checkpoint.pt`` (atomic; see
+:mod:`secure_fml.checkpoint`), the privacy ledger when DP is on, and
+``summary.json`` (final test-client evaluation).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
-import time
-from collections.abc import Mapping, Sequence
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
 from tqdm.auto import tqdm
 
-from privacy import LedgerHead
-from privacy.errors import ConfigError, ProtocolAbort
+from aggregation import Stage
+from privacy import Csprng
+from privacy.errors import ConfigError, ProtocolError, SecureFMLError
 from secure_fml._functional import Batch, FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
-from secure_fml.checkpoint import (
-    Checkpoint,
-    load_checkpoint,
-    restore_training_state,
-    resume_round,
-    save_checkpoint,
-    training_checkpoint,
-)
-from secure_fml.config import Config, config_to_dict, dump_toml
+from secure_fml.checkpoint import Checkpoint
+from secure_fml.config import Config
 from secure_fml.data import ClientData, ClientSplit, FederatedDataset, InputKind, load_preset
+from secure_fml.engine import Identity, RoundEngine
 from secure_fml.evaluation import EvalResult, evaluate, to_batch
+from secure_fml.messages import EngineMessage, RoundStart, StageReply, StageRequest
 from secure_fml.models import default_model
-from secure_fml.rounds import (
-    AggregateResult,
-    ClientSampler,
-    PlainSum,
-    RoundContext,
-    ServerOptimizer,
-    UpdatePath,
-)
-from secure_fml.update_paths import DifferentialPrivacy, build_update_path
+from secure_fml.pipeline import ClientPipeline, seeded_generator, seeded_randomness
 
-__all__ = ["RunResult", "Simulation", "build_model", "load_dataset", "model_spec_for"]
+__all__ = [
+    "ClientExecutor",
+    "InMemoryTransport",
+    "ManualClock",
+    "RunResult",
+    "SequentialExecutor",
+    "Simulation",
+    "build_model",
+    "load_dataset",
+    "model_spec_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +74,41 @@ def split_dataset(config: Config, ds: FederatedDataset) -> ClientSplit:
     return ds.split_clients(fractions=config.data.client_fractions, seed=config.data.split_seed)
 
 
-def model_spec_for(config: Config, ds: FederatedDataset) -> dict[str, Any]:
-    kind = config.model.kind
+def model_spec(
+    kind: str,
+    *,
+    input_kind: InputKind | str,
+    sample_shape: Sequence[int],
+    num_classes: int,
+    hidden: Sequence[int],
+) -> dict[str, Any]:
+    """The one place ``model.kind = "auto"`` is resolved (simulation, coordinator, sites)."""
+    ik = InputKind(input_kind)
+    shape = tuple(int(x) for x in sample_shape)
     if kind == "auto":
-        if ds.input_kind is InputKind.IMAGE and ds.sample_shape == (28, 28):
+        if ik is InputKind.IMAGE and shape == (28, 28):
             kind = "cnn"
-        elif ds.input_kind is InputKind.SEQUENCE:
+        elif ik is InputKind.SEQUENCE:
             kind = "lstm"
         else:
             kind = "mlp"
     return {
         "kind": kind,
-        "sample_shape": list(ds.sample_shape),
-        "num_classes": ds.num_classes,
-        "hidden": list(config.model.hidden),
-        "input_kind": ds.input_kind.value,
+        "sample_shape": list(shape),
+        "num_classes": int(num_classes),
+        "hidden": list(hidden),
+        "input_kind": ik.value,
     }
+
+
+def model_spec_for(config: Config, ds: FederatedDataset) -> dict[str, Any]:
+    return model_spec(
+        config.model.kind,
+        input_kind=ds.input_kind,
+        sample_shape=ds.sample_shape,
+        num_classes=ds.num_classes,
+        hidden=config.model.hidden,
+    )
 
 
 def build_model(spec: Mapping[str, Any]) -> nn.Module:
@@ -91,8 +120,107 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
     )
 
 
-def _client_seed(seed: int, round_: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, round_, index]).generate_state(1)[0])
+# ---------------------------------------------------------------------- in-memory pieces
+
+
+class ManualClock:
+    """A clock the simulation moves itself: stage deadlines pass in no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance_to(self, t: float) -> None:
+        self.now = max(self.now, float(t))
+
+
+class ClientExecutor(ABC):
+    """Runs client work: each job is (client name, engine message); returns, per job, the
+    client's reply, None (nothing to send) or the typed error that made it leave the
+    round. Owns the client pipelines (built from a factory by name)."""
+
+    @abstractmethod
+    def handle(
+        self, jobs: Sequence[tuple[str, EngineMessage]]
+    ) -> list[StageReply | SecureFMLError | None]: ...
+
+    def close(self) -> None:
+        return None
+
+
+class SequentialExecutor(ClientExecutor):
+    """Every client in this process, one after another (the default)."""
+
+    def __init__(self, factory: Callable[[str], ClientPipeline]) -> None:
+        self.factory = factory
+        self.pipelines: dict[str, ClientPipeline] = {}
+
+    def pipeline(self, name: str) -> ClientPipeline:
+        p = self.pipelines.get(name)
+        if p is None:
+            p = self.pipelines[name] = self.factory(name)
+        return p
+
+    def handle(
+        self, jobs: Sequence[tuple[str, EngineMessage]]
+    ) -> list[StageReply | SecureFMLError | None]:
+        out: list[StageReply | SecureFMLError | None] = []
+        for name, msg in jobs:
+            try:
+                out.append(self.pipeline(name).handle(msg))
+            except SecureFMLError as e:  # the client leaves this round; others go on
+                out.append(e)
+        return out
+
+
+class InMemoryTransport:
+    """Hands engine messages to clients and replies back, without a network.
+
+    ``dropout_fraction`` makes that share of each round's participants go silent from
+    a random stage on (recovery tests; who drops is not security relevant, so it comes
+    from a seeded generator). Subclass and override :meth:`silent_from` to script
+    faults (a client silent at a fixed stage of a fixed round).
+    """
+
+    def __init__(self, *, dropout_fraction: float = 0.0, seed: int = 0) -> None:
+        if not 0.0 <= dropout_fraction < 1.0:
+            raise ConfigError("secure_aggregation.dropout_fraction must be in [0, 1)")
+        self.dropout_fraction = dropout_fraction
+        self.seed = seed
+        self._plan: tuple[int, dict[str, Stage]] = (0, {})
+
+    def silent_from(
+        self, round_: int, participants: Sequence[str], stages: Sequence[Stage]
+    ) -> dict[str, Stage]:
+        """Which participants go silent, and from which stage, in ``round_``."""
+        k = math.floor(self.dropout_fraction * len(participants))
+        if k == 0:
+            return {}
+        rng = np.random.default_rng([self.seed, round_, 7])
+        who = rng.choice(len(participants), size=k, replace=False)
+        return {participants[int(i)]: stages[int(rng.integers(len(stages)))] for i in who}
+
+    def delivers(self, client: str, message: EngineMessage) -> bool:
+        if isinstance(message, RoundStart):
+            stages = (
+                (Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASKING)
+                if message.settings.protocol.secure
+                else (Stage.MASKED_INPUT,)
+            )
+            names = [p.name for p in sorted(message.peers, key=lambda p: p.index)]
+            if self._plan[0] != message.round:
+                self._plan = (message.round, self.silent_from(message.round, names, stages))
+            stage = message.first_stage
+        elif isinstance(message, StageRequest):
+            stage = message.stage
+        else:
+            return True
+        drop = self._plan[1].get(client)
+        if drop is None:
+            return True
+        return stage.value < drop.value
 
 
 @dataclass(frozen=True)
@@ -104,8 +232,11 @@ class RunResult:
     summary: dict[str, Any]
 
 
+# ---------------------------------------------------------------------- the simulation
+
+
 class Simulation:
-    """Runs federated (meta-)training rounds in one process."""
+    """The round engine plus one client pipeline per client, in one process."""
 
     def __init__(
         self,
@@ -113,8 +244,11 @@ class Simulation:
         *,
         dataset: FederatedDataset | None = None,
         module: nn.Module | None = None,
-        update_path: UpdatePath | None = None,
         run_dir: Path | str | None = None,
+        transport: InMemoryTransport | None = None,
+        executor: ClientExecutor | None = None,
+        client_factory: Callable[[str], ClientPipeline] | None = None,
+        extra_clients: Mapping[str, Callable[[str], ClientPipeline]] | None = None,
     ) -> None:
         self.config = config
         if config.run.threads is not None:
@@ -128,55 +262,84 @@ class Simulation:
         self.module = module if module is not None else build_model(self.model_spec)
         self.fmodel = FunctionalModel(self.module)
         self.algorithm: Algorithm = make_algorithm(config.algorithm, self.fmodel)
-        self.state = self.algorithm.initial_state(self.fmodel.initial_parameters())
-        self.optimizer = ServerOptimizer(
-            self.state, config.server.optimizer_config(self.algorithm.update_kind)
-        )
-        self.rng = np.random.default_rng([config.run.seed, 1])
-        self.sampler = ClientSampler(
-            [c.client_id for c in self.split.train],
-            config.server.sampling_config(),
-            rng=self.rng,
-        )
-        self._update_path = update_path
         self._train = {c.client_id: c for c in self.split.train}
         self._batches: dict[str, Batch] = {}
-        self.round = 0
+        self._keys: dict[str, Ed25519PrivateKey] = {}
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.history: list[dict[str, Any]] = []
-
-    # -- helpers ---------------------------------------------------------------------------
-    @property
-    def update_path(self) -> UpdatePath:
-        if self._update_path is None:
-            self._update_path = self._build_update_path(None)
-        return self._update_path
-
-    def _build_update_path(self, ledger_head: dict[str, Any] | None) -> UpdatePath:
-        cfg = self.config
-        if not cfg.privacy.enabled and cfg.secure_aggregation.protocol == "none":
-            return PlainSum()
-        ledger_dir = self.run_dir
-        if ledger_dir is None:
-            ledger_dir = Path(tempfile.mkdtemp(prefix="secure-fml-ledger-"))
-        head = LedgerHead(**ledger_head) if ledger_head else None
-        return build_update_path(
-            cfg,
-            population=len(self.split.train),
-            ledger_dir=ledger_dir,
-            rng=np.random.default_rng([cfg.run.seed, 2]),
-            expected_head=head,
+        self.clock = ManualClock()
+        self.transport = transport or InMemoryTransport(
+            dropout_fraction=config.secure_aggregation.dropout_fraction, seed=config.run.seed
         )
+        self.extra_clients = dict(extra_clients or {})
+        clash = set(self.extra_clients) & set(self._train)
+        if clash:
+            raise ConfigError(f"extra clients reuse training client ids: {sorted(clash)[:5]}")
+        base = client_factory or self.client_pipeline
 
-    def close(self) -> None:
-        """Release the privacy ledger (its file lock), if one is open."""
-        if isinstance(self._update_path, DifferentialPrivacy):
-            self._update_path.ledger.close()
+        def factory(name: str) -> ClientPipeline:
+            extra = self.extra_clients.get(name)
+            return extra(name) if extra is not None else base(name)
 
-    def _batch(self, client_id: str) -> Batch:
+        self.executor = executor or SequentialExecutor(factory)
+        self.engine = RoundEngine(
+            config,
+            population=[c.client_id for c in self.split.train] + sorted(self.extra_clients),
+            module=self.module,
+            model_spec=self.model_spec,
+            identities=self.identity,
+            run_dir=self.run_dir,
+            clock=self.clock,
+            on_round_end=self._on_round_end,
+        )
+        self._round_participants: tuple[str, ...] = ()
+        self._opened = False
+
+    # -- clients ---------------------------------------------------------------------------
+    def _identity_key(self, name: str) -> Ed25519PrivateKey:
+        key = self._keys.get(name)
+        if key is None:
+            seed = self.config.run.insecure_seed
+            if seed is not None:
+                raw = Csprng.insecure_from_seed(seed, f"identity/{name}").bytes(32)
+                key = Ed25519PrivateKey.from_private_bytes(raw)
+            else:
+                key = Ed25519PrivateKey.generate()
+            self._keys[name] = key
+        return key
+
+    def identity(self, name: str) -> Identity:
+        pub = self._identity_key(name).public_key()
+        return Identity(pub.public_bytes_raw(), pub)
+
+    def batch(self, client_id: str) -> Batch:
         if client_id not in self._batches:
             self._batches[client_id] = to_batch(self._train[client_id], self.dataset.input_kind)
         return self._batches[client_id]
+
+    def client_pipeline(self, name: str) -> ClientPipeline:
+        """The pipeline a simulated client runs: the deployed site's, in memory."""
+        insecure = self.config.run.insecure_seed
+        return ClientPipeline(
+            name=name,
+            algorithm=self.algorithm,
+            data=self.batch(name),
+            identity_key=self._identity_key(name),
+            training_generator=seeded_generator(self.config.run.seed, name),
+            randomness=seeded_randomness(insecure, name) if insecure is not None else None,
+        )
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def state(self) -> torch.Tensor:
+        return self.engine.state
+
+    @property
+    def round(self) -> int:
+        return self.engine.round
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.engine.history
 
     def evaluate_on(self, clients: Sequence[ClientData]) -> EvalResult:
         return evaluate(
@@ -189,103 +352,80 @@ class Simulation:
             adapt_steps=self.config.eval.adapt_steps,
         )
 
+    def checkpoint(self) -> Checkpoint:
+        return self.engine.checkpoint()
+
+    def open(self, *, resume: bool = False) -> None:
+        if not self._opened:
+            self.engine.open(resume=resume)
+            self._opened = True
+
+    def close(self) -> None:
+        """Release the privacy ledger (its file lock), if one is open."""
+        self.engine.close()
+        self.executor.close()
+
     # -- one round -------------------------------------------------------------------------
-    def run_round(self) -> dict[str, Any]:
-        r = self.round + 1
-        t0 = time.perf_counter()
-        sampled = self.sampler.sample(r)
-        ctx = RoundContext(r, sampled, int(self.state.numel()))
-        contributions: dict[str, np.ndarray] = {}
-        losses: list[float] = []
-        norms: list[float] = []
-        t_clients = 0.0
-        for i, cid in enumerate(sampled.client_ids):
-            gen = torch.Generator().manual_seed(_client_seed(self.config.run.seed, r, i))
-            tc = time.perf_counter()
-            upd = self.algorithm.client_update(self.state, self._batch(cid), gen)
-            vec = upd.vector.detach().cpu().numpy().astype(np.float32, copy=False)
-            t_clients += time.perf_counter() - tc
-            losses.append(upd.loss)
-            norms.append(float(np.linalg.norm(vec)))
-            contributions[cid] = self.update_path.client_side(ctx, cid, vec)
-        aborted: str | None = None
-        try:
-            agg = self.update_path.aggregate(ctx, contributions)
-        except ProtocolAbort as e:
-            # The round releases nothing and is charged nothing (aborts happen before the
-            # ledger records); training goes on. A spent budget is not an abort: it stops.
-            log.warning("round %d aborted: %s", r, e)
-            aborted = str(e)
-            agg = AggregateResult(np.zeros(ctx.dim, np.float32), 0, 1.0, ())
-        if agg.count > 0:
-            self.state = self.optimizer.step(torch.from_numpy(agg.total / agg.denominator))
-        self.round = r
-        line: dict[str, Any] = {
-            **sampled.as_dict(),
-            "contributors": agg.count,
-            "train_loss": float(np.mean(losses)) if losses else None,
-            "update_norm_mean": float(np.mean(norms)) if norms else None,
-            "client_compute_s": t_clients,
-            "round_s": time.perf_counter() - t0,
-            **{k: v for k, v in agg.info.items() if k != "clients"},
-        }
-        if aborted is not None:
-            line["aborted"] = aborted
+    def _on_round_end(self, line: dict[str, Any]) -> None:
+        infos = []
+        for name in line.get("clients", ()):
+            p = getattr(self.executor, "pipelines", {}).get(name)
+            info = p.last_update if p is not None else None
+            if info is not None and info.round == line["round"]:
+                infos.append(info)
+        line["train_loss"] = float(np.mean([i.loss for i in infos])) if infos else None
+        line["update_norm_mean"] = float(np.mean([i.norm for i in infos])) if infos else None
+        line["client_compute_s"] = float(sum(i.compute_s for i in infos))
+        if self.config.privacy.enabled:
+            line["dp_fraction_clipped"] = (
+                float(np.mean([i.clipped for i in infos])) if infos else 0.0
+            )
         every = self.config.eval.every
+        r = line["round"]
         if every and r % every == 0 and self.split.val:
             val = self.split.val[: self.config.eval.max_val_clients]
             res = self.evaluate_on(val)
             line["val_global_accuracy"] = res.global_accuracy
             line["val_personalized_accuracy"] = res.personalized_accuracy
-        self.history.append(line)
-        return line
 
-    # -- checkpoints -----------------------------------------------------------------------
-    def checkpoint(self) -> Checkpoint:
-        path = self.update_path
-        return training_checkpoint(
-            round=self.round,
-            state=self.state,
-            optimizer=self.optimizer,
-            rng=self.rng,
-            model_spec=self.model_spec,
-            config=config_to_dict(self.config),
-            algorithm=self.config.algorithm.name.value,
-            ledger_head=path.ledger.head if isinstance(path, DifferentialPrivacy) else None,
-        )
-
-    def restore(self, ckpt: Checkpoint) -> None:
-        self.state = restore_training_state(
-            ckpt, expected_numel=self.state.numel(), optimizer=self.optimizer, rng=self.rng
-        )
-        if self._update_path is None:
-            self._update_path = self._build_update_path(ckpt.extra.get("ledger_head"))
-        last = (
-            self._update_path.ledger.last_round
-            if isinstance(self._update_path, DifferentialPrivacy)
-            else None
-        )
-        self.round = resume_round(ckpt.round, last)
+    def run_round(self) -> dict[str, Any]:
+        """Run the next round to its end (complete, aborted or skipped); its metrics line."""
+        self.open()
+        eng = self.engine
+        before = len(eng.history)
+        eng.start_round(self.engine.population)
+        while eng.round_open:
+            jobs = [
+                (client, msg)
+                for client, msgs in sorted(eng.drain().items())
+                for msg in msgs
+                if self.transport.delivers(client, msg)
+            ]
+            if not jobs:
+                deadline = eng.deadline
+                assert deadline is not None
+                self.clock.advance_to(deadline)
+                eng.tick()
+                continue
+            for (client, _), result in zip(jobs, self.executor.handle(jobs), strict=True):
+                if isinstance(result, StageReply):
+                    try:
+                        eng.submit(client, result)
+                    except ProtocolError as e:
+                        log.warning("round %d: reply of %s refused: %s", eng.round + 1, client, e)
+                elif isinstance(result, SecureFMLError):
+                    log.warning("client %s leaves the round: %s", client, result)
+        if eng.stop_error is not None:
+            raise eng.stop_error
+        return eng.history[-1] if len(eng.history) > before else {}
 
     # -- the whole run ---------------------------------------------------------------------
     def run(self, *, progress: bool = True, resume: bool = False) -> RunResult:
         cfg = self.config
-        run_dir = self.run_dir
-        metrics_f = None
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt_path = run_dir / "checkpoint.pt"
-            if resume and ckpt_path.exists():
-                self.restore(load_checkpoint(ckpt_path))
-                log.info("resumed from round %d", self.round)
-            elif not resume:
-                (run_dir / "config.json").write_text(
-                    json.dumps(config_to_dict(cfg), indent=2) + "\n", encoding="utf-8"
-                )
-                (run_dir / "config.toml").write_text(dump_toml(cfg), encoding="utf-8")
-                (run_dir / "metrics.jsonl").write_text("", encoding="utf-8")
-            metrics_f = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         try:
+            self.open(resume=resume)
+            if resume:
+                log.info("resumed from round %d", self.round)
             bar = tqdm(
                 total=cfg.server.rounds,
                 initial=self.round,
@@ -293,35 +433,28 @@ class Simulation:
                 desc=f"{cfg.algorithm.name.value}",
                 unit="round",
             )
-            while self.round < cfg.server.rounds:
+            while not self.engine.finished:
                 line = self.run_round()
-                if metrics_f is not None:
-                    metrics_f.write(json.dumps(line) + "\n")
-                    metrics_f.flush()
-                post = {"loss": f"{line['train_loss']:.3f}" if line["train_loss"] else "-"}
+                loss = line.get("train_loss")
+                post = {"loss": f"{loss:.3f}" if loss else "-"}
                 if "val_personalized_accuracy" in line:
                     post["val_pers"] = f"{line['val_personalized_accuracy']:.3f}"
+                if line.get("epsilon") is not None:
+                    post["eps"] = f"{line['epsilon']:.2f}"
                 bar.set_postfix(post)
                 bar.update(1)
-                if run_dir is not None and (
-                    self.round % cfg.run.checkpoint_every == 0 or self.round == cfg.server.rounds
-                ):
-                    save_checkpoint(run_dir / "checkpoint.pt", self.checkpoint())
             bar.close()
         except BaseException:
             # Budget exhausted, abort, interrupt: release the ledger's lock so the run can
             # be resumed (or reported) by another process; what was charged stays charged.
             self.close()
             raise
-        finally:
-            if metrics_f is not None:
-                metrics_f.close()
         final = self.evaluate_on(self.split.test) if self.split.test else None
         summary = self.summary(final)
         self.close()
-        if run_dir is not None:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return RunResult(run_dir, self.round, self.state, final, summary)
+        if self.run_dir is not None:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return RunResult(self.run_dir, self.round, self.state, final, summary)
 
     def summary(self, final: EvalResult | None) -> dict[str, Any]:
         return {
@@ -336,6 +469,6 @@ class Simulation:
             "model": self.model_spec,
             "parameters": self.fmodel.dim,
             "update_dim": int(self.state.numel()),
-            "update_path": self.update_path.summary(),
+            "mechanism": self.engine.summary(),
             "test": final.as_dict(per_client=True) if final is not None else None,
         }

@@ -1,9 +1,11 @@
 """Deployment across sites: a coordinator and site processes over gRPC with mutual TLS.
 
-The round logic is the simulation's (sampler, algorithms, DP wrapper, SecAgg
-state machines); only the transport differs. Layout:
+The rounds are the simulation's: the coordinator is the round engine
+(:mod:`secure_fml.engine`) plus joins, leases and certificates, and a site is the
+engine's client pipeline (:mod:`secure_fml.pipeline`) with certificate-checked
+peers; only the transport differs. Layout:
 
-- ``_coordinator`` / ``_site``: pure state machines (message in, messages out);
+- ``_coordinator`` / ``_site``: the engine and the pipeline with network identity;
 - ``_transport``: the thread-safe service, the site-side :class:`Transport`
   (in-process and gRPC) and the thin gRPC servicer; ``_convert`` holds every
   protobuf conversion; ``secure_fml/proto`` the versioned ``.proto``;
@@ -19,19 +21,10 @@ from secure_fml.deploy._config import (
     load_coordinator_config,
     load_site_config,
 )
-from secure_fml.deploy._coordinator import Coordinator, Deadlines, model_hash
-from secure_fml.deploy._messages import (
-    PROTOCOL_VERSION,
-    Finished,
-    Peer,
-    RoundStart,
-    StageReply,
-    StageRequest,
-    Wait,
-)
+from secure_fml.deploy._coordinator import Coordinator, Deadlines
 from secure_fml.deploy._pki import init_ca, issue_server, issue_site
 from secure_fml.deploy._process import build_coordinator, build_site, run_client, run_server
-from secure_fml.deploy._runner import CRASH_POINT_ENV, run_site
+from secure_fml.deploy._runner import run_site
 from secure_fml.deploy._site import Site
 from secure_fml.deploy._transport import (
     CoordinatorService,
@@ -41,9 +34,18 @@ from secure_fml.deploy._transport import (
     serve,
     status_code_for,
 )
+from secure_fml.messages import (
+    PROTOCOL_VERSION,
+    Finished,
+    Peer,
+    RoundStart,
+    StageReply,
+    StageRequest,
+    Wait,
+)
+from secure_fml.pipeline import model_hash
 
 __all__ = [
-    "CRASH_POINT_ENV",
     "PROTOCOL_VERSION",
     "Coordinator",
     "CoordinatorService",

@@ -62,16 +62,22 @@ class CoordinatorSettings:
             raise ConfigError("deploy.sites must be a list of site names")
 
     def model_spec(self, config: Config) -> dict[str, Any]:
-        kind = config.model.kind
-        if kind == "auto":
-            kind = "cnn" if self.sample_shape == (28, 28) else "mlp"
-        return {
-            "kind": kind,
-            "sample_shape": list(self.sample_shape),
-            "num_classes": self.num_classes,
-            "hidden": list(config.model.hidden),
-            "input_kind": self.input_kind,
-        }
+        """The model the sites build from their data, resolved by the same function
+        (``model.kind = "auto"`` gives the LSTM for sequence data on both sides)."""
+        from secure_fml.simulation import model_spec
+
+        try:
+            return model_spec(
+                config.model.kind,
+                input_kind=self.input_kind,
+                sample_shape=self.sample_shape,
+                num_classes=self.num_classes,
+                hidden=config.model.hidden,
+            )
+        except ValueError:
+            raise ConfigError(
+                f"deploy.input_kind must be image, sequence or tabular, got {self.input_kind!r}"
+            ) from None
 
 
 @dataclass(frozen=True, kw_only=True)

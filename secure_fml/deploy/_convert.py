@@ -14,24 +14,60 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from aggregation import SecAggConfig, SecAggMode, Stage
+from aggregation import (
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencyResponse,
+    KeyBroadcast,
+    MaskedInput,
+    Message,
+    PlainInput,
+    SecAggConfig,
+    ShareKeys,
+    ShareRouting,
+    Stage,
+    UnmaskRequest,
+    UnmaskResponse,
+    parse_message,
+)
 from privacy.errors import ConfigError, InvalidMessage, RefusalReason, Refused
-from secure_fml.deploy._messages import (
+from secure_fml.messages import (
     PROTOCOL_VERSION,
+    AggregationProtocol,
+    ClientNoise,
+    EngineMessage,
     Finished,
     Peer,
+    RoundSettings,
     RoundStart,
-    ServerMessage,
     StageReply,
     StageRequest,
     Wait,
 )
 from secure_fml.proto import secure_fml_v1_pb2 as pb
 
+#: What the coordinator may send to a site in each stage, and what a site may answer.
+TO_SITE: dict[Stage, tuple[type[Message], ...]] = {
+    Stage.SHARE_KEYS: (KeyBroadcast,),
+    Stage.MASKED_INPUT: (ShareRouting,),
+    Stage.CONSISTENCY_CHECK: (ConsistencyRequest,),
+    Stage.UNMASKING: (UnmaskRequest,),
+}
+FROM_SITE: dict[Stage, tuple[type[Message], ...]] = {
+    Stage.ADVERTISE_KEYS: (AdvertiseKeys,),
+    Stage.SHARE_KEYS: (ShareKeys,),
+    Stage.MASKED_INPUT: (MaskedInput, PlainInput),
+    Stage.CONSISTENCY_CHECK: (ConsistencyResponse,),
+    Stage.UNMASKING: (UnmaskResponse,),
+}
+
 __all__ = [
+    "FROM_SITE",
     "MAX_CHUNK_BYTES",
     "MAX_FRAME_BYTES",
+    "TO_SITE",
     "check_version",
+    "declared_tensor",
     "read_stream",
     "server_message_from_proto",
     "server_message_to_proto",
@@ -117,7 +153,65 @@ def _session(raw: bytes) -> bytes:
 # ---------------------------------------------------------------- server -> site
 
 
-def server_message_to_proto(msg: ServerMessage) -> Iterator[pb.Frame]:
+def _settings_to_proto(rs: pb.RoundStart, st: RoundSettings) -> None:
+    rs.protocol = st.protocol.value
+    if st.secagg is not None:
+        rs.modulus_bits = st.secagg.modulus_bits
+        rs.threshold = st.secagg.t
+        rs.degree = st.secagg.k
+        rs.num_clients = st.secagg.num_clients
+    if st.clip_norm is not None:
+        rs.clip_norm = st.clip_norm
+    if st.scale is not None:
+        rs.scale = st.scale
+    rs.noise = st.noise.value
+    rs.noise_std = st.noise_std
+    if st.bit_noise_std is not None:
+        rs.bit_noise_std = st.bit_noise_std
+    rs.adaptive_clip_bit = st.adaptive_clip_bit
+    rs.weighted = st.weighted
+    rs.min_survivors = st.min_survivors
+    rs.assumed_colluding = st.assumed_colluding
+    rs.wrap_probability = st.wrap_probability
+
+
+def _settings_from_proto(rs: pb.RoundStart, n_peers: int) -> RoundSettings:
+    try:
+        protocol = AggregationProtocol(rs.protocol)
+        noise = ClientNoise(rs.noise)
+    except ValueError as e:
+        raise InvalidMessage(f"unknown protocol or noise kind: {e}") from None
+    secagg = None
+    if protocol.secure:
+        try:
+            secagg = SecAggConfig(
+                num_clients=int(rs.num_clients),
+                mode=protocol.mode,
+                modulus_bits=int(rs.modulus_bits),
+                threshold=int(rs.threshold),
+                degree=int(rs.degree),
+            )
+        except (ConfigError, ValueError, TypeError) as e:
+            raise InvalidMessage(f"unsafe or malformed SecAgg parameters: {e}") from None
+        if secagg.num_clients != n_peers:
+            raise InvalidMessage("SecAgg parameters are for another number of participants")
+    return RoundSettings(
+        protocol=protocol,
+        clip_norm=float(rs.clip_norm) if rs.HasField("clip_norm") else None,
+        noise=noise,
+        noise_std=float(rs.noise_std),
+        bit_noise_std=float(rs.bit_noise_std) if rs.HasField("bit_noise_std") else None,
+        adaptive_clip_bit=bool(rs.adaptive_clip_bit),
+        weighted=bool(rs.weighted),
+        min_survivors=int(rs.min_survivors),
+        assumed_colluding=int(rs.assumed_colluding),
+        secagg=secagg,
+        scale=float(rs.scale) if rs.HasField("scale") else None,
+        wrap_probability=float(rs.wrap_probability),
+    )
+
+
+def server_message_to_proto(msg: EngineMessage) -> Iterator[pb.Frame]:
     h = pb.Header()
     payload = b""
     if isinstance(msg, Wait):
@@ -131,7 +225,7 @@ def server_message_to_proto(msg: ServerMessage) -> Iterator[pb.Frame]:
         h.round = msg.round
         h.session_id = msg.session_id
         h.stage = msg.stage.value
-        payload = msg.payload
+        payload = msg.message.to_bytes()
     else:
         h.kind = pb.ROUND_START
         h.round = msg.round
@@ -139,31 +233,16 @@ def server_message_to_proto(msg: ServerMessage) -> Iterator[pb.Frame]:
         h.tensor.dtype = "float32"
         h.tensor.shape.append(int(msg.model.shape[0]))
         rs = h.round_start
-        rs.site_index = msg.site_index
+        rs.site_index = msg.client_index
         for p in msg.peers:
-            rs.peers.add(index=p.index, name=p.name, certificate=p.certificate)
+            rs.peers.add(index=p.index, name=p.name, certificate=p.identity)
         rs.model_sha256 = msg.model_hash
-        cfg = msg.secagg
-        rs.secagg_mode = cfg.mode.value
-        rs.modulus_bits = cfg.modulus_bits
-        rs.threshold = cfg.t
-        rs.degree = cfg.k
-        rs.num_clients = cfg.num_clients
-        rs.clip_norm = msg.clip_norm
-        rs.scale = msg.scale
-        rs.noise_stddev_int = msg.noise_stddev_int
-        rs.wrap_probability = msg.wrap_probability
+        _settings_to_proto(rs, msg.settings)
         payload = np.ascontiguousarray(msg.model, dtype="<f4").tobytes()
     return write_stream(h, payload)
 
 
-def _finite_nonneg(name: str, v: float) -> float:
-    if not (np.isfinite(v) and v >= 0):
-        raise InvalidMessage(f"{name} must be a finite number >= 0, got {v}")
-    return float(v)
-
-
-def server_message_from_proto(frames: Iterable[pb.Frame], *, max_model_bytes: int) -> ServerMessage:
+def server_message_from_proto(frames: Iterable[pb.Frame], *, max_model_bytes: int) -> EngineMessage:
     header, payload = read_stream(frames, max_payload=lambda _h: max_model_bytes)
     kind = header.kind
     if kind == pb.WAIT:
@@ -171,11 +250,15 @@ def server_message_from_proto(frames: Iterable[pb.Frame], *, max_model_bytes: in
     if kind == pb.FINISHED:
         return Finished(int(header.round))
     if kind == pb.SECAGG:
+        stage = _stage(header.stage)
+        allowed = TO_SITE.get(stage)
+        if allowed is None:
+            raise InvalidMessage(f"sites do not accept {stage.name} requests")
         return StageRequest(
             round=int(header.round),
             session_id=_session(header.session_id),
-            stage=_stage(header.stage),
-            payload=payload,
+            stage=stage,
+            message=parse_message(payload, allowed=allowed),
         )
     if kind != pb.ROUND_START:
         raise InvalidMessage(f"unexpected frame kind {kind}")
@@ -188,44 +271,33 @@ def server_message_from_proto(frames: Iterable[pb.Frame], *, max_model_bytes: in
     rs = header.round_start
     if len(rs.peers) > _MAX_PEERS or len(rs.model_sha256) != 32:
         raise InvalidMessage("round start has too many peers or a malformed model hash")
-    try:
-        cfg = SecAggConfig(
-            num_clients=int(rs.num_clients),
-            mode=SecAggMode(rs.secagg_mode),
-            modulus_bits=int(rs.modulus_bits),
-            threshold=int(rs.threshold),
-            degree=int(rs.degree),
-        )
-    except (ConfigError, ValueError, TypeError) as e:
-        raise InvalidMessage(f"unsafe or malformed SecAgg parameters: {e}") from None
     peers = tuple(Peer(int(p.index), str(p.name), bytes(p.certificate)) for p in rs.peers)
-    if sorted(p.index for p in peers) != list(range(cfg.num_clients)):
+    if sorted(p.index for p in peers) != list(range(len(peers))):
         raise InvalidMessage("peer list must name clients 0..n-1 exactly once")
-    clip = _finite_nonneg("clip_norm", rs.clip_norm)
-    scale = _finite_nonneg("scale", rs.scale)
-    if clip <= 0 or scale <= 0:
-        raise InvalidMessage("clip_norm and scale must be > 0")
     return RoundStart(
         round=int(header.round),
         session_id=_session(header.session_id),
-        site_index=int(rs.site_index),
+        client_index=int(rs.site_index),
         peers=peers,
         model=np.frombuffer(payload, dtype="<f4").astype(np.float32),
         model_hash=bytes(rs.model_sha256),
-        secagg=cfg,
-        clip_norm=clip,
-        scale=scale,
-        noise_stddev_int=_finite_nonneg("noise_stddev_int", rs.noise_stddev_int),
-        wrap_probability=_finite_nonneg("wrap_probability", rs.wrap_probability),
+        settings=_settings_from_proto(rs, len(peers)),
     )
 
 
 # ---------------------------------------------------------------- site -> server
 
 
-def stage_reply_to_proto(
-    reply: StageReply, *, connection_id: bytes, tensor: tuple[str, int] | None = None
-) -> Iterator[pb.Frame]:
+def declared_tensor(message: Message) -> tuple[str, int] | None:
+    """The (dtype, length) a reply declares in its header before its payload."""
+    if isinstance(message, MaskedInput):
+        return f"uint{message.bits}", int(message.vector.shape[0])
+    if isinstance(message, PlainInput):
+        return "float32", int(message.vector.shape[0])
+    return None
+
+
+def stage_reply_to_proto(reply: StageReply, *, connection_id: bytes) -> Iterator[pb.Frame]:
     h = pb.Header(
         kind=pb.SECAGG,
         round=reply.round,
@@ -233,10 +305,11 @@ def stage_reply_to_proto(
         stage=reply.stage.value,
         connection_id=connection_id,
     )
+    tensor = declared_tensor(reply.message)
     if tensor is not None:
         h.tensor.dtype = tensor[0]
         h.tensor.shape.append(tensor[1])
-    return write_stream(h, reply.payload)
+    return write_stream(h, reply.message.to_bytes())
 
 
 def stage_reply_from_proto(
@@ -245,7 +318,7 @@ def stage_reply_from_proto(
     max_payload: Callable[[Stage], int],
     expected_tensor: Callable[[Stage], tuple[str, int] | None],
 ) -> tuple[bytes, StageReply]:
-    """(connection id, reply); shape and dtype of a masked input are checked here."""
+    """(connection id, reply); the declared shape and dtype are checked before parsing."""
 
     def limit(h: pb.Header) -> int:
         return max_payload(_stage(h.stage))
@@ -261,9 +334,12 @@ def stage_reply_from_proto(
             raise InvalidMessage(
                 f"{stage.name} must carry {want[0]}[{want[1]}], got {got[0]}{got[1]}"
             )
+    allowed = FROM_SITE.get(stage)
+    if allowed is None:
+        raise InvalidMessage(f"sites do not send {stage.name} replies")
     return bytes(header.connection_id), StageReply(
         round=int(header.round),
         session_id=_session(header.session_id),
         stage=stage,
-        payload=payload,
+        message=parse_message(payload, allowed=allowed),
     )

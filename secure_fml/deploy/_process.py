@@ -12,6 +12,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from privacy import INSECURE_SEED_WARNING
 from privacy.errors import ConfigError
 from secure_fml.config import Config
 from secure_fml.deploy._config import CoordinatorSettings, SiteSettings
@@ -26,6 +27,7 @@ from secure_fml.deploy._pki import (
 from secure_fml.deploy._runner import run_site
 from secure_fml.deploy._site import Site
 from secure_fml.deploy._transport import CoordinatorService, GrpcTransport, serve
+from secure_fml.pipeline import seeded_randomness
 
 __all__ = [
     "INSECURE_WARNING",
@@ -125,6 +127,10 @@ def build_site(settings: SiteSettings, config: Config) -> tuple[Site, bytes]:
     fm = FunctionalModel(build_model(model_spec_for(config, ds)))
     cert_path, _, identity_path = site_paths(settings.pki_dir, settings.name)
     cert = x509.load_pem_x509_certificate(_read(cert_path))
+    insecure = config.run.insecure_seed
+    if insecure is not None:
+        warnings.warn(INSECURE_SEED_WARNING, RuntimeWarning, stacklevel=2)
+        log.warning(INSECURE_SEED_WARNING)
     site = Site(
         name=settings.name,
         algorithm=make_algorithm(config.algorithm, fm),
@@ -133,6 +139,7 @@ def build_site(settings: SiteSettings, config: Config) -> tuple[Site, bytes]:
         ca_certificate=_ca(settings.pki_dir),
         require_noise=settings.require_noise,
         seed=settings.seed,
+        randomness=seeded_randomness(insecure, settings.name) if insecure is not None else None,
     )
     return site, cert.public_bytes(Encoding.DER)
 

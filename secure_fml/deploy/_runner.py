@@ -8,38 +8,19 @@ protocol error in one round ends this site's part in that round only.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from pathlib import Path
 
 from privacy.errors import ProtocolError, RefusalReason, Refused, SecureFMLError, TransportError
 from secure_fml.checkpoint import atomic_write_bytes
-from secure_fml.deploy._messages import Finished
 from secure_fml.deploy._site import Site
 from secure_fml.deploy._transport import Transport
+from secure_fml.messages import Finished
 
-__all__ = ["CRASH_POINT_ENV", "run_site"]
+__all__ = ["run_site"]
 
 log = logging.getLogger(__name__)
-
-#: Fault injection for tests only: ``STAGE:ROUND`` (e.g. ``share_keys:2``) makes the site
-#: process SIGKILL itself right after the coordinator accepted its STAGE reply of ROUND.
-#: A real process death at a deterministic protocol point, so recovery tests do not race
-#: an external ``kill`` against the protocol. Unset (the default) it does nothing.
-CRASH_POINT_ENV = "SECURE_FML_TEST_CRASH_AFTER"
-
-
-def _crash_point() -> tuple[str, int] | None:
-    raw = os.environ.get(CRASH_POINT_ENV)
-    if not raw:
-        return None
-    stage, _, rnd = raw.partition(":")
-    try:
-        return stage.strip().lower(), int(rnd)
-    except ValueError:
-        raise ValueError(f"{CRASH_POINT_ENV} must look like share_keys:2, got {raw!r}") from None
 
 
 def run_site(
@@ -54,7 +35,6 @@ def run_site(
 ) -> int:
     """Take part in rounds until training finishes; returns the rounds this site finished."""
     stop = stop or threading.Event()
-    crash_after = _crash_point()
     conn: bytes | None = None
     backoff = 0.1
     lost_since: float | None = None
@@ -81,9 +61,6 @@ def run_site(
                     transport.submit(conn, reply)
                 except ProtocolError as e:
                     log.warning("site %s: reply refused: %s", site.name, e)
-                if crash_after == (reply.stage.name.lower(), reply.round):
-                    log.warning("site %s: test crash point %s reached", site.name, crash_after)
-                    os.kill(os.getpid(), signal.SIGKILL)
         except Refused as e:
             if e.reason in (RefusalReason.UNKNOWN_SITE, RefusalReason.VERSION):
                 raise

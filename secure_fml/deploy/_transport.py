@@ -49,7 +49,7 @@ from secure_fml.deploy._convert import (
     write_stream,
 )
 from secure_fml.deploy._coordinator import CHECKPOINT_FILE, Coordinator
-from secure_fml.deploy._messages import PROTOCOL_VERSION, ServerMessage, StageReply, Wait
+from secure_fml.messages import PROTOCOL_VERSION, EngineMessage, StageReply, Wait
 from secure_fml.proto import secure_fml_v1_pb2 as pb
 from secure_fml.proto import secure_fml_v1_pb2_grpc as pbg
 
@@ -73,7 +73,6 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_metadata_size", 16 << 10),
 ]
 DEFAULT_MAX_MODEL_BYTES = 1 << 30
-_MAX_SMALL_REPLY = 4 << 20  # keys, shares, signatures: kilobytes per peer
 
 
 def status_code_for(err: BaseException) -> grpc.StatusCode:
@@ -127,7 +126,7 @@ class CoordinatorService:
         with self._cond:
             return self.coordinator.join(site, certificate)
 
-    def poll(self, conn: bytes, *, wait_s: float) -> ServerMessage:
+    def poll(self, conn: bytes, *, wait_s: float) -> EngineMessage:
         deadline = time.monotonic() + max(0.0, min(wait_s, 30.0))
         with self._cond:
             while True:
@@ -151,12 +150,7 @@ class CoordinatorService:
     def limits(self, stage: Stage) -> tuple[int, tuple[str, int] | None]:
         """(max payload bytes, expected tensor) for a reply of ``stage`` right now."""
         with self._cond:
-            c = self.coordinator
-            d = int(c.state.numel())
-            if stage is Stage.MASKED_INPUT:
-                bits = c.round_modulus_bits()
-                return 64 + d * ((bits + 7) // 8), (f"uint{bits}", d)
-            return _MAX_SMALL_REPLY, None
+            return self.coordinator.reply_limits(stage)
 
     def status(self) -> dict[str, Any]:
         with self._cond:
@@ -177,7 +171,7 @@ class Transport(ABC):
     def join(self, site: str, certificate: bytes) -> bytes: ...
 
     @abstractmethod
-    def poll(self, conn: bytes, *, wait_s: float) -> ServerMessage: ...
+    def poll(self, conn: bytes, *, wait_s: float) -> EngineMessage: ...
 
     @abstractmethod
     def submit(self, conn: bytes, reply: StageReply) -> None: ...
@@ -201,13 +195,13 @@ class InProcessTransport(Transport):
     def join(self, site: str, certificate: bytes) -> bytes:
         return self.service.join(site, certificate)
 
-    def poll(self, conn: bytes, *, wait_s: float) -> ServerMessage:
+    def poll(self, conn: bytes, *, wait_s: float) -> EngineMessage:
         msg = self.service.poll(conn, wait_s=wait_s)
         frames = list(server_message_to_proto(msg))
         return server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
-        frames = list(stage_reply_to_proto(reply, connection_id=conn, tensor=reply.tensor))
+        frames = list(stage_reply_to_proto(reply, connection_id=conn))
         svc = self.service
         conn2, parsed = stage_reply_from_proto(
             frames,
@@ -483,7 +477,7 @@ class GrpcTransport(Transport):
             raise _transport_error(e) from None
         return bytes(rep.connection_id)
 
-    def poll(self, conn: bytes, *, wait_s: float) -> ServerMessage:
+    def poll(self, conn: bytes, *, wait_s: float) -> EngineMessage:
         req = pb.PollRequest(
             protocol_version=PROTOCOL_VERSION, connection_id=conn, wait_ms=int(wait_s * 1000)
         )
@@ -495,7 +489,7 @@ class GrpcTransport(Transport):
         return server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
-        frames = list(stage_reply_to_proto(reply, connection_id=conn, tensor=reply.tensor))
+        frames = list(stage_reply_to_proto(reply, connection_id=conn))
         self.bytes_sent += sum(f.ByteSize() for f in frames)
         try:
             self.stub.Submit(iter(frames), timeout=self.timeout)

@@ -94,14 +94,19 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 
 def _status_line(line: dict[str, Any]) -> str:
-    eps = line.get("epsilon")
-    return (
-        f"round {line['round']}: {line['status']}, sites seen {line['sites_seen']}, "
-        f"dropped {line['dropped']}, epsilon {eps:.3f}, {line['round_s']:.2f}s"
-        if eps is not None
-        else f"round {line['round']}: {line['status']}, sites seen {line['sites_seen']}, "
-        f"dropped {line['dropped']}, {line['round_s']:.2f}s"
-    )
+    """One round of a run's metrics (deployment or simulation: the same engine writes both)."""
+    parts = [f"round {line.get('round', '?')}: {line.get('status', '?')}"]
+    if "participants" in line:
+        parts.append(f"sites seen {line['participants']}")
+    if line.get("dropped") is not None:
+        parts.append(f"dropped {line['dropped']}")
+    if line.get("epsilon") is not None:
+        parts.append(f"epsilon {line['epsilon']:.3f}")
+    if line.get("round_s") is not None:
+        parts.append(f"{line['round_s']:.2f}s")
+    if line.get("reason"):
+        parts.append(f"({line['reason']})")
+    return ", ".join(parts)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -41,32 +41,44 @@ class Peer(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("site_index", "peers", "model_sha256", "secagg_mode", "modulus_bits", "threshold", "degree", "num_clients", "clip_norm", "scale", "noise_stddev_int", "wrap_probability")
+    __slots__ = ("site_index", "peers", "model_sha256", "protocol", "modulus_bits", "threshold", "degree", "num_clients", "clip_norm", "scale", "noise", "noise_std", "bit_noise_std", "adaptive_clip_bit", "weighted", "min_survivors", "assumed_colluding", "wrap_probability")
     SITE_INDEX_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
-    SECAGG_MODE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     MODULUS_BITS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DEGREE_FIELD_NUMBER: _ClassVar[int]
     NUM_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
-    NOISE_STDDEV_INT_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    BIT_NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_CLIP_BIT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTED_FIELD_NUMBER: _ClassVar[int]
+    MIN_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    ASSUMED_COLLUDING_FIELD_NUMBER: _ClassVar[int]
     WRAP_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     site_index: int
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
     model_sha256: bytes
-    secagg_mode: str
+    protocol: str
     modulus_bits: int
     threshold: int
     degree: int
     num_clients: int
     clip_norm: float
     scale: float
-    noise_stddev_int: float
+    noise: str
+    noise_std: float
+    bit_noise_std: float
+    adaptive_clip_bit: bool
+    weighted: bool
+    min_survivors: int
+    assumed_colluding: int
     wrap_probability: float
-    def __init__(self, site_index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model_sha256: _Optional[bytes] = ..., secagg_mode: _Optional[str] = ..., modulus_bits: _Optional[int] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., num_clients: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., noise_stddev_int: _Optional[float] = ..., wrap_probability: _Optional[float] = ...) -> None: ...
+    def __init__(self, site_index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model_sha256: _Optional[bytes] = ..., protocol: _Optional[str] = ..., modulus_bits: _Optional[int] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., num_clients: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., noise: _Optional[str] = ..., noise_std: _Optional[float] = ..., bit_noise_std: _Optional[float] = ..., adaptive_clip_bit: _Optional[bool] = ..., weighted: _Optional[bool] = ..., min_survivors: _Optional[int] = ..., assumed_colluding: _Optional[int] = ..., wrap_probability: _Optional[float] = ...) -> None: ...
 
 class Header(_message.Message):
     __slots__ = ("protocol_version", "kind", "round", "session_id", "stage", "payload_bytes", "payload_sha256", "connection_id", "retry_after_ms", "tensor", "round_start")

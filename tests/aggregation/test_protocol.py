@@ -308,7 +308,8 @@ def test_truncated_trailing_and_wrong_version_bytes_are_rejected() -> None:
     ad = r.clients[0].advertise_keys()
     raw = ad.to_bytes()
     assert AdvertiseKeys.from_bytes(raw) == ad
-    for bad in (raw[:-1], raw + b"\x00", b"\x02" + raw[1:], raw[:1] + b"\x09" + raw[2:], b""):
+    wrong_version = bytes([aggregation.PROTOCOL_VERSION + 1]) + raw[1:]
+    for bad in (raw[:-1], raw + b"\x00", wrong_version, raw[:1] + b"\x09" + raw[2:], b""):
         with pytest.raises(InvalidMessage):
             AdvertiseKeys.from_bytes(bad)
     # A count that claims more entries than the bytes present.

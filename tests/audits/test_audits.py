@@ -44,9 +44,9 @@ def canary_config(eps: float = 1.0) -> Config:
                 "enabled": True,
                 "target_epsilon": eps,
                 "clip_norm": 1.0,
-                "insecure_seed": 3,
             },
             "eval": {"every": 0},
+            "run": {"insecure_seed": 3},
         }
     )
 
@@ -96,9 +96,9 @@ def mia_config() -> Config:
                 "enabled": True,
                 "target_epsilon": 0.5,
                 "clip_norm": 1.0,
-                "insecure_seed": 1,
             },
             "eval": {"every": 0},
+            "run": {"insecure_seed": 1},
         }
     )
 

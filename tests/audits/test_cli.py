@@ -21,9 +21,10 @@ lr = 1.0
 [privacy]
 enabled = true
 target_epsilon = 1.0
-insecure_seed = 1
 [eval]
 every = 0
+[run]
+insecure_seed = 1
 """
 
 

@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from privacy import SamplingMode
 from secure_fml.checkpoint import load_checkpoint, save_checkpoint
 from secure_fml.cli import main
 from secure_fml.config import Config, config_from_dict, load_config, with_overrides
@@ -18,7 +19,6 @@ from secure_fml.errors import CheckpointError, ConfigError
 from secure_fml.rounds import (
     ClientSampler,
     SamplingConfig,
-    SamplingMode,
     ServerOptimizer,
     ServerOptimizerConfig,
     ServerOptimizerKind,
@@ -26,6 +26,7 @@ from secure_fml.rounds import (
 from secure_fml.simulation import Simulation
 
 SMALL = {
+    "run": {"insecure_seed": 5},  # reproducible draws, so runs can be compared
     "data": {"options": {"num_clients": 30, "max_samples": 120}},
     "server": {"rounds": 6, "clients_per_round": 5},
     "eval": {"every": 3},
@@ -72,7 +73,7 @@ def test_run_directory_contents_and_resume_matches_uninterrupted(tmp_path: Path)
     lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 6
     first = json.loads(lines[0])
-    assert first["round"] == 1 and first["sampling"] == "fixed" and len(first["clients"]) == 5
+    assert first["round"] == 1 and first["sampling"] == "fixed_size" and len(first["clients"]) == 5
     assert "val_personalized_accuracy" in json.loads(lines[2])
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert summary["test"]["per_client_personalized"]["values"]
@@ -111,26 +112,66 @@ def test_checkpoint_detects_truncation_and_tampering(tmp_path: Path) -> None:
 @given(n=st.integers(1, 60), m=st.integers(1, 60), seed=st.integers(0, 2**32 - 1))
 def test_fixed_sampling_draws_m_distinct_clients(n: int, m: int, seed: int) -> None:
     ids = [f"c{i}" for i in range(n)]
-    cfg = SamplingConfig(mode=SamplingMode.FIXED, clients_per_round=m)
+    cfg = SamplingConfig(mode=SamplingMode.FIXED_SIZE, clients_per_round=m)
     if m > n:
         with pytest.raises(ConfigError, match="clients_per_round"):
-            ClientSampler(ids, cfg, rng=np.random.default_rng(seed))
+            ClientSampler(ids, cfg, insecure_seed=seed)
         return
-    s = ClientSampler(ids, cfg, rng=np.random.default_rng(seed)).sample(1)
+    s = ClientSampler(ids, cfg, insecure_seed=seed).sample(1)
     assert len(s.client_ids) == m == len(set(s.client_ids))
     assert set(s.client_ids) <= set(ids)
     assert s.rate == pytest.approx(m / n)
 
 
+def test_fixed_sampling_is_uniform_over_clients_and_pairs() -> None:
+    # Every client, and every pair, is equally likely: chi-square over 4000 CSPRNG draws.
+    from itertools import combinations
+
+    from scipy import stats
+
+    ids = [f"c{i}" for i in range(8)]
+    sampler = ClientSampler(ids, SamplingConfig(mode=SamplingMode.FIXED_SIZE, clients_per_round=3))
+    singles = dict.fromkeys(ids, 0)
+    pairs = dict.fromkeys(combinations(ids, 2), 0)
+    for r in range(1, 4001):
+        got = sampler.sample(r).client_ids
+        for c in got:
+            singles[c] += 1
+        for pr in combinations(got, 2):
+            pairs[pr] += 1
+    assert stats.chisquare(list(singles.values())).pvalue > 1e-3
+    assert stats.chisquare(list(pairs.values())).pvalue > 1e-3
+
+
 def test_poisson_sampling_rate_is_q() -> None:
     ids = [f"c{i}" for i in range(200)]
-    sampler = ClientSampler(
-        ids, SamplingConfig(mode=SamplingMode.POISSON, rate=0.1), rng=np.random.default_rng(0)
-    )
-    counts = [len(sampler.sample(r).client_ids) for r in range(300)]
+    sampler = ClientSampler(ids, SamplingConfig(mode=SamplingMode.POISSON, rate=0.1))
+    counts = [len(sampler.sample(r).client_ids) for r in range(1, 301)]
     # Binomial(200, 0.1): mean 20, std of the mean over 300 rounds ~0.24
     assert abs(np.mean(counts) - 20) < 1.0
     assert min(counts) < 20 < max(counts)  # the size varies, unlike fixed-size sampling
+
+
+def test_a_round_is_never_redrawn_and_the_seeded_draw_depends_only_on_the_round() -> None:
+    ids = [f"c{i}" for i in range(50)]
+    cfg = SamplingConfig(mode=SamplingMode.POISSON, rate=0.2)
+    a = ClientSampler(ids, cfg, insecure_seed=4)
+    first = a.sample(3)
+    with pytest.raises(ConfigError, match="never redrawn"):
+        a.sample(3)
+    with pytest.raises(ConfigError, match="never redrawn"):
+        a.sample(2)
+    # Resuming after round 7 continues with round 8's own draw, never an earlier one's.
+    b = ClientSampler(ids, cfg, insecure_seed=4)
+    b.resume_after(7)
+    with pytest.raises(ConfigError, match="never redrawn"):
+        b.sample(7)
+    fresh = ClientSampler(ids, cfg, insecure_seed=4)
+    assert fresh.sample(3) == first
+    assert b.sample(8) == ClientSampler(ids, cfg, insecure_seed=4).sample(8)
+    # Without the test seed two samplers draw independently (CSPRNG).
+    x = [ClientSampler(ids, cfg).sample(1).client_ids for _ in range(5)]
+    assert len(set(x)) > 1
 
 
 def test_server_sgd_lr1_is_plain_averaging_and_adam_matches_torch() -> None:

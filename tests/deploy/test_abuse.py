@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 import pytest
 
-from aggregation import ClientSession, Stage
-from secure_fml.deploy import Finished, RoundStart, Site, StaleMessage, Wait
+from aggregation import ClientSession, ConsistencyResponse, Stage
+from secure_fml.deploy import PROTOCOL_VERSION, Finished, RoundStart, Site, StaleMessage, Wait
 from secure_fml.deploy._convert import server_message_from_proto
 from secure_fml.deploy._pki import identity_public_key, load_identity_key, site_paths
 from secure_fml.proto import secure_fml_v1_pb2 as pb
@@ -57,7 +57,7 @@ def _code(fn) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
 
 
 def _frames(header: pb.Header, payload: bytes) -> list[pb.Frame]:
-    header.protocol_version = header.protocol_version or 1
+    header.protocol_version = header.protocol_version or PROTOCOL_VERSION
     header.payload_bytes = header.payload_bytes or len(payload)
     header.payload_sha256 = hashlib.sha256(payload).digest()
     return (
@@ -97,23 +97,33 @@ def test_abuse_is_refused_with_typed_status_and_round_equals_clean_run(
         mallory_cert = H.cert_der(pki, "mallory")
 
         codes["version"] = _code(
-            lambda: stub.Join(pb.JoinRequest(protocol_version=2, site="mallory"), timeout=5)
+            lambda: stub.Join(pb.JoinRequest(protocol_version=99, site="mallory"), timeout=5)
         )
         codes["impersonation"] = _code(
-            lambda: stub.Join(pb.JoinRequest(protocol_version=1, site="alpha"), timeout=5)
+            lambda: stub.Join(
+                pb.JoinRequest(protocol_version=PROTOCOL_VERSION, site="alpha"), timeout=5
+            )
         )
         conn = stub.Join(
-            pb.JoinRequest(protocol_version=1, site="mallory", certificate=mallory_cert),
+            pb.JoinRequest(
+                protocol_version=PROTOCOL_VERSION, site="mallory", certificate=mallory_cert
+            ),
             timeout=5,
         ).connection_id
         codes["duplicate_connection"] = _code(
-            lambda: stub.Join(pb.JoinRequest(protocol_version=1, site="mallory"), timeout=5)
+            lambda: stub.Join(
+                pb.JoinRequest(protocol_version=PROTOCOL_VERSION, site="mallory"), timeout=5
+            )
         )
         # Wait for our RoundStart (the round needs all five connected sites).
         msg = None
         for _ in range(200):
             frames = list(
-                stub.Poll(pb.PollRequest(protocol_version=1, connection_id=conn, wait_ms=500))
+                stub.Poll(
+                    pb.PollRequest(
+                        protocol_version=PROTOCOL_VERSION, connection_id=conn, wait_ms=500
+                    )
+                )
             )
             msg = server_message_from_proto(frames, max_model_bytes=1 << 30)
             if isinstance(msg, RoundStart):
@@ -158,7 +168,10 @@ def test_abuse_is_refused_with_typed_status_and_round_equals_clean_run(
                     [
                         pb.Frame(
                             header=pb.Header(
-                                protocol_version=1, stage=1, payload_bytes=10**10, **hdr
+                                protocol_version=PROTOCOL_VERSION,
+                                stage=1,
+                                payload_bytes=10**10,
+                                **hdr,
                             )
                         )
                     ]
@@ -187,7 +200,7 @@ def test_abuse_is_refused_with_typed_status_and_round_equals_clean_run(
                     [
                         pb.Frame(
                             header=pb.Header(
-                                protocol_version=1,
+                                protocol_version=PROTOCOL_VERSION,
                                 stage=0,
                                 payload_bytes=3,
                                 payload_sha256=b"\0" * 32,
@@ -201,10 +214,11 @@ def test_abuse_is_refused_with_typed_status_and_round_equals_clean_run(
             )
         )
         # A real advertisement from mallory's own SecAgg session.
-        keys = {p.index: identity_public_key_of(p.certificate) for p in msg.peers}
+        keys = {p.index: identity_public_key_of(p.identity) for p in msg.peers}
+        assert msg.settings.secagg is not None
         cs = ClientSession(
-            msg.secagg,
-            client_id=msg.site_index,
+            msg.settings.secagg,
+            client_id=msg.client_index,
             identity_key=load_identity_key(site_paths(pki, "mallory")[2]),
             identity_keys=keys,
             session_id=msg.session_id,
@@ -220,8 +234,15 @@ def test_abuse_is_refused_with_typed_status_and_round_equals_clean_run(
         codes["other_session"] = _code(
             lambda: stub.Submit(iter(_frames(pb.Header(stage=0, **other_session), ad)), timeout=5)
         )
+        # A well-formed consistency signature while the key stage is still open.
+        early = ConsistencyResponse(
+            session_id=msg.session_id,
+            round_index=msg.round,
+            sender=msg.client_index,
+            signature=b"\0" * 64,
+        ).to_bytes()
         codes["out_of_order"] = _code(
-            lambda: stub.Submit(iter(_frames(pb.Header(stage=3, **hdr), b"\0" * 64)), timeout=5)
+            lambda: stub.Submit(iter(_frames(pb.Header(stage=3, **hdr), early)), timeout=5)
         )
         codes["unknown_stage"] = _code(
             lambda: stub.Submit(iter(_frames(pb.Header(stage=9, **hdr), b"\0")), timeout=5)
@@ -234,24 +255,24 @@ def test_abuse_is_refused_with_typed_status_and_round_equals_clean_run(
         out_ch = _channel(pki, port, "outsider")
         codes["not_allowlisted"] = _code(
             lambda: pbg.CoordinatorStub(out_ch).Join(
-                pb.JoinRequest(protocol_version=1, site="outsider"), timeout=5
+                pb.JoinRequest(protocol_version=PROTOCOL_VERSION, site="outsider"), timeout=5
             )
         )
         codes["status_not_allowlisted"] = _code(
             lambda: pbg.CoordinatorStub(out_ch).Status(
-                pb.StatusRequest(protocol_version=1), timeout=5
+                pb.StatusRequest(protocol_version=PROTOCOL_VERSION), timeout=5
             )
         )
         out_ch.close()
         foreign = _channel(pki, port, "alpha", cert_dir=pki / "foreign")
         codes["foreign_ca"] = _code(
             lambda: pbg.CoordinatorStub(foreign).Join(
-                pb.JoinRequest(protocol_version=1, site="alpha"), timeout=5
+                pb.JoinRequest(protocol_version=PROTOCOL_VERSION, site="alpha"), timeout=5
             )
         )
         foreign.close()
         # The server is still up and serving the round; mallory now goes silent.
-        assert stub.Status(pb.StatusRequest(protocol_version=1), timeout=5).json
+        assert stub.Status(pb.StatusRequest(protocol_version=PROTOCOL_VERSION), timeout=5).json
         ch.close()
 
     abused, done = _run_round(pki, tmp_path / "abused", (*HONEST, "mallory"), abuse)
@@ -278,12 +299,14 @@ def test_abuse_is_refused_with_typed_status_and_round_equals_clean_run(
     }, codes
     assert done == [1] * len(HONEST), done
     line = abused.history[-1]
-    assert line["status"] == "complete" and line["survivors"] == len(HONEST), line
+    assert line["status"] == "complete" and line["contributors"] == len(HONEST), line
     assert line["dropped"] == 1  # mallory, recovered like any dropout
     assert clean.last_aggregate is not None and abused.last_aggregate is not None
     np.testing.assert_allclose(abused.last_aggregate, clean.last_aggregate, atol=1e-6)
     np.testing.assert_allclose(abused.state.numpy(), clean.state.numpy(), atol=1e-6)
-    assert abused.refusals["replay"] == 1 and abused.refusals["stale"] == 2
+    # stale round, other session, replay: each refused as a StaleMessage
+    assert abused.refusals["StaleMessage"] == 3, abused.refusals
+    assert abused.refusals["OutOfOrder"] == 1, abused.refusals
 
 
 def identity_public_key_of(der: bytes):  # type: ignore[no-untyped-def]
@@ -293,38 +316,62 @@ def identity_public_key_of(der: bytes):  # type: ignore[no-untyped-def]
 
 
 def _round_start(pki: Path, site: Site, model: np.ndarray) -> RoundStart:
+    """A well-formed round start for ``site`` (alpha) with a real three-site roster."""
     from aggregation import SecAggConfig
+    from secure_fml.messages import AggregationProtocol, ClientNoise, Peer, RoundSettings
 
+    names = ("alpha", "beta", "gamma")
     return RoundStart(
         round=1,
         session_id=b"\0" * 16,
-        site_index=0,
-        peers=(),
+        client_index=0,
+        peers=tuple(Peer(i, n, H.cert_der(pki, n)) for i, n in enumerate(names)),
         model=model,
         model_hash=hashlib.sha256(model.astype("<f4").tobytes()).digest(),
-        secagg=SecAggConfig(num_clients=3),
-        clip_norm=1.0,
-        scale=1.0,
-        noise_stddev_int=1.0,
-        wrap_probability=1e-9,
+        settings=RoundSettings(
+            protocol=AggregationProtocol.SECAGG,
+            clip_norm=1.0,
+            noise=ClientNoise.DISCRETE_GAUSSIAN,
+            noise_std=1.0,
+            min_survivors=2,
+            secagg=SecAggConfig(num_clients=3),
+            scale=1.0,
+        ),
     )
 
 
-@pytest.mark.parametrize("bad", ["nan", "inf", "shape", "dtype", "hash", "no_noise"])
-def test_site_refuses_bad_models_from_the_coordinator(pki: Path, bad: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ("nan", "NaN or Inf"),
+        ("inf", "NaN or Inf"),
+        ("shape", r"needs float32\["),
+        ("dtype", "1-D float32"),
+        ("hash", "SHA-256"),
+        ("no_noise", "without DP noise"),
+        ("sybil_name", "repeats a participant name"),
+        ("sybil_identity", "repeats an identity"),
+        ("not_me", "does not list this client"),
+        ("foreign_cert", "certificate"),
+    ],
+)
+def test_site_refuses_bad_models_and_rosters_from_the_coordinator(
+    pki: Path, bad: str, match: str
+) -> None:
+    import dataclasses
+
     from privacy.errors import InvalidMessage
+    from secure_fml.messages import ClientNoise, Peer
 
     cfg = H.small_config(dp=True)
     site = H.make_site(cfg, pki, "alpha", "client_00")
+    good = _round_start(pki, site, np.zeros(site.dim, np.float32))
+    assert site.handle(good) is not None  # the well-formed start is accepted
+    site = H.make_site(cfg, pki, "alpha", "client_00")
     model = np.zeros(site.dim, np.float32)
-    msg = _round_start(pki, site, model)
-    import dataclasses
-
-    if bad == "nan":
-        model[3] = np.nan
-        msg = _round_start(pki, site, model)
-    elif bad == "inf":
-        model[0] = np.inf
+    msg = good
+    if bad in ("nan", "inf"):
+        model[3] = np.nan if bad == "nan" else np.inf
         msg = _round_start(pki, site, model)
     elif bad == "shape":
         msg = _round_start(pki, site, np.zeros(site.dim + 1, np.float32))
@@ -332,18 +379,39 @@ def test_site_refuses_bad_models_from_the_coordinator(pki: Path, bad: str) -> No
         msg = dataclasses.replace(msg, model=np.zeros(site.dim, np.float64))
     elif bad == "hash":
         msg = dataclasses.replace(msg, model_hash=b"\1" * 32)
-    else:
-        msg = dataclasses.replace(msg, noise_stddev_int=0.0)
-    with pytest.raises(InvalidMessage):
+    elif bad == "no_noise":
+        msg = dataclasses.replace(
+            msg,
+            settings=dataclasses.replace(msg.settings, noise=ClientNoise.NONE, noise_std=0.0),
+        )
+    elif bad == "sybil_name":
+        p = msg.peers
+        msg = dataclasses.replace(msg, peers=(p[0], p[1], Peer(2, "beta", p[2].identity)))
+    elif bad == "sybil_identity":
+        p = msg.peers
+        msg = dataclasses.replace(msg, peers=(p[0], p[1], Peer(2, "gamma", p[1].identity)))
+    elif bad == "not_me":
+        p = msg.peers
+        msg = dataclasses.replace(
+            msg, peers=(Peer(0, "beta", p[1].identity), Peer(1, "alpha", p[0].identity), p[2])
+        )
+    else:  # a roster entry whose certificate names someone else
+        p = msg.peers
+        msg = dataclasses.replace(
+            msg, peers=(p[0], p[1], Peer(2, "gamma", H.cert_der(pki, "delta")))
+        )
+    with pytest.raises(InvalidMessage, match=match):
         site.handle(msg)
     assert site.handle(Finished(1)) is None and site.finished
 
 
 def test_site_ignores_stage_requests_of_unknown_sessions(pki: Path) -> None:
+    from aggregation import KeyBroadcast
     from secure_fml.deploy import StageRequest
 
     site = H.make_site(H.small_config(dp=True), pki, "alpha", "client_00")
+    kb = KeyBroadcast(session_id=b"\0" * 16, round_index=1, advertisements=())
     with pytest.raises(StaleMessage):
         site.handle(
-            StageRequest(round=1, session_id=b"\0" * 16, stage=Stage.SHARE_KEYS, payload=b"")
+            StageRequest(round=1, session_id=b"\0" * 16, stage=Stage.SHARE_KEYS, message=kb)
         )

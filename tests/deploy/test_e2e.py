@@ -1,10 +1,13 @@
 """End to end: a real coordinator and five site processes on loopback with mutual TLS.
 
-Runs the README's "Deploy across sites" files (coordinator.toml, alpha.toml) on real
-FEMNIST writers: three rounds of FedMeta(Meta-SGD) with distributed DP inside SecAgg;
-one site is SIGKILLed mid-round (the round completes through recovery), the
-coordinator is SIGKILLed during round 3 and restarted (training resumes, every round
-charged exactly once), and a certificate that is not on the allowlist is refused.
+Runs the README's "Deploy across sites" files (coordinator.toml, alpha.toml): three
+rounds of FedMeta(Meta-SGD) with distributed DP inside SecAgg, on the embedded
+synthetic data (runs on a fresh clone) and on real FEMNIST writers (when
+``../shared/data`` is present). One site is SIGKILLed mid-round at a deterministic
+protocol point (a test-only site process injects the crash through its transport;
+the round completes through recovery), the coordinator is SIGKILLed during round 3
+and restarted (training resumes, every round charged exactly once), and a
+certificate that is not on the allowlist is refused.
 """
 
 from __future__ import annotations
@@ -25,15 +28,22 @@ import pytest
 
 import privacy
 from secure_fml.checkpoint import load_checkpoint
-from secure_fml.deploy import CRASH_POINT_ENV, issue_site
+from secure_fml.deploy import issue_site
 
 REPO = Path(__file__).resolve().parents[2]
-SITES = {
-    "alpha": "f1501_00",
-    "beta": "f1521_17",
-    "gamma": "f1567_20",
-    "delta": "f1583_41",
-    "epsilon": "f1593_46",
+DATASETS = {
+    "femnist": {
+        "alpha": "f1501_00",
+        "beta": "f1521_17",
+        "gamma": "f1567_20",
+        "delta": "f1583_41",
+        "epsilon": "f1593_46",
+        "intruder": "f1599_48",
+    },
+    "synthetic": {
+        n: f"client_{i:02d}"
+        for i, n in enumerate(("alpha", "beta", "gamma", "delta", "epsilon", "intruder"))
+    },
 }
 VICTIM = "epsilon"
 
@@ -87,12 +97,16 @@ class Procs:
         self.root = root
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(
-        self, name: str, *args: str, extra_env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(extra_env or {})}
+    def start(self, name: str, *args: str, module: str | None = None) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO),
+        }
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        p = subprocess.Popen(_cli(*args), cwd=self.root, stdout=log, stderr=log, env=env)
+        cmd = [sys.executable, "-m", module, *args] if module else _cli(*args)
+        p = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=log, env=env)
         log.close()
         self.procs[name] = p
         return p
@@ -126,11 +140,13 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("dataset", ["synthetic", pytest.param("femnist", marks=pytest.mark.data)])
 def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
-    data_root: Path, tmp_path: Path, procs: Procs
+    dataset: str, tmp_path: Path, procs: Procs, request: pytest.FixtureRequest
 ) -> None:
+    clients = DATASETS[dataset]
+    SITES = {n: c for n, c in clients.items() if n != "intruder"}
     pki = tmp_path / "pki"
     for args in (
         ("pki", "init", "--dir", str(pki)),
@@ -155,8 +171,17 @@ def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
     coord = _set(coord, "deploy", "lease_s", "5")
     (tmp_path / "coordinator.toml").write_text(coord)
     site_t = _set(_readme_toml("alpha.toml"), "site", "server", addr)
-    site_t = _set(site_t, "data", "root", json.dumps(str(data_root)))
-    for name, client in (*SITES.items(), ("intruder", "f1599_48")):
+    if dataset == "femnist":
+        data_root = request.getfixturevalue("data_root")
+        site_t = _set(site_t, "data", "root", json.dumps(str(data_root)))
+    else:  # the embedded default: no files at all
+        coord = _set(coord, "deploy", "sample_shape", "[60]")
+        coord = _set(coord, "deploy", "num_classes", "10")
+        coord = _set(coord, "deploy", "input_kind", '"tabular"')
+        (tmp_path / "coordinator.toml").write_text(coord)
+        site_t = _set(site_t, "data", "preset", '"synthetic"')
+        site_t = _set(site_t, "data", "root", '""')
+    for name, client in clients.items():
         t = _set(site_t, "site", "name", f'"{name}"')
         t = _set(t, "site", "client", f'"{client}"')
         t = _set(t, "site", "download", f'"{name}-model.pt"')
@@ -165,10 +190,19 @@ def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
 
     procs.start("server", "server", "--config", "coordinator.toml")
     for name in SITES:
-        # The victim SIGKILLs itself right after its round-2 key shares were accepted:
-        # a deterministic point after sharing and before its masked input.
-        crash = {CRASH_POINT_ENV: "share_keys:2"} if name == VICTIM else None
-        procs.start(name, "client", "--config", f"{name}.toml", extra_env=crash)
+        if name == VICTIM:
+            # The victim SIGKILLs itself right after its round-2 key shares were accepted:
+            # a deterministic point after sharing and before its masked input.
+            procs.start(
+                name,
+                "--config",
+                f"{name}.toml",
+                "--crash-after",
+                "share_keys:2",
+                module="tests.deploy._site_process",
+            )
+        else:
+            procs.start(name, "client", "--config", f"{name}.toml")
 
     # An allowlist miss: a CA-issued certificate whose name the coordinator does not serve.
     intruder = procs.start("intruder", "client", "--config", "intruder.toml")
@@ -180,11 +214,11 @@ def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
     _wait_for(lambda: len(_metrics(run_dir)) >= 1, 120, "round 1")
     assert _metrics(run_dir)[0]["dropped"] == 0, _metrics(run_dir)
     assert procs.procs[VICTIM].wait(timeout=120) == -signal.SIGKILL
-    assert "test crash point ('share_keys', 2) reached" in procs.log(VICTIM)
+    assert "test crash point (SHARE_KEYS, 2) reached" in procs.log(VICTIM)
     _wait_for(lambda: len(_metrics(run_dir)) >= 2, 60, "round 2")
     r2 = _metrics(run_dir)[1]
     assert r2["status"] == "complete", r2
-    assert r2["dropped"] == 1 and r2["survivors"] == 4, r2
+    assert r2["dropped"] == 1 and r2["contributors"] == 4, r2
 
     # Kill -9 the coordinator during round 3 (which starts with the four live sites once
     # the start grace passes), then restart it with the same files.
@@ -213,15 +247,20 @@ def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
     # Any site personalizes the downloaded final model locally with the existing command.
     model = tmp_path / "alpha-model.pt"
     assert load_checkpoint(model).round == 3
+    data_args = (
+        ["--data", "femnist", "--data-root", str(data_root)]
+        if dataset == "femnist"
+        else [
+            "--data",
+            "synthetic",
+        ]
+    )
     out = subprocess.run(
         _cli(
             "adapt",
             "--checkpoint",
             str(model),
-            "--data",
-            "femnist",
-            "--data-root",
-            str(data_root),
+            *data_args,
             "--client",
             SITES["alpha"],
             "--steps",

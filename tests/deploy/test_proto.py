@@ -33,9 +33,12 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
 
 
 def test_service_is_versioned() -> None:
+    import aggregation
     from secure_fml.deploy import PROTOCOL_VERSION
     from secure_fml.proto import secure_fml_v1_pb2 as pb
 
-    assert pb.DESCRIPTOR.package == "secure_fml.v1" and PROTOCOL_VERSION == 1
+    # One version for the whole wire: the engine's messages and the aggregation ones.
+    assert pb.DESCRIPTOR.package == "secure_fml.v1"
+    assert PROTOCOL_VERSION == aggregation.PROTOCOL_VERSION == 2
     for m in ("JoinRequest", "PollRequest", "StatusRequest", "DownloadRequest", "Header"):
         assert "protocol_version" in pb.DESCRIPTOR.message_types_by_name[m].fields_by_name

@@ -1,0 +1,1099 @@
+"""The round engine: one implementation of a federated round, for simulation and deployment.
+
+The engine is the coordinator minus joins, leases and certificates. Per round:
+
+1. **Sample** once from the CSPRNG (:class:`~secure_fml.rounds.ClientSampler`);
+   the participants are the sampled clients the transport can reach. A round is
+   never redrawn: with too few participants it is *skipped*, and the skip is
+   recorded (metrics, and the privacy ledger when DP is on).
+2. **Plan** the round, a pure function of the config and the round context
+   (:func:`plan_round`): noise placement and size, clip norm, aggregation
+   protocol and its parameters, fixed-point scale, survivor minimum,
+   denominator.
+3. **Drive** the aggregation server session (``aggregation``'s uniform stage
+   interface) over whatever transport delivers the messages: each client gets a
+   :class:`~secure_fml.messages.RoundStart`, then one
+   :class:`~secure_fml.messages.StageRequest` per stage; replies come back
+   through :meth:`RoundEngine.submit`; :meth:`RoundEngine.tick` closes a stage
+   whose deadline passed (silent clients become dropouts the protocol recovers).
+4. **Charge** the privacy ledger (durably, budget-checked) **before** the stage
+   whose replies reveal the sum is opened -- for secure aggregation before any
+   unmask request leaves, for the plain protocol before the sum is noised or
+   used. Nothing that was not charged is ever applied.
+5. **Decode** the sum, add central noise where configured, post-process the
+   adaptive-clipping bit, divide by the denominator, step the server optimizer,
+   write the metrics line and the checkpoint.
+
+Behaviour chosen where the old simulation and coordinator disagreed:
+
+- Too few participants: the round is skipped and recorded; the round index
+  advances; the draw is never repeated (a redraw would condition the sample on
+  its size, which no accountant describes).
+- An aborted round (protocol abort, too few survivors) is recorded and its index
+  is spent; a charged round is never charged again and, if it could not be
+  applied, is recorded as ``charged-not-applied``.
+- The ledger records the contributor ids of every release, in simulation and
+  deployment; every run directory has ``config.json`` / ``config.toml``.
+
+The engine knows nothing of sockets, threads or certificates: a transport (an
+in-memory one in :mod:`secure_fml.simulation`, gRPC in ``secure_fml.deploy``)
+moves the messages, and tells the engine which clients it can reach.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import json
+import logging
+import math
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from torch import nn
+
+import privacy
+from aggregation import (
+    DISCRETE_GAUSSIAN_MAX_SIGMA,
+    Aggregate,
+    AggregationServer,
+    FixedPointCodec,
+    Outbox,
+    PlainSumServer,
+    SecAggConfig,
+    ServerSession,
+    Stage,
+    centered_lift,
+)
+from privacy import (
+    INSECURE_SEED_WARNING,
+    Csprng,
+    GaussianNoiseSource,
+    GaussianRelease,
+    LedgerHead,
+    NoisePlacement,
+    PrivacyBudget,
+    PrivacyLedger,
+    Sampling,
+    SamplingMode,
+)
+from privacy.errors import (
+    CheckpointError,
+    ConfigError,
+    DropoutThresholdNotMet,
+    InvalidMessage,
+    OutOfOrder,
+    PrivacyBudgetExhausted,
+    PrivacyError,
+    ProtocolError,
+    StaleMessage,
+)
+from secure_fml._functional import FunctionalModel
+from secure_fml.algorithms import Algorithm, make_algorithm
+from secure_fml.checkpoint import (
+    Checkpoint,
+    atomic_write_bytes,
+    load_checkpoint,
+    resume_round,
+    save_checkpoint,
+    training_checkpoint,
+)
+from secure_fml.config import Config, config_to_dict, dump_toml
+from secure_fml.messages import (
+    AggregationProtocol,
+    ClientNoise,
+    EngineMessage,
+    Peer,
+    RoundSettings,
+    RoundStart,
+    StageReply,
+    StageRequest,
+)
+from secure_fml.pipeline import codec_for, model_hash
+from secure_fml.rounds import ClientSampler, SampledRound, ServerOptimizer
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "METRICS_FILE",
+    "Identity",
+    "PrivacySetup",
+    "RoundEngine",
+    "RoundPlan",
+    "plan_round",
+    "privacy_setup",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+
+#: Fewest participants secure aggregation runs with (two would reveal each other).
+MIN_SECURE_PARTICIPANTS = 3
+
+
+@dataclass(frozen=True)
+class Identity:
+    """How a participant appears in a roster: its identity bytes and verified key."""
+
+    identity: bytes
+    public_key: Ed25519PublicKey
+
+
+# ------------------------------------------------------------------------------ privacy
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacySetup:
+    """Client-level DP of a run, resolved once from the config (None fields: DP off)."""
+
+    placement: NoisePlacement
+    #: Target multiplier of the whole (update, clip bit) release.
+    noise_multiplier: float
+    #: Multiplier of the update part (smaller than the target with adaptive clipping).
+    value_noise_multiplier: float
+    #: Total std of the noise on the clip-bit sum (adaptive clipping), else None.
+    bit_std: float | None
+    min_survivor_fraction: float
+    assumed_colluding: int
+    delta: float
+    accountant: str
+    adaptive: bool
+    target_quantile: float
+    clip_lr: float
+
+
+def _resolve_noise_multiplier(config: Config, *, population: int) -> float:
+    pc = config.privacy
+    if pc.noise_multiplier is not None:
+        return pc.noise_multiplier
+    if pc.target_epsilon is None:
+        raise ConfigError("privacy: set privacy.noise_multiplier or privacy.target_epsilon")
+    p = privacy.plan(
+        target_epsilon=pc.target_epsilon,
+        delta=pc.delta,
+        rounds=config.server.rounds,
+        sampling=config.server.sampling_config().accounting(population),
+        accountant=pc.accountant,
+    )
+    return float(p.noise_multiplier)
+
+
+def privacy_setup(config: Config, *, population: int) -> PrivacySetup | None:
+    """The run's DP mechanism, validated; None when privacy is off."""
+    pc = config.privacy
+    sa = config.secure_aggregation
+    if not pc.enabled:
+        return None
+    name = pc.placement
+    if name == "auto":
+        name = "distributed" if sa.protocol != "none" else "central"
+    placement = NoisePlacement(name)
+    secure = sa.protocol != "none"
+    if (
+        placement is NoisePlacement.DISTRIBUTED
+        and secure
+        and config.server.sampling is SamplingMode.FIXED_SIZE
+    ):
+        raise ConfigError(
+            "privacy.placement=distributed with secure aggregation is accounted with the "
+            "distributed discrete Gaussian analysis, which needs server.sampling = poisson or all"
+        )
+    if pc.adaptive_clipping and placement is NoisePlacement.DISTRIBUTED and secure:
+        raise ConfigError(
+            "privacy.adaptive_clipping with distributed noise inside secure aggregation "
+            "is not supported (the clip bit would need its own discrete noise); use "
+            "privacy.placement = central or fixed clipping"
+        )
+    z = _resolve_noise_multiplier(config, population=population)
+    if not (math.isfinite(z) and z > 0):
+        raise ConfigError(f"privacy.noise_multiplier must be > 0, got {z}")
+    zv, bit_std = z, None
+    if pc.adaptive_clipping:
+        split = privacy.adaptive_clip_noise_split(
+            noise_multiplier=z,
+            expected_clients_per_round=config.server.sampling_config().expected_clients(population),
+            clipped_count_stddev=pc.clipped_count_stddev,
+        )
+        zv, bit_std = split.value_noise_multiplier, split.clipped_count_stddev
+    return PrivacySetup(
+        placement=placement,
+        noise_multiplier=z,
+        value_noise_multiplier=zv,
+        bit_std=bit_std,
+        min_survivor_fraction=(
+            sa.min_survivor_fraction if placement is NoisePlacement.DISTRIBUTED else 1.0
+        ),
+        assumed_colluding=0,
+        delta=pc.delta,
+        accountant=pc.accountant,
+        adaptive=pc.adaptive_clipping,
+        target_quantile=pc.target_quantile,
+        clip_lr=pc.clip_lr,
+    )
+
+
+# ------------------------------------------------------------------------------ plan
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundPlan:
+    """Everything decided about one round before it starts (a pure value)."""
+
+    round: int
+    sampled: SampledRound
+    participants: tuple[str, ...]
+    #: Length of the packed global state (theta[, log alpha]).
+    dimension: int
+    settings: RoundSettings
+    #: The update part's central noise std (central DP only).
+    central_noise_std: float | None
+    #: Central noise std of the clip-bit sum (central DP with adaptive clipping).
+    central_bit_std: float | None
+    codec: FixedPointCodec | None
+    #: Fixed public denominator (DP: the expected number of clients), else None.
+    denominator: float | None
+
+    @property
+    def aggregated_dimension(self) -> int:
+        return self.dimension + self.settings.extra_coordinates()
+
+
+def _protocol(config: Config) -> AggregationProtocol:
+    return AggregationProtocol(
+        {"none": "plain", "secagg": "secagg", "secagg+": "secagg+"}[
+            config.secure_aggregation.protocol
+        ]
+    )
+
+
+def _modulus_bits(config: Config) -> int:
+    return config.secure_aggregation.bits or (48 if config.privacy.enabled else 32)
+
+
+def plan_round(
+    config: Config,
+    dp: PrivacySetup | None,
+    *,
+    sampled: SampledRound,
+    participants: Sequence[str],
+    dimension: int,
+    clip_norm: float,
+) -> RoundPlan:
+    """The round plan (pure): noise, clip, protocol parameters, scale, denominator.
+
+    ``clip_norm`` is the current clip norm (it moves between rounds under adaptive
+    clipping). Shared by simulation and deployment, so they can never disagree.
+    """
+    protocol = _protocol(config)
+    n = len(participants)
+    weighted = config.server.weighting == "samples"
+    adaptive = dp is not None and dp.adaptive
+    extras = int(adaptive) + int(weighted)
+    d_agg = dimension + extras
+    clip: float | None = clip_norm if (dp is not None or protocol.secure) else None
+    noise = ClientNoise.NONE
+    noise_std = 0.0
+    bit_noise_std: float | None = None
+    central_std: float | None = None
+    central_bit: float | None = None
+    m_min = 1
+    colluding = 0
+    denominator: float | None = None
+    scale: float | None = None
+    secagg: SecAggConfig | None = None
+    bits = _modulus_bits(config)
+    if protocol.secure:
+        sa = config.secure_aggregation
+        secagg = SecAggConfig(
+            num_clients=n,
+            mode=protocol.mode,
+            modulus_bits=bits,
+            max_dropout_fraction=max(0.1, min(0.4, sa.dropout_fraction + 0.05)),
+        )
+    if dp is not None:
+        # A fixed, public denominator (the expected number of clients) keeps the
+        # sensitivity of the mean at C / E[m] whatever the realized count was.
+        denominator = max(1.0, sampled.rate * sampled.population)
+        colluding = dp.assumed_colluding
+        if dp.placement is NoisePlacement.DISTRIBUTED:
+            m_min = max(1, math.ceil(dp.min_survivor_fraction * n))
+            per_client = privacy.distributed_noise_std(
+                noise_multiplier=dp.value_noise_multiplier,
+                clip_norm=clip_norm,
+                min_survivors=m_min,
+                assumed_colluding_clients=colluding,
+            )
+            if protocol.secure:
+                # Fixed-point scale: as fine as the modulus and the exact sampler allow.
+                # A larger scale shrinks the rounding term sqrt(d) relative to C*scale in
+                # the sensitivity bound the accountant charges; it is capped so that the
+                # sum of n clipped updates plus 12 noise standard deviations fits in the
+                # modulus, and so that the per-client integer sigma stays within the
+                # exact sampler's range.
+                span = n * clip_norm + 12.0 * math.sqrt(n) * per_client
+                scale = float(
+                    min(
+                        2 ** (bits - 2) / span,
+                        0.99 * DISCRETE_GAUSSIAN_MAX_SIGMA / per_client,
+                    )
+                )
+                noise, noise_std = ClientNoise.DISCRETE_GAUSSIAN, per_client * scale
+            else:
+                noise, noise_std = ClientNoise.GAUSSIAN, per_client
+                if dp.bit_std is not None:
+                    bit_noise_std = dp.bit_std / math.sqrt(m_min - colluding)
+        else:
+            central_std = privacy.central_noise_std(
+                noise_multiplier=dp.value_noise_multiplier, clip_norm=clip_norm
+            )
+            central_bit = dp.bit_std
+    settings_clip = clip
+    if protocol.secure and scale is None:
+        assert clip is not None
+        extra = 0.25 if adaptive else 0.0
+        scale = FixedPointCodec.create(
+            clip_norm=math.sqrt(clip**2 + extra),
+            num_clients=n,
+            modulus_bits=bits,
+            dimension=d_agg,
+        ).scale
+    settings = RoundSettings(
+        protocol=protocol,
+        clip_norm=settings_clip,
+        noise=noise,
+        noise_std=noise_std,
+        bit_noise_std=bit_noise_std,
+        adaptive_clip_bit=adaptive,
+        weighted=weighted,
+        min_survivors=m_min,
+        assumed_colluding=colluding,
+        secagg=secagg,
+        scale=scale,
+    )
+    codec = codec_for(settings, dimension=d_agg) if protocol.secure else None
+    return RoundPlan(
+        round=sampled.round,
+        sampled=sampled,
+        participants=tuple(participants),
+        dimension=dimension,
+        settings=settings,
+        central_noise_std=central_std,
+        central_bit_std=central_bit,
+        codec=codec,
+        denominator=denominator,
+    )
+
+
+# ------------------------------------------------------------------------------ engine
+
+
+@dataclass
+class _Round:
+    plan: RoundPlan
+    session_id: bytes
+    index_of: dict[str, int]
+    server: AggregationServer
+    started: float
+    deadline: float
+    stage: Stage
+    charged: bool = False
+    refused: dict[str, str] = field(default_factory=dict)
+    replies: dict[Stage, int] = field(default_factory=dict)
+
+    @property
+    def number(self) -> int:
+        return self.plan.round
+
+    def name_of(self, index: int) -> str:
+        for name, i in self.index_of.items():
+            if i == index:
+                return name
+        raise KeyError(index)
+
+
+class RoundEngine:
+    """Runs federated rounds over whatever transport feeds it (see module docstring).
+
+    ``population`` are the client names the sampler draws from; ``identities(name)``
+    gives a participant's roster identity (the transport knows it: a certificate in
+    deployment, a generated key in simulation). ``clock`` is any monotonic clock
+    (a manual one in simulation). ``on_round_end(line)`` may add fields to a round's
+    metrics line before it is written (the simulation adds validation accuracy).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        population: Sequence[str],
+        module: nn.Module,
+        model_spec: Mapping[str, Any],
+        identities: Callable[[str], Identity],
+        run_dir: Path | None,
+        clock: Callable[[], float] = time.monotonic,
+        train_s: float = 300.0,
+        stage_s: float = 60.0,
+        checkpoint_every: int | None = None,
+        on_round_end: Callable[[dict[str, Any]], None] | None = None,
+        checkpoint_extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        for name, v in (("train_s", train_s), ("stage_s", stage_s)):
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"deploy.{name} must be a positive number, got {v!r}")
+        if config.server.weighting == "samples" and (
+            config.privacy.enabled or config.secure_aggregation.protocol != "none"
+        ):
+            raise ConfigError(
+                "server.weighting = samples is for non-private plain aggregation: under DP the "
+                "denominator must be fixed and public, and secure aggregation's range needs a "
+                "bounded update; use server.weighting = uniform"
+            )
+        self.config = config
+        self.population = tuple(population)
+        self.model_spec = dict(model_spec)
+        self.identities = identities
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.clock = clock
+        self.train_s = float(train_s)
+        self.stage_s = float(stage_s)
+        self.checkpoint_every = checkpoint_every or config.run.checkpoint_every
+        self.on_round_end = on_round_end
+        self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.fmodel = FunctionalModel(module)
+        self.algorithm: Algorithm = make_algorithm(config.algorithm, self.fmodel)
+        self.state = self.algorithm.initial_state(self.fmodel.initial_parameters())
+        self.optimizer = ServerOptimizer(
+            self.state, config.server.optimizer_config(self.algorithm.update_kind)
+        )
+        self.insecure_seed = config.run.insecure_seed
+        if self.insecure_seed is not None:
+            warnings.warn(INSECURE_SEED_WARNING, RuntimeWarning, stacklevel=2)
+            log.warning(INSECURE_SEED_WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # warned once, just above
+            self.sampler = ClientSampler(
+                self.population,
+                config.server.sampling_config(),
+                insecure_seed=self.insecure_seed,
+            )
+        self.dp = privacy_setup(config, population=len(self.population))
+        self.clip_norm = float(config.privacy.clip_norm)
+        self.protocol = _protocol(config)
+        self.ledger: PrivacyLedger | None = None
+        self.round = 0
+        self._round: _Round | None = None
+        self._outbox: dict[str, collections.deque[EngineMessage]] = {}
+        self.stopped: str | None = None
+        self.stop_error: Exception | None = None
+        self.history: list[dict[str, Any]] = []
+        self.last_aggregate: np.ndarray | None = None
+        #: The plan of the last round that started.
+        self.last_plan: RoundPlan | None = None
+        #: The round of the newest checkpoint on disk (None: no run directory).
+        self.checkpoint_round: int | None = None
+        self._opened = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _randomness(self, label: str) -> Csprng:
+        if self.insecure_seed is not None:
+            return Csprng.insecure_from_seed(self.insecure_seed, f"engine/{label}")
+        return Csprng()
+
+    def central_noise_source(self, round_: int) -> GaussianNoiseSource:
+        """Where the coordinator's central noise for ``round_`` comes from (the CSPRNG)."""
+        return GaussianNoiseSource(rng=self._randomness(f"central-noise/{round_}"))
+
+    def open(self, *, resume: bool = True) -> None:
+        """Create the run (config files, empty metrics) or resume it from ``run_dir``."""
+        ckpt: Checkpoint | None = None
+        run_dir = self.run_dir
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            path = run_dir / CHECKPOINT_FILE
+            if resume and path.exists():
+                ckpt = load_checkpoint(path)
+            else:
+                (run_dir / "config.json").write_text(
+                    json.dumps(config_to_dict(self.config), indent=2) + "\n", encoding="utf-8"
+                )
+                (run_dir / "config.toml").write_text(dump_toml(self.config), encoding="utf-8")
+                (run_dir / METRICS_FILE).write_text("", encoding="utf-8")
+        if self.dp is not None:
+            ledger_dir = run_dir
+            if ledger_dir is None:
+                ledger_dir = Path(tempfile.mkdtemp(prefix="secure-fml-ledger-"))
+            head = None
+            if ckpt is not None and ckpt.extra.get("ledger_head"):
+                head = LedgerHead(**ckpt.extra["ledger_head"])
+            pc = self.config.privacy
+            budget = (
+                PrivacyBudget(max_epsilon=pc.max_epsilon, delta=pc.delta, accountant=pc.accountant)
+                if pc.max_epsilon is not None
+                else None
+            )
+            self.ledger = PrivacyLedger.open(
+                ledger_dir / privacy.LEDGER_FILENAME, budget=budget, expected_head=head
+            )
+        if ckpt is not None:
+            self._restore(ckpt)
+        elif run_dir is not None:
+            save_checkpoint(run_dir / CHECKPOINT_FILE, self.checkpoint())
+            self.checkpoint_round = 0
+        self._opened = True
+
+    def close(self) -> None:
+        """Release the privacy ledger (its file lock), if one is open."""
+        if self.ledger is not None:
+            self.ledger.close()
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped is not None or self.round >= self.config.server.rounds
+
+    @property
+    def round_open(self) -> bool:
+        return self._round is not None
+
+    @property
+    def deadline(self) -> float | None:
+        return self._round.deadline if self._round is not None else None
+
+    def epsilon(self) -> float | None:
+        if self.ledger is None or self.dp is None:
+            return None
+        return float(self.ledger.epsilon(delta=self.dp.delta, accountant=self.dp.accountant))
+
+    def checkpoint(self) -> Checkpoint:
+        return training_checkpoint(
+            round=self.round,
+            state=self.state,
+            optimizer=self.optimizer,
+            model_spec=self.model_spec,
+            config=config_to_dict(self.config),
+            algorithm=self.config.algorithm.name.value,
+            ledger_head=self.ledger.head if self.ledger is not None else None,
+            extra={"clip_norm": self.clip_norm, **self.checkpoint_extra},
+        )
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        if ckpt.state.numel() != self.state.numel():
+            raise CheckpointError(
+                f"checkpoint state has {ckpt.state.numel()} values, the model needs "
+                f"{self.state.numel()}"
+            )
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.state = self.optimizer.state
+        self.clip_norm = float(ckpt.extra.get("clip_norm", self.clip_norm))
+        last = self.ledger.last_round if self.ledger is not None else None
+        self.round = resume_round(ckpt.round, last)
+        self.sampler.resume_after(self.round)
+        self._truncate_metrics(self.round)
+        if self.round > ckpt.round:
+            # Charged after the last checkpoint, their updates lost in a crash: they stay
+            # spent (never charged again) and say so in the metrics.
+            self._write_line(
+                {
+                    "round": self.round,
+                    "status": "charged-not-applied",
+                    "lost_rounds": list(range(ckpt.round + 1, self.round + 1)),
+                    "checkpoint_round": ckpt.round,
+                    "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                }
+            )
+        if self.run_dir is not None:
+            save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.checkpoint())
+            self.checkpoint_round = self.round
+        log.info("resumed at round %d", self.round)
+
+    def _truncate_metrics(self, last_round: int) -> None:
+        """Drop metrics lines of rounds after ``last_round`` (they will run again)."""
+        if self.run_dir is None:
+            return
+        path = self.run_dir / METRICS_FILE
+        if not path.exists():
+            return
+        keep = []
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = int(json.loads(raw).get("round", 0))
+            except (ValueError, TypeError, AttributeError, json.JSONDecodeError):
+                continue
+            if r <= last_round:
+                keep.append(raw)
+        atomic_write_bytes(path, ("\n".join(keep) + ("\n" if keep else "")).encode())
+
+    # ------------------------------------------------------------------ rounds
+
+    def start_round(self, available: Collection[str]) -> bool:
+        """Draw round ``round + 1`` and open it for the reachable sampled clients.
+
+        Returns False when the round was skipped (too few participants): the skip is
+        recorded and the round index is spent -- the draw is never repeated.
+        """
+        if not self._opened:
+            raise ConfigError("call RoundEngine.open() first")
+        if self._round is not None:
+            raise OutOfOrder(f"round {self._round.number} is still open")
+        if self.finished:
+            return False
+        now = self.clock()
+        r = self.round + 1
+        sampled = self.sampler.sample(r)
+        live = set(available)
+        participants = tuple(sorted(c for c in sampled.client_ids if c in live))
+        plan_min = MIN_SECURE_PARTICIPANTS if self.protocol.secure else 1
+        if len(participants) < plan_min:
+            self._skip(sampled, participants, f"{len(participants)} participants, need {plan_min}")
+            return False
+        try:
+            plan = plan_round(
+                self.config,
+                self.dp,
+                sampled=sampled,
+                participants=participants,
+                dimension=int(self.state.numel()),
+                clip_norm=self.clip_norm,
+            )
+        except (ConfigError, InvalidMessage) as e:
+            self._skip(sampled, participants, f"no safe round plan: {e}")
+            return False
+        sid = self._randomness(f"session/{r}").bytes(16)
+        model = np.ascontiguousarray(self.state.detach().cpu().numpy(), dtype=np.float32).copy()
+        model.setflags(write=False)
+        mh = model_hash(model)
+        index_of = {name: i for i, name in enumerate(participants)}
+        ids = {name: self.identities(name) for name in participants}
+        peers = tuple(Peer(i, name, ids[name].identity) for name, i in index_of.items())
+        server: AggregationServer
+        s = plan.settings
+        if s.protocol.secure:
+            assert s.secagg is not None
+            server = ServerSession(
+                s.secagg,
+                identity_keys={index_of[n]: ids[n].public_key for n in participants},
+                session_id=sid,
+                round_index=r,
+                model_hash=mh,
+                dimension=plan.aggregated_dimension,
+                min_inputs=s.min_survivors if s.noise is ClientNoise.DISCRETE_GAUSSIAN else None,
+            )
+        else:
+            server = PlainSumServer(
+                participants=range(len(participants)),
+                session_id=sid,
+                round_index=r,
+                dimension=plan.aggregated_dimension,
+                min_inputs=s.min_survivors,
+            )
+        rd = _Round(
+            plan=plan,
+            session_id=sid,
+            index_of=index_of,
+            server=server,
+            started=now,
+            deadline=now + self.train_s,
+            stage=server.stage,
+        )
+        self._outbox = {}
+        for name, i in index_of.items():
+            self._outbox.setdefault(name, collections.deque()).append(
+                RoundStart(
+                    round=r,
+                    session_id=sid,
+                    client_index=i,
+                    peers=peers,
+                    model=model,
+                    model_hash=mh,
+                    settings=s,
+                )
+            )
+        self._round = rd
+        self.last_plan = plan
+        log.info(
+            "round %d started with %d of %d sampled clients",
+            r,
+            len(participants),
+            len(sampled.client_ids),
+        )
+        return True
+
+    def pending(self, client: str) -> bool:
+        return bool(self._outbox.get(client))
+
+    def next_message(self, client: str) -> EngineMessage | None:
+        """The next message for ``client`` (None: nothing for it now)."""
+        box = self._outbox.get(client)
+        return box.popleft() if box else None
+
+    def drain(self) -> dict[str, list[EngineMessage]]:
+        """Every queued message, by recipient (in-memory transports)."""
+        out = {c: list(box) for c, box in self._outbox.items() if box}
+        for box in self._outbox.values():
+            box.clear()
+        return out
+
+    def expected_reply(self, client: str) -> tuple[Stage, int] | None:
+        """(stage, round) the engine accepts from ``client`` right now, or None."""
+        rd = self._round
+        if rd is None or client not in rd.index_of:
+            return None
+        if rd.index_of[client] not in rd.server.expected:
+            return None
+        return rd.stage, rd.number
+
+    def reply_limits(self, stage: Stage) -> tuple[int, tuple[str, int] | None]:
+        """(max serialized bytes, declared tensor) of a reply for ``stage`` right now,
+        so a transport can refuse an oversize or mis-shaped stream before parsing."""
+        rd = self._round
+        small = 4 << 20  # keys, shares, signatures: kilobytes per peer
+        if rd is None:
+            return small, None
+        d = rd.plan.aggregated_dimension
+        s = rd.plan.settings
+        if stage is Stage.MASKED_INPUT:
+            if s.protocol.secure:
+                assert s.secagg is not None
+                bits = s.secagg.modulus_bits
+                return 64 + d * ((bits + 7) // 8), (f"uint{bits}", d)
+            return 64 + 4 * d, ("float32", d)
+        return small, None
+
+    def submit(self, client: str, reply: StageReply) -> None:
+        """Ingest one client reply; raises a typed error (and changes nothing else) if
+        refused. A refused reply counts as that client's answer for the stage."""
+        rd = self._round
+        if (
+            rd is None
+            or reply.round != rd.number
+            or not hmac.compare_digest(reply.session_id, rd.session_id)
+        ):
+            raise StaleMessage(
+                f"reply for round {reply.round} of another session; the current round is "
+                f"{rd.number if rd else 'none'} (replay or late client)"
+            )
+        idx = rd.index_of.get(client)
+        if idx is None:
+            raise OutOfOrder(f"client {client!r} is not a participant of round {rd.number}")
+        if reply.stage.value < rd.stage.value:
+            raise StaleMessage(
+                f"{reply.stage.name} reply after that stage closed (replay or late client)"
+            )
+        if reply.stage is not rd.stage:
+            raise OutOfOrder(f"{reply.stage.name} reply while stage {rd.stage.name} is open")
+        if idx not in rd.server.expected:
+            raise StaleMessage(f"duplicate or unexpected {reply.stage.name} reply from {client!r}")
+        try:
+            sender = reply.message.sender_id()
+            if sender != idx:
+                raise InvalidMessage(f"message claims to be from client {sender}")
+            rd.server.receive(reply.message)
+        except ProtocolError as e:
+            # A client that sends an invalid message for its open stage is out of this
+            # round (a dropout the protocol recovers); others are unaffected.
+            rd.refused[client] = f"{type(e).__name__}: {e}"
+            self._maybe_advance()
+            raise
+        rd.replies[rd.stage] = rd.replies.get(rd.stage, 0) + 1
+        self._maybe_advance()
+
+    def tick(self) -> None:
+        """Close the open stage if its deadline passed."""
+        rd = self._round
+        if rd is not None and self.clock() >= rd.deadline:
+            log.info("round %d: %s deadline passed", rd.number, rd.stage.name)
+            self._advance(rd)
+
+    def _maybe_advance(self) -> None:
+        rd = self._round
+        if rd is not None and not rd.server.expected:
+            self._advance(rd)
+
+    def _advance(self, rd: _Round) -> None:
+        """Close the open stage (all replies in, or its deadline passed)."""
+        try:
+            out = rd.server.close_stage()
+            if isinstance(out, Aggregate):
+                if not rd.charged:
+                    self._charge(rd, out.contributors)
+                self._apply(rd, out)
+                return
+            if out.reveals_sum and not rd.charged:
+                self._charge(rd, self._contributors(rd))
+            self._send(rd, out)
+        except (ProtocolError, PrivacyError) as e:
+            self._abort(rd, e)
+
+    @staticmethod
+    def _contributors(rd: _Round) -> tuple[int, ...]:
+        srv = rd.server
+        if isinstance(srv, ServerSession):
+            return srv.survivors
+        raise ProtocolError("this protocol has no survivor set before its sum")
+
+    def _send(self, rd: _Round, out: Outbox) -> None:
+        names = {i: n for n, i in rd.index_of.items()}
+        for i, msg in out.messages.items():
+            self._outbox.setdefault(names[i], collections.deque()).append(
+                StageRequest(
+                    round=rd.number, session_id=rd.session_id, stage=out.stage, message=msg
+                )
+            )
+        rd.stage = out.stage
+        rd.deadline = self.clock() + self.stage_s
+
+    # ------------------------------------------------------------------ release
+
+    def _event(self, rd: _Round, contributors: tuple[int, ...]) -> Any:
+        dp = self.dp
+        assert dp is not None
+        plan = rd.plan
+        s = plan.settings
+        names = tuple(rd.name_of(i) for i in contributors)
+        sampling: Sampling = plan.sampled.sampling
+        n_sampled = max(1, len(plan.sampled.client_ids))
+        if s.noise is ClientNoise.DISCRETE_GAUSSIAN:
+            assert s.scale is not None
+            return privacy.DistributedDiscreteGaussianRelease(
+                round=rd.number,
+                local_stddev=s.noise_std,
+                scale=s.scale,
+                clip_norm=self.clip_norm,
+                beta=0.0,  # unconditional stochastic rounding: Δ2 <= C*scale + sqrt(d)
+                dimension=plan.dimension,
+                sampling_mode=sampling.mode,
+                sample_rate=sampling.sample_rate,
+                population=sampling.population,
+                clients_sampled=n_sampled,
+                clients_surviving=len(contributors),
+                min_survivors=s.min_survivors,
+                assumed_colluding_clients=s.assumed_colluding,
+                client_ids=names,
+            )
+        if s.noise is ClientNoise.GAUSSIAN:
+            return GaussianRelease.distributed(
+                round=rd.number,
+                per_client_noise_std=s.noise_std,
+                clip_norm=self.clip_norm,
+                min_survivors=s.min_survivors,
+                sampling=sampling,
+                clients_sampled=n_sampled,
+                clients_surviving=len(contributors),
+                target_noise_multiplier=dp.noise_multiplier,
+                assumed_colluding_clients=s.assumed_colluding,
+                per_client_count_stddev=s.bit_noise_std,
+                client_ids=names,
+            )
+        return GaussianRelease.central(
+            round=rd.number,
+            noise_multiplier=dp.value_noise_multiplier,
+            clip_norm=self.clip_norm,
+            sampling=sampling,
+            clients_sampled=n_sampled,
+            clients_surviving=len(contributors),
+            clipped_count_stddev=plan.central_bit_std,
+            client_ids=names,
+        )
+
+    def _charge(self, rd: _Round, contributors: tuple[int, ...]) -> None:
+        """Record the release durably (budget-checked) before the sum can be known."""
+        if self.dp is not None:
+            if len(contributors) < rd.plan.settings.min_survivors:
+                raise DropoutThresholdNotMet(
+                    f"round {rd.number}: {len(contributors)} contributions, the noise was "
+                    f"sized for at least {rd.plan.settings.min_survivors}"
+                )
+            assert self.ledger is not None
+            self.ledger.record(self._event(rd, contributors))
+        rd.charged = True
+
+    def _apply(self, rd: _Round, agg: Aggregate) -> None:
+        plan = rd.plan
+        s = plan.settings
+        if agg.modulus_bits is not None:
+            assert plan.codec is not None
+            total = plan.codec.decode_integers(centered_lift(agg.total, agg.modulus_bits))
+        else:
+            total = np.asarray(agg.total, dtype=np.float64)
+        d = plan.dimension
+        count = len(agg.contributors)
+        if plan.central_noise_std is not None:
+            noise_rng = self.central_noise_source(rd.number)
+            total = total.copy()
+            total[:d] += noise_rng.normal(d, std=plan.central_noise_std)
+            if plan.central_bit_std is not None:
+                total[d] += noise_rng.normal(1, std=plan.central_bit_std)[0]
+        line_extra: dict[str, Any] = {}
+        clip_used = self.clip_norm
+        k = d
+        if s.adaptive_clip_bit:
+            assert self.dp is not None and self.ledger is not None
+            bit_sum = float(total[k])
+            k += 1
+            if count > 0:
+                # Post-processing of the release just charged: costs no privacy.
+                step = privacy.adaptive_clip_step(
+                    clip_norm=self.clip_norm,
+                    noisy_bit_sum=bit_sum,
+                    num_clients=count,
+                    target_quantile=self.dp.target_quantile,
+                    learning_rate=self.dp.clip_lr,
+                )
+                self.ledger.record(
+                    privacy.ClipStatistics(
+                        round=rd.number,
+                        unclipped_fraction=step.unclipped_fraction,
+                        next_clip_norm=step.new_clip_norm,
+                    )
+                )
+                line_extra["dp_unclipped_fraction_noisy"] = step.unclipped_fraction
+                self.clip_norm = step.new_clip_norm
+        if plan.denominator is not None:
+            denom = plan.denominator
+        elif s.weighted:
+            denom = float(total[k])
+            k += 1
+        else:
+            denom = float(count)
+        update = total[:d]
+        if count > 0 and denom > 0:
+            self.last_aggregate = update.astype(np.float64)
+            mean = update.astype(np.float32) / np.float32(denom)
+            self.state = self.optimizer.step(torch.from_numpy(mean))
+        self.round = rd.number
+        if self.dp is not None:
+            line_extra.update(
+                {
+                    "dp_noise_multiplier": self.dp.noise_multiplier,
+                    "dp_clip_norm": clip_used,
+                    "dp_epsilon": self.epsilon(),
+                }
+            )
+        self._finish(rd, status="complete", contributors=count, extra=line_extra)
+
+    def _abort(self, rd: _Round, err: Exception) -> None:
+        log.warning("round %d aborted in %s: %s", rd.number, rd.stage.name, err)
+        if isinstance(err, PrivacyBudgetExhausted):
+            # No later round can be charged either: stop instead of retrying forever.
+            self.stopped = f"privacy budget exhausted at round {rd.number}: {err}"
+            self.stop_error = err
+            self._finish(rd, status=f"aborted: {type(err).__name__}", contributors=0, spent=False)
+            return
+        status = "charged-not-applied" if rd.charged else f"aborted: {type(err).__name__}"
+        self.round = rd.number  # the round index is spent either way: never redrawn
+        self._finish(rd, status=status, contributors=0, extra={"reason": str(err)})
+
+    def _skip(self, sampled: SampledRound, participants: tuple[str, ...], why: str) -> None:
+        log.warning("round %d skipped: %s", sampled.round, why)
+        self.round = sampled.round
+        line = {
+            **sampled.as_dict(),
+            "participants": len(participants),
+            "status": "skipped",
+            "reason": why,
+            "contributors": 0,
+        }
+        self._emit(line, checkpoint=True)
+
+    def _finish(
+        self,
+        rd: _Round,
+        *,
+        status: str,
+        contributors: int,
+        spent: bool = True,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._round = None
+        self._outbox = {}
+        plan = rd.plan
+        line: dict[str, Any] = {
+            **plan.sampled.as_dict(),
+            "participants": len(plan.participants),
+            "status": status,
+            "protocol": plan.settings.protocol.value,
+            "contributors": contributors,
+            "dropped": len(plan.participants) - contributors if status == "complete" else None,
+            "refused": dict(rd.refused),
+            "round_s": self.clock() - rd.started,
+            **(extra or {}),
+        }
+        if self.ledger is not None:
+            line["epsilon"] = self.epsilon()
+            line["ledger_entries"] = self.ledger.head.entries
+        self._emit(line, checkpoint=spent)
+
+    def _emit(self, line: dict[str, Any], *, checkpoint: bool) -> None:
+        line.setdefault("time", datetime.now(UTC).isoformat(timespec="milliseconds"))
+        if self.on_round_end is not None:
+            self.on_round_end(line)
+        if (
+            checkpoint
+            and self.run_dir is not None
+            and (self.round % self.checkpoint_every == 0 or self.finished)
+        ):
+            save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.checkpoint())
+            self.checkpoint_round = self.round
+        line["checkpoint_round"] = self.checkpoint_round
+        self._write_line(line)
+        self.history.append(line)
+        log.info(
+            "round %d %s: contributors %s, epsilon %s",
+            line["round"],
+            line["status"],
+            line.get("contributors"),
+            f"{line['epsilon']:.3f}" if line.get("epsilon") is not None else "-",
+        )
+
+    def _write_line(self, line: Mapping[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+
+    def status(self) -> dict[str, Any]:
+        rd = self._round
+        return {
+            "round": self.round,
+            "rounds": self.config.server.rounds,
+            "finished": self.finished,
+            "stopped": self.stopped,
+            "open_round": None
+            if rd is None
+            else {
+                "round": rd.number,
+                "stage": rd.stage.name,
+                "waiting_for": len(rd.server.expected),
+            },
+            "last": self.history[-1] if self.history else None,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What a run's summary says about its mechanism."""
+        out: dict[str, Any] = {
+            "protocol": self.protocol.value,
+            "trusts_coordinator": not self.protocol.secure,
+        }
+        if self.dp is not None:
+            out.update(
+                {
+                    "placement": self.dp.placement.value,
+                    "noise_multiplier": self.dp.noise_multiplier,
+                    "clip_norm": self.clip_norm,
+                    "delta": self.dp.delta,
+                    "accountant": self.dp.accountant,
+                    "epsilon": self.epsilon(),
+                }
+            )
+        return out

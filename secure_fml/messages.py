@@ -1,0 +1,208 @@
+"""Messages between the round engine and a client pipeline, in any transport.
+
+The engine sends a client a :class:`RoundStart` (the model and everything the
+client needs to compute, protect and submit its update), then one
+:class:`StageRequest` per later aggregation stage; the client answers each with
+a :class:`StageReply`. Both carry :class:`aggregation.Message` objects; an
+in-memory transport passes them as they are, the gRPC transport serialises them
+with their strict binary encodings (``aggregation.Message.to_bytes``) and the
+converters in ``secure_fml.deploy._convert``. :class:`Wait` and
+:class:`Finished` exist for polling transports.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from aggregation import PROTOCOL_VERSION as AGGREGATION_VERSION
+from aggregation import Message, SecAggConfig, SecAggMode, Stage
+from privacy.errors import InvalidMessage
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AggregationProtocol",
+    "ClientNoise",
+    "EngineMessage",
+    "Finished",
+    "Peer",
+    "RoundSettings",
+    "RoundStart",
+    "StageReply",
+    "StageRequest",
+    "Wait",
+]
+
+#: Version of the whole wire protocol: the engine messages (this module, carried by
+#: ``secure_fml_v1.proto``) and the aggregation messages inside them share one number
+#: (``aggregation.PROTOCOL_VERSION``), bumped when either changes.
+PROTOCOL_VERSION = AGGREGATION_VERSION
+
+
+class AggregationProtocol(enum.Enum):
+    """How the round's updates are summed."""
+
+    #: Each client sends its update in the clear: the coordinator is trusted.
+    PLAIN = "plain"
+    #: Bonawitz et al. 2017: masked inputs, the coordinator sees only the sum.
+    SECAGG = "secagg"
+    #: Bell et al. 2020: the same with a sparse masking graph.
+    SECAGG_PLUS = "secagg+"
+
+    @property
+    def secure(self) -> bool:
+        return self is not AggregationProtocol.PLAIN
+
+    @property
+    def mode(self) -> SecAggMode:
+        if self is AggregationProtocol.PLAIN:
+            raise InvalidMessage("the plain protocol has no SecAgg mode")
+        return SecAggMode(self.value)
+
+
+class ClientNoise(enum.Enum):
+    """Which noise each client adds to its own update before it leaves the client."""
+
+    NONE = "none"
+    #: Continuous Gaussian N(0, std^2) per coordinate (float units).
+    GAUSSIAN = "gaussian"
+    #: Exact discrete Gaussian N_Z(0, std^2) in the integer domain, inside SecAgg.
+    DISCRETE_GAUSSIAN = "discrete_gaussian"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One participant of a round: its aggregation index, name and identity.
+
+    ``identity`` is what the client verifies: a DER certificate from the consortium CA
+    in deployment, the raw Ed25519 public key in an in-process simulation.
+    """
+
+    index: int
+    name: str
+    identity: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundSettings:
+    """How the client must process its update this round (the client-visible plan).
+
+    A client checks these against its own policy before it computes anything.
+    """
+
+    protocol: AggregationProtocol
+    #: L2 bound of the whole update (theta and alpha parts together); None: no clipping.
+    clip_norm: float | None = None
+    noise: ClientNoise = ClientNoise.NONE
+    #: Per-client noise standard deviation: float units for GAUSSIAN, integer units for
+    #: DISCRETE_GAUSSIAN.
+    noise_std: float = 0.0
+    #: Noise std of the appended clip bit (adaptive clipping with continuous noise).
+    bit_noise_std: float | None = None
+    #: Append the clipped/not-clipped bit of Andrew et al. 2021 to the update.
+    adaptive_clip_bit: bool = False
+    #: Append the client's sample count (the update is multiplied by it): weighted mean.
+    weighted: bool = False
+    #: Fewest contributions the server will unmask or release (DP noise is sized for it).
+    min_survivors: int = 1
+    #: Colluding clients the noise is sized for.
+    assumed_colluding: int = 0
+    secagg: SecAggConfig | None = None
+    #: Fixed-point scale of the SecAgg encoding.
+    scale: float | None = None
+    wrap_probability: float = 1e-9
+
+    def __post_init__(self) -> None:
+        for name in ("noise_std", "wrap_probability"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise InvalidMessage(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.clip_norm is not None and not (
+            math.isfinite(self.clip_norm) and self.clip_norm > 0
+        ):
+            raise InvalidMessage(f"clip_norm must be a positive number, got {self.clip_norm!r}")
+        if self.protocol.secure:
+            if self.secagg is None or self.scale is None or self.clip_norm is None:
+                raise InvalidMessage("a secure round needs SecAgg parameters, scale and clip")
+            if self.secagg.mode is not self.protocol.mode:
+                raise InvalidMessage("SecAgg mode does not match the protocol")
+            if not (math.isfinite(self.scale) and self.scale > 0):
+                raise InvalidMessage(f"scale must be a positive number, got {self.scale!r}")
+        elif self.secagg is not None or self.scale is not None:
+            raise InvalidMessage("the plain protocol takes no SecAgg parameters")
+        if self.noise is ClientNoise.DISCRETE_GAUSSIAN and not self.protocol.secure:
+            raise InvalidMessage("discrete Gaussian noise is added inside secure aggregation")
+        if self.noise is not ClientNoise.NONE and not self.noise_std > 0:
+            raise InvalidMessage("client noise needs noise_std > 0")
+        if self.noise is ClientNoise.NONE and self.noise_std != 0:
+            raise InvalidMessage("noise_std given without a noise kind")
+        if self.adaptive_clip_bit and self.clip_norm is None:
+            raise InvalidMessage("the adaptive clip bit needs a clip norm")
+        if not isinstance(self.min_survivors, int) or self.min_survivors < 1:
+            raise InvalidMessage("min_survivors must be an int >= 1")
+        if not isinstance(self.assumed_colluding, int) or self.assumed_colluding < 0:
+            raise InvalidMessage("assumed_colluding must be an int >= 0")
+
+    def extra_coordinates(self) -> int:
+        """Coordinates appended to the update: the clip bit, then the weight."""
+        return int(self.adaptive_clip_bit) + int(self.weighted)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RoundStart:
+    """Engine -> participant: round ``round`` begins (see module docstring)."""
+
+    round: int
+    session_id: bytes
+    client_index: int
+    peers: tuple[Peer, ...]
+    model: np.ndarray  # float32, 1-D packed global state
+    model_hash: bytes
+    settings: RoundSettings
+
+    def __post_init__(self) -> None:
+        if len(self.session_id) != 16:
+            raise InvalidMessage("session_id must be 16 bytes")
+        if len(self.model_hash) != 32:
+            raise InvalidMessage("model_hash must be 32 bytes")
+
+    @property
+    def first_stage(self) -> Stage:
+        """The stage the participant's first reply answers."""
+        return Stage.ADVERTISE_KEYS if self.settings.protocol.secure else Stage.MASKED_INPUT
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageRequest:
+    """Engine -> participant: the aggregation message that opens ``stage``."""
+
+    round: int
+    session_id: bytes
+    stage: Stage
+    message: Message
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageReply:
+    """Participant -> engine: its aggregation message for ``stage``."""
+
+    round: int
+    session_id: bytes
+    stage: Stage
+    message: Message
+
+
+@dataclass(frozen=True)
+class Wait:
+    retry_after_ms: int = 200
+
+
+@dataclass(frozen=True)
+class Finished:
+    round: int
+
+
+EngineMessage = RoundStart | StageRequest | Finished | Wait

@@ -1,0 +1,384 @@
+"""The client pipeline: one client's side of every round, in simulation and deployment.
+
+On a :class:`~secure_fml.messages.RoundStart` a client checks the model (finite
+float32 of the dimension its algorithm expects, matching the announced SHA-256)
+and the roster (distinct names and identities, itself at its index), runs its
+algorithm's ``client_update`` on its own data, clips the update
+(:func:`privacy.clip_update`), appends the adaptive-clipping bit or its sample
+count where the round asks for them, adds its share of the noise, and opens the
+round's aggregation client session: plain (the coordinator is trusted), or
+SecAgg / SecAgg+ (the update is encoded to fixed point, the exact discrete
+Gaussian share is added in the integer domain, then masked). Nothing else ever
+leaves the client. Later :class:`~secure_fml.messages.StageRequest` messages go
+to that session.
+
+The same class is the simulated client and the deployed site; a deployed site
+only adds how peers are verified (certificates from the consortium CA, see
+``secure_fml.deploy``) and the network around it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+import privacy
+from aggregation import (
+    AggregationClient,
+    ClientSession,
+    FixedPointCodec,
+    PlainSumClient,
+    Stage,
+)
+from privacy import Csprng, GaussianNoiseSource
+from privacy.errors import ConfigError, InvalidMessage, StaleMessage
+from secure_fml._functional import Batch
+from secure_fml.algorithms import Algorithm, ClientUpdate
+from secure_fml.messages import (
+    ClientNoise,
+    EngineMessage,
+    Finished,
+    Peer,
+    RoundSettings,
+    RoundStart,
+    StageReply,
+    StageRequest,
+)
+
+__all__ = [
+    "ClientPipeline",
+    "UpdateInfo",
+    "codec_for",
+    "model_hash",
+    "name_seed",
+    "raw_ed25519_peer",
+    "secure_clip_range",
+    "seeded_generator",
+    "seeded_randomness",
+]
+
+log = logging.getLogger(__name__)
+
+
+def model_hash(state: np.ndarray) -> bytes:
+    """SHA-256 of the packed float32 state exactly as it travels on the wire."""
+    return hashlib.sha256(np.ascontiguousarray(state, dtype="<f4").tobytes()).digest()
+
+
+def secure_clip_range(settings: RoundSettings) -> float:
+    """L2 bound of the vector that enters the fixed-point encoder.
+
+    The clipped update has norm <= C; the appended clip bit is +-1/2, so with it the
+    norm is <= sqrt(C^2 + 1/4). Engine and client derive the codec from this one rule.
+    """
+    assert settings.clip_norm is not None
+    extra = 0.25 if settings.adaptive_clip_bit else 0.0
+    return math.sqrt(settings.clip_norm**2 + extra)
+
+
+def codec_for(settings: RoundSettings, *, dimension: int) -> FixedPointCodec:
+    """The round's fixed-point codec, from the client-visible settings alone."""
+    if settings.secagg is None or settings.scale is None:
+        raise InvalidMessage("a secure round needs SecAgg parameters and a scale")
+    std_int = settings.noise_std if settings.noise is ClientNoise.DISCRETE_GAUSSIAN else 0.0
+    try:
+        return FixedPointCodec.create(
+            clip_norm=secure_clip_range(settings),
+            num_clients=settings.secagg.num_clients,
+            modulus_bits=settings.secagg.modulus_bits,
+            dimension=dimension,
+            scale=settings.scale,
+            noise_stddev_int=std_int,
+            wrap_probability=settings.wrap_probability if std_int else 1e-9,
+        )
+    except ConfigError as e:
+        raise InvalidMessage(f"unusable fixed-point parameters: {e}") from None
+
+
+@dataclass(frozen=True)
+class UpdateInfo:
+    """What a client knows about its own last update (diagnostics; never sent)."""
+
+    round: int
+    loss: float
+    norm: float
+    clipped: bool
+    num_samples: int
+    compute_s: float
+
+
+@dataclass
+class _Session:
+    round: int
+    session_id: bytes
+    client: AggregationClient
+    stages: set[Stage] = field(default_factory=set)
+
+
+def raw_ed25519_peer(peer: Peer) -> Ed25519PublicKey:
+    """Peer verification of an in-process simulation: ``identity`` is the raw public key."""
+    if len(peer.identity) != 32:
+        raise InvalidMessage(f"peer {peer.name!r} has no 32-byte Ed25519 identity")
+    return Ed25519PublicKey.from_public_bytes(peer.identity)
+
+
+class ClientPipeline:
+    """One client's side of the rounds it is sampled for (see module docstring).
+
+    ``verify_peer`` turns a roster entry into its verified Ed25519 identity key (raises
+    on an invalid one). ``training_generator(round)`` gives the torch generator that
+    picks this round's mini-batches and support/query split; ``randomness(round)`` the
+    CSPRNG stream for everything security relevant (encoding, noise, keys, masks).
+    ``require_noise`` refuses rounds that ask for no DP noise.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        algorithm: Algorithm,
+        data: Batch,
+        identity_key: Ed25519PrivateKey,
+        verify_peer: Callable[[Peer], Ed25519PublicKey] = raw_ed25519_peer,
+        training_generator: Callable[[int], torch.Generator] | None = None,
+        randomness: Callable[[int], Csprng] | None = None,
+        require_noise: bool = False,
+    ) -> None:
+        if not isinstance(require_noise, bool):
+            raise TypeError("require_noise must be a bool")
+        if not isinstance(identity_key, Ed25519PrivateKey):
+            raise TypeError("identity_key must be an Ed25519PrivateKey")
+        self.name = name
+        self.algorithm = algorithm
+        self.data = data
+        self._identity = identity_key
+        self._verify_peer = verify_peer
+        self._generator = training_generator or _fresh_generator
+        self._randomness = randomness or (lambda _round: Csprng())
+        self.require_noise = require_noise
+        self.dim = int(algorithm.initial_state(algorithm.model.initial_parameters()).numel())
+        self._session: _Session | None = None
+        self._verified_model: tuple[np.ndarray, bytes] | None = None
+        self.finished = False
+        self.rounds_done: list[int] = []
+        self.last_update: UpdateInfo | None = None
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, message: EngineMessage) -> StageReply | None:
+        """Answer one engine message (None: nothing to send)."""
+        if isinstance(message, RoundStart):
+            return self._start(message)
+        if isinstance(message, StageRequest):
+            return self._stage(message)
+        if isinstance(message, Finished):
+            self.finished = True
+            self._session = None
+        return None
+
+    # ------------------------------------------------------------------ round start
+
+    def _check_model(self, msg: RoundStart) -> torch.Tensor:
+        m = msg.model
+        if not isinstance(m, np.ndarray) or m.dtype != np.float32 or m.ndim != 1:
+            raise InvalidMessage("model must be a 1-D float32 array")
+        if m.shape[0] != self.dim:
+            raise InvalidMessage(
+                f"model is float32[{m.shape[0]}]; this client's algorithm needs float32[{self.dim}]"
+            )
+        # The in-memory transport hands every client the same read-only array: its
+        # hash is computed once per array object. The cache holds the array itself, so
+        # its identity cannot be reused by another array, and a read-only array's bytes
+        # cannot change under us.
+        cached = self._verified_model
+        if cached is not None and cached[0] is m and not m.flags.writeable:
+            digest = cached[1]
+        else:
+            if not bool(np.isfinite(m).all()):
+                raise InvalidMessage("model contains NaN or Inf")
+            digest = model_hash(m)
+            self._verified_model = (m, digest) if not m.flags.writeable else None
+        if not hmac.compare_digest(digest, msg.model_hash):
+            raise InvalidMessage("model does not match its announced SHA-256 hash")
+        return torch.from_numpy(m.copy())
+
+    def _check_roster(self, msg: RoundStart) -> dict[int, Ed25519PublicKey]:
+        peers = msg.peers
+        if sorted(p.index for p in peers) != list(range(len(peers))):
+            raise InvalidMessage("roster must name participants 0..n-1 exactly once")
+        names = [p.name for p in peers]
+        if len(set(names)) != len(names):
+            raise InvalidMessage("roster repeats a participant name (Sybil roster)")
+        identities = [p.identity for p in peers]
+        if len(set(identities)) != len(identities):
+            raise InvalidMessage("roster repeats an identity under two names (Sybil roster)")
+        me = [p for p in peers if p.index == msg.client_index]
+        if len(me) != 1 or me[0].name != self.name:
+            raise InvalidMessage("roster does not list this client at its index")
+        keys = {p.index: self._verify_peer(p) for p in peers}
+        mine = keys[msg.client_index].public_bytes_raw()
+        if not hmac.compare_digest(mine, self._identity.public_key().public_bytes_raw()):
+            raise InvalidMessage("roster lists another identity key for this client")
+        s = msg.settings
+        if s.secagg is not None and s.secagg.num_clients != len(peers):
+            raise InvalidMessage("SecAgg parameters are for another number of participants")
+        return keys
+
+    # The steps of a round start, in order. Subclasses replace a step to change what
+    # a client is (an audit's canary client replaces ``local_update``; an audit's
+    # positive control replaces ``clip`` or ``noise``), never the protocol around it.
+
+    def local_update(self, state: torch.Tensor, round_: int) -> ClientUpdate:
+        """This client's update of the global ``state`` on its own data."""
+        return self.algorithm.client_update(state, self.data, self._generator(round_))
+
+    def clip(self, vector: np.ndarray, clip_norm: float) -> tuple[np.ndarray, bool]:
+        """The update clipped to L2 norm ``clip_norm``, and whether it was clipped."""
+        res = privacy.clip_update(vector, clip_norm=clip_norm)
+        return res.vector, bool(res.clipped)
+
+    def noise(self, settings: RoundSettings) -> tuple[ClientNoise, float]:
+        """The noise this client adds (kind, std): what the round asks for."""
+        return settings.noise, settings.noise_std
+
+    def _start(self, msg: RoundStart) -> StageReply:
+        self._session = None  # a new round always replaces an unfinished one
+        s = msg.settings
+        if self.require_noise and s.noise is ClientNoise.NONE:
+            raise InvalidMessage("coordinator asked for a round without DP noise; refused")
+        state = self._check_model(msg)
+        keys = self._check_roster(msg)
+        t0 = time.perf_counter()
+        upd = self.local_update(state, msg.round)
+        vec = upd.vector.detach().cpu().numpy().astype(np.float32, copy=False)
+        norm = float(np.linalg.norm(vec.astype(np.float64)))
+        compute_s = time.perf_counter() - t0
+        rng = self._randomness(msg.round)
+        clipped = False
+        if s.clip_norm is not None:
+            vec, clipped = self.clip(vec, s.clip_norm)
+        extras: list[float] = []
+        if s.adaptive_clip_bit:
+            assert s.clip_norm is not None
+            # The clipped/not-clipped bit travels inside the (noised, aggregated) update:
+            # it is never sent in the clear.
+            extras.append(privacy.adaptive_clip_bit(norm=norm, clip_norm=s.clip_norm))
+        if s.weighted:
+            vec = vec * np.float32(upd.num_samples)
+            extras.append(float(upd.num_samples))
+        if extras:
+            vec = np.concatenate([vec, np.asarray(extras, dtype=np.float32)])
+        noise, noise_std = self.noise(s)
+        if noise is ClientNoise.GAUSSIAN:
+            vec = privacy.add_noise(
+                vec,
+                std=noise_std,
+                source=GaussianNoiseSource(rng=rng.child("noise")),
+                last_coordinate_std=s.bit_noise_std,
+            )
+        self.last_update = UpdateInfo(
+            msg.round, float(upd.loss), norm, clipped, int(upd.num_samples), compute_s
+        )
+        client: AggregationClient
+        if not s.protocol.secure:
+            plain = PlainSumClient(
+                client_id=msg.client_index, session_id=msg.session_id, round_index=msg.round
+            )
+            plain.set_input(vec)
+            client = plain
+        else:
+            assert s.secagg is not None
+            codec = codec_for(s, dimension=vec.shape[0])
+            session = ClientSession(
+                s.secagg,
+                client_id=msg.client_index,
+                identity_key=self._identity,
+                identity_keys=keys,
+                session_id=msg.session_id,
+                round_index=msg.round,
+                model_hash=msg.model_hash,
+                noise_stddev_int=noise_std if noise is ClientNoise.DISCRETE_GAUSSIAN else 0.0,
+                rng=rng.child("secagg"),
+            )
+            session.set_input(codec.encode(vec, rng.child("encode")))
+            client = session
+        first = client.start()
+        self._session = _Session(msg.round, msg.session_id, client, {msg.first_stage})
+        if not s.protocol.secure:
+            # The plain protocol has one stage: this client's part of the round is done.
+            self.rounds_done.append(msg.round)
+            self._session = None
+        log.debug("client %s round %d: update computed and sent", self.name, msg.round)
+        return StageReply(
+            round=msg.round, session_id=msg.session_id, stage=msg.first_stage, message=first
+        )
+
+    # ------------------------------------------------------------------ later stages
+
+    def _stage(self, msg: StageRequest) -> StageReply:
+        s = self._session
+        if (
+            s is None
+            or s.round != msg.round
+            or not hmac.compare_digest(s.session_id, msg.session_id)
+        ):
+            raise StaleMessage(f"stage request for round {msg.round} of an unknown session")
+        if msg.stage in s.stages:
+            raise StaleMessage(f"{msg.stage.name} was already answered (replay)")
+        reply = s.client.handle(msg.message)
+        s.stages.add(msg.stage)
+        if msg.stage is Stage.UNMASKING:
+            self.rounds_done.append(msg.round)
+            self._session = None
+        return StageReply(
+            round=msg.round, session_id=msg.session_id, stage=msg.stage, message=reply
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "rounds_done": list(self.rounds_done)}
+
+
+def _fresh_generator(_round: int) -> torch.Generator:
+    """Mini-batch randomness for one release, fresh from the CSPRNG (deployment default):
+    a replayed round start never reproduces an earlier update bit for bit."""
+    seed = int.from_bytes(Csprng().bytes(8), "little") & ((1 << 63) - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def name_seed(*parts: object) -> int:
+    """A 63-bit seed from names and numbers (mini-batch choice only; not security relevant)."""
+    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def seeded_generator(seed: int, name: str) -> Callable[[int], torch.Generator]:
+    """Mini-batch randomness of client ``name`` in round r, a function of (seed, name, r).
+
+    Simulation and deployment derive it the same way, so the two can be compared round
+    for round; it picks data, never masks or noise.
+    """
+
+    def generator(round_: int) -> torch.Generator:
+        return torch.Generator().manual_seed(name_seed("train", seed, round_, name))
+
+    return generator
+
+
+def seeded_randomness(insecure_seed: int, name: str) -> Callable[[int], Csprng]:
+    """INSECURE TEST MODE: the security randomness of client ``name`` in round r from the
+    seed (keys, masks, encoding, noise). Callers warn (the engine does, once)."""
+
+    def randomness(round_: int) -> Csprng:
+        return Csprng.insecure_from_seed(insecure_seed, f"client/{name}/{round_}")
+
+    return randomness
