@@ -15,7 +15,7 @@ from privacy import SamplingMode
 from secure_fml.checkpoint import load_checkpoint, save_checkpoint
 from secure_fml.cli import main
 from secure_fml.config import Config, config_from_dict, load_config, with_overrides
-from secure_fml.errors import CheckpointError, ConfigError
+from secure_fml.errors import CheckpointError, ConfigError, DataError
 from secure_fml.rounds import (
     ClientSampler,
     SamplingConfig,
@@ -182,7 +182,7 @@ def test_server_sgd_lr1_is_plain_averaging_and_adam_matches_torch() -> None:
     adam = ServerOptimizer(state, ServerOptimizerConfig(kind=ServerOptimizerKind.ADAM, lr=0.01))
     # first Adam step moves each coordinate by lr * sign(g) (bias-corrected m/sqrt(v))
     torch.testing.assert_close(adam.step(upd), state - 0.01 * torch.sign(upd), rtol=0, atol=1e-6)
-    with pytest.raises(Exception, match="NaN"):
+    with pytest.raises(DataError, match="NaN"):
         adam.step(torch.full((7,), float("nan")))
 
 

@@ -13,6 +13,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from privacy import Csprng
 from secure_fml._functional import FunctionalModel
 from secure_fml.algorithms import make_algorithm
 from secure_fml.config import Config, config_from_dict
@@ -90,7 +91,15 @@ def make_coordinator(
     return c
 
 
-def make_site(config: Config, pki: Path, name: str, client: str, *, seed: int = 7) -> Site:
+def make_site(
+    config: Config,
+    pki: Path,
+    name: str,
+    client: str,
+    *,
+    seed: int = 7,
+    randomness: Callable[[int], Csprng] | None = None,
+) -> Site:
     ds = dataset()
     fm = FunctionalModel(build_model(model_spec_for(config, ds)))
     return Site(
@@ -101,6 +110,7 @@ def make_site(config: Config, pki: Path, name: str, client: str, *, seed: int = 
         ca_certificate=ca_of(pki),
         require_noise=config.privacy.enabled,
         seed=seed,
+        randomness=randomness,
     )
 
 

@@ -244,11 +244,34 @@ def test_sampling_validation() -> None:
 # ---------------------------------------------------------------- DDGauss
 
 
-def test_ddgauss_tau_formula() -> None:
-    n, s = 5, 0.5
-    expected = 10 * sum(math.exp(-2 * math.pi**2 * s**2 * k / (k + 1)) for k in range(1, n))
-    assert ddgauss_tau(local_stddev=s, num_clients=n) == pytest.approx(expected)
-    assert ddgauss_tau(local_stddev=s, num_clients=1) == 0.0
+def _discrete_gaussian_pmf(var: float, support: np.ndarray) -> np.ndarray:
+    w = np.exp(-(support.astype(np.float64) ** 2) / (2 * var))
+    return w / w.sum()
+
+
+@pytest.mark.parametrize(("sigma", "n"), [(0.5, 5), (0.6, 3), (0.8, 8), (1.0, 4)])
+def test_ddgauss_tau_bounds_the_true_divergence_of_a_sum_of_discrete_gaussians(
+    sigma: float, n: int
+) -> None:
+    # Independent check of tau (Kairouz, Liu, Steinke 2021, Prop. 14): the sum of n iid
+    # N_Z(0, sigma^2) is within max-divergence tau of N_Z(0, n sigma^2). Convolve the
+    # pmfs numerically and measure the divergence on the bulk of the support.
+    half = int(12 * sigma * math.sqrt(n)) + 10
+    one = np.arange(-half, half + 1)
+    pmf = _discrete_gaussian_pmf(sigma**2, one)
+    total = pmf
+    for _ in range(n - 1):
+        total = np.convolve(total, pmf)
+    support = np.arange(-(len(total) // 2), len(total) // 2 + 1)
+    target = _discrete_gaussian_pmf(n * sigma**2, support)
+    bulk = np.abs(support) <= 6 * sigma * math.sqrt(n)
+    d_inf = float(np.max(np.abs(np.log(total[bulk]) - np.log(target[bulk]))))
+    tau = ddgauss_tau(local_stddev=sigma, num_clients=n)
+    assert d_inf > 1e-12  # a divergence float64 can measure (sigma small enough)
+    assert d_inf <= tau
+    # tau shrinks with sigma like the true divergence.
+    assert ddgauss_tau(local_stddev=2 * sigma, num_clients=n) < tau
+    assert ddgauss_tau(local_stddev=sigma, num_clients=1) == 0.0
 
 
 @pytest.mark.parametrize("q", [1.0, 0.1])
