@@ -40,6 +40,7 @@ from aggregation._messages import (
     ShareRouting,
     UnmaskRequest,
     UnmaskResponse,
+    all_finite,
     parse_message,
 )
 from aggregation._primitives import DiscreteGaussianSampler as _DiscreteGaussianSampler
@@ -85,6 +86,7 @@ __all__ = [
     "Stage",
     "UnmaskRequest",
     "UnmaskResponse",
+    "all_finite",
     "centered_lift",
     "find_secagg_plus_parameters",
     "parse_message",

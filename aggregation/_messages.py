@@ -14,6 +14,7 @@ the gRPC layer carries as opaque ``bytes`` fields.
 from __future__ import annotations
 
 import itertools
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskResponse",
     "UnmaskedShare",
+    "all_finite",
     "parse_message",
 ]
 
@@ -119,6 +121,20 @@ def _read_ids(r: _Reader) -> tuple[int, ...]:
 
 
 M = TypeVar("M", bound="Message")
+
+
+def all_finite(v: np.ndarray) -> bool:
+    """Whether every entry of a float vector is finite, fast.
+
+    Any NaN or infinity makes the (BLAS) self dot product non-finite, so a finite dot
+    proves the vector finite at a quarter of the cost of an element-wise check; only a
+    non-finite dot (which may also be an overflow of huge finite values) falls back to
+    the exact element-wise test.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if v.size and math.isfinite(float(np.dot(v, v))):
+            return True
+    return bool(np.isfinite(v).all())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -507,7 +523,7 @@ class PlainInput(Message):
         v = self.vector
         if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.ndim != 1 or v.size == 0:
             raise InvalidMessage("plain input must be a non-empty 1-D float32 array")
-        if not bool(np.isfinite(v).all()):
+        if not all_finite(v):
             raise InvalidMessage("plain input contains NaN or Inf")
 
     def body(self) -> bytes:

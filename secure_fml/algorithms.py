@@ -164,6 +164,11 @@ class Algorithm(ABC):
     def name(self) -> AlgorithmName:
         return self.config.name
 
+    @property
+    def state_dim(self) -> int:
+        """Length of the packed global state (theta, plus log alpha for Meta-SGD)."""
+        return self.model.dim * (2 if self.learns_alpha else 1)
+
     def initial_state(self, theta: torch.Tensor) -> torch.Tensor:
         """The packed global state for an initial ``theta``."""
         return theta.detach().clone().float()

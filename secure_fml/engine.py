@@ -118,7 +118,7 @@ from secure_fml.messages import (
     StageReply,
     StageRequest,
 )
-from secure_fml.pipeline import codec_for, model_hash
+from secure_fml.pipeline import VERIFIED_MODELS, codec_for
 from secure_fml.rounds import ClientSampler, SampledRound, ServerOptimizer
 
 __all__ = [
@@ -671,7 +671,9 @@ class RoundEngine:
         sid = self._randomness(f"session/{r}").bytes(16)
         model = np.ascontiguousarray(self.state.detach().cpu().numpy(), dtype=np.float32).copy()
         model.setflags(write=False)
-        mh = model_hash(model)
+        # The same check every client runs (finite, hashed); in memory it is done once
+        # per process for this read-only array.
+        mh, _ = VERIFIED_MODELS.check(model)
         index_of = {name: i for i, name in enumerate(participants)}
         ids = {name: self.identities(name) for name in participants}
         peers = tuple(Peer(i, name, ids[name].identity) for name, i in index_of.items())
@@ -967,8 +969,8 @@ class RoundEngine:
             denom = float(count)
         update = total[:d]
         if count > 0 and denom > 0:
-            self.last_aggregate = update.astype(np.float64)
-            mean = update.astype(np.float32) / np.float32(denom)
+            self.last_aggregate = update  # a fresh float64 array: the released sum
+            mean = (update / denom).astype(np.float32)
             self.state = self.optimizer.step(torch.from_numpy(mean))
         self.round = rd.number
         if self.dp is not None:

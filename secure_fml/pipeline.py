@@ -23,7 +23,9 @@ import hashlib
 import hmac
 import logging
 import math
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,7 @@ from aggregation import (
     FixedPointCodec,
     PlainSumClient,
     Stage,
+    all_finite,
 )
 from privacy import Csprng, GaussianNoiseSource
 from privacy.errors import ConfigError, InvalidMessage, StaleMessage
@@ -56,6 +59,7 @@ from secure_fml.messages import (
 )
 
 __all__ = [
+    "VERIFIED_MODELS",
     "ClientPipeline",
     "UpdateInfo",
     "codec_for",
@@ -72,7 +76,40 @@ log = logging.getLogger(__name__)
 
 def model_hash(state: np.ndarray) -> bytes:
     """SHA-256 of the packed float32 state exactly as it travels on the wire."""
-    return hashlib.sha256(np.ascontiguousarray(state, dtype="<f4").tobytes()).digest()
+    return hashlib.sha256(np.ascontiguousarray(state, dtype="<f4").data).digest()
+
+
+class _VerifiedModels:
+    """The last read-only model array this process checked, with its hash and tensor.
+
+    An in-memory transport hands the engine's one read-only array to every client of
+    a round: it is checked (finite, hashed) once per process instead of once per
+    client. Arrays that arrive over a network are writeable copies and never cached.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slot: tuple[np.ndarray, bytes, torch.Tensor] | None = None
+
+    def check(self, m: np.ndarray) -> tuple[bytes, torch.Tensor]:
+        with self._lock:
+            slot = self._slot
+            if slot is not None and slot[0] is m and not m.flags.writeable:
+                return slot[1], slot[2]
+        if not all_finite(m):
+            raise InvalidMessage("model contains NaN or Inf")
+        digest = model_hash(m)
+        if m.flags.writeable:
+            return digest, torch.from_numpy(m.copy())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only: never written to
+            tensor = torch.from_numpy(m)
+        with self._lock:
+            self._slot = (m, digest, tensor)
+        return digest, tensor
+
+
+VERIFIED_MODELS = _VerifiedModels()
 
 
 def secure_clip_range(settings: RoundSettings) -> float:
@@ -166,9 +203,8 @@ class ClientPipeline:
         self._generator = training_generator or _fresh_generator
         self._randomness = randomness or (lambda _round: Csprng())
         self.require_noise = require_noise
-        self.dim = int(algorithm.initial_state(algorithm.model.initial_parameters()).numel())
+        self.dim = int(algorithm.state_dim)
         self._session: _Session | None = None
-        self._verified_model: tuple[np.ndarray, bytes] | None = None
         self.finished = False
         self.rounds_done: list[int] = []
         self.last_update: UpdateInfo | None = None
@@ -196,21 +232,10 @@ class ClientPipeline:
             raise InvalidMessage(
                 f"model is float32[{m.shape[0]}]; this client's algorithm needs float32[{self.dim}]"
             )
-        # The in-memory transport hands every client the same read-only array: its
-        # hash is computed once per array object. The cache holds the array itself, so
-        # its identity cannot be reused by another array, and a read-only array's bytes
-        # cannot change under us.
-        cached = self._verified_model
-        if cached is not None and cached[0] is m and not m.flags.writeable:
-            digest = cached[1]
-        else:
-            if not bool(np.isfinite(m).all()):
-                raise InvalidMessage("model contains NaN or Inf")
-            digest = model_hash(m)
-            self._verified_model = (m, digest) if not m.flags.writeable else None
+        digest, tensor = VERIFIED_MODELS.check(m)
         if not hmac.compare_digest(digest, msg.model_hash):
             raise InvalidMessage("model does not match its announced SHA-256 hash")
-        return torch.from_numpy(m.copy())
+        return tensor
 
     def _check_roster(self, msg: RoundStart) -> dict[int, Ed25519PublicKey]:
         peers = msg.peers
@@ -225,11 +250,15 @@ class ClientPipeline:
         me = [p for p in peers if p.index == msg.client_index]
         if len(me) != 1 or me[0].name != self.name:
             raise InvalidMessage("roster does not list this client at its index")
+        s = msg.settings
+        if not s.protocol.secure:
+            # The plain protocol signs and encrypts nothing: identities are only checked
+            # for distinctness (above); the transport authenticated the coordinator.
+            return {}
         keys = {p.index: self._verify_peer(p) for p in peers}
         mine = keys[msg.client_index].public_bytes_raw()
         if not hmac.compare_digest(mine, self._identity.public_key().public_bytes_raw()):
             raise InvalidMessage("roster lists another identity key for this client")
-        s = msg.settings
         if s.secagg is not None and s.secagg.num_clients != len(peers):
             raise InvalidMessage("SecAgg parameters are for another number of participants")
         return keys
@@ -261,10 +290,11 @@ class ClientPipeline:
         t0 = time.perf_counter()
         upd = self.local_update(state, msg.round)
         vec = upd.vector.detach().cpu().numpy().astype(np.float32, copy=False)
-        norm = float(np.linalg.norm(vec.astype(np.float64)))
         compute_s = time.perf_counter() - t0
-        rng = self._randomness(msg.round)
         clipped = False
+        # The update's norm before clipping (float32 BLAS): the adaptive clipping bit and
+        # the diagnostics use it; clipping itself measures the norm in float64.
+        norm = math.sqrt(max(0.0, float(np.dot(vec, vec))))
         if s.clip_norm is not None:
             vec, clipped = self.clip(vec, s.clip_norm)
         extras: list[float] = []
@@ -279,7 +309,14 @@ class ClientPipeline:
         if extras:
             vec = np.concatenate([vec, np.asarray(extras, dtype=np.float32)])
         noise, noise_std = self.noise(s)
+        # The round's CSPRNG stream, only when something security relevant is drawn.
+        rng = (
+            self._randomness(msg.round)
+            if (noise is not ClientNoise.NONE or s.protocol.secure)
+            else None
+        )
         if noise is ClientNoise.GAUSSIAN:
+            assert rng is not None
             vec = privacy.add_noise(
                 vec,
                 std=noise_std,
@@ -297,7 +334,7 @@ class ClientPipeline:
             plain.set_input(vec)
             client = plain
         else:
-            assert s.secagg is not None
+            assert s.secagg is not None and rng is not None
             codec = codec_for(s, dimension=vec.shape[0])
             session = ClientSession(
                 s.secagg,

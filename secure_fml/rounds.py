@@ -182,14 +182,22 @@ class ClientSampler:
 
 
 def _choose(rng: Csprng, n: int, m: int) -> np.ndarray:
-    """m of range(n) uniformly without replacement (partial Fisher-Yates), sorted."""
-    perm = np.arange(n)
-    bounds = np.arange(n, n - m, -1, dtype=np.uint64)
-    picks = rng.below(bounds)
+    """m of range(n) uniformly without replacement (partial Fisher-Yates), sorted.
+
+    Step i swaps position i with a uniform position in [i, n): an unbiased draw below
+    n - i by rejection of the 2^64 mod (n - i) lowest words (arc4random_uniform).
+    """
+    perm = list(range(n))
+    words = [int(w) for w in rng.uint64(m)]
     for i in range(m):
-        j = i + int(picks[i])
+        bound = n - i
+        threshold = (1 << 64) % bound
+        r = words[i]
+        while r < threshold:
+            r = int(rng.uint64(1)[0])
+        j = i + r % bound
         perm[i], perm[j] = perm[j], perm[i]
-    return np.sort(perm[:m])
+    return np.sort(np.asarray(perm[:m], dtype=np.int64))
 
 
 class ServerOptimizerKind(enum.Enum):

@@ -648,3 +648,17 @@ def test_a_refused_reply_counts_as_the_senders_answer() -> None:
                 session_id=server.session_id, round_index=server.round_index, sender=0, shares=()
             )
         )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.floats(width=32, allow_nan=True, allow_infinity=True)
+        | st.floats(-float(np.float32(3e38)), float(np.float32(3e38)), width=32),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_all_finite_is_exactly_the_element_wise_check(values: list[float]) -> None:
+    v = np.asarray(values, dtype=np.float32)
+    assert aggregation.all_finite(v) == bool(np.isfinite(v).all())
