@@ -126,12 +126,16 @@ def training_checkpoint(
     config: dict[str, Any],
     algorithm: str,
     ledger_head: Any | None = None,
+    data_spec: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Checkpoint:
     """The checkpoint of a training run; :func:`restore_training_state` reads it back.
 
     Shared by the simulation and the gRPC coordinator so both write the same format.
     ``ledger_head`` is the privacy ledger's :class:`privacy.LedgerHead` (or None).
+    ``data_spec`` is :func:`secure_fml.data.preprocessing_spec` of the training data
+    (feature names, imputation, standardization, labels): ``secure-fml adapt`` and
+    :func:`secure_fml.personalize` apply it to a new site's data.
     """
     return Checkpoint(
         round=round,
@@ -143,6 +147,7 @@ def training_checkpoint(
             "algorithm": algorithm,
             "sampler_rng": json.dumps(rng.bit_generator.state),
             "ledger_head": dataclasses.asdict(ledger_head) if ledger_head is not None else None,
+            **({"data": data_spec} if data_spec is not None else {}),
             **(extra or {}),
         },
     )

@@ -25,6 +25,7 @@ from privacy import LedgerHead
 from privacy.errors import ConfigError, ProtocolAbort
 from secure_fml._functional import Batch, FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
+from secure_fml.baselines import summary_fields
 from secure_fml.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -338,4 +339,7 @@ class Simulation:
             "update_dim": int(self.state.numel()),
             "update_path": self.update_path.summary(),
             "test": final.as_dict(per_client=True) if final is not None else None,
+            **summary_fields(
+                self.config, dataset=self.dataset, split=self.split, algorithm=self.algorithm
+            ),
         }

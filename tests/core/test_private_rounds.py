@@ -16,7 +16,7 @@ from secure_fml.errors import ConfigError, PrivacyBudgetExhausted
 from secure_fml.simulation import Simulation
 
 BASE = {
-    "data": {"options": {"num_clients": 40, "max_samples": 100}},
+    "data": {"preset": "synthetic", "options": {"num_clients": 40, "max_samples": 100}},
     "algorithm": {"name": "maml"},
     "server": {"rounds": 4, "clients_per_round": 6, "lr": 0.01},
     "eval": {"every": 0},

@@ -26,7 +26,7 @@ from secure_fml.rounds import (
 from secure_fml.simulation import Simulation
 
 SMALL = {
-    "data": {"options": {"num_clients": 30, "max_samples": 120}},
+    "data": {"preset": "synthetic", "options": {"num_clients": 30, "max_samples": 120}},
     "server": {"rounds": 6, "clients_per_round": 5},
     "eval": {"every": 3},
 }
