@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -485,20 +486,44 @@ def progress(
 
 
 @contextmanager
-def stage(desc: str, *, enabled: bool = True, stream: IO[str] | None = None) -> Iterator[None]:
-    """Announce a step of unknown length: ``desc ...`` then ``desc: done in 3.2s`` (or failed)."""
+def stage(
+    desc: str,
+    *,
+    enabled: bool = True,
+    stream: IO[str] | None = None,
+    after_s: float = 1.0,
+) -> Iterator[None]:
+    """Announce a step of unknown length (loading data, writing a report).
+
+    A step still running after ``after_s`` seconds gets ``desc ...`` and, when it
+    ends, ``desc: done in 3.2s``; a quicker one prints nothing, and a failing one
+    leaves the error to speak for itself.
+    """
     out = stream if stream is not None else sys.stderr
     if not enabled:
         yield
         return
-    out.write(f"{desc} ...\n")
-    out.flush()
     t0 = time.monotonic()
+    announced = threading.Event()
+    lock = threading.Lock()
+
+    def announce() -> None:
+        with lock:
+            if not finished:
+                out.write(f"{desc} ...\n")
+                out.flush()
+                announced.set()
+
+    finished = False
+    timer = threading.Timer(after_s, announce)
+    timer.daemon = True
+    timer.start()
     try:
         yield
-    except BaseException:
-        out.write(f"{desc}: failed after {_fmt_s(time.monotonic() - t0)}\n")
+    finally:
+        with lock:
+            finished = True
+        timer.cancel()
+    if announced.is_set():
+        out.write(f"{desc}: done in {_fmt_s(time.monotonic() - t0)}\n")
         out.flush()
-        raise
-    out.write(f"{desc}: done in {_fmt_s(time.monotonic() - t0)}\n")
-    out.flush()
