@@ -302,8 +302,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _load_adapt_data(args: argparse.Namespace, loaded: Any) -> Any:
+    from secure_fml.adaptation import load_site_csv
     from secure_fml.data import Impute, InputKind, load_npz, load_preset
-    from secure_fml.personalize import load_site_csv
 
     src = args.data
     p = Path(src)
@@ -345,9 +345,9 @@ def _load_adapt_data(args: argparse.Namespace, loaded: Any) -> Any:
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
+    from secure_fml.adaptation import load_for_adaptation
     from secure_fml.baselines import local_only, majority_class
     from secure_fml.evaluation import evaluate
-    from secure_fml.personalize import load_for_adaptation
 
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps must be an integer >= 1, got {args.steps}")

@@ -499,28 +499,23 @@ def resolve_for_population(config: Config, population: int) -> tuple[Config, lis
     return config, notices
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+def _drop_none(v: Any) -> Any:
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+        return {k: _drop_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [_drop_none(x) for x in v]
+    return v
 
 
 def dump_toml(config: Config) -> str:
-    """The resolved config as TOML (``None`` fields are omitted: they mean 'default')."""
-    lines: list[str] = []
-    for name, values in config_to_dict(config).items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-        lines.append("")
-    return "\n".join(lines)
+    """The resolved config as TOML (``None`` fields are omitted: they mean 'default').
+
+    Written with ``tomli-w`` (quoting of keys such as ``"max clients"``, escapes of
+    any string), so that ``load_config`` reads back exactly ``config``.
+    """
+    import tomli_w
+
+    return tomli_w.dumps(_drop_none(config_to_dict(config)))
 
 
 # Algorithm names accepted on the command line, for error messages and help.

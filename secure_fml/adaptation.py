@@ -1,7 +1,7 @@
 """Personalize a trained model for one new site: the public API behind ``secure-fml adapt``.
 
-    from secure_fml import personalize
-    site = personalize("runs/demo/metasgd", my_client_data, steps=5)
+    import secure_fml
+    site = secure_fml.personalize("runs/demo/metasgd", my_client_data, steps=5)
     site.predict(x_new)                       # labels; site.module is a plain nn.Module
 
 The checkpoint carries what the site must reproduce (see
@@ -290,13 +290,13 @@ def personalize(
         )
     if int(site.y.min()) < 0:
         raise DataError(f"site {site.client_id!r} has a negative label {int(site.y.min())}")
-    batch = to_batch(site, loaded.input_kind)
-    check_output_size(loaded.module, batch.x[:1], int(site.y.max()) + 1, exact=False)
     if int(site.y.max()) >= loaded.num_outputs:
         raise DataError(
             f"site {site.client_id!r} has label {int(site.y.max())} but the model has "
             f"{loaded.num_outputs} outputs (labels 0..{loaded.num_outputs - 1})"
         )
+    batch = to_batch(site, loaded.input_kind)
+    check_output_size(loaded.module, batch.x[:1], loaded.num_outputs)
     cfg = loaded.config.algorithm
     k = steps if steps is not None else (cfg.adapt_steps or cfg.inner_steps)
     theta = loaded.algorithm.adapt(loaded.state, batch, steps=k).detach()
