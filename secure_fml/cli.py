@@ -172,6 +172,12 @@ def _print_results(summary: dict[str, Any]) -> None:
     held = summary.get("held_out")
     who = f"held-out site {held}" if held else f"test clients: {test['num_clients']}"
     print(f"{who} ({test['num_query_points']} query points)")
+    pc = test["per_client_personalized"]
+    print(
+        f"global accuracy:       {_fmt(test['global_accuracy'])}\n"
+        f"personalized accuracy: {_fmt(test['personalized_accuracy'])}  "
+        f"(per client mean {_fmt(pc['mean'])}, p10 {_fmt(pc['p10'])})"
+    )
     rows: list[tuple[str, dict[str, Any] | None]] = [
         ("global (no adaptation)", test.get("global_metrics")),
         ("personalized", test.get("personalized_metrics")),
@@ -186,8 +192,6 @@ def _print_results(summary: dict[str, Any]) -> None:
     for label, m in rows:
         if m is not None:
             print(f"{label:26s} {_metrics_text(m)}")
-    pc = test["per_client_personalized"]
-    print(f"personalized per client: mean {_fmt(pc['mean'])}, p10 {_fmt(pc['p10'])}")
     pers = (test.get("personalized_metrics") or {}).get("accuracy")
     bars = [
         (name, (base.get(key) or {}).get("accuracy"))
@@ -473,13 +477,16 @@ def _cmd_privacy_plan(args: argparse.Namespace) -> int:
         sampling = privacy.Sampling.fixed_size(clients_per_round=m, population=args.population)
     else:
         sampling = privacy.Sampling.full(population=args.population)
-    p = privacy.plan(
-        target_epsilon=args.epsilon,
-        delta=args.delta,
-        rounds=args.rounds,
-        sampling=sampling,
-        accountant=args.accountant,
-    )
+    from secure_fml.observability import stage
+
+    with stage("calibrating the noise multiplier"):
+        p = privacy.plan(
+            target_epsilon=args.epsilon,
+            delta=args.delta,
+            rounds=args.rounds,
+            sampling=sampling,
+            accountant=args.accountant,
+        )
     print(privacy.render_plan(p))
     if args.project:
         proj = privacy.project(

@@ -12,7 +12,7 @@ for binary tasks sensitivity, specificity and AUROC), pooled over query points.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -96,8 +96,12 @@ def evaluate(
     support_fraction: float,
     seed: int = 0,
     adapt_steps: int | None = None,
+    on_client: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
-    """Global and personalized accuracy of ``state`` on ``clients`` (never trained on)."""
+    """Global and personalized accuracy of ``state`` on ``clients`` (never trained on).
+
+    ``on_client(done, total)`` is called after each client (e.g. ``Progress.update``).
+    """
     if not clients:
         raise ValueError("evaluate() needs at least one client")
     model = algorithm.model
@@ -132,6 +136,8 @@ def evaluate(
         p_loss += model.mean_loss(adapted, q) * len(q)
         g_acc.append(cg / len(q))
         p_acc.append(cp / len(q))
+        if on_client is not None:
+            on_client(i + 1, len(clients))
     y_all = np.concatenate(ys)
 
     def pooled(key: str) -> dict[str, Any]:

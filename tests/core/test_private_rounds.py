@@ -240,6 +240,8 @@ def test_cli_simulate_with_secure_aggregation_and_distributed_noise(
         protocol,
         "--algorithm",
         "metasgd",
+        "--preset",
+        "synthetic",
         "--secure-aggregation",
         protocol,
         "--no-progress",
