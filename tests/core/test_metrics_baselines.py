@@ -88,6 +88,14 @@ def test_majority_predicts_the_support_majority_on_the_query() -> None:
         ys.append(q.y)
     assert m["accuracy"] == pytest.approx(correct / sum(len(y) for y in ys))
     assert m["auroc"] == 0.5 and m["balanced_accuracy"] <= 0.5 + 1e-12
+    # A site whose support set is all 1 and whose query set is all 0: the baseline may only
+    # look at the support labels, so it scores 0 (the query majority would score 1).
+    x = np.arange(20, dtype=np.float32)[:, None]
+    s, _ = support_query_for_eval(ClientData("s", x, np.zeros(20, np.int64)), support_fraction=0.3,
+                                  seed=0, index=0)  # fmt: skip
+    y = np.isin(np.arange(20), s.x[:, 0].astype(int)).astype(np.int64)
+    odd = majority_class([ClientData("s", x, y)], num_classes=2, support_fraction=0.3, seed=0)
+    assert odd["accuracy"] == 0.0
     assert chance_rate(2) == 0.5 and chance_rate(62) == pytest.approx(1 / 62)
 
 
