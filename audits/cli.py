@@ -33,6 +33,7 @@ def register(subparsers: Any) -> None:
         help="positive control: sabotage the mechanism on purpose (the claim stays)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the audit instrumentation")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=_cmd_audit)
 
 
@@ -43,6 +44,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from audits._report import write_report
     from audits._suites import Suite, build_suite
     from secure_fml.config import load_config, with_overrides
+    from secure_fml.observability import stage
 
     torch.set_num_threads(1)
     src = Path(args.target)
@@ -55,11 +57,15 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         Suite(args.suite), rounds=args.rounds, control=Control(args.control), seed=args.seed
     )
     t0 = time.perf_counter()
+    target = AuditTarget(config=config, seed=args.seed)
+    results = []
     with warnings.catch_warnings():
         # Audits seed the canaries and, for reproducible tests, the noise; those
         # warnings are expected here and named in the report instead.
         warnings.simplefilter("ignore", RuntimeWarning)
-        results = AuditRunner(audits).run(AuditTarget(config=config, seed=args.seed))
+        for i, audit in enumerate(audits, 1):
+            with stage(f"audit {i}/{len(audits)}: {audit.name}", enabled=not args.no_progress):
+                results += AuditRunner([audit]).run(target)
     meta = {
         "target": str(src),
         "suite": args.suite,

@@ -67,13 +67,13 @@ def run_one(alg: str, eps: float | None, args: argparse.Namespace) -> dict[str, 
         "rounds": args.rounds,
         "wall_s": time.perf_counter() - t0,
         "test": res.final.as_dict(),
-        "update_path": res.summary["update_path"],
+        "update_path": res.summary["mechanism"],
         "train_loss_last10": sum(h["train_loss"] or 0 for h in sim.history[-10:]) / 10,
     }
     print(
         f"{alg} eps={eps}: global {100 * res.final.global_accuracy:.2f} personalized "
         f"{100 * res.final.personalized_accuracy:.2f} ({out['wall_s']:.0f}s) "
-        f"{res.summary['update_path']}",
+        f"{res.summary['mechanism']}",
         flush=True,
     )
     return out

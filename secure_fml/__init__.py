@@ -2,14 +2,18 @@
 
 Quick start::
 
-    from secure_fml import Config, Simulation
-    result = Simulation(Config()).run()        # embedded synthetic task, FedMeta(MAML)
-    print(result.final.personalized_accuracy)
+    from secure_fml import Simulation
+    from secure_fml.demo import default_run_config
+    result = Simulation(default_run_config()).run()   # embedded few-shot task, FedMeta(MAML)
+    print(result.summary["test"]["personalized_metrics"], result.summary["baselines"])
+
+    site = personalize("runs/run", my_site_data, steps=5)   # a new site adapts the model
 
 Layers (one-way): ``privacy`` <- ``aggregation`` <- ``secure_fml`` <- ``audits``.
 """
 
 from privacy import SamplingMode
+from secure_fml.adaptation import Personalized, load_for_adaptation, load_site_csv, personalize
 from secure_fml.algorithms import (
     Algorithm,
     AlgorithmConfig,
@@ -42,6 +46,7 @@ from secure_fml.errors import (
 )
 from secure_fml.evaluation import EvalResult, evaluate
 from secure_fml.messages import AggregationProtocol
+from secure_fml.metrics import classification_metrics
 from secure_fml.models import MLP, CharLSTM, FemnistCNN
 from secure_fml.pipeline import ClientPipeline
 from secure_fml.rounds import ServerOptimizerKind
@@ -68,6 +73,7 @@ __all__ = [
     "FemnistCNN",
     "LocalOptimizer",
     "ModelConfig",
+    "Personalized",
     "PrivacyBudgetExhausted",
     "PrivacyConfig",
     "RoundEngine",
@@ -81,10 +87,14 @@ __all__ = [
     "ServerOptimizerKind",
     "Simulation",
     "UpdateKind",
+    "classification_metrics",
     "config_from_dict",
     "evaluate",
     "load_config",
+    "load_for_adaptation",
+    "load_site_csv",
     "make_algorithm",
+    "personalize",
     "plan_round",
     "with_overrides",
 ]

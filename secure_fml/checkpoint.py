@@ -123,13 +123,16 @@ def training_checkpoint(
     config: dict[str, Any],
     algorithm: str,
     ledger_head: Any | None = None,
+    data_spec: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Checkpoint:
     """The checkpoint of a training run (written by the round engine, for simulation
     and deployment alike). ``ledger_head`` is the privacy ledger's
     :class:`privacy.LedgerHead` (or None). Client sampling keeps no state: it draws
     from the CSPRNG (or, in insecure test mode, from (seed, round)), so a resumed run
-    never replays a draw.
+    never replays a draw. ``data_spec`` is :func:`secure_fml.data.preprocessing_spec`
+    of the training data (feature names, imputation, standardization, labels):
+    ``secure-fml adapt`` and :func:`secure_fml.personalize` apply it to a new site's data.
     """
     return Checkpoint(
         round=round,
@@ -140,6 +143,7 @@ def training_checkpoint(
         extra={
             "algorithm": algorithm,
             "ledger_head": dataclasses.asdict(ledger_head) if ledger_head is not None else None,
+            **({"data": data_spec} if data_spec is not None else {}),
             **(extra or {}),
         },
     )

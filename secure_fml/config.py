@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
+import math
 import tomllib
 import types
 import typing
@@ -23,6 +25,8 @@ from secure_fml.algorithms import AlgorithmConfig, AlgorithmName, UpdateKind
 from secure_fml.rounds import SamplingConfig, ServerOptimizerConfig, ServerOptimizerKind
 
 __all__ = [
+    "MAX_DELTA",
+    "MAX_EPSILON",
     "Config",
     "DataConfig",
     "EvalConfig",
@@ -35,13 +39,36 @@ __all__ = [
     "config_to_dict",
     "dump_toml",
     "load_config",
+    "resolve_for_population",
     "with_overrides",
 ]
+
+log = logging.getLogger(__name__)
+
+#: Largest accepted (target or maximum) epsilon: above it a DP guarantee promises nothing.
+MAX_EPSILON = 100.0
+#: delta must be below this (and below 1/N once the population N is known).
+MAX_DELTA = 1e-2
+
+
+def _int_at_least(where: str, value: Any, minimum: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where} must be an integer >= {minimum}, got {value!r}")
+
+
+def _finite(where: str, value: Any, *, low: float, high: float | None = None) -> None:
+    """``low < value`` (and ``value <= high``), finite."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value <= low or (high is not None and value > high):
+        rng = f"in ({low:g}, {high:g}]" if high is not None else f"a finite number > {low:g}"
+        raise ConfigError(f"{where} must be {rng}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    preset: str = "synthetic"
+    preset: str = "fewshot"
     root: str | None = None
     min_samples: int = 10
     client_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -52,6 +79,15 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.min_samples, int) or self.min_samples < 2:
             raise ConfigError(f"data.min_samples must be an integer >= 2, got {self.min_samples!r}")
+        _int_at_least("data.split_seed", self.split_seed, 0)
+        fr = self.client_fractions
+        if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1) > 1e-6:
+            raise ConfigError(
+                "data.client_fractions must be 3 non-negative numbers (train, validation, test) "
+                f"summing to 1, got {list(fr)}"
+            )
+        if fr[0] == 0:
+            raise ConfigError("data.client_fractions: the training share must be > 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,11 +145,30 @@ class ServerConfig:
 class EvalConfig:
     every: int = 10  # evaluate on validation clients every N rounds (0: only at the end)
     adapt_steps: int | None = None
-    max_val_clients: int | None = 50
+    max_val_clients: int | None = 50  # None: every validation client
+    # The local-only baseline (see secure_fml.baselines): full-batch Adam steps on each test
+    # client's support set (0: skip it); several learning rates: chosen by CV on the support set.
+    local_only_steps: int = 100
+    local_only_lrs: tuple[float, ...] = (0.01,)
 
     def __post_init__(self) -> None:
         if not isinstance(self.every, int) or self.every < 0:
             raise ConfigError(f"eval.every must be an integer >= 0, got {self.every!r}")
+        _int_at_least("eval.adapt_steps", self.adapt_steps, 1, optional=True)
+        if self.max_val_clients is not None and (
+            isinstance(self.max_val_clients, bool)
+            or not isinstance(self.max_val_clients, int)
+            or self.max_val_clients < 1
+        ):
+            raise ConfigError(
+                "eval.max_val_clients must be an integer >= 1 (omit it to use every validation "
+                f"client; eval.every = 0 skips validation), got {self.max_val_clients!r}"
+            )
+        _int_at_least("eval.local_only_steps", self.local_only_steps, 0)
+        if not self.local_only_lrs:
+            raise ConfigError("eval.local_only_lrs must list at least one learning rate")
+        for lr in self.local_only_lrs:
+            _finite("eval.local_only_lrs", lr, low=0.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,18 +189,47 @@ class PrivacyConfig:
     clipped_count_stddev: float | None = None  # adaptive clipping bit noise (None: m/20)
 
     def __post_init__(self) -> None:
-        if self.clip_norm <= 0:
-            raise ConfigError(f"privacy.clip_norm must be > 0, got {self.clip_norm!r}")
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
+        _finite("privacy.clip_norm", self.clip_norm, low=0.0)
+        d = self.delta
+        if not (isinstance(d, int | float) and math.isfinite(d) and 0 < d < MAX_DELTA):
+            raise ConfigError(
+                f"privacy.delta must be in (0, {MAX_DELTA:g}) (and below 1/N for N clients; "
+                f"1e-5 is usual), got {d!r}"
+            )
         if self.placement not in ("auto", "central", "distributed"):
             raise ConfigError(
                 f"privacy.placement must be auto, central or distributed; got {self.placement!r}"
             )
+        for name in ("target_epsilon", "max_epsilon"):
+            v = getattr(self, name)
+            if v is not None:
+                _finite(f"privacy.{name}", v, low=0.0, high=MAX_EPSILON)
+        if self.noise_multiplier is not None:
+            nm = self.noise_multiplier
+            if not (isinstance(nm, int | float) and math.isfinite(nm) and nm >= 0):
+                raise ConfigError(f"privacy.noise_multiplier must be finite and >= 0, got {nm!r}")
+            if self.target_epsilon is not None:
+                raise ConfigError(
+                    "privacy.noise_multiplier and privacy.target_epsilon are both set: give "
+                    "one (the noise multiplier is calibrated from the target epsilon)"
+                )
         if self.enabled and self.noise_multiplier is None and self.target_epsilon is None:
             raise ConfigError("privacy: set privacy.noise_multiplier or privacy.target_epsilon")
-        if self.noise_multiplier is not None and self.noise_multiplier < 0:
-            raise ConfigError(f"privacy.noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if (
+            self.max_epsilon is not None
+            and self.target_epsilon is not None
+            and self.max_epsilon < self.target_epsilon
+        ):
+            raise ConfigError(
+                f"privacy.max_epsilon = {self.max_epsilon:g} is below privacy.target_epsilon = "
+                f"{self.target_epsilon:g}: training would stop before its last round; raise "
+                "max_epsilon or lower target_epsilon"
+            )
+        if not 0 < self.target_quantile < 1:
+            raise ConfigError(
+                f"privacy.target_quantile must be in (0, 1), got {self.target_quantile!r}"
+            )
+        _finite("privacy.clip_lr", self.clip_lr, low=0.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,8 +267,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"run.name must be a plain directory name, got {self.name!r}")
-        if self.checkpoint_every < 1:
-            raise ConfigError("run.checkpoint_every must be >= 1")
+        _int_at_least("run.seed", self.seed, 0)
+        _int_at_least("run.threads", self.threads, 1, optional=True)
+        _int_at_least("run.checkpoint_every", self.checkpoint_every, 1)
+        _int_at_least("run.insecure_seed", self.insecure_seed, 0, optional=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,6 +354,12 @@ def _coerce(where: str, tp: Any, value: Any) -> Any:
             return value
         raise ConfigError(f"{where} must be a string, got {value!r}")
     if origin is tuple:
+        if isinstance(value, str) and value.strip().startswith("["):
+            # From the command line: a TOML array, e.g. [0.8, 0.1, 0.1].
+            try:
+                value = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(f"{where} must be a list, e.g. [1, 2]; got {value!r}") from None
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()] if value.strip() else []
         if not isinstance(value, list | tuple):
@@ -373,28 +465,62 @@ def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
     return config_from_dict(raw)
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+def resolve_for_population(config: Config, population: int) -> tuple[Config, list[str]]:
+    """Settings that depend on the number ``population`` of training clients.
+
+    Fixed-size sampling of more clients than exist is clamped to the population
+    (every client every round), with a notice: e.g. leave-one-hospital-out
+    leaves 3 training hospitals under the default of 4 clients per round. With
+    privacy on, the clamped value is what the accountant is then told. A delta
+    of 1/N or more is refused (a mechanism may then release one client's data
+    outright with probability delta). Returns the resolved config and the
+    notices to show (each also logged).
+    """
+    if isinstance(population, bool) or not isinstance(population, int) or population < 1:
+        raise ConfigError(f"the client population must be a positive integer, got {population!r}")
+    notices: list[str] = []
+    sc = config.server
+    if (
+        sc.sampling is SamplingMode.FIXED_SIZE
+        and sc.clients_per_round is not None
+        and sc.clients_per_round > population
+    ):
+        notices.append(
+            f"server.clients_per_round = {sc.clients_per_round} exceeds the {population} "
+            f"training clients; using {population} (every client every round)"
+        )
+        config = dataclasses.replace(
+            config, server=dataclasses.replace(sc, clients_per_round=population)
+        )
+    pc = config.privacy
+    if pc.enabled and pc.delta >= 1.0 / population:
+        raise ConfigError(
+            f"privacy.delta = {pc.delta:g} is not below 1/N = 1/{population} = "
+            f"{1.0 / population:.3g} for N = {population} training clients; use a delta well "
+            f"below 1/N (e.g. {min(1e-5, 0.1 / population):.0e})"
+        )
+    for n in notices:
+        log.info("%s", n)
+    return config, notices
+
+
+def _drop_none(v: Any) -> Any:
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+        return {k: _drop_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [_drop_none(x) for x in v]
+    return v
 
 
 def dump_toml(config: Config) -> str:
-    """The resolved config as TOML (``None`` fields are omitted: they mean 'default')."""
-    lines: list[str] = []
-    for name, values in config_to_dict(config).items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-        lines.append("")
-    return "\n".join(lines)
+    """The resolved config as TOML (``None`` fields are omitted: they mean 'default').
+
+    Written with ``tomli-w`` (quoting of keys such as ``"max clients"``, escapes of
+    any string), so that ``load_config`` reads back exactly ``config``.
+    """
+    import tomli_w
+
+    return tomli_w.dumps(_drop_none(config_to_dict(config)))
 
 
 # Algorithm names accepted on the command line, for error messages and help.

@@ -52,7 +52,6 @@ import time
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +100,6 @@ from secure_fml._functional import FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
 from secure_fml.checkpoint import (
     Checkpoint,
-    atomic_write_bytes,
     load_checkpoint,
     resume_round,
     save_checkpoint,
@@ -118,6 +116,7 @@ from secure_fml.messages import (
     StageReply,
     StageRequest,
 )
+from secure_fml.observability import JsonlSink, MetricsSink, MultiSink, timestamped
 from secure_fml.pipeline import VERIFIED_MODELS, codec_for
 from secure_fml.rounds import ClientSampler, SampledRound, ServerOptimizer
 
@@ -446,6 +445,7 @@ class RoundEngine:
         checkpoint_every: int | None = None,
         on_round_end: Callable[[dict[str, Any]], None] | None = None,
         checkpoint_extra: Mapping[str, Any] | None = None,
+        sinks: Sequence[MetricsSink] = (),
     ) -> None:
         for name, v in (("train_s", train_s), ("stage_s", stage_s)):
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
@@ -469,6 +469,10 @@ class RoundEngine:
         self.checkpoint_every = checkpoint_every or config.run.checkpoint_every
         self.on_round_end = on_round_end
         self.checkpoint_extra = dict(checkpoint_extra or {})
+        #: Extra metrics sinks (TensorBoard, MLflow, JSON log lines); metrics.jsonl is
+        #: always written (when there is a run directory) and is the record of the run.
+        self._extra_sinks = list(sinks)
+        self.metrics: MultiSink = MultiSink([], optional=self._extra_sinks)
         self.fmodel = FunctionalModel(module)
         self.algorithm: Algorithm = make_algorithm(config.algorithm, self.fmodel)
         self.state = self.algorithm.initial_state(self.fmodel.initial_parameters())
@@ -528,7 +532,6 @@ class RoundEngine:
                     json.dumps(config_to_dict(self.config), indent=2) + "\n", encoding="utf-8"
                 )
                 (run_dir / "config.toml").write_text(dump_toml(self.config), encoding="utf-8")
-                (run_dir / METRICS_FILE).write_text("", encoding="utf-8")
         if self.dp is not None:
             ledger_dir = run_dir
             if ledger_dir is None:
@@ -550,10 +553,28 @@ class RoundEngine:
         elif run_dir is not None:
             save_checkpoint(run_dir / CHECKPOINT_FILE, self.checkpoint())
             self.checkpoint_round = 0
+        required: list[MetricsSink] = []
+        if run_dir is not None:
+            # Rounds after the one resumed from will run again: their lines go (a fresh
+            # run starts an empty file), so metrics never duplicate.
+            required.append(JsonlSink(run_dir / METRICS_FILE, resume_after_round=self.round))
+        self.metrics = MultiSink(required, optional=self._extra_sinks)
+        if ckpt is not None and self.round > ckpt.round:
+            # Charged after the last checkpoint, their updates lost in a crash: they stay
+            # spent (never charged again) and say so in the metrics.
+            self.metrics.round(
+                {
+                    "round": self.round,
+                    "status": "charged-not-applied",
+                    "lost_rounds": list(range(ckpt.round + 1, self.round + 1)),
+                    "checkpoint_round": ckpt.round,
+                }
+            )
         self._opened = True
 
     def close(self) -> None:
-        """Release the privacy ledger (its file lock), if one is open."""
+        """Close the metrics sinks and release the privacy ledger (its file lock)."""
+        self.metrics.close()
         if self.ledger is not None:
             self.ledger.close()
 
@@ -598,40 +619,10 @@ class RoundEngine:
         last = self.ledger.last_round if self.ledger is not None else None
         self.round = resume_round(ckpt.round, last)
         self.sampler.resume_after(self.round)
-        self._truncate_metrics(self.round)
-        if self.round > ckpt.round:
-            # Charged after the last checkpoint, their updates lost in a crash: they stay
-            # spent (never charged again) and say so in the metrics.
-            self._write_line(
-                {
-                    "round": self.round,
-                    "status": "charged-not-applied",
-                    "lost_rounds": list(range(ckpt.round + 1, self.round + 1)),
-                    "checkpoint_round": ckpt.round,
-                    "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                }
-            )
         if self.run_dir is not None:
             save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.checkpoint())
             self.checkpoint_round = self.round
         log.info("resumed at round %d", self.round)
-
-    def _truncate_metrics(self, last_round: int) -> None:
-        """Drop metrics lines of rounds after ``last_round`` (they will run again)."""
-        if self.run_dir is None:
-            return
-        path = self.run_dir / METRICS_FILE
-        if not path.exists():
-            return
-        keep = []
-        for raw in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = int(json.loads(raw).get("round", 0))
-            except (ValueError, TypeError, AttributeError, json.JSONDecodeError):
-                continue
-            if r <= last_round:
-                keep.append(raw)
-        atomic_write_bytes(path, ("\n".join(keep) + ("\n" if keep else "")).encode())
 
     # ------------------------------------------------------------------ rounds
 
@@ -1036,7 +1027,7 @@ class RoundEngine:
         self._emit(line, checkpoint=spent)
 
     def _emit(self, line: dict[str, Any], *, checkpoint: bool) -> None:
-        line.setdefault("time", datetime.now(UTC).isoformat(timespec="milliseconds"))
+        line = timestamped(line)
         if self.on_round_end is not None:
             self.on_round_end(line)
         if (
@@ -1047,7 +1038,7 @@ class RoundEngine:
             save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.checkpoint())
             self.checkpoint_round = self.round
         line["checkpoint_round"] = self.checkpoint_round
-        self._write_line(line)
+        self.metrics.round(line)
         self.history.append(line)
         log.info(
             "round %d %s: contributors %s, epsilon %s",
@@ -1056,13 +1047,6 @@ class RoundEngine:
             line.get("contributors"),
             f"{line['epsilon']:.3f}" if line.get("epsilon") is not None else "-",
         )
-
-    def _write_line(self, line: Mapping[str, Any]) -> None:
-        if self.run_dir is None:
-            return
-        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-            f.flush()
 
     def status(self) -> dict[str, Any]:
         rd = self._round

@@ -5,21 +5,24 @@ Each test client's data is split once, deterministically, into a support set
 accuracy is measured only on the query set. We report the paper's pooled
 accuracy over all query points and the per-client distribution (mean, std,
 10th percentile) as a fairness view (Jiang et al. 2019: always report both the
-global and the personalized numbers).
+global and the personalized numbers). Beside accuracy, every result carries the
+metrics of :func:`secure_fml.metrics.classification_metrics` (balanced accuracy;
+for binary tasks sensitivity, specificity and AUROC), pooled over query points.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from secure_fml._functional import Batch
+from secure_fml._functional import Batch, FunctionalModel
 from secure_fml.algorithms import Algorithm
 from secure_fml.data import ClientData, InputKind
+from secure_fml.metrics import classification_metrics
 
 __all__ = ["EvalResult", "evaluate", "to_batch"]
 
@@ -40,6 +43,8 @@ class EvalResult:
     personalized_loss: float
     per_client_global: tuple[float, ...]
     per_client_personalized: tuple[float, ...]
+    global_metrics: dict[str, Any] = field(default_factory=dict)
+    personalized_metrics: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def _dist(values: Sequence[float]) -> dict[str, float]:
@@ -66,6 +71,22 @@ def support_query_for_eval(
     )
 
 
+@torch.no_grad()
+def predict(
+    model: FunctionalModel, flat: torch.Tensor, x: torch.Tensor, *, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted labels and, for a two-output model, P(y = 1) for each row of ``x``."""
+    preds: list[torch.Tensor] = []
+    pos: list[torch.Tensor] = []
+    for i in range(0, len(x), chunk):
+        logits = model.logits(flat, x[i : i + chunk])
+        preds.append(logits.argmax(dim=1))
+        if logits.shape[1] == 2:
+            pos.append(torch.softmax(logits.double(), dim=1)[:, 1])
+    pred = torch.cat(preds).numpy()
+    return pred, (torch.cat(pos).numpy() if pos else None)
+
+
 def evaluate(
     algorithm: Algorithm,
     state: torch.Tensor,
@@ -75,8 +96,12 @@ def evaluate(
     support_fraction: float,
     seed: int = 0,
     adapt_steps: int | None = None,
+    on_client: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
-    """Global and personalized accuracy of ``state`` on ``clients`` (never trained on)."""
+    """Global and personalized accuracy of ``state`` on ``clients`` (never trained on).
+
+    ``on_client(done, total)`` is called after each client (e.g. ``Progress.update``).
+    """
     if not clients:
         raise ValueError("evaluate() needs at least one client")
     model = algorithm.model
@@ -84,13 +109,26 @@ def evaluate(
     g_acc, p_acc = [], []
     g_correct = p_correct = n_total = 0
     g_loss = p_loss = 0.0
+    ys: list[np.ndarray] = []
+    preds: dict[str, list[np.ndarray]] = {"g": [], "p": []}
+    scores: dict[str, list[np.ndarray]] = {"g": [], "p": []}
+    num_outputs = 0
     for i, client in enumerate(clients):
         support, query = support_query_for_eval(
             client, support_fraction=support_fraction, seed=seed, index=i
         )
         s, q = to_batch(support, input_kind), to_batch(query, input_kind)
         adapted = algorithm.adapt(state, s, steps=adapt_steps).detach()
-        cg, cp = model.correct(theta, q), model.correct(adapted, q)
+        y = q.y.numpy()
+        ys.append(y)
+        for key, flat in (("g", theta), ("p", adapted)):
+            pred, pos = predict(model, flat, q.x)
+            preds[key].append(pred)
+            if pos is not None:
+                scores[key].append(pos)
+                num_outputs = 2
+        cg = int((preds["g"][-1] == y).sum())
+        cp = int((preds["p"][-1] == y).sum())
         g_correct += cg
         p_correct += cp
         n_total += len(q)
@@ -98,6 +136,18 @@ def evaluate(
         p_loss += model.mean_loss(adapted, q) * len(q)
         g_acc.append(cg / len(q))
         p_acc.append(cp / len(q))
+        if on_client is not None:
+            on_client(i + 1, len(clients))
+    y_all = np.concatenate(ys)
+
+    def pooled(key: str) -> dict[str, Any]:
+        return classification_metrics(
+            y_all,
+            np.concatenate(preds[key]),
+            num_outputs=num_outputs,
+            positive_scores=np.concatenate(scores[key]) if scores[key] else None,
+        )
+
     return EvalResult(
         num_clients=len(clients),
         num_query_points=n_total,
@@ -107,4 +157,6 @@ def evaluate(
         personalized_loss=p_loss / n_total,
         per_client_global=tuple(g_acc),
         per_client_personalized=tuple(p_acc),
+        global_metrics=pooled("g"),
+        personalized_metrics=pooled("p"),
     )

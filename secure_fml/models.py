@@ -9,14 +9,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from privacy.errors import ConfigError
 
-__all__ = ["MLP", "CharLSTM", "FemnistCNN", "default_model"]
+__all__ = [
+    "MLP",
+    "CharLSTM",
+    "FemnistCNN",
+    "check_output_size",
+    "default_model",
+    "describe_module",
+    "parameter_layout",
+]
 
 
 class FemnistCNN(nn.Module):
@@ -79,3 +88,65 @@ def default_model(
             n_in *= int(s)
         return MLP(n_in, num_classes, hidden=() if kind == "logreg" else tuple(hidden))
     raise ConfigError(f"model.kind must be one of cnn, lstm, mlp, logreg; got {kind!r}")
+
+
+def parameter_layout(module: nn.Module) -> list[list[Any]]:
+    """``[[name, [shape...]], ...]`` in ``named_parameters`` order (the flat state's layout)."""
+    return [[n, list(p.shape)] for n, p in module.named_parameters()]
+
+
+def describe_module(module: nn.Module, *, default: Mapping[str, Any]) -> dict[str, Any]:
+    """The model spec to store for ``module``: ``default`` when the module is exactly what
+    :func:`default_model` builds from it, else a ``kind = "custom"`` spec.
+
+    A custom spec records the class and the parameter layout, never code: a
+    checkpoint is data, so nothing rebuilds a custom class from it; loading it
+    needs the module itself (``secure_fml.personalize(..., module=Net())``), and
+    its layout is checked against the stored one.
+    """
+    try:
+        with torch.device("meta"):
+            ref = default_model(
+                str(default["kind"]),
+                sample_shape=tuple(default["sample_shape"]),
+                num_classes=int(default["num_classes"]),
+                hidden=tuple(default["hidden"]),
+            )
+        same = type(ref) is type(module) and parameter_layout(ref) == parameter_layout(module)
+    except ConfigError:
+        same = False
+    if same:
+        return dict(default)
+    cls = type(module)
+    return {
+        "kind": "custom",
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "parameters": parameter_layout(module),
+        "sample_shape": list(default["sample_shape"]),
+        "num_classes": int(default["num_classes"]),
+        "input_kind": default.get("input_kind"),
+    }
+
+
+@torch.no_grad()
+def check_output_size(
+    module: nn.Module, sample: torch.Tensor, num_classes: int, *, exact: bool = True
+) -> None:
+    """Raise :class:`ConfigError` unless ``module`` maps ``sample`` (a batch) to
+    ``(batch, num_classes)`` logits (``exact=False``: at least ``num_classes``)."""
+    try:
+        out = module(sample)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise ConfigError(
+            f"the model cannot take the data's samples of shape {list(sample.shape[1:])}: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != sample.shape[0]:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"the model must return (batch, classes) logits, got {shape}")
+    k = int(out.shape[1])
+    if k < num_classes or (exact and k != num_classes):
+        raise ConfigError(
+            f"the model has {k} outputs but the data has {num_classes} classes (labels 0.."
+            f"{num_classes - 1}); give the model {num_classes} outputs"
+        )

@@ -31,20 +31,28 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
-from tqdm.auto import tqdm
 
 from aggregation import Stage
 from privacy import Csprng
 from privacy.errors import ConfigError, ProtocolError, SecureFMLError
 from secure_fml._functional import Batch, FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
+from secure_fml.baselines import summary_fields
 from secure_fml.checkpoint import Checkpoint
 from secure_fml.config import Config
-from secure_fml.data import ClientData, ClientSplit, FederatedDataset, InputKind, load_preset
+from secure_fml.data import (
+    ClientData,
+    ClientSplit,
+    FederatedDataset,
+    InputKind,
+    load_preset,
+    preprocessing_spec,
+)
 from secure_fml.engine import Identity, RoundEngine
 from secure_fml.evaluation import EvalResult, evaluate, to_batch
 from secure_fml.messages import EngineMessage, RoundStart, StageReply, StageRequest
-from secure_fml.models import default_model
+from secure_fml.models import check_output_size, default_model, describe_module
+from secure_fml.observability import MetricsSink, Progress
 from secure_fml.pipeline import ClientPipeline, seeded_generator, seeded_randomness
 
 __all__ = [
@@ -249,6 +257,7 @@ class Simulation:
         executor: ClientExecutor | None = None,
         client_factory: Callable[[str], ClientPipeline] | None = None,
         extra_clients: Mapping[str, Callable[[str], ClientPipeline]] | None = None,
+        sinks: Sequence[MetricsSink] = (),
     ) -> None:
         self.config = config
         if config.run.threads is not None:
@@ -258,8 +267,13 @@ class Simulation:
         self.split = split_dataset(config, self.dataset)
         if not self.split.train:
             raise ConfigError("the client split left no training clients")
-        self.model_spec = model_spec_for(config, self.dataset)
-        self.module = module if module is not None else build_model(self.model_spec)
+        default_spec = model_spec_for(config, self.dataset)
+        self.module = module if module is not None else build_model(default_spec)
+        # A custom module is recorded as such (class and parameter layout), never as the
+        # default model, so a checkpoint cannot be rebuilt into the wrong network.
+        self.model_spec = describe_module(self.module, default=default_spec)
+        sample = to_batch(self.split.train[0], self.dataset.input_kind).x[:1]
+        check_output_size(self.module, sample, self.dataset.num_classes)
         self.fmodel = FunctionalModel(self.module)
         self.algorithm: Algorithm = make_algorithm(config.algorithm, self.fmodel)
         self._train = {c.client_id: c for c in self.split.train}
@@ -290,6 +304,8 @@ class Simulation:
             run_dir=self.run_dir,
             clock=self.clock,
             on_round_end=self._on_round_end,
+            checkpoint_extra={"data": preprocessing_spec(self.dataset)},
+            sinks=sinks,
         )
         self._round_participants: tuple[str, ...] = ()
         self._opened = False
@@ -426,10 +442,10 @@ class Simulation:
             self.open(resume=resume)
             if resume:
                 log.info("resumed from round %d", self.round)
-            bar = tqdm(
+            bar = Progress(
                 total=cfg.server.rounds,
                 initial=self.round,
-                disable=not progress,
+                enabled=progress,
                 desc=f"{cfg.algorithm.name.value}",
                 unit="round",
             )
@@ -451,6 +467,7 @@ class Simulation:
             raise
         final = self.evaluate_on(self.split.test) if self.split.test else None
         summary = self.summary(final)
+        self.engine.metrics.event("summary", summary)
         self.close()
         if self.run_dir is not None:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -471,4 +488,7 @@ class Simulation:
             "update_dim": int(self.state.numel()),
             "mechanism": self.engine.summary(),
             "test": final.as_dict(per_client=True) if final is not None else None,
+            **summary_fields(
+                self.config, dataset=self.dataset, split=self.split, algorithm=self.algorithm
+            ),
         }

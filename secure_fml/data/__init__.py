@@ -4,11 +4,14 @@ Public API (implementation modules are private)::
 
     FederatedDataset, ClientData, ClientSplit, InputKind     core types (_core)
     load_npz, load_leaf_json, load_csv, Impute               loaders (_loaders)
+    preprocessing_spec                                       what checkpoints store (_loaders)
     load_preset, describe_presets, PresetInfo, ...           presets (_presets)
     make_synthetic                                           Synthetic(alpha, beta) (_synthetic)
+    make_fewshot                                             few-shot label-map family (_fewshot)
 """
 
 from ._core import ClientData, ClientSplit, FederatedDataset, InputKind
+from ._fewshot import make_fewshot
 from ._loaders import (
     DEFAULT_MISSING_VALUES,
     LEAF_SHAKESPEARE_VOCAB,
@@ -17,6 +20,7 @@ from ._loaders import (
     load_csv,
     load_leaf_json,
     load_npz,
+    preprocessing_spec,
 )
 from ._presets import (
     DATA_ROOT_ENV,
@@ -47,7 +51,9 @@ __all__ = [
     "load_leaf_json",
     "load_npz",
     "load_preset",
+    "make_fewshot",
     "make_synthetic",
+    "preprocessing_spec",
     "preset_names",
     "resolve_data_root",
     "split_clients_with_heldout",

@@ -44,6 +44,7 @@ __all__ = [
     "load_csv",
     "load_leaf_json",
     "load_npz",
+    "preprocessing_spec",
 ]
 
 logger = logging.getLogger(__name__)
@@ -205,6 +206,27 @@ def _convert_x(x: np.ndarray, *, input_kind: InputKind, where: str, key: str) ->
     raise DataError(f"{where}: {key!r} has dtype {x.dtype}; TABULAR data needs numbers")
 
 
+def preprocessing_spec(dataset: FederatedDataset) -> dict[str, Any]:
+    """What a new site must reproduce to feed the trained model: stored in checkpoints.
+
+    ``feature_names`` (TABULAR columns in model order, or None), ``impute`` and
+    ``standardize`` (per-site statistics, as the training sites computed them:
+    each site computes its own, so they are not stored, only the method), the
+    label set (``num_classes``, ``class_names``), ``input_kind`` and ``sample_shape``.
+    """
+    md = dataset.metadata
+    return {
+        "dataset": dataset.name,
+        "input_kind": dataset.input_kind.value,
+        "sample_shape": list(dataset.sample_shape),
+        "num_classes": dataset.num_classes,
+        "class_names": list(dataset.class_names) if dataset.class_names else None,
+        "feature_names": list(dataset.feature_names) if dataset.feature_names else None,
+        "impute": md.get("impute", Impute.NONE.value),
+        "standardize": md.get("standardize", "False") == "True",
+    }
+
+
 # ---------------------------------------------------------------------------------------
 # npz
 # ---------------------------------------------------------------------------------------
@@ -357,7 +379,7 @@ def load_npz(
         input_kind,
         feature_names=tuple(fnames) if fnames and input_kind is InputKind.TABULAR else None,
         class_names=tuple(class_names) if class_names is not None else None,
-        metadata={"source": where},
+        metadata={"source": where, "impute": impute.value, "standardize": str(standardize)},
     )
 
 

@@ -1,4 +1,4 @@
-"""Named dataset presets: FEMNIST, Shakespeare, heart disease (4 hospitals), Synthetic(α, β).
+"""Named dataset presets: the few-shot default, FEMNIST, Shakespeare, heart, Synthetic(α, β).
 
 A preset is a registry entry: a name, a description, the files it needs
 relative to a data root, and a loader that takes the root and keyword-only
@@ -27,6 +27,7 @@ import numpy as np
 from privacy.errors import ConfigError, DataError
 
 from ._core import ClientData, ClientSplit, FederatedDataset, InputKind
+from ._fewshot import make_fewshot
 from ._loaders import Impute, _npz_array, impute_and_standardize, load_npz
 from ._synthetic import make_synthetic
 
@@ -239,6 +240,10 @@ def _synthetic(root: Path | None, **options: Any) -> FederatedDataset:
     return make_synthetic(**options)
 
 
+def _fewshot(root: Path | None, **options: Any) -> FederatedDataset:
+    return make_fewshot(**options)
+
+
 # ---------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------
@@ -274,6 +279,15 @@ def _options_of(fn: Callable[..., Any]) -> tuple[str, ...]:
 _PRESETS: dict[str, _Preset] = {
     p.name: p
     for p in (
+        _Preset(
+            "fewshot",
+            "the embedded default: 200 generated sites share one representation of 5 "
+            "concepts but each names them with its own label permutation, 50 samples per "
+            "site (so about 10 support examples); meta-learning matters here; no files needed",
+            (),
+            _fewshot,
+            _options_of(make_fewshot),
+        ),
         _Preset(
             "femnist",
             "FEMNIST (LEAF), 396 writers, 60,378 28x28 images in [0,1], 62 classes; "

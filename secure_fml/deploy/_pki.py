@@ -82,7 +82,12 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
 
 
 def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except FileNotFoundError:
+        raise ConfigError(f"private key not found: {path}") from None
+    except ValueError as e:
+        raise ConfigError(f"{path} is not a PEM private key ({e})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{path} is not an ECDSA private key")
     return key
@@ -164,6 +169,12 @@ def _issue(
     directory: Path, *, cn: str, cert_name: str, key_name: str, server: bool, hosts: tuple[str, ...]
 ) -> Path:
     d = Path(directory)
+    missing = [n for n in (CA_KEY, CA_CERT) if not (d / n).is_file()]
+    if missing:
+        raise ConfigError(
+            f"{d} holds no consortium CA (missing {', '.join(missing)}): run "
+            f"`secure-fml pki init --dir {d}` first, or pass the right --dir"
+        )
     ca_key = load_private_key(d / CA_KEY)
     ca_cert = _load_cert(d / CA_CERT)
     if (d / key_name).exists():

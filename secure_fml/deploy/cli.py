@@ -100,9 +100,15 @@ def _status_line(line: dict[str, Any]) -> str:
         parts.append(f"sites seen {line['participants']}")
     if line.get("dropped") is not None:
         parts.append(f"dropped {line['dropped']}")
-    if line.get("epsilon") is not None:
+    if line.get("contributors") is not None:
+        parts.append(f"contributors {line['contributors']}")
+    if isinstance(line.get("train_loss"), int | float):
+        parts.append(f"loss {line['train_loss']:.4f}")
+    if isinstance(line.get("val_personalized_accuracy"), int | float):
+        parts.append(f"val personalized {line['val_personalized_accuracy']:.4f}")
+    if isinstance(line.get("epsilon"), int | float):
         parts.append(f"epsilon {line['epsilon']:.3f}")
-    if line.get("round_s") is not None:
+    if isinstance(line.get("round_s"), int | float):
         parts.append(f"{line['round_s']:.2f}s")
     if line.get("reason"):
         parts.append(f"({line['reason']})")
@@ -113,10 +119,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.run_dir:
         path = Path(args.run_dir) / "metrics.jsonl"
         if not path.exists():
-            _out(f"error: {path} not found", err=True)
+            _out(f"error: {path} not found (is {args.run_dir} a run directory?)", err=True)
             return 2
-        for raw in path.read_text(encoding="utf-8").splitlines():
-            _out(_status_line(json.loads(raw)))
+        for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+                if not isinstance(line, dict) or "round" not in line:
+                    raise ValueError("no round")
+            except ValueError:
+                _out(f"error: {path}: line {n} is not a metrics record", err=True)
+                return 2
+            _out(_status_line(line))
         return 0
     import grpc
 
@@ -153,7 +168,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add ``pki``, ``server``, ``client`` and ``status`` to the ``secure-fml`` parser."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-format", choices=("json", "text"), default="json")
+    common.add_argument(
+        "--log-format", choices=("json", "text"), default="json", help="log line format"
+    )
 
     p = sub.add_parser("pki", help="consortium CA and certificates for deployment")
     psub = p.add_subparsers(dest="pki_command", required=True)
@@ -188,14 +205,16 @@ def register(sub: Any) -> None:
     )
     c.set_defaults(func=_cmd_client)
 
-    t = sub.add_parser("status", help="round status of a coordinator (live or from its run dir)")
+    t = sub.add_parser(
+        "status", help="round status of a coordinator (live) or of any run directory"
+    )
     g = t.add_mutually_exclusive_group(required=True)
     g.add_argument("--server", help="coordinator address")
-    g.add_argument("--run-dir", help="the coordinator's run directory")
-    t.add_argument("--pki-dir", default="pki")
+    g.add_argument("--run-dir", help="a coordinator's or a simulation's run directory")
+    t.add_argument("--pki-dir", default="pki", help="PKI directory holding ca.pem")
     t.add_argument("--site", help="site whose certificate authenticates the query")
-    t.add_argument("--insecure", action="store_true")
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--insecure", action="store_true", help="no TLS (local experiments only)")
+    t.add_argument("--json", action="store_true", help="print the live status as JSON")
     t.set_defaults(func=_cmd_status)
 
 

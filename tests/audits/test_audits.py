@@ -32,6 +32,7 @@ from secure_fml.config import Config, config_from_dict
 def canary_config(eps: float = 1.0) -> Config:
     return config_from_dict(
         {
+            "data": {"preset": "synthetic"},
             "algorithm": {"name": "fomaml"},
             "server": {
                 "rounds": 30,
@@ -90,6 +91,7 @@ def mia_config() -> Config:
     # Local training that memorises (10 epochs) so that the noise is what protects.
     return config_from_dict(
         {
+            "data": {"preset": "synthetic"},
             "algorithm": {"name": "fedavg", "local_epochs": 10, "local_lr": 0.2},
             "server": {"rounds": 30, "sampling": "poisson", "sampling_rate": 0.3},
             "privacy": {
@@ -124,6 +126,7 @@ def inversion_target(protocol: str) -> AuditTarget:
     return AuditTarget(
         config=config_from_dict(
             {
+                "data": {"preset": "synthetic"},
                 "privacy": {"enabled": True, "noise_multiplier": 1.0, "clip_norm": 1.0},
                 "secure_aggregation": {"protocol": protocol},
                 "server": {"sampling": "poisson", "sampling_rate": 0.2},
@@ -151,7 +154,11 @@ def test_gradient_inversion_views(protocol: str, control: Control, expected: Ver
 
 
 def test_malicious_server_attacks_abort_and_secagg_off_fires() -> None:
-    target = AuditTarget(config=config_from_dict({"secure_aggregation": {"protocol": "secagg+"}}))
+    target = AuditTarget(
+        config=config_from_dict(
+            {"data": {"preset": "synthetic"}, "secure_aggregation": {"protocol": "secagg+"}}
+        )
+    )
     r = MaliciousServerAudit().run(target)
     assert r.verdict is Verdict.PASS, r.summary
     for name in ("model_inconsistency", "crafted_model", "both_shares", "both_shares_same_request"):

@@ -10,6 +10,8 @@ import pytest
 from secure_fml.cli import main
 
 CONFIG = """
+[data]
+preset = "synthetic"
 [algorithm]
 name = "fomaml"
 [server]

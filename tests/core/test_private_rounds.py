@@ -19,7 +19,7 @@ from secure_fml.messages import StageReply
 from secure_fml.simulation import SequentialExecutor, Simulation
 
 BASE = {
-    "data": {"options": {"num_clients": 40, "max_samples": 100}},
+    "data": {"preset": "synthetic", "options": {"num_clients": 40, "max_samples": 100}},
     "algorithm": {"name": "maml"},
     "server": {"rounds": 4, "clients_per_round": 6, "lr": 0.01},
     "eval": {"every": 0},
@@ -291,6 +291,8 @@ def test_cli_simulate_with_secure_aggregation_and_distributed_noise(
         protocol,
         "--algorithm",
         "metasgd",
+        "--preset",
+        "synthetic",
         "--secure-aggregation",
         protocol,
         "--no-progress",

@@ -20,7 +20,7 @@ from secure_fml.errors import ConfigError, DataError
 
 
 def test_registry_lists_presets_and_rejects_unknowns(tmp_path: Path) -> None:
-    assert set(preset_names()) == {"femnist", "shakespeare", "heart", "synthetic"}
+    assert set(preset_names()) == {"fewshot", "femnist", "shakespeare", "heart", "synthetic"}
     with pytest.raises(ConfigError, match=r"unknown dataset preset 'mnist'.*femnist"):
         load_preset("mnist")
     with pytest.raises(ConfigError, match=r"unknown option\(s\) colour; valid: .*include_partial"):
