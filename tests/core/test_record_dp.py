@@ -281,3 +281,14 @@ def test_production_noise_is_csprng_and_seed_warns() -> None:
     ).source.is_secure
     with pytest.warns(RuntimeWarning, match="INSECURE"):
         RecordDPAlgorithm(alg, RecordLevelDP(clip_norm=1.0, noise_multiplier=1.0, insecure_seed=3))
+
+
+def test_an_update_that_deviates_from_its_plan_is_not_released() -> None:
+    """The receipt charged is what was planned (and budget-checked) or nothing."""
+    w = _wrapped("reptile", local_steps=3)
+    real = w.schedule
+    w.schedule = lambda **kw: ((real(**kw)[0][0], 2),)  # type: ignore[method-assign]
+    with pytest.raises(PrivacyError, match="refusing to release"):
+        w.client_update(
+            w.initial_state(w.model.initial_parameters()), _data(), torch.Generator().manual_seed(0)
+        )
