@@ -107,6 +107,7 @@ def test_record_releases_are_their_own_unit(tmp_path: Path) -> None:
     # Reopening rebuilds the same per-site accountants from the file.
     with PrivacyLedger.open(tmp_path / "l.jsonl") as led:
         assert led.record_epsilons(delta=DELTA) == eps
+        assert led.epsilon(delta=DELTA) == eps_client
 
 
 def test_a_repeated_round_is_charged_again(tmp_path: Path) -> None:
