@@ -277,13 +277,14 @@ def render_record_level_plan(p: RecordLevelPlan) -> str:
     if p.target_epsilon is not None:
         head.append(f"target epsilon:    {p.target_epsilon:g}")
     head.append(f"common sigma:      {p.common_noise_multiplier:.4f}")
-    cols = f"{'site':>10} {'n':>7}  {'steps per round':<28}"
+    w = max([4, *(len(r.site) for r in p.sites)])
+    cols = f"{'site':>{w}} {'n':>7}  {'steps per round':<28}"
     if p.target_epsilon is not None:
         cols += f" {'sigma@target':>12} {'eps@own':>8}"
     cols += f" {'eps@common':>10}"
     lines = [*head, "", cols]
     for r in p.sites:
-        line = f"{r.site:>10} {r.size:>7}  {sched(r.schedule):<28}"
+        line = f"{r.site:>{w}} {r.size:>7}  {sched(r.schedule):<28}"
         if p.target_epsilon is not None:
             line += f" {r.noise_multiplier_for_target:>12.4f} {r.epsilon_at_own:>8.4f}"
         eps = r.epsilon_at_common

@@ -292,3 +292,37 @@ def test_an_update_that_deviates_from_its_plan_is_not_released() -> None:
         w.client_update(
             w.initial_state(w.model.initial_parameters()), _data(), torch.Generator().manual_seed(0)
         )
+
+
+@pytest.mark.slow
+def test_cli_privacy_plan_record_unit_calibrates(capsys: pytest.CaptureFixture[str]) -> None:
+    from secure_fml.cli import main
+
+    args = ["privacy", "plan", "--unit", "record", "--rounds", "5", "--local-steps", "4"]
+    rc = main([*args, "--epsilon", "3", "--site-sizes", "303", "123", "--batch-size", "32"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = [r for r in (line.split() for line in out.splitlines()) if r[:1] == ["site"]][1:]
+    assert [r[2] for r in rows] == ["303", "123"]
+    sigma_303, sigma_123 = float(rows[0][5]), float(rows[1][5])
+    assert sigma_123 > sigma_303  # the smaller site needs more noise
+    assert f"common sigma:      {sigma_123:.4f}" in out
+
+
+def test_cli_privacy_plan_record_unit(capsys: pytest.CaptureFixture[str]) -> None:
+    import privacy
+    from secure_fml.cli import main
+
+    args = ["privacy", "plan", "--unit", "record", "--rounds", "5", "--local-steps", "4"]
+    sizes = ["--site-sizes", "303", "123", "--batch-size", "32"]
+    assert main([*args, *sizes, "--noise-multiplier", "2.0"]) == 0
+    out = capsys.readouterr().out
+    rows = [r for r in (line.split() for line in out.splitlines()) if r[:1] == ["site"]][1:]
+    ref = privacy.record_level_epsilon(
+        noise_multiplier=2.0, schedule=((32 / 123, 4),), rounds=5, delta=1e-5
+    )
+    assert float(rows[1][-1]) == pytest.approx(ref, abs=1e-4)
+    assert f"epsilon at the common sigma: {ref:.4f}" in out
+    assert main([*args, "--epsilon", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--site-sizes" in err and err.count("\n") == 1
