@@ -200,13 +200,13 @@ class Algorithm(ABC):
 
     def local_grad_params(
         self, params: list[torch.Tensor], pool: Batch, batch: Batch
-    ) -> list[torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         """:meth:`local_grad` for per-parameter tensors (no graph through the result)."""
         if self.oracle is None:
             pd = [x.detach().requires_grad_(True) for x in params]
-            return list(torch.autograd.grad(self.model.loss_params(pd, batch), pd))
+            return torch.autograd.grad(self.model.loss_params(pd, batch), pd)
         flat = torch.cat([x.detach().reshape(-1) for x in params])
-        return self.model.split(self.oracle.grad(flat, pool))
+        return tuple(self.model.split(self.oracle.grad(flat, pool)))
 
     def query_loss(self, params: list[torch.Tensor], pool: Batch, batch: Batch) -> torch.Tensor:
         """The outer objective: its gradient w.r.t. ``params`` is the query gradient.
