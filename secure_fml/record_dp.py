@@ -44,6 +44,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -69,8 +70,15 @@ __all__ = [
     "RecordDPAlgorithm",
     "RecordDPReceipt",
     "RecordLevelDP",
+    "RecordLevelLedger",
+    "record_level_from_config",
     "refuse_unsupported",
+    "wrap_for_config",
 ]
+
+if TYPE_CHECKING:
+    from secure_fml.config import Config
+    from secure_fml.data import FederatedDataset
 
 log = logging.getLogger(__name__)
 
@@ -444,3 +452,118 @@ def _num_units(data: Batch) -> int:
     if data.unit is None:
         return len(data)
     return int(torch.unique(data.unit).numel())
+
+
+def record_level_from_config(config: Config) -> RecordLevelDP | None:
+    """The :class:`RecordLevelDP` a run config asks for (None: no record-level DP)."""
+    pc = config.privacy
+    if not pc.enabled or pc.unit == "client":
+        return None
+    return RecordLevelDP(
+        clip_norm=pc.record_clip_norm,
+        noise_multiplier=pc.record_noise_multiplier,
+        target_epsilon=pc.record_target_epsilon,
+        rounds=config.server.rounds if pc.record_target_epsilon is not None else None,
+        delta=pc.delta,
+        accountant=pc.accountant,
+        unit=pc.unit_column or "record",
+        insecure_seed=pc.insecure_seed,
+    )
+
+
+def wrap_for_config(config: Config, algorithm: Algorithm, dataset: FederatedDataset) -> Algorithm:
+    """``algorithm`` wrapped for record-level DP when the config asks for it.
+
+    The dataset's person grouping must match ``privacy.unit_column``: records grouped
+    by a person column are never silently treated as independent units.
+    """
+    dp = record_level_from_config(config)
+    column = config.privacy.unit_column
+    grouped = dataset.metadata.get("unit_column")
+    has_units = any(c.units is not None for c in dataset.clients)
+    if dp is None:
+        return algorithm
+    if column is not None and (grouped != column or not has_units):
+        raise ConfigError(
+            f"privacy.unit_column={column!r} but the dataset's records are "
+            + (f"grouped by {grouped!r}" if grouped else "not grouped by person")
+            + " (load it with load_csv(..., unit_column=...))"
+        )
+    if column is None and has_units:
+        raise ConfigError(
+            f"the dataset groups records by {grouped!r}: set privacy.unit_column = {grouped!r}"
+        )
+    return RecordDPAlgorithm(algorithm, dp)
+
+
+class RecordLevelLedger:
+    """Charges sites' record-level receipts to a ledger and enforces the per-site budget.
+
+    The coordinator's (or a site's own) bookkeeping: :meth:`admit` before a site
+    computes (False once the site is at its budget: it stops contributing),
+    :meth:`charge` after it computed and **before** its update is used.
+    """
+
+    def __init__(
+        self,
+        ledger: privacy.PrivacyLedger,
+        *,
+        delta: float,
+        accountant: str = "rdp",
+        max_epsilon: float | None = None,
+        population: int | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.delta = delta
+        self.accountant = accountant
+        self.budget = (
+            None
+            if max_epsilon is None
+            else privacy.PrivacyBudget(max_epsilon=max_epsilon, delta=delta, accountant=accountant)
+        )
+        self.population = population
+        self.exhausted: set[str] = set()
+
+    def _check(self, event: privacy.RecordLevelRelease) -> None:
+        if self.budget is not None:
+            privacy.check_record_level_budget(
+                self.ledger.record_accountant(event.site_id, self.accountant), event, self.budget
+            )
+
+    def admit(self, algorithm: Algorithm, *, round: int, site_id: str, data: Batch) -> bool:
+        """Whether ``site_id`` may take part in ``round`` (its planned cost fits its budget)."""
+        if not isinstance(algorithm, RecordDPAlgorithm):
+            raise TypeError("record-level bookkeeping needs a RecordDPAlgorithm")
+        if site_id in self.exhausted:
+            return False
+        try:
+            self._check(algorithm.planned_receipt(data).event(round=round, site_id=site_id))
+        except privacy.PrivacyBudgetExhausted as exc:
+            log.warning("%s", exc)
+            self.exhausted.add(site_id)
+            if self.population is not None and len(self.exhausted) >= self.population:
+                raise privacy.PrivacyBudgetExhausted(
+                    f"every site has reached its record-level budget (last: {exc})"
+                ) from exc
+            return False
+        return True
+
+    def charge(self, receipt: RecordDPReceipt, *, round: int, site_id: str) -> None:
+        """Durably record the site's release (raises when over budget: nothing recorded)."""
+        event = receipt.event(round=round, site_id=site_id)
+        self._check(event)
+        self.ledger.record(event)
+
+    def epsilons(self) -> dict[str, float]:
+        return self.ledger.record_epsilons(delta=self.delta, accountant=self.accountant)
+
+    def summary(self) -> dict[str, object]:
+        eps = self.epsilons()
+        return {
+            "unit": "record",
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "epsilon_per_site": eps,
+            "epsilon_worst_site": max(eps.values()) if eps else 0.0,
+            "sites_at_budget": sorted(self.exhausted),
+        }

@@ -7,8 +7,10 @@ and ``summary.json`` (final test-client evaluation).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+import privacy
 from privacy import LedgerHead
 from privacy.errors import ConfigError, ProtocolAbort
 from secure_fml._functional import Batch, FunctionalModel
@@ -37,6 +40,7 @@ from secure_fml.config import Config, config_to_dict, dump_toml
 from secure_fml.data import ClientData, ClientSplit, FederatedDataset, InputKind, load_preset
 from secure_fml.evaluation import EvalResult, evaluate, to_batch
 from secure_fml.models import default_model
+from secure_fml.record_dp import RecordDPAlgorithm, RecordLevelLedger, wrap_for_config
 from secure_fml.rounds import (
     AggregateResult,
     ClientSampler,
@@ -128,6 +132,10 @@ class Simulation:
         self.module = module if module is not None else build_model(self.model_spec)
         self.fmodel = FunctionalModel(self.module)
         self.algorithm: Algorithm = make_algorithm(config.algorithm, self.fmodel)
+        # Record-level DP (privacy.unit = record | both): every site's local steps are DP-SGD.
+        self.algorithm = wrap_for_config(config, self.algorithm, self.dataset)
+        self._record: RecordLevelLedger | None = None
+        self._record_head: dict[str, Any] | None = None
         self.state = self.algorithm.initial_state(self.fmodel.initial_parameters())
         self.optimizer = ServerOptimizer(
             self.state, config.server.optimizer_config(self.algorithm.update_kind)
@@ -154,6 +162,9 @@ class Simulation:
 
     def _build_update_path(self, ledger_head: dict[str, Any] | None) -> UpdatePath:
         cfg = self.config
+        if cfg.privacy.unit == "record":
+            # Record-level only: no client-level noise in the update path.
+            cfg = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, enabled=False))
         if not cfg.privacy.enabled and cfg.secure_aggregation.protocol == "none":
             return PlainSum()
         ledger_dir = self.run_dir
@@ -172,6 +183,34 @@ class Simulation:
         """Release the privacy ledger (its file lock), if one is open."""
         if isinstance(self._update_path, DifferentialPrivacy):
             self._update_path.ledger.close()
+        elif self._record is not None:
+            self._record.ledger.close()
+
+    @property
+    def record_level(self) -> RecordLevelLedger | None:
+        """Record-level bookkeeping (the run's ledger), when record-level DP is on."""
+        if not isinstance(self.algorithm, RecordDPAlgorithm):
+            return None
+        if self._record is None:
+            pc = self.config.privacy
+            path = self.update_path
+            if isinstance(path, DifferentialPrivacy):
+                ledger = path.ledger
+            else:
+                ledger_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="secure-fml-ledger-"))
+                ledger_dir.mkdir(parents=True, exist_ok=True)
+                head = LedgerHead(**self._record_head) if self._record_head else None
+                ledger = privacy.PrivacyLedger.open(
+                    ledger_dir / privacy.LEDGER_FILENAME, expected_head=head
+                )
+            self._record = RecordLevelLedger(
+                ledger,
+                delta=pc.delta,
+                accountant=pc.accountant,
+                max_epsilon=pc.record_max_epsilon,
+                population=len(self.split.train),
+            )
+        return self._record
 
     def _batch(self, client_id: str) -> Batch:
         if client_id not in self._batches:
@@ -199,13 +238,21 @@ class Simulation:
         losses: list[float] = []
         norms: list[float] = []
         t_clients = 0.0
+        record = self.record_level
         for i, cid in enumerate(sampled.client_ids):
             gen = torch.Generator().manual_seed(_client_seed(self.config.run.seed, r, i))
+            if record is not None and not record.admit(
+                self.algorithm, round=r, site_id=cid, data=self._batch(cid)
+            ):
+                continue  # at its record-level budget: the site stops contributing
             tc = time.perf_counter()
             upd = self.algorithm.client_update(self.state, self._batch(cid), gen)
+            if upd.receipt is not None and record is not None:
+                record.charge(upd.receipt, round=r, site_id=cid)  # before the update is used
             vec = upd.vector.detach().cpu().numpy().astype(np.float32, copy=False)
             t_clients += time.perf_counter() - tc
-            losses.append(upd.loss)
+            if math.isfinite(upd.loss):  # record-level DP releases no clear loss
+                losses.append(upd.loss)
             norms.append(float(np.linalg.norm(vec)))
             contributions[cid] = self.update_path.client_side(ctx, cid, vec)
         aborted: str | None = None
@@ -231,6 +278,10 @@ class Simulation:
         }
         if aborted is not None:
             line["aborted"] = aborted
+        if record is not None:
+            eps = record.epsilons()
+            line["record_dp_epsilon_worst_site"] = max(eps.values()) if eps else 0.0
+            line["record_dp_sites_at_budget"] = len(record.exhausted)
         every = self.config.eval.every
         if every and r % every == 0 and self.split.val:
             val = self.split.val[: self.config.eval.max_val_clients]
@@ -251,13 +302,16 @@ class Simulation:
             model_spec=self.model_spec,
             config=config_to_dict(self.config),
             algorithm=self.config.algorithm.name.value,
-            ledger_head=path.ledger.head if isinstance(path, DifferentialPrivacy) else None,
+            ledger_head=path.ledger.head
+            if isinstance(path, DifferentialPrivacy)
+            else (self._record.ledger.head if self._record is not None else None),
         )
 
     def restore(self, ckpt: Checkpoint) -> None:
         self.state = restore_training_state(
             ckpt, expected_numel=self.state.numel(), optimizer=self.optimizer, rng=self.rng
         )
+        self._record_head = ckpt.extra.get("ledger_head")
         if self._update_path is None:
             self._update_path = self._build_update_path(ckpt.extra.get("ledger_head"))
         last = (
@@ -337,5 +391,6 @@ class Simulation:
             "parameters": self.fmodel.dim,
             "update_dim": int(self.state.numel()),
             "update_path": self.update_path.summary(),
+            "record_level": self.record_level.summary() if self.record_level else None,
             "test": final.as_dict(per_client=True) if final is not None else None,
         }
