@@ -20,6 +20,15 @@ pre-activation, and each example's weight gradient is formed once from those
 gate gradients and the layer's inputs and previous hidden states
 (``dW_ih = Σ_t dG_t x_tᵀ``, ``dW_hh = Σ_t dG_t h_{t-1}ᵀ``, ``db = Σ_t dG_t``).
 
+Models whose only parameters are ``nn.Linear`` layers (the tabular MLP,
+logistic regression) take a cheaper path, again by measurement: vmap's per-call
+overhead dominates such small models, so there one ordinary batched forward
+records every Linear layer's input ``a`` and the gradient ``δ`` of the summed
+loss w.r.t. its output, and each example's gradient is ``δ_i a_iᵀ`` (and ``δ_i``
+for the bias): the activation-times-backprop rule Opacus' hooks use, valid
+because each Linear layer is applied once and no example influences another's
+loss.
+
 Layers that mix examples (batch normalization) have no per-example gradient and
 are refused.
 """
@@ -27,6 +36,7 @@ are refused.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -149,6 +159,23 @@ def _vmap_friendly(module: nn.Module) -> tuple[nn.Module, dict[str, _UnrolledLST
     return out, lstms
 
 
+def _slice(batch: Batch, start: int, stop: int) -> Batch:
+    if start == 0 and stop >= len(batch):
+        return batch
+    unit = None if batch.unit is None else batch.unit[start:stop]
+    return Batch(batch.x[start:stop], batch.y[start:stop], unit)
+
+
+def _linear_only(module: nn.Module) -> dict[str, nn.Linear] | None:
+    """The Linear layers of ``module`` if they hold every parameter it has, else None."""
+    linears = {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
+    owned = {f"{n}.{p}" if n else p for n, m in linears.items() for p, _ in m.named_parameters()}
+    names = {n for n, _ in module.named_parameters()}
+    if not linears or owned != names:
+        return None
+    return linears
+
+
 @dataclass(frozen=True)
 class ClippedSum:
     """Sum over units of each unit's gradient clipped to L2 norm ``clip_norm``.
@@ -208,6 +235,86 @@ class PerExampleGradients:
         self._per_example = vmap(
             grad(loss_one, argnums=(0, 1), has_aux=True), in_dims=(None, 0, None, 0, 0)
         )
+        self._linear = _linear_only(self._module)
+        self._has_bias = {n: m.bias is not None for n, m in (self._linear or {}).items()}
+        self._seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self._linear is not None:
+            for lname, lin in self._linear.items():
+                lin.register_forward_hook(self._recorder(lname))
+
+    def _recorder(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if name in self._seen:
+                raise ConfigError(f"linear layer {name!r} is applied twice in one forward")
+            self._seen[name] = (inputs[0], output)
+
+        return hook
+
+    def _capture_linear(
+        self, params: dict[str, torch.Tensor], batch: Batch
+    ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """Per Linear layer: (name, input ``a`` and output gradient ``δ``, both ``(n, t, ·)``)
+        of the summed loss, from one ordinary batched forward and backward."""
+        linears = self._linear
+        if linears is None:  # pragma: no cover - only called for linear models
+            raise ConfigError("not an all-Linear model")
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        self._seen = {}
+        try:
+            with torch.enable_grad():
+                logits = functional_call(self._module, {**leaves, **self.model.buffers}, (batch.x,))
+                loss = nn.functional.cross_entropy(logits, batch.y, reduction="sum")
+                names = list(linears)
+                outs = [self._seen[n][1] for n in names]
+                deltas = torch.autograd.grad(loss, outs)
+        finally:
+            seen, self._seen = self._seen, {}
+        out = []
+        for lname, delta in zip(names, deltas, strict=True):
+            a = seen[lname][0].detach()
+            n = delta.shape[0]
+            out.append(
+                (lname, a.reshape(n, -1, a.shape[-1]), delta.reshape(n, -1, delta.shape[-1]))
+            )
+        return out
+
+    def _per_example_linear(
+        self, params: dict[str, torch.Tensor], batch: Batch
+    ) -> dict[str, torch.Tensor]:
+        """Activation x backprop per-example gradients of an all-Linear model."""
+        out: dict[str, torch.Tensor] = {}
+        for lname, a3, d3 in self._capture_linear(params, batch):
+            pre = f"{lname}." if lname else ""
+            out[f"{pre}weight"] = torch.einsum("bto,bti->boi", d3, a3)
+            if self._has_bias[lname]:
+                out[f"{pre}bias"] = d3.sum(dim=1)
+        return out
+
+    def _clipped_sum_linear(
+        self, flat: torch.Tensor, batch: Batch, clip_norm: float
+    ) -> ClippedSum | None:
+        """Σ_i clip(g_i) for an all-Linear model on non-sequence inputs, never
+        materializing per-example gradients: ``‖δ_i a_iᵀ‖ = ‖δ_i‖‖a_i‖``, and the clipped
+        sum of a layer is ``(f ⊙ δ)ᵀ a`` for the clip factors ``f``. None: not applicable."""
+        captured = self._capture_linear(self._params(flat), batch)
+        if any(a3.shape[1] != 1 for _, a3, _ in captured):
+            return None  # per-token inputs: the norm needs the full gradient
+        sq = torch.zeros(len(batch), dtype=flat.dtype)
+        for lname, a3, d3 in captured:
+            dd = d3[:, 0].pow(2).sum(dim=1)
+            sq = sq + dd * (a3[:, 0].pow(2).sum(dim=1) + (1.0 if self._has_bias[lname] else 0.0))
+        norms = sq.sqrt()
+        # The clipping: every record's gradient is scaled to norm <= clip_norm.
+        factor = (clip_norm / (norms + _NORM_EPS)).clamp(max=1.0)
+        parts: dict[str, torch.Tensor] = {}
+        for lname, a3, d3 in captured:
+            pre = f"{lname}." if lname else ""
+            fd = d3[:, 0] * factor.unsqueeze(1)
+            parts[f"{pre}weight"] = fd.T @ a3[:, 0]
+            if self._has_bias[lname]:
+                parts[f"{pre}bias"] = fd.sum(dim=0)
+        total = torch.cat([parts[name].reshape(-1) for name in self.model.names])
+        return ClippedSum(total, len(batch), int((norms > clip_norm).sum()))
 
     def _params(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return dict(zip(self.model.names, self.model.split(flat.detach()), strict=True))
@@ -229,6 +336,9 @@ class PerExampleGradients:
     def per_example(self, flat: torch.Tensor, batch: Batch) -> list[torch.Tensor]:
         """Every example's gradient, one ``(n, *shape)`` tensor per parameter."""
         params = self._params(flat)
+        if self._linear is not None:
+            lin = self._per_example_linear(params, batch)
+            return [lin[name] for name in self.model.names]
         n = len(batch)
         diff = {k: v for k, v in params.items() if k not in self._lstm_params}
         const = {k: v for k, v in params.items() if k in self._lstm_params}
@@ -298,9 +408,23 @@ class PerExampleGradients:
         codes = unit_codes if unit_codes is not None else torch.arange(n)
         if codes.shape != (n,):
             raise ConfigError("unit_codes must hold one code per record")
+        if unit_codes is None and self._linear is not None and n <= self.chunk_size:
+            fast = self._clipped_sum_linear(flat, batch, clip_norm)
+            if fast is not None:
+                return fast
         units = clipped = 0
-        for idx in self._chunks(codes):
-            part = batch.take(idx)
+        if unit_codes is None:
+            # One record per unit: contiguous slices, no index copies.
+            parts = [
+                (
+                    torch.arange(s, min(s + self.chunk_size, n)),
+                    _slice(batch, s, s + self.chunk_size),
+                )
+                for s in range(0, n, self.chunk_size)
+            ]
+        else:
+            parts = [(idx, batch.take(idx)) for idx in self._chunks(codes)]
+        for idx, part in parts:
             grads = [g.reshape(len(idx), -1) for g in self.per_example(flat, part)]
             if unit_codes is not None:
                 _, local = torch.unique(codes[idx], return_inverse=True)

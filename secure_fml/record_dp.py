@@ -237,9 +237,12 @@ class _PrivateOracle:
         self.batch_size = batch_size
         self.query_batch_size = query_batch_size
         self.has_units = data.unit is not None
-        codes = data.unit if data.unit is not None else torch.arange(len(data))
-        _, self.codes = torch.unique(codes, return_inverse=True)
-        self.n_units = int(self.codes.max()) + 1 if len(data) else 0
+        if data.unit is not None:
+            _, self.codes = torch.unique(data.unit, return_inverse=True)
+            self.n_units = int(self.codes.max()) + 1 if len(data) else 0
+        else:
+            self.codes = torch.arange(len(data))
+            self.n_units = len(data)
         self.data = data
         self.pools: dict[int, _Pool] = {}
         self.counts: dict[float, int] = {}
@@ -250,8 +253,12 @@ class _PrivateOracle:
     def _register(
         self, batch: Batch, site_codes: torch.Tensor, expected: float, b: int | None
     ) -> Batch:
-        uniq, inverse = torch.unique(site_codes, return_inverse=True)
-        self.pools[id(batch)] = _Pool(batch, inverse, len(uniq), expected, b)
+        if self.has_units:
+            uniq, inverse = torch.unique(site_codes, return_inverse=True)
+            num = len(uniq)
+        else:  # one record per unit
+            inverse, num = torch.arange(len(batch)), len(batch)
+        self.pools[id(batch)] = _Pool(batch, inverse, num, expected, b)
         return batch
 
     def split(self, data: Batch, support_fraction: float) -> tuple[Batch, Batch]:
@@ -287,14 +294,11 @@ class _PrivateOracle:
             # u <= q has probability floor(q 2^53)/2^53 <= q: never above the accounted rate.
             pick = torch.from_numpy(self.source.uniform53(entry.num_units) <= q)
             idx = torch.nonzero(pick[entry.inverse]).flatten()
+            batch, codes = pool.take(idx), entry.inverse[idx]
         else:
-            idx = torch.arange(len(pool))
-        batch = pool.take(idx)
+            batch, codes = pool, entry.inverse
         res = self.engine.clipped_sum(
-            flat,
-            batch,
-            clip_norm=self.clip,
-            unit_codes=entry.inverse[idx] if self.has_units else None,
+            flat, batch, clip_norm=self.clip, unit_codes=codes if self.has_units else None
         )
         self.units_seen += res.units
         self.units_clipped += res.clipped

@@ -136,3 +136,22 @@ def test_removing_one_unit_moves_the_clipped_sum_by_at_most_the_clip_norm(
         keep = torch.nonzero(codes != u).flatten()
         rest = pe.clipped_sum(flat, Batch(x, y).take(keep), clip_norm=clip, unit_codes=codes[keep])
         assert float((full.total - rest.total).norm()) <= clip * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("name", ["linear (mlp)", "conv2d+linear", "lstm (CharLSTM)"])
+@pytest.mark.parametrize("clip", [1e-3, 0.05, 1e6])
+def test_clipped_sum_is_the_sum_of_clipped_per_example_gradients(name: str, clip: float) -> None:
+    """Known answer from the materialized per-example gradients (the all-Linear path
+    never materializes them)."""
+    make, inputs, classes = CASES[name]
+    torch.manual_seed(2)
+    fm = FunctionalModel(make().double())
+    flat = fm.initial_parameters().double() + 0.3 * torch.randn(fm.dim, dtype=torch.float64)
+    x, y = inputs(6), torch.randint(0, classes, (6,))
+    pe = PerExampleGradients(fm, chunk_size=8)
+    g = torch.cat([t.reshape(6, -1) for t in pe.per_example(flat, Batch(x, y))], dim=1)
+    norms = g.norm(dim=1)
+    expected = (g * (clip / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1)).sum(0)
+    res = pe.clipped_sum(flat, Batch(x, y), clip_norm=clip)
+    torch.testing.assert_close(res.total, expected, rtol=1e-9, atol=1e-14)
+    assert res.units == 6 and res.clipped == int((norms > clip).sum())
