@@ -15,6 +15,7 @@ for a dataset's size: it sets ``q = B / n`` and the number of steps.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -142,7 +143,15 @@ def calibrate_record_level(
     d = require_probability("delta", delta)
     name = _check_accountant(accountant)
     tol = require_positive("epsilon_tolerance", epsilon_tolerance)
+    return _calibrate_cached(eps_t, sch, T, d, name, tol)
 
+
+@functools.lru_cache(maxsize=256)
+def _calibrate_cached(
+    eps_t: float, sch: Schedule, T: int, d: float, name: str, tol: float
+) -> float:
+    # A pure function of its (validated, hashable) arguments: every site of the same
+    # size, and every run of a benchmark grid, asks for the same few calibrations.
     def eps_of(z: float) -> float:
         return _accountant_for(z, sch, T, name).get_epsilon(d)
 
