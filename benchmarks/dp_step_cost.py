@@ -16,6 +16,7 @@ jobs on a shared machine falls on all of them alike):
   + per-sample clipping, no noise).
 
     python -m benchmarks.dp_step_cost [--reps 7] [--batch-sizes 32 64] [--threads 1]
+        [--models femnist_cnn heart_mlp char_lstm]
 
 Writes benchmarks/results/dp_step_cost.json and .md.
 """
@@ -58,7 +59,9 @@ def _heart(n: int) -> Batch:
 
 def _text(n: int) -> Batch:
     g = torch.Generator().manual_seed(0)
-    return Batch(torch.randint(0, 73, (n, 80), generator=g), torch.randint(0, 73, (n,), generator=g))
+    return Batch(
+        torch.randint(0, 73, (n, 80), generator=g), torch.randint(0, 73, (n,), generator=g)
+    )
 
 
 def _methods(make: Callable[[], nn.Module], batch: Batch, opacus_ok: bool) -> dict[str, Any]:
@@ -133,16 +136,22 @@ def _methods(make: Callable[[], nn.Module], batch: Batch, opacus_ok: bool) -> di
 
 
 def _time(methods: dict[str, Callable[[], None]], reps: int) -> dict[str, list[float]]:
+    """Per-call seconds; fast methods are timed over enough calls to span ~50 ms."""
     names = list(methods)
-    for f in methods.values():  # warm-up (vmap tracing, allocator)
+    calls: dict[str, int] = {}
+    for n, f in methods.items():  # warm-up (vmap tracing, allocator) and call counts
         f()
+        t0 = time.perf_counter()
+        f()
+        calls[n] = max(1, min(200, round(0.05 / max(time.perf_counter() - t0, 1e-6))))
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
         order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             t0 = time.perf_counter()
-            methods[n]()
-            times[n].append(time.perf_counter() - t0)
+            for _ in range(calls[n]):
+                methods[n]()
+            times[n].append((time.perf_counter() - t0) / calls[n])
     return times
 
 
@@ -153,9 +162,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models: list[tuple[str, Callable[[], nn.Module], Callable[[int], Batch], bool]] = [
         ("femnist_cnn", FemnistCNN, _femnist, True),
         ("heart_mlp", lambda: MLP(13, 2, hidden=(64,)), _heart, True),
+        ("char_lstm", CharLSTM, _text, False),
     ]
-    if args.lstm:
-        models.append(("char_lstm", CharLSTM, _text, False))
+    models = [m for m in models if m[0] in args.models]
     rows = []
     for name, make, data, opacus_ok in models:
         for b in args.batch_sizes:
@@ -195,7 +204,8 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Machine: {env['cpus']} CPU(s) ({env['machine']}), torch {env['torch']}, "
         f"{payload['threads']} thread(s); a shared machine (other jobs were running), so every "
         f"repetition times every method in rotating order; medians of {payload['reps']} "
-        "repetitions. σ = 1, C = 1, SGD lr 0.05; q = 1 so all methods use the same batch.",
+        "repetitions (each repetition of a fast method averages enough calls to span ~50 ms). "
+        "σ = 1, C = 1, SGD lr 0.05; q = 1 so all methods use the same batch.",
         "",
         "`ours` = per-example gradients (torch.func vmap) + per-unit clipping + CSPRNG "
         "Gaussian noise (ChaCha20, sum of 4 Box–Muller draws, float64) + update. `opacus` = "
@@ -233,17 +243,23 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--lstm", action="store_true", help="also time the Shakespeare CharLSTM")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=["femnist_cnn", "heart_mlp", "char_lstm"],
+        choices=["femnist_cnn", "heart_mlp", "char_lstm"],
+    )
+    ap.add_argument("--out", default="dp_step_cost")
     args = ap.parse_args()
     command = (
         f"python -m benchmarks.dp_step_cost --reps {args.reps} --batch-sizes "
-        f"{' '.join(map(str, args.batch_sizes))} --threads {args.threads}"
-        + (" --lstm" if args.lstm else "")
+        f"{' '.join(map(str, args.batch_sizes))} --threads {args.threads} --models "
+        f"{' '.join(args.models)} --out {args.out}"
     )
     payload = {"command": command, "environment": environment(), **vars(args), **run(args)}
-    write_json("dp_step_cost.json", payload)
+    write_json(f"{args.out}.json", payload)
     md = markdown(payload)
-    (RESULTS / "dp_step_cost.md").write_text(md, encoding="utf-8")
+    (RESULTS / f"{args.out}.md").write_text(md, encoding="utf-8")
     print(md)
 
 
