@@ -84,11 +84,25 @@ def _config(args: argparse.Namespace, alg: str, held: str, seed: int, eps: float
             "inner_steps": args.inner_steps,
             "support_fraction": args.support,
             "local_lr": args.local_lr,
-            "batch_size": args.batch_size,
-            "query_batch_size": args.batch_size,
+            # FOMAML's support set is only p of a hospital: a smaller expected support batch
+            # keeps its sampling rate (and so its amplification) comparable to the others.
+            "batch_size": args.meta_batch_size if alg == "fomaml" else args.batch_size,
+            "query_batch_size": args.query_batch_size,
             "local_steps": args.local_steps,
         },
-        "server": {"rounds": args.rounds, "sampling": "all", "clients_per_round": None},
+        "server": {
+            "rounds": args.rounds,
+            "sampling": "all",
+            "clients_per_round": None,
+            # FOMAML: Adam on meta-gradients; Reptile: an outer step < 1 toward the local
+            # models (at 1 it is exactly FedAvg); FedAvg(Meta): plain averaging (SGD lr 1).
+            **(
+                {"optimizer": args.meta_server_optimizer, "lr": args.meta_server_lr}
+                if alg == "fomaml"
+                else {}
+            ),
+            **({"lr": args.reptile_server_lr} if alg == "reptile" else {}),
+        },
         "eval": {"every": 0},
         "run": {"seed": seed, "threads": 1},
     }
@@ -177,10 +191,14 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Command: `{payload['command']}`",
         "",
         f"Setting: MLP hidden {a['hidden']}; {a['rounds']} rounds, all three training "
-        f"hospitals every round; local/inner batch B = {a['batch_size']} (expected, Poisson "
-        f"under DP), FedAvg(Meta)/Reptile {a['local_steps']} local steps at lr {a['local_lr']}, "
-        f"FOMAML {a['inner_steps']} inner steps at alpha {a['inner_lr']} + 1 query step, "
-        f"support fraction {a['support']}; record-level DP: per-patient clip C_r = {a['clip']}, "
+        f"hospitals every round; FedAvg(Meta)/Reptile {a['local_steps']} local steps at lr "
+        f"{a['local_lr']}, batch B = {a['batch_size']} (expected, Poisson under DP); FOMAML "
+        f"{a['inner_steps']} inner step(s) at alpha {a['inner_lr']} on support batches of "
+        f"{a['meta_batch_size']} + 1 query step on {a['query_batch_size']}, "
+        f"support fraction {a['support']}; server: FedAvg(Meta) averages (SGD lr 1), Reptile "
+        f"steps {a['reptile_server_lr']} of the way to the average, FOMAML uses "
+        f"{a['meta_server_optimizer']} lr {a['meta_server_lr']} on the mean meta-gradient; "
+        f"record-level DP: per-patient clip C_r = {a['clip']}, "
         f"each hospital calibrates its own σ so that its ε over all {a['rounds']} rounds is "
         f"<= the target at δ = {DELTA:g} (< 1/n² for n <= 303; RDP accountant); the unit is a "
         "patient (one record each in this data). Held-out hospital: adapts on "
@@ -264,11 +282,16 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, nargs="+", default=[16])
     ap.add_argument("--support", type=float, default=0.2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--meta-batch-size", type=int, default=16)
+    ap.add_argument("--query-batch-size", type=int, default=64)
     ap.add_argument("--local-steps", type=int, default=5)
     ap.add_argument("--local-lr", type=float, default=0.1)
-    ap.add_argument("--inner-steps", type=int, default=3)
+    ap.add_argument("--inner-steps", type=int, default=1)
     ap.add_argument("--inner-lr", type=float, default=0.1)
     ap.add_argument("--clip", type=float, default=1.0)
+    ap.add_argument("--meta-server-optimizer", choices=["adam", "sgd"], default="sgd")
+    ap.add_argument("--meta-server-lr", type=float, default=0.5)
+    ap.add_argument("--reptile-server-lr", type=float, default=0.5)
     ap.add_argument("--alone-steps", type=int, default=200)
     ap.add_argument("--out", default="heart_record_dp")
     args = ap.parse_args()
@@ -277,8 +300,11 @@ def main() -> None:
         f"{' '.join(f'{e:g}' for e in args.epsilons)} --seeds {' '.join(map(str, args.seeds))} "
         f"--algorithms {' '.join(args.algorithms)} --hospitals {' '.join(args.hospitals)} "
         f"--hidden {' '.join(map(str, args.hidden))} --support {args.support} --batch-size "
-        f"{args.batch_size} --local-steps {args.local_steps} --local-lr {args.local_lr} "
+        f"{args.batch_size} --meta-batch-size {args.meta_batch_size} --query-batch-size "
+        f"{args.query_batch_size} --local-steps {args.local_steps} --local-lr {args.local_lr} "
         f"--inner-steps {args.inner_steps} --inner-lr {args.inner_lr} --clip {args.clip} "
+        f"--meta-server-optimizer {args.meta_server_optimizer} --meta-server-lr "
+        f"{args.meta_server_lr} --reptile-server-lr {args.reptile_server_lr} "
         f"--alone-steps {args.alone_steps} --out {args.out}"
     )
     path = RESULTS / f"{args.out}.json"
