@@ -35,10 +35,18 @@ HOSPITALS = ("cleveland", "hungarian", "switzerland", "va")
 
 def train_alone(support: Batch, query: Batch, *, steps: int, seed: int) -> float:
     """Accuracy on ``query`` of an MLP trained only on ``support`` (lr picked by CV on support)."""
+    fm, p = fit_alone(support, steps=steps, seed=seed)
+    return fm.correct(p, query) / len(query)
 
-    def fit(train: Batch, lr: float) -> FunctionalModel | Any:
+
+def fit_alone(
+    support: Batch, *, steps: int, seed: int, hidden: tuple[int, ...] = (64,)
+) -> tuple[FunctionalModel, torch.Tensor]:
+    """An MLP trained only on ``support`` (Adam; lr picked by 5-fold CV on support)."""
+
+    def fit(train: Batch, lr: float) -> tuple[FunctionalModel, torch.Tensor]:
         torch.manual_seed(seed)
-        fm = FunctionalModel(MLP(train.x.shape[1], 2, hidden=(64,)))
+        fm = FunctionalModel(MLP(train.x.shape[1], 2, hidden=hidden))
         p = torch.nn.Parameter(fm.initial_parameters())
         opt = torch.optim.Adam([p], lr=lr)
         for _ in range(steps):
@@ -60,7 +68,7 @@ def train_alone(support: Batch, query: Batch, *, steps: int, seed: int) -> float
         if correct / n > best_acc:
             best_lr, best_acc = lr, correct / n
     fm, p = fit(support, best_lr)
-    return fm.correct(p, query) / len(query)
+    return fm, p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

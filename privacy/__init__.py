@@ -46,6 +46,7 @@ from privacy._events import (
     DistributedDiscreteGaussianRelease,
     GaussianRelease,
     PrivacyEvent,
+    RecordLevelRelease,
 )
 from privacy._ledger import (
     LEDGER_SCHEMA_VERSION,
@@ -53,6 +54,7 @@ from privacy._ledger import (
     LedgerHead,
     PrivacyBudget,
     PrivacyLedger,
+    check_record_level_budget,
     read_ledger,
 )
 from privacy._noise import (
@@ -64,6 +66,15 @@ from privacy._noise import (
     distributed_noise_std,
 )
 from privacy._random import INSECURE_SEED_WARNING, Csprng
+from privacy._record_level import (
+    RecordLevelPlan,
+    RecordLevelSitePlan,
+    calibrate_record_level,
+    plan_record_level,
+    record_level_epsilon,
+    record_level_schedule,
+    render_record_level_plan,
+)
 from privacy._report import LEDGER_FILENAME, ReportPaths, build_report, write_report
 from privacy.errors import (
     CheckpointError,
@@ -125,6 +136,9 @@ __all__ = [
     "ProjectionRow",
     "ProtocolAbort",
     "ProtocolError",
+    "RecordLevelPlan",
+    "RecordLevelRelease",
+    "RecordLevelSitePlan",
     "RefusalReason",
     "Refused",
     "ReportPaths",
@@ -139,17 +153,23 @@ __all__ = [
     "adaptive_effective_noise_multiplier",
     "add_noise",
     "build_report",
+    "calibrate_record_level",
     "central_noise_std",
+    "check_record_level_budget",
     "clip_update",
     "ddgauss_rdp",
     "ddgauss_tau",
     "distributed_effective_noise_multiplier",
     "distributed_noise_std",
     "plan",
+    "plan_record_level",
     "project",
     "read_ledger",
+    "record_level_epsilon",
+    "record_level_schedule",
     "render_plan",
     "render_projection",
+    "render_record_level_plan",
     "rounded_l2_norm_bound",
     "write_report",
 ]

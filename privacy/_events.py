@@ -35,6 +35,7 @@ __all__ = [
     "DistributedDiscreteGaussianRelease",
     "GaussianRelease",
     "PrivacyEvent",
+    "RecordLevelRelease",
     "event_from_dict",
     "event_to_dict",
 ]
@@ -358,10 +359,85 @@ class ClipStatistics:
         del accountant
 
 
-PrivacyEvent = GaussianRelease | DistributedDiscreteGaussianRelease | ClipStatistics
+@dataclass(frozen=True, kw_only=True)
+class RecordLevelRelease:
+    """One site's record-level (person-level) DP-SGD release in one round.
+
+    The site ran ``sum(steps)`` local gradient steps; in each, every privacy
+    unit of the pool it drew from (a record, or all of one person's records
+    when ``unit`` names a person column) was included independently with
+    probability ``sample_rates[i]`` (``steps[i]`` steps at that rate; rate 1
+    means the whole pool), its gradient was clipped to L2 norm ``clip_norm``
+    and N(0, (noise_multiplier * clip_norm)^2) was added to the sum before it
+    was used. Composed per site, never with client-level releases and never
+    across sites (no amplification across sites is claimed): each step is a
+    Poisson-subsampled Gaussian under add/remove-one-unit neighbours, and every
+    step the site takes in every round it joins adds up.
+
+    Unlike client-level releases, a site's record-level releases carry no
+    round-order constraint: a coordinator that resumes from a checkpoint may
+    ask a site for the same round again, and the second answer is a second
+    release, charged again.
+    """
+
+    kind: ClassVar[str] = "RecordLevelRelease"
+
+    round: int
+    site_id: str
+    unit: str
+    noise_multiplier: float
+    clip_norm: float
+    sample_rates: tuple[float, ...]
+    steps: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        require_int("round", self.round, minimum=0)
+        for name in ("site_id", "unit"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"{name} must be a non-empty str, got {v!r}")
+        require_positive("noise_multiplier", self.noise_multiplier)
+        require_positive("clip_norm", self.clip_norm)
+        if not isinstance(self.sample_rates, tuple) or not isinstance(self.steps, tuple):
+            raise TypeError("sample_rates and steps must be tuples")
+        if len(self.sample_rates) != len(self.steps) or not self.steps:
+            raise ConfigError(
+                f"sample_rates ({len(self.sample_rates)}) and steps ({len(self.steps)}) "
+                "must be non-empty and of equal length"
+            )
+        for q in self.sample_rates:
+            require_probability("sample_rate", q)
+        for k in self.steps:
+            require_int("steps", k, minimum=1)
+        if len(set(self.sample_rates)) != len(self.sample_rates):
+            raise ConfigError("sample_rates must not repeat (merge the step counts)")
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.steps)
+
+    def apply_to(self, accountant: Accountant) -> None:
+        """Charge every step (to a record-level accountant of this site)."""
+        for q, k in zip(self.sample_rates, self.steps, strict=True):
+            mode = SamplingMode.FULL if q == 1.0 else SamplingMode.POISSON
+            for _ in range(k):
+                accountant.step(
+                    noise_multiplier=self.noise_multiplier, sample_rate=q, sampling=mode
+                )
+
+
+PrivacyEvent = (
+    GaussianRelease | DistributedDiscreteGaussianRelease | ClipStatistics | RecordLevelRelease
+)
 
 EVENT_TYPES: Mapping[str, type[Any]] = {
-    cls.kind: cls for cls in (GaussianRelease, DistributedDiscreteGaussianRelease, ClipStatistics)
+    cls.kind: cls
+    for cls in (
+        GaussianRelease,
+        DistributedDiscreteGaussianRelease,
+        ClipStatistics,
+        RecordLevelRelease,
+    )
 }
 
 
@@ -381,6 +457,12 @@ def event_to_dict(event: PrivacyEvent) -> dict[str, Any]:
 _ENUM_FIELDS: Mapping[str, type[enum.Enum]] = {
     "placement": NoisePlacement,
     "sampling_mode": SamplingMode,
+}
+
+
+# List-valued fields (JSON arrays) stored as tuples, per event type.
+_TUPLE_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "RecordLevelRelease": ("sample_rates", "steps"),
 }
 
 
@@ -405,6 +487,10 @@ def event_from_dict(kind: str, data: Mapping[str, Any]) -> PrivacyEvent:
         elif name == "client_ids" and v is not None:
             if not isinstance(v, list):
                 raise ConfigError("client_ids must be a list")
+            v = tuple(v)
+        elif name in _TUPLE_FIELDS.get(kind, ()):
+            if not isinstance(v, list):
+                raise ConfigError(f"{kind}.{name} must be a list")
             v = tuple(v)
         kwargs[name] = v
     event: PrivacyEvent = cls(**kwargs)

@@ -47,6 +47,7 @@ from privacy._accounting import ACCOUNTANTS, Accountant
 from privacy._events import (
     ClipStatistics,
     PrivacyEvent,
+    RecordLevelRelease,
     event_from_dict,
     event_to_dict,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "LedgerHead",
     "PrivacyBudget",
     "PrivacyLedger",
+    "check_record_level_budget",
     "read_ledger",
 ]
 
@@ -126,6 +128,36 @@ class PrivacyBudget:
             )
 
 
+def check_record_level_budget(
+    spent: Accountant, event: RecordLevelRelease, budget: PrivacyBudget
+) -> None:
+    """Raise :class:`PrivacyBudgetExhausted` if ``event`` would push the site's
+    record-level ε (``spent``: its accountant so far) above ``budget``.
+
+    A site calls this (or :meth:`PrivacyLedger.check`, which calls it) before
+    its update leaves it: a site at its budget stops contributing.
+    """
+    if not isinstance(event, RecordLevelRelease):
+        raise TypeError("event must be a RecordLevelRelease")
+    if not isinstance(budget, PrivacyBudget):
+        raise TypeError("budget must be a PrivacyBudget")
+    if spent.name != budget.accountant:
+        raise ConfigError(
+            f"accountant {spent.name!r} does not match the budget's {budget.accountant!r}"
+        )
+    acc = spent.copy()
+    current = acc.get_epsilon(budget.delta)
+    event.apply_to(acc)
+    after = acc.get_epsilon(budget.delta)
+    if not math.isfinite(after) or after > budget.max_epsilon:
+        raise PrivacyBudgetExhausted(
+            f"site {event.site_id!r} round {event.round} refused: record-level "
+            f"epsilon={current:.4f} spent, this release ({event.total_steps} steps) would bring "
+            f"it to epsilon={after:.4f} > max_epsilon={budget.max_epsilon:g} "
+            f"(delta={budget.delta:g}, accountant={budget.accountant}, unit={event.unit})"
+        )
+
+
 def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
     """Verify a whole ledger file; raise LedgerCorrupted with the line number."""
     if data and not data.endswith(b"\n"):
@@ -169,7 +201,11 @@ def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
             raise LedgerCorrupted(f"{where}: invalid {obj['type']} event ({exc})") from exc
         if obj["round"] != event.round or not isinstance(obj["timestamp"], str):
             raise LedgerCorrupted(f"{where}: round/timestamp fields inconsistent")
-        if isinstance(event, ClipStatistics):
+        if isinstance(event, RecordLevelRelease):
+            # A site's record-level releases are charged line by line; a resumed
+            # coordinator may legitimately ask for a round again (see the event).
+            pass
+        elif isinstance(event, ClipStatistics):
             if event.round != last_release_round or event.round in stats_rounds:
                 raise LedgerCorrupted(
                     f"{where}: clip statistics for round {event.round} out of place"
@@ -222,14 +258,17 @@ class PrivacyLedger:
         _entries: list[LedgerEntry],
         _budget: PrivacyBudget | None,
         _size: int,
+        _record_budget: PrivacyBudget | None = None,
     ) -> None:
         self._path = _path
         self._fd = _fd
         self._entries = _entries
         self._budget = _budget
+        self._record_budget = _record_budget
         self._size = _size
         self._poisoned: str | None = None
         self._accountants: dict[str, Accountant] = {}
+        self._record_accountants: dict[tuple[str, str], Accountant] = {}
 
     @classmethod
     def open(
@@ -239,10 +278,17 @@ class PrivacyLedger:
         budget: PrivacyBudget | None = None,
         create: bool = True,
         expected_head: LedgerHead | None = None,
+        record_budget: PrivacyBudget | None = None,
     ) -> PrivacyLedger:
-        """Open (creating if allowed) and fully verify the ledger at ``path``."""
+        """Open (creating if allowed) and fully verify the ledger at ``path``.
+
+        ``budget`` bounds the client-level ε; ``record_budget`` bounds every
+        site's record-level ε separately (:class:`RecordLevelRelease` events).
+        """
         if budget is not None and not isinstance(budget, PrivacyBudget):
             raise TypeError("budget must be a PrivacyBudget")
+        if record_budget is not None and not isinstance(record_budget, PrivacyBudget):
+            raise TypeError("record_budget must be a PrivacyBudget")
         p = Path(path)
         created = False
         try:
@@ -268,13 +314,22 @@ class PrivacyLedger:
             with open(p, "rb") as fh:
                 data = fh.read()
             entries = _parse(data, p)
-            ledger = cls(_path=p, _fd=fd, _entries=entries, _budget=budget, _size=len(data))
+            ledger = cls(
+                _path=p,
+                _fd=fd,
+                _entries=entries,
+                _budget=budget,
+                _size=len(data),
+                _record_budget=record_budget,
+            )
             if expected_head is not None:
                 ledger._check_head(expected_head)
             # Rebuild (and thereby validate) the accountants now.
             ledger.accountant("rdp")
             if budget is not None:
                 ledger.accountant(budget.accountant)
+            for site in ledger.record_sites:
+                ledger.record_accountant(site, "rdp")
         except BaseException:
             os.close(fd)
             raise
@@ -311,9 +366,13 @@ class PrivacyLedger:
 
     @property
     def last_round(self) -> int | None:
-        """Round of the last *charged* release (None if nothing was released)."""
+        """Round of the last *charged* client-level release (None if nothing was released).
+
+        Record-level releases (:class:`RecordLevelRelease`) are a site's own and
+        do not mark a round as charged.
+        """
         for e in reversed(self._entries):
-            if not isinstance(e.event, ClipStatistics):
+            if not isinstance(e.event, ClipStatistics | RecordLevelRelease):
                 return e.round
         return None
 
@@ -324,12 +383,17 @@ class PrivacyLedger:
         return 0 if last is None else last + 1
 
     def accountant(self, name: str = "rdp") -> Accountant:
-        """A copy of the accountant of ``name`` rebuilt from the ledger."""
+        """A copy of the client-level accountant of ``name`` rebuilt from the ledger.
+
+        Record-level releases are not in it (another unit): see
+        :meth:`record_accountant`.
+        """
         if name not in self._accountants:
             acc = Accountant(name)
             try:
                 for e in self._entries:
-                    e.event.apply_to(acc)
+                    if not isinstance(e.event, RecordLevelRelease):
+                        e.event.apply_to(acc)
             except (PrivacyError, ConfigError) as exc:
                 if name != "rdp":
                     # The ledger is fine; this accountant cannot handle it.
@@ -341,8 +405,40 @@ class PrivacyLedger:
         return self._accountants[name].copy()
 
     def epsilon(self, *, delta: float, accountant: str = "rdp") -> float:
-        """ε spent so far at ``delta``."""
+        """Client-level ε spent so far at ``delta``."""
         return self.accountant(accountant).get_epsilon(delta)
+
+    @property
+    def record_sites(self) -> tuple[str, ...]:
+        """Sites with record-level releases in this ledger, in order of first release."""
+        seen: dict[str, None] = {}
+        for e in self._entries:
+            if isinstance(e.event, RecordLevelRelease):
+                seen.setdefault(e.event.site_id, None)
+        return tuple(seen)
+
+    def record_accountant(self, site_id: str, name: str = "rdp") -> Accountant:
+        """A copy of ``site_id``'s record-level accountant (its releases only)."""
+        key = (site_id, name)
+        if key not in self._record_accountants:
+            acc = Accountant(name)
+            try:
+                for e in self._entries:
+                    ev = e.event
+                    if isinstance(ev, RecordLevelRelease) and ev.site_id == site_id:
+                        ev.apply_to(acc)
+            except (PrivacyError, ConfigError) as exc:
+                if name != "rdp":
+                    raise PrivacyError(f"accountant {name!r}: {exc}") from exc
+                raise LedgerCorrupted(f"{self._path}: cannot account ledger: {exc}") from exc
+            self._record_accountants[key] = acc
+        return self._record_accountants[key].copy()
+
+    def record_epsilons(self, *, delta: float, accountant: str = "rdp") -> dict[str, float]:
+        """Record-level ε of every site at ``delta``; the headline is the maximum."""
+        return {
+            s: self.record_accountant(s, accountant).get_epsilon(delta) for s in self.record_sites
+        }
 
     # -- write side --------------------------------------------------------
 
@@ -350,6 +446,15 @@ class PrivacyLedger:
         """Raise if ``event`` cannot be recorded next (round order, budget)."""
         if self._poisoned is not None:
             raise PrivacyError(f"ledger unusable after a failed write: {self._poisoned}")
+        if isinstance(event, RecordLevelRelease):
+            # Validated against the site's own (record-level) accountant.
+            event.apply_to(self.record_accountant(event.site_id, "rdp"))
+            if self._record_budget is not None:
+                rb = self._record_budget
+                check_record_level_budget(
+                    self.record_accountant(event.site_id, rb.accountant), event, rb
+                )
+            return
         if isinstance(event, ClipStatistics):
             if event.round != self.last_round or any(
                 isinstance(e.event, ClipStatistics) and e.round == event.round
@@ -416,8 +521,13 @@ class PrivacyLedger:
         self._size += len(line)
         entry = LedgerEntry(len(self._entries), event.round, ts, event, prev, h)
         self._entries.append(entry)
-        for acc in self._accountants.values():
-            event.apply_to(acc)
+        if isinstance(event, RecordLevelRelease):
+            for (site, _name), acc in self._record_accountants.items():
+                if site == event.site_id:
+                    event.apply_to(acc)
+        else:
+            for acc in self._accountants.values():
+                event.apply_to(acc)
         return entry
 
     def close(self) -> None:

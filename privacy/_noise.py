@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from privacy._clipping import as_flat_float32
 from privacy._random import Csprng
@@ -70,6 +71,9 @@ class NoisePlacement(enum.Enum):
 _TWO_PI = 2.0 * math.pi
 # Number of Gaussians summed per returned sample (Opacus secure_mode uses 4).
 _N_SUMMED = 4
+# Samples per block of standard_normal (the float64 temporaries stay in cache).
+_BLOCK = 1 << 15
+_MASK53 = (1 << 53) - 1
 
 INSECURE_SEED_WARNING = (
     "GaussianNoiseSource is running in INSECURE TEST MODE with a user-supplied seed: "
@@ -131,21 +135,33 @@ class GaussianNoiseSource:
         return ((words >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
 
     def _box_muller(self, n: int) -> npt.NDArray[np.float64]:
-        pairs = (n + 1) // 2
-        u1 = self.uniform53(pairs)  # (0, 1]: log never sees 0
-        u2 = self.uniform53(pairs)
-        r = np.sqrt(-2.0 * np.log(u1))
-        theta = _TWO_PI * u2
-        out = np.empty(2 * pairs, dtype=np.float64)
-        out[0::2] = r * np.cos(theta)
-        out[1::2] = r * np.sin(theta)
-        return out[:n]
+        """``n`` independent N(0, 1) draws (Box–Muller on 53-bit uniforms)."""
+        n = require_int("n", n, minimum=0)
+        return self._box_muller_block((n + 1) // 2)[:n].numpy()
+
+    def _box_muller_block(self, pairs: int) -> torch.Tensor:
+        # Two uniforms per pair, 8 keystream bytes each, turned into 53-bit uniforms in
+        # (0, 1] exactly as uniform53 does (the arithmetic shift plus mask equals the
+        # logical shift of the unsigned word). The math runs in torch, in float64:
+        # numpy's float64 log/cos/sin are several times slower on this path.
+        if pairs == 0:
+            return torch.empty(0, dtype=torch.float64)
+        words = torch.frombuffer(bytearray(self._keystream(16 * pairs)), dtype=torch.int64)
+        u = ((words >> 11) & _MASK53).double().add_(1.0).mul_(2.0**-53)
+        r = u[:pairs].log_().mul_(-2.0).sqrt_()  # (0, 1]: log never sees 0
+        theta = u[pairs:].mul_(_TWO_PI)
+        return torch.cat([r * torch.cos(theta), r * torch.sin(theta)])
 
     def standard_normal(self, n: int) -> npt.NDArray[np.float64]:
         """``n`` N(0, 1) samples, each the sum of four Box–Muller draws over 2."""
         n = require_int("n", n, minimum=0)
-        total = self._box_muller(_N_SUMMED * n).reshape(_N_SUMMED, n).sum(axis=0)
-        return total / math.sqrt(_N_SUMMED)
+        out = torch.empty(n, dtype=torch.float64)
+        # Blocks small enough to stay in cache; each output sums four fresh draws.
+        for start in range(0, n, _BLOCK):
+            m = min(_BLOCK, n - start)
+            draws = self._box_muller_block((_N_SUMMED * m + 1) // 2)
+            out[start : start + m] = draws[: _N_SUMMED * m].view(_N_SUMMED, m).sum(0)
+        return out.div_(math.sqrt(_N_SUMMED)).numpy()
 
     def normal(self, n: int, *, std: float) -> npt.NDArray[np.float64]:
         """``n`` samples of N(0, std²) in float64."""

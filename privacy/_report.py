@@ -26,6 +26,7 @@ from privacy._events import (
     ClipStatistics,
     DistributedDiscreteGaussianRelease,
     GaussianRelease,
+    RecordLevelRelease,
 )
 from privacy._ledger import LedgerEntry, read_ledger
 from privacy._noise import NoisePlacement
@@ -182,16 +183,15 @@ def _describe_placement(releases: Sequence[Any], colluders_cfg: int | None) -> t
     return " ".join(placement) or "No releases recorded.", " ".join(trust)
 
 
-def _not_protected(releases: Sequence[Any], delta: float, population: int | None) -> list[str]:
+def _not_protected(
+    releases: Sequence[Any], delta: float, population: int | None, record_level: bool = False
+) -> list[str]:
     items = [
         "Who participates and how many: the number of clients sampled and surviving in "
         "each round, and (to the server) their identities, are not protected.",
         "Timing and traffic metadata (when clients connect, upload sizes, dropouts).",
         "The final and intermediate global models are public outputs; their privacy is "
         "exactly what this report accounts for, nothing more.",
-        "Record-level privacy is not separately bounded: the guarantee is per client "
-        "(all of a client's records together); within-client records get no tighter "
-        "or separate ε.",
         "Anything not recorded in the ledger: hyper-parameter tuning runs, evaluation "
         "metrics sent in clear, restarts of the whole run with fresh noise.",
         "A malicious (not honest-but-curious) server, e.g. one sending different models "
@@ -199,6 +199,13 @@ def _not_protected(releases: Sequence[Any], delta: float, population: int | None
         "Floating-point Gaussian noise is hardened (sum of several CSPRNG Gaussians, as "
         "Opacus' secure mode) but is not an exact sampler.",
     ]
+    if not record_level:
+        items.insert(
+            3,
+            "Record-level privacy is not separately bounded: the guarantee is per client "
+            "(all of a client's records together); within-client records get no tighter "
+            "or separate ε.",
+        )
     if population is not None and delta >= 1.0 / population:
         items.append(
             f"δ = {delta:g} is not small compared with 1/N = {1.0 / population:.3g}: a "
@@ -212,6 +219,56 @@ def _not_protected(releases: Sequence[Any], delta: float, population: int | None
     return items
 
 
+def _record_level(entries: Sequence[LedgerEntry], delta: float) -> dict[str, Any] | None:
+    """Per-site record-level ε (each site's own DP-SGD steps; no amplification across sites)."""
+    events = [e.event for e in entries if isinstance(e.event, RecordLevelRelease)]
+    if not events:
+        return None
+    sites: dict[str, list[RecordLevelRelease]] = {}
+    for ev in events:
+        sites.setdefault(ev.site_id, []).append(ev)
+    rows: list[dict[str, Any]] = []
+    for site, evs in sites.items():
+        eps: dict[str, float | None] = {}
+        for name in ("rdp", "prv"):
+            acc = Accountant(name)
+            for ev in evs:
+                ev.apply_to(acc)
+            e = acc.get_epsilon(delta)
+            eps[name] = e if math.isfinite(e) else None
+        rows.append(
+            {
+                "site": site,
+                "unit": sorted({ev.unit for ev in evs}),
+                "releases": len(evs),
+                "steps": sum(ev.total_steps for ev in evs),
+                "noise_multipliers": sorted({ev.noise_multiplier for ev in evs}),
+                "clip_norms": sorted({ev.clip_norm for ev in evs}),
+                "sample_rates": sorted({q for ev in evs for q in ev.sample_rates}),
+                "epsilon": eps,
+            }
+        )
+    worst = {
+        name: max((r["epsilon"][name] for r in rows), key=lambda v: math.inf if v is None else v)
+        for name in ("rdp", "prv")
+    }
+    return {
+        "delta": delta,
+        "sites": rows,
+        "worst_site_epsilon": worst,
+        "statement": (
+            "Record-level (person-level) DP inside each site: every local gradient step "
+            "Poisson-samples the site's units, clips each unit's gradient to C_r and adds "
+            "N(0, σ²C_r²) before the step is used, so each step is a Poisson-subsampled "
+            "Gaussian under add/remove-one-unit neighbours. A site's ε composes all its "
+            "steps in every round it joined; sites are accounted separately and no "
+            "amplification across sites or by client sampling is claimed, so the guarantee "
+            "holds against the coordinator and every other site (they see at most the "
+            "site's noised update). The headline is the worst site."
+        ),
+    }
+
+
 def build_report(entries: Sequence[LedgerEntry], config: Mapping[str, Any]) -> dict[str, Any]:
     """The report as a JSON-ready dict (deterministic in ``entries`` and ``config``)."""
     cfg = _cfg(config)
@@ -221,7 +278,9 @@ def build_report(entries: Sequence[LedgerEntry], config: Mapping[str, Any]) -> d
     population = cfg.get("population")
     colluders = cfg.get("collusion_threshold", cfg.get("assumed_colluding_clients"))
     unit = str(cfg.get("privacy_unit", "client"))
-    releases = [e.event for e in entries if not isinstance(e.event, ClipStatistics)]
+    releases = [
+        e.event for e in entries if not isinstance(e.event, ClipStatistics | RecordLevelRelease)
+    ]
     if population is None:
         pops = {r.population for r in releases if r.population is not None}
         population = max(pops) if pops else None
@@ -252,6 +311,7 @@ def build_report(entries: Sequence[LedgerEntry], config: Mapping[str, Any]) -> d
             ids_recorded = True
             participation.update(r.client_ids)
     curves = _epsilon_curves(releases, delta)
+    record_level = _record_level(entries, delta)
     placement_txt, trust_txt = _describe_placement(releases, colluders)
     timestamps = [e.timestamp for e in entries]
     budget = cfg.get("max_epsilon")
@@ -270,6 +330,7 @@ def build_report(entries: Sequence[LedgerEntry], config: Mapping[str, Any]) -> d
         "epsilon_curves": curves,
         "rounds": rounds_table,
         "participation": dict(sorted(participation.items())) if ids_recorded else None,
+        "record_level": record_level,
         "statements": {
             "privacy_unit": (
                 f"The privacy unit is the {unit}: the guarantee bounds how much everything "
@@ -289,7 +350,7 @@ def build_report(entries: Sequence[LedgerEntry], config: Mapping[str, Any]) -> d
             "noise_placement": placement_txt,
             "trust_assumptions": trust_txt,
         },
-        "not_protected": _not_protected(releases, delta, population),
+        "not_protected": _not_protected(releases, delta, population, record_level is not None),
     }
 
 
@@ -387,6 +448,33 @@ def _markdown(report: Mapping[str, Any], pngs: Sequence[str]) -> str:
         "",
         f"δ = {report['delta']:g}; max ε = {_fmt(report['max_epsilon'])}.",
         "",
+    ]
+    rl = report.get("record_level")
+    if rl:
+        lines += [
+            "## Record-level privacy per site",
+            "",
+            rl["statement"],
+            "",
+            "| site | unit | releases | steps | σ | C_r | q | ε (rdp) | ε (prv) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rl["sites"]:
+            lines.append(
+                f"| {r['site']} | {', '.join(r['unit'])} | {r['releases']} | {r['steps']} | "
+                f"{', '.join(_fmt(x) for x in r['noise_multipliers'])} | "
+                f"{', '.join(_fmt(x) for x in r['clip_norms'])} | "
+                f"{', '.join(_fmt(x) for x in r['sample_rates'])} | "
+                f"{_fmt(r['epsilon']['rdp'])} | {_fmt(r['epsilon']['prv'])} |"
+            )
+        w = rl["worst_site_epsilon"]
+        lines += [
+            "",
+            f"Headline (worst site), δ = {rl['delta']:g}: ε = {_fmt(w['rdp'])} (rdp), "
+            f"{_fmt(w['prv'])} (prv).",
+            "",
+        ]
+    lines += [
         "## What is protected",
         "",
         f"- **Privacy unit.** {s['privacy_unit']}",

@@ -20,14 +20,21 @@ __all__ = ["Batch", "FunctionalModel"]
 
 @dataclass(frozen=True)
 class Batch:
+    """Samples ``x``, labels ``y`` and, optionally, each sample's privacy unit.
+
+    ``unit`` (int64 codes, one per sample) groups the records of one person
+    for record-level DP; ``None`` means every record is its own unit.
+    """
+
     x: torch.Tensor
     y: torch.Tensor
+    unit: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def take(self, idx: torch.Tensor) -> Batch:
-        return Batch(self.x[idx], self.y[idx])
+        return Batch(self.x[idx], self.y[idx], None if self.unit is None else self.unit[idx])
 
 
 class FunctionalModel:

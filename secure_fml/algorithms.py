@@ -22,6 +22,13 @@ Update conventions (what the server averages):
 - Reptile, FedAvg, Per-FedAvg: the model delta ``theta - theta_local`` after
   local training; with server SGD at learning rate 1 this is exactly FedAvg's
   average of local models (Jiang et al. 2019 read it as Reptile).
+
+Every local gradient step takes its gradient through one seam,
+:meth:`Algorithm.local_grad` (and its per-parameter and query-loss forms), and
+the support/query split through :meth:`Algorithm.support_query`. A privacy
+wrapper sets :attr:`Algorithm.oracle` to answer them privately (record-level
+DP-SGD, :mod:`secure_fml.record_dp`); with no oracle they are the plain
+mini-batch gradient and split, exactly as before.
 """
 
 from __future__ import annotations
@@ -30,17 +37,22 @@ import enum
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from privacy.errors import ConfigError
 from secure_fml._functional import Batch, FunctionalModel
 
+if TYPE_CHECKING:
+    from secure_fml.record_dp import RecordDPReceipt
+
 __all__ = [
     "Algorithm",
     "AlgorithmConfig",
     "AlgorithmName",
     "ClientUpdate",
+    "GradientOracle",
     "LocalOptimizer",
     "UpdateKind",
     "make_algorithm",
@@ -51,6 +63,7 @@ class AlgorithmName(enum.Enum):
     MAML = "maml"
     FOMAML = "fomaml"
     METASGD = "metasgd"
+    METASGD_FO = "metasgd-fo"
     REPTILE = "reptile"
     PERFEDAVG_FO = "perfedavg-fo"
     PERFEDAVG_HF = "perfedavg-hf"
@@ -123,6 +136,21 @@ class ClientUpdate:
     vector: torch.Tensor  # flat float32, same length as the packed global state
     loss: float  # the client's training objective before the update (diagnostic only)
     num_samples: int
+    # Record-level DP: what this update cost the site (charge it before it leaves the site).
+    receipt: RecordDPReceipt | None = None
+
+
+class GradientOracle(Protocol):
+    """Answers every local gradient step of an algorithm (see :attr:`Algorithm.oracle`).
+
+    ``grad`` returns the gradient estimate for one step over ``pool`` (the site's
+    data, or a support/query set that ``split`` returned); ``split`` divides the
+    site's data into support and query sets.
+    """
+
+    def grad(self, flat: torch.Tensor, pool: Batch) -> torch.Tensor: ...
+
+    def split(self, data: Batch, support_fraction: float) -> tuple[Batch, Batch]: ...
 
 
 def _batches(n: int, batch_size: int | None, gen: torch.Generator) -> list[torch.Tensor]:
@@ -155,10 +183,48 @@ class Algorithm(ABC):
 
     update_kind: UpdateKind = UpdateKind.MODEL_DELTA
     learns_alpha: bool = False
+    #: Set by a privacy wrapper (record-level DP): every local gradient step and the
+    #: support/query split then go through it. None: the plain mini-batch gradient.
+    oracle: GradientOracle | None = None
 
     def __init__(self, config: AlgorithmConfig, model: FunctionalModel) -> None:
         self.config = config
         self.model = model
+
+    # -- the gradient seam -------------------------------------------------------------------
+    def local_grad(self, flat: torch.Tensor, pool: Batch, batch: Batch) -> torch.Tensor:
+        """Gradient of one local step: on ``batch`` (drawn from ``pool``), or the oracle's."""
+        if self.oracle is None:
+            return self.model.grad(flat, batch)
+        return self.oracle.grad(flat, pool)
+
+    def local_grad_params(
+        self, params: list[torch.Tensor], pool: Batch, batch: Batch
+    ) -> tuple[torch.Tensor, ...]:
+        """:meth:`local_grad` for per-parameter tensors (no graph through the result)."""
+        if self.oracle is None:
+            pd = [x.detach().requires_grad_(True) for x in params]
+            return torch.autograd.grad(self.model.loss_params(pd, batch), pd)
+        flat = torch.cat([x.detach().reshape(-1) for x in params])
+        return tuple(self.model.split(self.oracle.grad(flat, pool)))
+
+    def query_loss(self, params: list[torch.Tensor], pool: Batch, batch: Batch) -> torch.Tensor:
+        """The outer objective: its gradient w.r.t. ``params`` is the query gradient.
+
+        With an oracle it is the linear surrogate ``<params, g>`` for the oracle's
+        gradient ``g``, so autograd carries exactly ``g`` (and, through the first-order
+        inner steps, Meta-SGD's ``-g * sum of inner gradients``) to the leaves.
+        """
+        if self.oracle is None:
+            return self.model.loss_params(params, batch)
+        flat = torch.cat([x.detach().reshape(-1) for x in params])
+        g = self.model.split(self.oracle.grad(flat, pool))
+        return sum(((x * gi).sum() for x, gi in zip(params, g, strict=True)), torch.zeros(()))
+
+    def support_query(self, data: Batch, gen: torch.Generator) -> tuple[Batch, Batch]:
+        if self.oracle is None:
+            return split_support_query(data, self.config.support_fraction, gen)
+        return self.oracle.split(data, self.config.support_fraction)
 
     @property
     def name(self) -> AlgorithmName:
@@ -229,7 +295,7 @@ class _MetaGradient(Algorithm):
         return c[2]
 
     def client_update(self, state: torch.Tensor, data: Batch, gen: torch.Generator) -> ClientUpdate:
-        support, query = split_support_query(data, self.config.support_fraction, gen)
+        support, query = self.support_query(data, gen)
         return self.meta_gradient(state, support, query, gen)
 
     def meta_gradient(
@@ -239,6 +305,8 @@ class _MetaGradient(Algorithm):
         # concatenates once at the end: gradients w.r.t. a flat leaf would cost an
         # extra full-size copy (the backward of the split) at every step.
         model = self.model
+        if self.second_order and self.oracle is not None:
+            raise ConfigError(f"{self.name.value} is second order: no gradient oracle applies")
         d = model.dim
         theta = [t.detach().requires_grad_(True) for t in model.split(state[:d])]
         leaves = list(theta)
@@ -262,11 +330,10 @@ class _MetaGradient(Algorithm):
                 else:
                     # First order: the inner gradient is a constant (no graph through it),
                     # so d theta_u / d theta is the identity, as FOMAML prescribes.
-                    pd = [x.detach().requires_grad_(True) for x in p]
-                    g = torch.autograd.grad(model.loss_params(pd, b), pd)
+                    g = self.local_grad_params(p, support, b)
                 p = [x - a * gi for x, a, gi in zip(p, alpha, g, strict=True)]
             q = _sample(query, self.config.query_batch_size, gen)
-            loss = model.loss_params(p, q)
+            loss = self.query_loss(p, query, q)
             grads = list(torch.autograd.grad(loss, leaves))
         if alpha_values:
             k = len(theta)
@@ -295,6 +362,18 @@ class MetaSGD(_MetaGradient):
         return torch.exp(state[self.model.dim :])
 
 
+class MetaSGDFO(MetaSGD):
+    """First-order Meta-SGD: inner gradients are constants, as in FOMAML.
+
+    ``dL/dtheta`` is the query gradient at ``theta_u``; ``dL/dalpha`` is
+    ``-g_query * sum_k g_k`` over the inner gradients ``g_k``. Every gradient it
+    uses is a local gradient step, so it runs under record-level DP (second-order
+    Meta-SGD differentiates through the support gradients and does not).
+    """
+
+    second_order = False
+
+
 class _LocalTraining(Algorithm):
     """FedAvg and Reptile: local training, the update is theta - theta_local."""
 
@@ -309,7 +388,7 @@ class _LocalTraining(Algorithm):
         epoch = 0
         while True:
             for idx in _batches(len(data), cfg.batch_size, gen):
-                g = self.model.grad(p, data.take(idx))
+                g = self.local_grad(p, data, data.take(idx))
                 t += 1
                 if m is not None and v is not None:
                     m.mul_(0.9).add_(g, alpha=0.1)
@@ -363,8 +442,8 @@ class PerFedAvg(Algorithm):
         for _ in range(steps):
             b1 = _sample(data, cfg.batch_size, gen)
             b2 = _sample(data, cfg.batch_size, gen)
-            tmp = w - cfg.inner_lr * self.model.grad(w, b1)
-            g = self.model.grad(tmp, b2)
+            tmp = w - cfg.inner_lr * self.local_grad(w, data, b1)
+            g = self.local_grad(tmp, data, b2)
             if self.hessian_free:
                 b3 = _sample(data, cfg.batch_size, gen)
                 g = g - cfg.inner_lr * self.hvp_finite_difference(w, b3, g)
@@ -372,6 +451,8 @@ class PerFedAvg(Algorithm):
         return ClientUpdate((w0 - w).float(), loss, len(data))
 
     def hvp_finite_difference(self, w: torch.Tensor, batch: Batch, v: torch.Tensor) -> torch.Tensor:
+        if self.oracle is not None:
+            raise ConfigError("perfedavg-hf's Hessian term takes no gradient oracle")
         norm = float(v.norm())
         if norm == 0.0:
             return torch.zeros_like(v)
@@ -389,6 +470,7 @@ _REGISTRY: dict[AlgorithmName, type[Algorithm]] = {
     AlgorithmName.MAML: MAML,
     AlgorithmName.FOMAML: FOMAML,
     AlgorithmName.METASGD: MetaSGD,
+    AlgorithmName.METASGD_FO: MetaSGDFO,
     AlgorithmName.REPTILE: Reptile,
     AlgorithmName.PERFEDAVG_FO: PerFedAvg,
     AlgorithmName.PERFEDAVG_HF: PerFedAvgHF,

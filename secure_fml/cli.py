@@ -441,10 +441,48 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _privacy_plan_record(args: argparse.Namespace) -> int:
+    """``privacy plan --unit record``: σ per site (and one common σ) for record-level DP."""
+    import privacy
+
+    if not args.site_sizes:
+        raise ConfigError("privacy plan --unit record: --site-sizes N [N ...] is required")
+    if args.local_steps is None and args.inner_steps is None:
+        raise ConfigError(
+            "privacy plan --unit record: give --local-steps (FedAvg, Reptile, Per-FedAvg FO) "
+            "or --support-fraction and --inner-steps (FOMAML, Meta-SGD FO)"
+        )
+    if (args.support_fraction is None) != (args.inner_steps is None):
+        raise ConfigError(
+            "privacy plan --unit record: --support-fraction and --inner-steps go together"
+        )
+    p = privacy.plan_record_level(
+        site_sizes=args.site_sizes,
+        site_names=args.site_names,
+        rounds=args.rounds,
+        delta=args.delta,
+        local_steps=args.local_steps or 1,
+        batch_size=args.batch_size,
+        target_epsilon=args.epsilon if args.noise_multiplier is None else None,
+        noise_multiplier=args.noise_multiplier,
+        support_fraction=args.support_fraction,
+        inner_steps=args.inner_steps,
+        query_batch_size=args.query_batch_size,
+        accountant=args.accountant,
+    )
+    print(privacy.render_record_level_plan(p))
+    return 0
+
+
 def _cmd_privacy_plan(args: argparse.Namespace) -> int:
     import privacy
     from secure_fml.config import PrivacyConfig
 
+    if args.unit == "record":
+        return _privacy_plan_record(args)
+    for flag in ("epsilon", "population"):
+        if getattr(args, flag) is None:
+            raise ConfigError(f"privacy plan: --{flag} is required (client unit)")
     # The same range checks as a run's [privacy] section.
     PrivacyConfig(target_epsilon=args.epsilon, delta=args.delta, accountant=args.accountant)
     if args.rounds < 1:
@@ -676,10 +714,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="noise multiplier for a target (epsilon, delta)",
         description="The defaults are simulate's: fixed-size sampling of 4 clients per round.",
     )
-    pl.add_argument("--epsilon", type=float, required=True, help="target epsilon in (0, 100]")
+    pl.add_argument(
+        "--unit",
+        choices=["client", "record"],
+        default="client",
+        help="privacy unit: client (a whole site) or record (a patient inside each site)",
+    )
+    pl.add_argument(
+        "--epsilon", type=float, help="target epsilon in (0, 100] (required for --unit client)"
+    )
     pl.add_argument("--delta", type=float, default=1e-5, help="delta, below 1/population")
     pl.add_argument("--rounds", type=int, required=True, help="training rounds")
-    pl.add_argument("--population", type=int, required=True, help="eligible clients N")
+    pl.add_argument("--population", type=int, help="eligible clients N (--unit client)")
     pl.add_argument(
         "--clients-per-round", type=int, default=4, help="m (the expected m for Poisson)"
     )
@@ -696,6 +742,17 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="N",
         help="also project epsilon/sigma to these populations (e.g. 300 3000 30000)",
+    )
+    rec = pl.add_argument_group("record-level (--unit record)")
+    rec.add_argument("--site-sizes", type=int, nargs="+", metavar="N", help="units per site")
+    rec.add_argument("--site-names", nargs="+", metavar="NAME", help="labels for the sites")
+    rec.add_argument("--local-steps", type=int, help="DP-SGD steps per round at q = B/n")
+    rec.add_argument("--batch-size", type=int, help="expected batch B (default: full pool, q=1)")
+    rec.add_argument("--support-fraction", type=float, help="meta-learning: support share p")
+    rec.add_argument("--inner-steps", type=int, help="meta-learning: support steps per round")
+    rec.add_argument("--query-batch-size", type=int, help="meta-learning: query batch B_q")
+    rec.add_argument(
+        "--noise-multiplier", type=float, help="evaluate this sigma instead of calibrating"
     )
     pl.set_defaults(func=_cmd_privacy_plan)
 

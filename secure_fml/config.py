@@ -173,9 +173,22 @@ class EvalConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class PrivacyConfig:
-    """Client-level differential privacy (see ``privacy``); off by default."""
+    """Differential privacy (see ``privacy``); off by default.
+
+    ``unit`` picks the privacy unit: ``client`` (a whole site's update, the fields
+    below ``enabled``), ``record`` (each patient inside each site: DP-SGD at the
+    site, the ``record_*`` fields, :mod:`secure_fml.record_dp`) or ``both``.
+    ``unit_column`` names the person column the dataset grouped records by
+    (``load_csv(unit_column=...)``); unset, every record is its own unit.
+    """
 
     enabled: bool = False
+    unit: str = "client"  # client | record | both
+    unit_column: str | None = None
+    record_clip_norm: float = 1.0
+    record_noise_multiplier: float | None = None  # or record_target_epsilon
+    record_target_epsilon: float | None = None  # per site, over server.rounds, at delta
+    record_max_epsilon: float | None = None  # per-site budget: a site stops contributing
     clip_norm: float = 1.0
     noise_multiplier: float | None = None  # None: calibrate from target_epsilon
     target_epsilon: float | None = None
@@ -213,8 +226,27 @@ class PrivacyConfig:
                     "privacy.noise_multiplier and privacy.target_epsilon are both set: give "
                     "one (the noise multiplier is calibrated from the target epsilon)"
                 )
-        if self.enabled and self.noise_multiplier is None and self.target_epsilon is None:
+        if self.unit not in ("client", "record", "both"):
+            raise ConfigError(f"privacy.unit must be client, record or both; got {self.unit!r}")
+        client_level = self.enabled and self.unit != "record"
+        if client_level and self.noise_multiplier is None and self.target_epsilon is None:
             raise ConfigError("privacy: set privacy.noise_multiplier or privacy.target_epsilon")
+        if self.enabled and self.unit != "client":
+            if (self.record_noise_multiplier is None) == (self.record_target_epsilon is None):
+                raise ConfigError(
+                    "privacy.unit = record: set exactly one of privacy.record_noise_multiplier "
+                    "and privacy.record_target_epsilon"
+                )
+            for name in ("record_clip_norm", "record_noise_multiplier", "record_target_epsilon"):
+                v = getattr(self, name)
+                if v is not None:
+                    _finite(f"privacy.{name}", v, low=0.0)
+            if self.record_max_epsilon is not None:
+                _finite("privacy.record_max_epsilon", self.record_max_epsilon, low=0.0)
+            if self.accountant not in ("rdp", "prv"):
+                raise ConfigError(
+                    "privacy.accountant must be rdp or prv for record-level DP (upper bounds)"
+                )
         if (
             self.max_epsilon is not None
             and self.target_epsilon is not None

@@ -191,8 +191,8 @@ def privacy_setup(config: Config, *, population: int) -> PrivacySetup | None:
     """The run's DP mechanism, validated; None when privacy is off."""
     pc = config.privacy
     sa = config.secure_aggregation
-    if not pc.enabled:
-        return None
+    if not pc.enabled or pc.unit == "record":
+        return None  # no client-level noise (record-level DP lives in the client pipelines)
     name = pc.placement
     if name == "auto":
         name = "distributed" if sa.protocol != "none" else "central"
@@ -532,7 +532,8 @@ class RoundEngine:
                     json.dumps(config_to_dict(self.config), indent=2) + "\n", encoding="utf-8"
                 )
                 (run_dir / "config.toml").write_text(dump_toml(self.config), encoding="utf-8")
-        if self.dp is not None:
+        if self.config.privacy.enabled:
+            # Client-level releases and sites' record-level receipts share the run's ledger.
             ledger_dir = run_dir
             if ledger_dir is None:
                 ledger_dir = Path(tempfile.mkdtemp(prefix="secure-fml-ledger-"))
@@ -591,6 +592,7 @@ class RoundEngine:
         return self._round.deadline if self._round is not None else None
 
     def epsilon(self) -> float | None:
+        """Client-level epsilon spent so far (None: no client-level DP)."""
         if self.ledger is None or self.dp is None:
             return None
         return float(self.ledger.epsilon(delta=self.dp.delta, accountant=self.dp.accountant))

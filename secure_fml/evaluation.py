@@ -30,7 +30,12 @@ __all__ = ["EvalResult", "evaluate", "to_batch"]
 def to_batch(client: ClientData, input_kind: InputKind) -> Batch:
     x = torch.from_numpy(np.ascontiguousarray(client.x))
     x = x.long() if input_kind is InputKind.SEQUENCE else x.float()
-    return Batch(x, torch.from_numpy(np.ascontiguousarray(client.y)).long())
+    unit = None
+    if client.units is not None:
+        # Local codes 0..U-1 of the client's privacy units (a person's rows share one).
+        _, codes = np.unique(client.units, return_inverse=True)
+        unit = torch.from_numpy(codes.astype(np.int64).reshape(-1))
+    return Batch(x, torch.from_numpy(np.ascontiguousarray(client.y)).long(), unit)
 
 
 @dataclass(frozen=True)

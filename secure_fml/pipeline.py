@@ -44,7 +44,7 @@ from aggregation import (
     all_finite,
 )
 from privacy import Csprng, GaussianNoiseSource
-from privacy.errors import ConfigError, InvalidMessage, StaleMessage
+from privacy.errors import ConfigError, InvalidMessage, PrivacyBudgetExhausted, StaleMessage
 from secure_fml._functional import Batch
 from secure_fml.algorithms import Algorithm, ClientUpdate
 from secure_fml.messages import (
@@ -57,6 +57,7 @@ from secure_fml.messages import (
     StageReply,
     StageRequest,
 )
+from secure_fml.record_dp import RecordLevelLedger
 
 __all__ = [
     "VERIFIED_MODELS",
@@ -190,6 +191,7 @@ class ClientPipeline:
         training_generator: Callable[[int], torch.Generator] | None = None,
         randomness: Callable[[int], Csprng] | None = None,
         require_noise: bool = False,
+        record_level: RecordLevelLedger | None = None,
     ) -> None:
         if not isinstance(require_noise, bool):
             raise TypeError("require_noise must be a bool")
@@ -203,6 +205,8 @@ class ClientPipeline:
         self._generator = training_generator or _fresh_generator
         self._randomness = randomness or (lambda _round: Csprng())
         self.require_noise = require_noise
+        #: Record-level DP bookkeeping of this client (its patients' budget), or None.
+        self.record_level = record_level
         self.dim = int(algorithm.state_dim)
         self._session: _Session | None = None
         self.finished = False
@@ -287,8 +291,18 @@ class ClientPipeline:
             raise InvalidMessage("coordinator asked for a round without DP noise; refused")
         state = self._check_model(msg)
         keys = self._check_roster(msg)
+        rl = self.record_level
+        if rl is not None and not rl.admit(
+            self.algorithm, round=msg.round, site_id=self.name, data=self.data
+        ):
+            raise PrivacyBudgetExhausted(
+                f"client {self.name} is at its record-level budget: it stops contributing"
+            )
         t0 = time.perf_counter()
         upd = self.local_update(state, msg.round)
+        if rl is not None and upd.receipt is not None:
+            # Charged (durably, budget-checked) before anything derived from it leaves.
+            rl.charge(upd.receipt, round=msg.round, site_id=self.name)
         vec = upd.vector.detach().cpu().numpy().astype(np.float32, copy=False)
         compute_s = time.perf_counter() - t0
         clipped = False
@@ -323,6 +337,7 @@ class ClientPipeline:
                 source=GaussianNoiseSource(rng=rng.child("noise")),
                 last_coordinate_std=s.bit_noise_std,
             )
+        # Under record-level DP the clear loss is not released (it is NaN).
         self.last_update = UpdateInfo(
             msg.round, float(upd.loss), norm, clipped, int(upd.num_samples), compute_s
         )

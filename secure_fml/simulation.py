@@ -54,6 +54,7 @@ from secure_fml.messages import EngineMessage, RoundStart, StageReply, StageRequ
 from secure_fml.models import check_output_size, default_model, describe_module
 from secure_fml.observability import MetricsSink, Progress
 from secure_fml.pipeline import ClientPipeline, seeded_generator, seeded_randomness
+from secure_fml.record_dp import RecordDPAlgorithm, RecordLevelLedger, wrap_for_config
 
 __all__ = [
     "ClientExecutor",
@@ -276,6 +277,10 @@ class Simulation:
         check_output_size(self.module, sample, self.dataset.num_classes)
         self.fmodel = FunctionalModel(self.module)
         self.algorithm: Algorithm = make_algorithm(config.algorithm, self.fmodel)
+        # Record-level DP (privacy.unit = record | both): every client's local steps are
+        # DP-SGD; the clients run the wrapped algorithm, the engine needs only its shape.
+        self.client_algorithm: Algorithm = wrap_for_config(config, self.algorithm, self.dataset)
+        self._record: RecordLevelLedger | None = None
         self._train = {c.client_id: c for c in self.split.train}
         self._batches: dict[str, Batch] = {}
         self._keys: dict[str, Ed25519PrivateKey] = {}
@@ -337,12 +342,36 @@ class Simulation:
         insecure = self.config.run.insecure_seed
         return ClientPipeline(
             name=name,
-            algorithm=self.algorithm,
+            algorithm=self.client_algorithm,
             data=self.batch(name),
             identity_key=self._identity_key(name),
             training_generator=seeded_generator(self.config.run.seed, name),
             randomness=seeded_randomness(insecure, name) if insecure is not None else None,
+            record_level=self.record_level,
         )
+
+    @property
+    def record_level(self) -> RecordLevelLedger | None:
+        """Record-level bookkeeping on the run's ledger, when record-level DP is on.
+
+        In a simulation every client charges its receipts to the run's ledger (one
+        record-level accountant per site); a deployed site keeps its own ledger.
+        """
+        if not isinstance(self.client_algorithm, RecordDPAlgorithm):
+            return None
+        if self._record is None:
+            self.open()
+            ledger = self.engine.ledger
+            assert ledger is not None
+            pc = self.config.privacy
+            self._record = RecordLevelLedger(
+                ledger,
+                delta=pc.delta,
+                accountant=pc.accountant,
+                max_epsilon=pc.record_max_epsilon,
+                population=len(self.split.train),
+            )
+        return self._record
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -389,13 +418,19 @@ class Simulation:
             info = p.last_update if p is not None else None
             if info is not None and info.round == line["round"]:
                 infos.append(info)
-        line["train_loss"] = float(np.mean([i.loss for i in infos])) if infos else None
         line["update_norm_mean"] = float(np.mean([i.norm for i in infos])) if infos else None
         line["client_compute_s"] = float(sum(i.compute_s for i in infos))
         if self.config.privacy.enabled:
             line["dp_fraction_clipped"] = (
                 float(np.mean([i.clipped for i in infos])) if infos else 0.0
             )
+        losses = [i.loss for i in infos if math.isfinite(i.loss)]
+        line["train_loss"] = float(np.mean(losses)) if losses else None
+        record = self._record
+        if record is not None:
+            eps = record.epsilons()
+            line["record_dp_epsilon_worst_site"] = max(eps.values()) if eps else 0.0
+            line["record_dp_sites_at_budget"] = len(record.exhausted)
         every = self.config.eval.every
         r = line["round"]
         if every and r % every == 0 and self.split.val:
@@ -487,6 +522,7 @@ class Simulation:
             "parameters": self.fmodel.dim,
             "update_dim": int(self.state.numel()),
             "mechanism": self.engine.summary(),
+            "record_level": self._record.summary() if self._record is not None else None,
             "test": final.as_dict(per_client=True) if final is not None else None,
             **summary_fields(
                 self.config, dataset=self.dataset, split=self.split, algorithm=self.algorithm

@@ -28,11 +28,17 @@ class InputKind(enum.Enum):
 
 @dataclass(frozen=True)
 class ClientData:
-    """One site's local data. ``x`` has one row per sample, ``y`` holds int64 labels."""
+    """One site's local data. ``x`` has one row per sample, ``y`` holds int64 labels.
+
+    ``units`` (optional, one id per row, int or str) names the privacy unit of
+    each row for record-level DP: the rows of one patient or customer share an
+    id and are sampled and clipped together. ``None``: every row is its own unit.
+    """
 
     client_id: str
     x: np.ndarray
     y: np.ndarray
+    units: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, np.ndarray) or not isinstance(self.y, np.ndarray):
@@ -46,12 +52,31 @@ class ClientData:
             )
         if self.y.shape[0] == 0:
             raise DataError(f"client {self.client_id!r} has no samples")
+        if self.units is not None:
+            u = self.units
+            if not isinstance(u, np.ndarray) or u.ndim != 1 or u.shape[0] != self.y.shape[0]:
+                raise DataError(
+                    f"client {self.client_id!r}: units must be a 1-D array with one id per row"
+                )
+            if u.dtype.kind not in "iuUS":
+                raise DataError(
+                    f"client {self.client_id!r}: unit ids must be integers or strings, "
+                    f"got dtype {u.dtype}"
+                )
+            if u.dtype.kind in "US" and (u == u.dtype.type("")).any():
+                raise DataError(f"client {self.client_id!r}: empty unit id")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def subset(self, idx: np.ndarray) -> ClientData:
-        return ClientData(self.client_id, self.x[idx], self.y[idx])
+        units = None if self.units is None else self.units[idx]
+        return ClientData(self.client_id, self.x[idx], self.y[idx], units)
+
+    @property
+    def num_units(self) -> int:
+        """Number of privacy units (distinct ``units``, or rows when there are none)."""
+        return len(self) if self.units is None else int(np.unique(self.units).size)
 
     def split_support_query(
         self, *, support_fraction: float, rng: np.random.Generator

@@ -177,6 +177,7 @@ def _finish_tabular(
                 feature_names=feature_names,
             ),
             c.y,
+            c.units,
         )
         for c in clients
     ]
@@ -571,11 +572,15 @@ def load_csv(
     num_classes: int | None = None,
     delimiter: str = ",",
     missing_values: Sequence[str] = DEFAULT_MISSING_VALUES,
+    unit_column: str | None = None,
 ) -> FederatedDataset:
     """Load a tabular CSV (one row per sample, a header line) as a TABULAR dataset.
 
     Clients appear in order of first appearance. ``feature_columns`` defaults to
-    every column except the client and label columns. Cells in
+    every column except the client, label and unit columns. ``unit_column``
+    (e.g. ``"patient_id"``) names the privacy unit of each row for record-level
+    DP: it is kept as the rows' unit ids (:attr:`ClientData.units`), never as a
+    feature, and the rows of one person are sampled and clipped together. Cells in
     ``missing_values`` become NaN, then ``impute`` fills them with the client's
     own mean or median; ``standardize`` rescales each feature with the client's
     own mean and standard deviation. No statistic crosses a client boundary.
@@ -596,12 +601,18 @@ def load_csv(
             dupes = sorted({h for h in header if header.count(h) > 1})
             if dupes:
                 raise DataError(f"{where}: duplicate column name(s) {', '.join(dupes)}")
+            special = (client_column, label_column) + ((unit_column,) if unit_column else ())
             wanted_features = (
                 list(feature_columns)
                 if feature_columns is not None
-                else [h for h in header if h not in (client_column, label_column)]
+                else [h for h in header if h not in special]
             )
-            absent = [c for c in (client_column, label_column, *wanted_features) if c not in header]
+            if unit_column is not None and unit_column in wanted_features:
+                raise DataError(
+                    f"{where}: unit column {unit_column!r} is an identifier, not a feature; "
+                    "remove it from feature_columns"
+                )
+            absent = [c for c in (*special, *wanted_features) if c not in header]
             if absent:
                 raise DataError(
                     f"{where}: missing column(s) {', '.join(repr(c) for c in absent)}; "
@@ -610,8 +621,10 @@ def load_csv(
             if not wanted_features:
                 raise DataError(f"{where}: no feature columns besides client and label")
             ci, li = header.index(client_column), header.index(label_column)
+            ui = header.index(unit_column) if unit_column is not None else None
             fi = [header.index(c) for c in wanted_features]
             rows: dict[str, tuple[list[list[float]], list[int]]] = {}
+            unit_ids: dict[str, list[str]] = {}
             for row in reader:
                 line = reader.line_num
                 if not row or all(not c.strip() for c in row):
@@ -644,6 +657,11 @@ def load_csv(
                 xs, ys = rows.setdefault(client, ([], []))
                 xs.append(feats)
                 ys.append(label)
+                if ui is not None:
+                    unit = row[ui].strip()
+                    if not unit:
+                        raise DataError(f"{where}: line {line}: empty {unit_column!r}")
+                    unit_ids.setdefault(client, []).append(unit)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{where}: cannot read CSV ({exc})") from None
     if not rows:
@@ -653,7 +671,8 @@ def load_csv(
     for client, (xs, ys) in rows.items():
         y = np.asarray(ys, dtype=np.int64)
         _check_labels(y, where=where, client_id=client, num_classes=num_classes)
-        clients.append(ClientData(client, np.asarray(xs, dtype=np.float32), y))
+        units = np.asarray(unit_ids[client], dtype=str) if unit_column is not None else None
+        clients.append(ClientData(client, np.asarray(xs, dtype=np.float32), y, units))
     clients = _finish_tabular(
         clients, impute=impute, standardize=standardize, feature_names=wanted_features
     )
@@ -665,5 +684,10 @@ def load_csv(
         k,
         InputKind.TABULAR,
         feature_names=tuple(wanted_features),
-        metadata={"source": where, "impute": impute.value, "standardize": str(standardize)},
+        metadata={
+            "source": where,
+            "impute": impute.value,
+            "standardize": str(standardize),
+            **({"unit_column": unit_column} if unit_column is not None else {}),
+        },
     )

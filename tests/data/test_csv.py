@@ -104,3 +104,53 @@ def test_csv_integral_float_labels_and_inferred_classes(tmp_path: Path) -> None:
         label_column="fraud",
     )
     assert ds.num_classes == 3 and ds.client("X").y.tolist() == [0, 2]
+
+
+PATIENTS = """site,patient_id,age,chol,label
+A,p1,40,200,0
+A,p1,41,210,0
+A,p2,60,?,1
+B,p1,30,100,0
+B,p9,70,170,1
+B,p9,80,110,1
+"""
+
+
+def test_csv_unit_column_is_kept_as_unit_ids_not_a_feature(tmp_path: Path) -> None:
+    from secure_fml.evaluation import to_batch
+
+    ds = load_csv(
+        _csv(tmp_path, PATIENTS),
+        client_column="site",
+        label_column="label",
+        unit_column="patient_id",
+        impute=Impute.MEDIAN,
+        standardize=True,
+    )
+    assert ds.feature_names == ("age", "chol")
+    assert ds.metadata["unit_column"] == "patient_id"
+    a, b = ds.client("A"), ds.client("B")
+    assert a.units is not None and list(a.units) == ["p1", "p1", "p2"]
+    assert a.num_units == 2 and b.num_units == 2
+    # Units survive subsetting and become per-client codes in a Batch.
+    assert list(b.subset(np.array([2, 0])).units) == ["p9", "p1"]  # type: ignore[arg-type]
+    batch = to_batch(b, InputKind.TABULAR)
+    assert batch.unit is not None and batch.unit.tolist() == [0, 1, 1]
+    assert batch.take(np.array([2, 0])).unit.tolist() == [1, 0]  # type: ignore[union-attr]
+    # Without the column, the patient id would have been read as a (non-numeric) feature.
+    with pytest.raises(DataError, match="patient_id"):
+        _load(_csv(tmp_path, PATIENTS))
+
+
+def test_csv_unit_column_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not a feature"):
+        _load(
+            _csv(tmp_path, PATIENTS),
+            unit_column="patient_id",
+            feature_columns=["age", "patient_id"],
+        )
+    with pytest.raises(DataError, match="missing column"):
+        _load(_csv(tmp_path, PATIENTS), unit_column="person")
+    bad = PATIENTS.replace("A,p2,", "A,,")
+    with pytest.raises(DataError, match="line 4: empty 'patient_id'"):
+        _load(_csv(tmp_path, bad), unit_column="patient_id", impute=Impute.MEDIAN)
