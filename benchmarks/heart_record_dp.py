@@ -159,7 +159,7 @@ def run_cell(args: argparse.Namespace, ds: Any, held: str, seed: int) -> list[di
                 row["record_epsilon_worst_site"] = rl["epsilon_worst_site"]
                 row["noise_multiplier_per_site"] = {
                     cid: float(
-                        alg_obj.planned_receipt(  # type: ignore[attr-defined]
+                        sim.client_algorithm.planned_receipt(  # type: ignore[attr-defined]
                             to_batch(ds.client(cid), ds.input_kind)
                         ).noise_multiplier
                     )
