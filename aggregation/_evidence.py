@@ -281,12 +281,12 @@ def verify_evidence(evidence: Evidence, roster: Roster) -> None:
             rev = UnmaskResponse.from_bytes(raw)
             P.verify(roster[rev.sender], rev.signature, rev.payload(ctx), what="reveal")
             _, ct_b, ct_s = _share_of(sk, rev.sender)
-            rk = [k for k in rev.keys if k.owner == off and k.kind == share_kind]
-            if len(rk) != 1:
+            found = [k for k in rev.keys if k.owner == off and k.kind == share_kind]
+            if len(found) != 1:
                 raise InvalidMessage("a reveal does not carry the share key")
             ct = ct_b if share_kind == SHARE_KIND_SELF_MASK else ct_s
             y = P.decode_element(
-                P.unseal(rk[0].key, ct, share_aad(ctx, share_kind, off, rev.sender))
+                P.unseal(found[0].key, ct, share_aad(ctx, share_kind, off, rev.sender))
             )
             points.append((rev.sender + 1, y))
         if len(points) < t:
