@@ -475,11 +475,18 @@ class ClientSession(AggregationClient):
         if not shared <= set(st.holder_keys):
             raise InvalidMessage("the server lists as sharing a holder this client never dealt to")
         complaints: list[Complaint] = []
+        extra = {k.client_id: k for k in routing.keys}
+        for w, key in extra.items():
+            if w in st.holder_keys or w == self.client_id:
+                raise InvalidMessage(f"keys of {w} sent twice")
+            self._check_peer(key)
         for rs in routing.shares:
-            w = rs.dealer.client_id
+            w = rs.dealer
             if w == self.client_id:
                 raise InvalidMessage("a share dealt to itself")
-            self._check_peer(rs.dealer)
+            dealer_key = st.holder_keys.get(w) or extra.get(w)
+            if dealer_key is None:
+                raise InvalidMessage(f"a share from {w} without its dealer's keys")
             reason = None
             y: tuple[int, int] | None = None
             keys: tuple[bytes, bytes] | None = None
@@ -527,7 +534,7 @@ class ClientSession(AggregationClient):
                 self.complaints[w] = code
                 _log.warning("client %d rejects the share dealt by %d", self.client_id, w)
                 continue
-            st.held[w] = _Held(dealer=rs.dealer, y=y, keys=keys, tag_key=k_tag)
+            st.held[w] = _Held(dealer=dealer_key, y=y, keys=keys, tag_key=k_tag)
         st.shared_holders = tuple(sorted(shared))
         partners = sorted(shared | set(st.held))
         st.partners = tuple(partners)
@@ -736,15 +743,19 @@ class ClientSession(AggregationClient):
                 f"{count} consistency signatures; this client's policy requires "
                 f"{self.analysis.required_survivors}"
             )
-        others = [self.roster.ids[i] for i in np.nonzero(signers)[0] if i != me]
+        positions = np.flatnonzero(signers)
+        positions = positions[positions != me]
         s = self.analysis.samples
-        if s >= len(others):
-            chosen = others
+        if s >= positions.size:
+            picked = positions.tolist()
         else:
-            picked: set[int] = set()
-            while len(picked) < s:
-                picked.add(others[int(self._rng.below(len(others), 1)[0])])
-            chosen = sorted(picked)
+            # Fresh coins, drawn only now that the certificate is fixed.
+            chosen_pos: set[int] = set()
+            while len(chosen_pos) < s:
+                chosen_pos.add(int(positions[int(self._rng.below(positions.size, 1)[0])]))
+            picked = sorted(chosen_pos)
+        ids = self.roster.ids
+        chosen = sorted(ids[p] for p in picked)
         st.challenge = tuple(chosen)
         st.stage = Stage.UNMASKING
         return QuorumChallenge(

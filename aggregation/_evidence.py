@@ -48,7 +48,8 @@ class MisbehaviourKind(enum.Enum):
     BAD_TAG = "bad_tag"
     #: A complaint about a ciphertext or tag that the dealer's opening shows to be valid.
     FALSE_COMPLAINT = "false_complaint"
-    #: A complaint quoting a ciphertext the dealer never signed.
+    #: A complaint quoting a ciphertext the dealer never signed (the holder lied, or the
+    #: channel altered the share: an accusation, not a proof).
     MISQUOTED_COMPLAINT = "misquoted_complaint"
     #: A signed opening that does not match the pair's ephemeral public key.
     BAD_OPENING = "bad_opening"

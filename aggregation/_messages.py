@@ -487,27 +487,29 @@ class ShareKeys(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class RoutedShare:
-    """A share as the server forwards it: the dealer's peer key and its ciphertexts."""
+    """A share as the server forwards it: who dealt it, and its ciphertexts."""
 
-    dealer: PeerKey
+    dealer: int
     ephemeral_public: bytes
     self_mask: bytes
     mask_key: bytes
 
-    BYTES: ClassVar[int] = PeerKey.BYTES + KEY_BYTES + 2 * SHARE_CIPHERTEXT_BYTES
+    BYTES: ClassVar[int] = 4 + KEY_BYTES + 2 * SHARE_CIPHERTEXT_BYTES
 
     def __post_init__(self) -> None:
+        if not 0 <= self.dealer < 2**31:
+            raise InvalidMessage("dealer out of range")
         _sized(self.ephemeral_public, KEY_BYTES, "ephemeral key")
         _sized(self.self_mask, SHARE_CIPHERTEXT_BYTES, "self-mask share ciphertext")
         _sized(self.mask_key, SHARE_CIPHERTEXT_BYTES, "mask-key share ciphertext")
 
     def encode(self) -> bytes:
-        return self.dealer.encode() + self.ephemeral_public + self.self_mask + self.mask_key
+        return struct.pack(">I", self.dealer) + self.ephemeral_public + self.self_mask + self.mask_key
 
     @classmethod
     def decode(cls, r: _Reader) -> RoutedShare:
         return cls(
-            dealer=PeerKey.decode(r),
+            dealer=r.u32(),
             ephemeral_public=r.take(KEY_BYTES),
             self_mask=r.take(SHARE_CIPHERTEXT_BYTES),
             mask_key=r.take(SHARE_CIPHERTEXT_BYTES),
@@ -516,24 +518,29 @@ class RoutedShare:
 
 @dataclass(frozen=True, kw_only=True)
 class ShareRouting(Message):
-    """Stage 2, server -> one holder: the shares dealt to it, sorted by dealer."""
+    """Stage 2, server -> one holder: the shares dealt to it (sorted by dealer), the
+    signed keys of those dealers it did not draw itself (the others it already has),
+    and which of its own holders shared keys (U2): it masks with exactly these."""
 
     TYPE: ClassVar[int] = 4
     recipient: int
     shares: tuple[RoutedShare, ...]
-    #: The recipient's own holders that shared keys (U2): it masks with exactly these.
     shared: tuple[int, ...]
+    keys: tuple[PeerKey, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_ids([s.dealer.client_id for s in self.shares], "share dealers")
+        _check_ids([s.dealer for s in self.shares], "share dealers")
         _check_ids(self.shared, "holders that shared")
+        _check_ids([k.client_id for k in self.keys], "dealer keys")
 
     def body(self) -> bytes:
         return (
             struct.pack(">II", self.recipient, len(self.shares))
             + b"".join(s.encode() for s in self.shares)
             + ids_bytes(self.shared)
+            + struct.pack(">I", len(self.keys))
+            + b"".join(k.encode() for k in self.keys)
         )
 
     @classmethod
@@ -542,8 +549,15 @@ class ShareRouting(Message):
         n = r.count(RoutedShare.BYTES)
         shares = tuple(RoutedShare.decode(r) for _ in range(n))
         shared = _read_ids(r)
+        m = r.count(PeerKey.BYTES)
+        keys = tuple(PeerKey.decode(r) for _ in range(m))
         return cls(
-            session_id=sid, round_index=rnd, recipient=recipient, shares=shares, shared=shared
+            session_id=sid,
+            round_index=rnd,
+            recipient=recipient,
+            shares=shares,
+            shared=shared,
+            keys=keys,
         )
 
 

@@ -175,6 +175,8 @@ class ServerSession(AggregationServer):
         self._signatures: dict[int, bytes] = {}
         self._challenges: dict[int, tuple[int, ...]] = {}
         self._reveals: dict[int, UnmaskResponse] = {}
+        #: (owner, kind) -> [(holder, revealed key)], indexed as reveals arrive.
+        self._revealed: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
         self._kinds_released: dict[int, set[int]] = {}
         self.evidence: list[Evidence] = []
         self.unmask_seconds = 0.0
@@ -401,19 +403,21 @@ class ServerSession(AggregationServer):
         for v in u2:
             routed = tuple(
                 RoutedShare(
-                    dealer=self._adverts[w].key,
+                    dealer=w,
                     ephemeral_public=(s := self._dealt[w][v]).ephemeral_public,
                     self_mask=s.self_mask,
                     mask_key=s.mask_key,
                 )
                 for w in dealers_of[v]
             )
+            known = set(self._draws[v])  # keys it received at stage 1 (if they advertised)
             shared = tuple(h for h in self._dealt[v] if h in in_u2)
             msgs[v] = ShareRouting(
                 **self._hdr(),  # type: ignore[arg-type]
                 recipient=v,
                 shares=routed,
                 shared=shared,
+                keys=tuple(self._adverts[w].key for w in dealers_of[v] if w not in known),
             )
         return Outbox(Stage.MASKED_INPUT, msgs)
 
@@ -463,6 +467,9 @@ class ServerSession(AggregationServer):
                 dealt = self._dealt[w][v]
                 quoted = dealt.ephemeral_public + dealt.self_mask + dealt.mask_key
                 if not P.constant_time_equal(c.quoted(), quoted):
+                    # What this server forwarded is what the dealer signed, so the holder
+                    # misquotes; a third party cannot exclude an altered channel, hence
+                    # an accusation, not a proof.
                     self._record(
                         MisbehaviourKind.MISQUOTED_COMPLAINT,
                         v,
@@ -472,13 +479,18 @@ class ServerSession(AggregationServer):
                             ("holder", _u32(v)),
                             ("complaint", c.encode()),
                         ),
+                        proven=False,
                     )
                 elif w in self._inputs:
                     self._share_disputes.setdefault(w, []).append(v)
         live = [v for v in u3 if v not in self._excluded]
         msgs = {}
         for v in live:
-            tags = tuple((w, self._tags[w][v]) for w in self._held_by(v) if w in self._inputs)
+            tags = tuple(
+                (w, self._tags[w][v])
+                for w in self._held_by(v)
+                if w in self._inputs and v in self._tags[w]
+            )
             msgs[v] = Review(**self._hdr(), recipient=v, tags=tags)  # type: ignore[arg-type]
         return Outbox(Stage.REVIEW, msgs)
 
@@ -702,25 +714,27 @@ class ServerSession(AggregationServer):
                 raise InvalidMessage(f"client {v} reveals the wrong share kind for {k.owner}")
         for k in m.keys:
             self._kinds_released.setdefault(k.owner, set()).add(k.kind)
+            self._revealed.setdefault((k.owner, k.kind), []).append((v, k.key))
         self._reveals[v] = m
 
     def _shares_of(self, owner: int, kind: int) -> list[tuple[int, int]]:
         """Decrypt every revealed share of ``owner``'s secret; attribute bad keys."""
         points = []
-        for v, resp in self._reveals.items():
-            rk = [k for k in resp.keys if k.owner == owner and k.kind == kind]
-            if not rk:
-                continue
+        for v, key in self._revealed.get((owner, kind), ()):
             dealt = self._dealt[owner][v]
             ct = dealt.self_mask if kind == SHARE_KIND_SELF_MASK else dealt.mask_key
             try:
-                y = P.decode_element(P.unseal(rk[0].key, ct, share_aad(self.ctx, kind, owner, v)))
+                y = P.decode_element(P.unseal(key, ct, share_aad(self.ctx, kind, owner, v)))
             except InvalidMessage:
                 self._record(
                     MisbehaviourKind.BAD_REVEALED_KEY,
                     v,
                     f"client {v} revealed a key that does not open its share of {owner}",
-                    (("shares", self._shares[owner].to_bytes()), ("reveal", resp.to_bytes())),
+                    (
+                        ("shares", self._shares[owner].to_bytes()),
+                        ("reveal", self._reveals[v].to_bytes()),
+                    ),
+                    exclude=False,  # its own input is already in the sum
                 )
                 continue
             points.append((v + 1, y))

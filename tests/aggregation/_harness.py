@@ -61,10 +61,12 @@ def make_round(
     corrupt: frozenset[int] = frozenset(),
     seed: int = 0,
     server_cls: type[ServerSession] = ServerSession,
+    deterministic: bool = False,
     **cfg_kw: object,
 ) -> Round:
     """A fresh round. ``policy`` is every client's policy and, unless ``cfg_kw`` says
-    otherwise, what the config is derived from."""
+    otherwise, what the config is derived from. ``deterministic`` seeds every client's
+    CSPRNG from ``seed`` (insecure test mode), so probabilistic checks replay exactly."""
     pol = policy or ClientPolicy()
     kw: dict[str, object] = {
         "max_dropout_fraction": pol.max_dropout_fraction,
@@ -94,6 +96,7 @@ def make_round(
             round_index=7,
             model_hash=model,
             policy=pol,
+            rng=P.Csprng.insecure_from_seed(seed, f"client-{i}") if deterministic else None,
         )
         c.set_input(x[i])
         clients[i] = c
@@ -108,6 +111,7 @@ class Outcome:
     aggregate: Aggregate | None = None
     abort: ProtocolError | None = None
     client_errors: dict[int, ProtocolError] = field(default_factory=dict)
+    error_stage: dict[int, Stage] = field(default_factory=dict)
     refusals: list[tuple[int, Stage, ProtocolError]] = field(default_factory=list)
     #: Every message that crossed the network: (stage, sender or recipient, message).
     to_server: list[tuple[Stage, int, Message]] = field(default_factory=list)
@@ -137,6 +141,7 @@ def drive(
             reply: Message | None = fn()
         except ProtocolError as exc:
             out.client_errors[i] = exc
+            out.error_stage[i] = stage
             return
         if client_hook is not None and reply is not None:
             reply = client_hook(i, stage, reply)
