@@ -504,7 +504,9 @@ class RoutedShare:
         _sized(self.mask_key, SHARE_CIPHERTEXT_BYTES, "mask-key share ciphertext")
 
     def encode(self) -> bytes:
-        return struct.pack(">I", self.dealer) + self.ephemeral_public + self.self_mask + self.mask_key
+        return (
+            struct.pack(">I", self.dealer) + self.ephemeral_public + self.self_mask + self.mask_key
+        )
 
     @classmethod
     def decode(cls, r: _Reader) -> RoutedShare:
