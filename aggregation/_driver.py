@@ -69,6 +69,8 @@ class RunStats:
     client_errors: dict[int, ProtocolError] = field(default_factory=dict)
     #: Client -> stage -> seconds it spent there.
     client_stage_breakdown: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: Stage -> seconds the server spent ingesting that stage's replies and closing it.
+    server_stage_seconds: dict[str, float] = field(default_factory=dict)
     excluded: tuple[int, ...] = ()
     evidence: tuple[Evidence, ...] = ()
 
@@ -223,10 +225,15 @@ def run_protocol(
     breakdown: dict[int, dict[str, float]] = {i: {} for i in range(n)}
     refusals: list[tuple[int, Stage, ProtocolError]] = []
     client_errors: dict[int, ProtocolError] = {}
+    server_stage: dict[str, float] = {}
     ssec = 0.0
 
-    def client_step(i: int, stage: Stage, fn: Callable[[], Message]) -> None:
+    def charge(stage: Stage, dt: float) -> None:
         nonlocal ssec
+        ssec += dt
+        server_stage[stage.name.lower()] = server_stage.get(stage.name.lower(), 0.0) + dt
+
+    def client_step(i: int, stage: Stage, fn: Callable[[], Message]) -> None:
         if i in client_errors:
             return  # a client that refused once has left the round
         t0 = time.perf_counter()
@@ -249,7 +256,7 @@ def run_protocol(
                 server.receive(delivered)
             except ProtocolError as exc:
                 refusals.append((i, stage, exc))
-            ssec += time.perf_counter() - t0
+            charge(stage, time.perf_counter() - t0)
 
     for i, v in enumerate(int_vectors):
         clients[i].set_input(np.asarray(v))
@@ -258,15 +265,16 @@ def run_protocol(
             client_step(i, Stage.ADVERTISE_KEYS, clients[i].start)
     t0 = time.perf_counter()
     out = server.close_stage()
-    ssec += time.perf_counter() - t0
+    charge(Stage.ADVERTISE_KEYS, time.perf_counter() - t0)
     while isinstance(out, Outbox):
+        stage = out.stage
         for i in sorted(out.messages):
-            msg = network.to_client(out.stage, i, out.messages[i])
-            if msg is not None and network.live(i, out.stage):
-                client_step(i, out.stage, partial(clients[i].handle, msg))
+            msg = network.to_client(stage, i, out.messages[i])
+            if msg is not None and network.live(i, stage):
+                client_step(i, stage, partial(clients[i].handle, msg))
         t0 = time.perf_counter()
         out = server.close_stage()
-        ssec += time.perf_counter() - t0
+        charge(stage, time.perf_counter() - t0)
     stats = RunStats(
         survivors=out.contributors,
         bytes_sent=network.bytes_sent,
@@ -280,6 +288,7 @@ def run_protocol(
         refusals=refusals,
         client_errors=client_errors,
         client_stage_breakdown=breakdown,
+        server_stage_seconds=server_stage,
         excluded=out.excluded,
         evidence=tuple(out.evidence),
     )
