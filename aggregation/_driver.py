@@ -71,6 +71,10 @@ class RunStats:
     client_stage_breakdown: dict[int, dict[str, float]] = field(default_factory=dict)
     #: Stage -> seconds the server spent ingesting that stage's replies and closing it.
     server_stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds (process time) per client and for the server: robust to other jobs
+    #: sharing the machine, unlike the wall-clock figures above.
+    client_cpu_seconds: dict[int, float] = field(default_factory=dict)
+    server_cpu_seconds: float = 0.0
     excluded: tuple[int, ...] = ()
     evidence: tuple[Evidence, ...] = ()
 
@@ -226,17 +230,20 @@ def run_protocol(
     refusals: list[tuple[int, Stage, ProtocolError]] = []
     client_errors: dict[int, ProtocolError] = {}
     server_stage: dict[str, float] = {}
+    ccpu: dict[int, float] = dict.fromkeys(range(n), 0.0)
     ssec = 0.0
+    scpu = 0.0
 
-    def charge(stage: Stage, dt: float) -> None:
-        nonlocal ssec
+    def charge(stage: Stage, dt: float, cpu: float) -> None:
+        nonlocal ssec, scpu
         ssec += dt
+        scpu += cpu
         server_stage[stage.name.lower()] = server_stage.get(stage.name.lower(), 0.0) + dt
 
     def client_step(i: int, stage: Stage, fn: Callable[[], Message]) -> None:
         if i in client_errors:
             return  # a client that refused once has left the round
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             reply = fn()
         except ProtocolError as exc:
@@ -245,36 +252,37 @@ def run_protocol(
             return
         finally:
             dt = time.perf_counter() - t0
+            ccpu[i] += time.process_time() - c0
             csec[i] += dt
             name = stage.name.lower()
             stage_sec[name] = stage_sec.get(name, 0.0) + dt
             breakdown[i][name] = breakdown[i].get(name, 0.0) + dt
         delivered = network.to_server(stage, i, reply)
         if delivered is not None:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 server.receive(delivered)
             except ProtocolError as exc:
                 refusals.append((i, stage, exc))
-            charge(stage, time.perf_counter() - t0)
+            charge(stage, time.perf_counter() - t0, time.process_time() - c0)
 
     for i, v in enumerate(int_vectors):
         clients[i].set_input(np.asarray(v))
     for i in range(n):
         if network.live(i, Stage.ADVERTISE_KEYS):
             client_step(i, Stage.ADVERTISE_KEYS, clients[i].start)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = server.close_stage()
-    charge(Stage.ADVERTISE_KEYS, time.perf_counter() - t0)
+    charge(Stage.ADVERTISE_KEYS, time.perf_counter() - t0, time.process_time() - c0)
     while isinstance(out, Outbox):
         stage = out.stage
         for i in sorted(out.messages):
             msg = network.to_client(stage, i, out.messages[i])
             if msg is not None and network.live(i, stage):
                 client_step(i, stage, partial(clients[i].handle, msg))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = server.close_stage()
-        charge(stage, time.perf_counter() - t0)
+        charge(stage, time.perf_counter() - t0, time.process_time() - c0)
     stats = RunStats(
         survivors=out.contributors,
         bytes_sent=network.bytes_sent,
@@ -289,6 +297,8 @@ def run_protocol(
         client_errors=client_errors,
         client_stage_breakdown=breakdown,
         server_stage_seconds=server_stage,
+        client_cpu_seconds=ccpu,
+        server_cpu_seconds=scpu,
         excluded=out.excluded,
         evidence=tuple(out.evidence),
     )

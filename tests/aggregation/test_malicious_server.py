@@ -10,6 +10,7 @@ number of honest inputs, or the offender is identified with evidence that
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -628,14 +629,23 @@ def test_an_invalid_x25519_key_is_refused_at_stage_0_with_evidence(u: int, which
     verify_evidence(ev, rd.roster)
 
 
-def test_a_client_refuses_a_forwarded_small_order_key() -> None:
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (bytes(32), "small order"),
+        # 2^255 + 9 decodes to the valid point u = 9 once the top bit is masked, so key
+        # agreement would succeed: only the canonical-encoding check refuses it.
+        ((2**255 + 9).to_bytes(32, "little"), "non-canonical"),
+    ],
+)
+def test_a_client_refuses_a_forwarded_invalid_key(raw: bytes, match: str) -> None:
     rd = H.make_round(6, policy=ClientPolicy(min_survivors=3))
     ads = {i: c.start() for i, c in rd.clients.items()}
     ctx = rd.clients[0].ctx
-    bad = dataclasses.replace(ads[1].key, enc_public=bytes(32))
+    bad = dataclasses.replace(ads[1].key, enc_public=raw)
     bad = dataclasses.replace(bad, signature=rd.ids[1].sign(bad.payload(ctx)))
     keys = tuple(bad if i == 1 else ads[i].key for i in sorted(ads) if i != 0)
-    with pytest.raises(InvalidMessage, match="small order"):
+    with pytest.raises(InvalidMessage, match=match):
         rd.clients[0].handle(
             NeighbourKeys(session_id=rd.sid, round_index=7, recipient=0, keys=keys)
         )
@@ -686,16 +696,23 @@ class Isolate(InMemoryNetwork):
 
 
 class LaxServer(ServerSession):
-    """Accepts the victim's untagged masked input and keeps it alive."""
+    """Accepts the victim's untagged masked input, keeps it alive, hands its holders
+    forged tags for it, and ignores their reports."""
+
+    victim = 0
 
     def _receive_masked_input(self, m: MaskedInput) -> None:
         self._inputs[m.sender] = m
         self._tags[m.sender] = dict(m.tags)
         self._rejected[m.sender] = {}
+        if m.sender == self.victim:
+            self._tags[m.sender] = {h: os.urandom(16) for h in self._dealt[m.sender]}
 
     def _need(self, count: int, what: str) -> None:
         return None
 
+    def _close_review(self) -> Outbox:
+        return self._open_consistency()
 
 
 def test_withholding_partners_never_exposes_a_clients_self_mask() -> None:
@@ -706,12 +723,36 @@ def test_withholding_partners_never_exposes_a_clients_self_mask() -> None:
     assert masked.tags == ()  # type: ignore[attr-defined]
     assert rd.clients[victim].neighbours == ()  # it masked with nobody
     known = H.adversary_shares(rd, out)
-    # None of the victim's honest holders revealed its self-mask share (they never saw
-    # its tag), so y_victim = x + PRG(b) stays masked.
+    # None of the victim's honest holders revealed its self-mask share (its tags were
+    # forged), so y_victim = x + PRG(b) stays masked.
     assert len(known.get((victim, SHARE_KIND_SELF_MASK), set())) < rd.cfg.t
     assert _recover_input(rd, out, victim) is None
-    refusing = {i for i, e in out.client_errors.items() if isinstance(e, ConsistencyCheckFailed)}
-    assert set(rd.clients[victim].draws) - rd.corrupt <= refusing
+    holders = set(rd.clients[victim].draws) - rd.corrupt
+    reviews = out.replies(Stage.REVIEW)
+    assert all(victim in dict(reviews[h].bad_tags) for h in holders)  # type: ignore[attr-defined]
+    assert all(out.error_stage[h] is Stage.CONSISTENCY_CHECK for h in holders)
+    assert all("masking tag" in str(out.client_errors[h]) for h in holders)
+
+
+def test_a_holder_never_reveals_the_self_mask_of_an_owner_it_saw_no_tag_from() -> None:
+    # Defence in depth behind the consistency check: even a signed view that lists an
+    # untagged owner alive does not make the holder reveal that owner's share.
+    rd = H.make_round(8, policy=ClientPolicy(min_survivors=3))
+    holder = 3
+    seen: dict[str, Message] = {}
+
+    class Forget(InMemoryNetwork):
+        def to_client(self, stage: Stage, recipient: int, msg: Message) -> Message | None:
+            out = super().to_client(stage, recipient, msg)
+            if stage is Stage.UNMASKING and recipient == holder:
+                rd.clients[holder].state.tagged.discard(0)
+                seen["req"] = msg
+            return out
+
+    out = H.drive(rd, Forget())
+    assert "req" in seen
+    assert isinstance(out.client_errors[holder], ConsistencyCheckFailed)
+    assert "never showed a valid masking tag" in str(out.client_errors[holder])
 
 
 def _share_counts(known: Mapping[tuple[int, int], set[int]], owner: int) -> tuple[int, int]:
