@@ -70,6 +70,10 @@ from aggregation._session import (
     PlainSumServer,
 )
 
+#: The previous name of the stage-1 server message, kept (unexported) only so that the
+#: deployment code still imports until it drives the uniform stage interface.
+KeyBroadcast = NeighbourKeys
+
 #: Largest per-client discrete Gaussian sigma (integer units) the exact sampler accepts.
 DISCRETE_GAUSSIAN_MAX_SIGMA: float = _DiscreteGaussianSampler.MAX_SIGMA
 
