@@ -149,9 +149,13 @@ for nid, shares in collected.items():
         masked = parameters_subtraction(masked, pseudo_rand_gen(secret, 1 << 32, shape))
     else:
         for j in nbrs[nid] - {nid}:
-            sk = generate_shared_key(bytes_to_private_key(secret), bytes_to_public_key(pks[j][0]))
+            sk = generate_shared_key(
+                bytes_to_private_key(secret), bytes_to_public_key(pks[j][0]))
             pm = pseudo_rand_gen(sk, 1 << 32, shape)
-            masked = parameters_addition(masked, pm) if nid > j else parameters_subtraction(masked, pm)
+            if nid > j:
+                masked = parameters_addition(masked, pm)
+            else:
+                masked = parameters_subtraction(masked, pm)
 masked = parameters_mod(masked, 1 << 32)
 tick("server", "unmask", time.perf_counter() - t0)
 # Sanity: all inputs were zero, so the unmasked coordinates must agree with each other.

@@ -376,8 +376,8 @@ def test_a_client_refuses_a_modulus_or_roster_size_its_policy_forbids() -> None:
         c.set_input(np.array([2**15]))
 
 
-@settings(max_examples=40, deadline=None)
-@given(n=st.integers(3, 400), data=st.data())
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(3, 200), data=st.data())
 def test_client_acceptance_is_exactly_the_policy_analysis(n: int, data: st.DataObject) -> None:
     policy = ClientPolicy()
     k = data.draw(st.integers(1, n - 1))

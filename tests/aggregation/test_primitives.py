@@ -346,7 +346,7 @@ def test_merkle_proofs_verify_and_bind_leaf_index_and_root(n: int, data: st.Data
             P.merkle_verify(leaves[i], i, n, proof[:-1], root)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(bits=st.integers(1, 62), data=st.data())
 def test_bit_packing_roundtrips_at_exactly_b_bits(bits: int, data: st.DataObject) -> None:
     d = data.draw(st.integers(1, 300))
