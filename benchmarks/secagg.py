@@ -490,7 +490,12 @@ def render_scaling(out: dict[str, Any]) -> str:
             f"per-client bytes **{e['client_bytes']:.2f}** (target <= 0.3); server time "
             f"{e['server_time']:.2f}, server bytes {e['server_bytes']:.2f}.",
         ]
-    lines += ["", "Per-client time by stage (ms):", ""]
+    lines += [
+        "",
+        "Per-client time by stage (wall-clock ms, so inflated by other jobs on the machine; "
+        "the stage mix, not the absolute value, is the point):",
+        "",
+    ]
     stages = sorted(
         {s for r in rows for s in r["client_stage_s"]}, key=lambda s: Stage[s.upper()].value
     )
