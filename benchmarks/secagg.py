@@ -753,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(FLWR_PYTHON).exists():
             print(f"flwr venv not found at {FLWR_PYTHON}: Flower comparison skipped")
         else:
-            for drop in (0.0, 0.1):
+            for drop in (0.0,):
                 fc = flower_comparison(drop)
                 if fc is not None:
                     flower.append(fc)
