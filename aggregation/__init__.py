@@ -55,6 +55,7 @@ from aggregation._messages import (
     ShareRouting,
     UnmaskRequest,
     UnmaskResponse,
+    all_finite,
     parse_message,
 )
 from aggregation._policy import ClientPolicy, SecurityAnalysis
@@ -119,6 +120,7 @@ __all__ = [
     "Stage",
     "UnmaskRequest",
     "UnmaskResponse",
+    "all_finite",
     "centered_lift",
     "find_secagg_plus_parameters",
     "parse_message",
