@@ -57,6 +57,7 @@ from aggregation._messages import (
     UnmaskResponse,
     all_finite,
     parse_message,
+    reply_size_limit,
 )
 from aggregation._policy import ClientPolicy, SecurityAnalysis
 from aggregation._primitives import DiscreteGaussianSampler as _DiscreteGaussianSampler
@@ -125,6 +126,7 @@ __all__ = [
     "find_secagg_plus_parameters",
     "parse_message",
     "per_client_noise_stddev",
+    "reply_size_limit",
     "run_protocol",
     "secure_sum",
     "secure_sum_int",

@@ -71,6 +71,7 @@ __all__ = [
     "UnmaskResponse",
     "all_finite",
     "parse_message",
+    "reply_size_limit",
     "round_context",
 ]
 
@@ -1207,6 +1208,36 @@ class PlainInput(Message):
             raise InvalidMessage("vector dimension out of range")
         vec = np.frombuffer(r.view(4 * d), dtype="<f4").astype(np.float32)
         return cls(session_id=sid, round_index=rnd, sender=sender, vector=vec)
+
+
+def reply_size_limit(
+    stage: int, *, num_clients: int, degree: int, dimension: int, modulus_bits: int
+) -> int:
+    """Largest valid client reply of ``stage`` (a ``Stage`` value) in bytes, for a transport
+    that refuses oversize streams before parsing: a client has at most ``degree`` holders
+    and at most num_clients - 1 dealers (complaints, tags it checks, keys it reveals)."""
+    h = _HEADER.size
+    n1, k = num_clients - 1, degree
+    limits = {
+        0: h + PeerKey.BYTES + HASH_BYTES + 4 + 4 * k + SIGNATURE_BYTES,  # AdvertiseKeys
+        1: h + 8 + EncryptedShare.BYTES * k + SIGNATURE_BYTES,  # ShareKeys
+        2: h  # MaskedInput
+        + 8
+        + Complaint.BYTES * n1
+        + 4
+        + (4 + TAG_BYTES) * k
+        + SIGNATURE_BYTES
+        + 5
+        + (dimension * modulus_bits + 7) // 8,
+        3: h + 8 + (4 + TAG_BYTES) * n1 + SIGNATURE_BYTES,  # ReviewResponse
+        4: h + 8 + Opening.BYTES * k + SIGNATURE_BYTES,  # DisputeResponse
+        5: h + 4 + SIGNATURE_BYTES,  # ConsistencyResponse
+        6: h + 8 + 4 * n1,  # QuorumChallenge
+        7: h + 8 + RevealedKey.BYTES * n1 + SIGNATURE_BYTES,  # UnmaskResponse
+    }
+    if stage not in limits:
+        raise InvalidMessage(f"no client reply in stage {stage}")
+    return limits[stage]
 
 
 _BY_TYPE: dict[int, type[Message]] = {

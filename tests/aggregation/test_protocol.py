@@ -306,6 +306,18 @@ def test_every_message_roundtrips_and_truncation_or_trailing_bytes_are_refused(
             type(msg).from_bytes(bytes([version]) + raw[1:])
 
 
+@pytest.mark.parametrize("mode", [SecAggMode.SECAGG, SecAggMode.SECAGG_PLUS])
+def test_every_reply_fits_the_advertised_size_limit(mode: SecAggMode) -> None:
+    rd = H.make_round(12, mode=mode, d=37, policy=LOOSE, modulus_bits=27)
+    out = H.drive(rd)
+    assert out.aggregate is not None and out.replies(Stage.UNMASKING)
+    for stage, _, msg in out.to_server:
+        limit = aggregation.reply_size_limit(
+            stage.value, num_clients=12, degree=rd.cfg.k, dimension=37, modulus_bits=27
+        )
+        assert len(msg.to_bytes()) <= limit, stage
+
+
 def test_masked_input_encoding_is_bit_packed_and_strict() -> None:
     sid = bytes(16)
     vec = np.array([0, 1, 2**20 - 1], dtype=np.uint32)
