@@ -1,10 +1,16 @@
 """Secure aggregation (SecAgg, SecAgg+): the server only ever sees the sum.
 
-Public protocol layer: client/server sessions, config, wire messages, the
-fixed-point codec and an in-process driver. Cryptographic primitives live in
-the private ``aggregation._primitives`` module ("hazmat"). This package never
-imports ``secure_fml`` or ``audits``; it imports ``privacy`` only for the
-shared exception hierarchy.
+Public protocol layer: client/server sessions, the client's own policy, config,
+wire messages, attribution evidence, the fixed-point codec and an in-process
+driver. Cryptographic primitives live in the private ``aggregation._primitives``
+module ("hazmat"). This package never imports ``secure_fml`` or ``audits``; it
+imports ``privacy`` only for the shared exception hierarchy.
+
+The protocol holds against a malicious coordinator colluding with a fraction of
+the clients (see ``docs/secure_aggregation.md``): every client checks the
+proposed parameters against its own :class:`ClientPolicy`, draws its share
+holders itself, and reveals nothing before it has verified a quorum certificate
+over the globally agreed survivor set.
 
 Typical use (simulation)::
 
@@ -27,23 +33,35 @@ from aggregation._driver import (
     secure_sum_int,
 )
 from aggregation._encoding import FixedPointCodec, centered_lift
+from aggregation._evidence import Evidence, MisbehaviourKind, verify_evidence
 from aggregation._messages import (
     PROTOCOL_VERSION,
     AdvertiseKeys,
+    Complaint,
     ConsistencyRequest,
     ConsistencyResponse,
-    KeyBroadcast,
+    DisputeRequest,
+    DisputeResponse,
     MaskedInput,
     Message,
+    NeighbourKeys,
+    PeerKey,
     PlainInput,
+    QuorumCertificate,
+    QuorumChallenge,
+    Review,
+    ReviewResponse,
     ShareKeys,
     ShareRouting,
     UnmaskRequest,
     UnmaskResponse,
     all_finite,
     parse_message,
+    reply_size_limit,
 )
+from aggregation._policy import ClientPolicy, SecurityAnalysis
 from aggregation._primitives import DiscreteGaussianSampler as _DiscreteGaussianSampler
+from aggregation._roster import Roster
 from aggregation._server import ServerSession
 from aggregation._session import (
     Aggregate,
@@ -64,22 +82,35 @@ __all__ = [
     "Aggregate",
     "AggregationClient",
     "AggregationServer",
+    "ClientPolicy",
     "ClientSession",
+    "Complaint",
     "ConsistencyRequest",
     "ConsistencyResponse",
+    "DisputeRequest",
+    "DisputeResponse",
+    "Evidence",
     "FixedPointCodec",
     "InMemoryNetwork",
-    "KeyBroadcast",
     "MaskedInput",
     "Message",
+    "MisbehaviourKind",
+    "NeighbourKeys",
     "Outbox",
+    "PeerKey",
     "PlainInput",
     "PlainSumClient",
     "PlainSumServer",
+    "QuorumCertificate",
+    "QuorumChallenge",
+    "Review",
+    "ReviewResponse",
+    "Roster",
     "RunStats",
     "SecAggConfig",
     "SecAggMode",
     "SecureSumResult",
+    "SecurityAnalysis",
     "ServerSession",
     "ShareKeys",
     "ShareRouting",
@@ -91,7 +122,9 @@ __all__ = [
     "find_secagg_plus_parameters",
     "parse_message",
     "per_client_noise_stddev",
+    "reply_size_limit",
     "run_protocol",
     "secure_sum",
     "secure_sum_int",
+    "verify_evidence",
 ]

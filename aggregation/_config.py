@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass
 from typing import cast
 
+from aggregation._policy import ClientPolicy, SecurityAnalysis, derive_parameters
 from privacy.errors import ConfigError
 
 __all__ = ["SecAggConfig", "SecAggMode", "Stage", "find_secagg_plus_parameters"]
@@ -17,34 +17,32 @@ class SecAggMode(enum.Enum):
 
     #: Bonawitz et al. 2017: every client pairs with every other client.
     SECAGG = "secagg"
-    #: Bell et al. 2020: each client pairs with its k = O(log n) neighbours in a
-    #: random Harary graph derived from public randomness.
+    #: Bell et al. 2020: each client shares its secrets with k = O(log n) holders
+    #: it draws at random itself, and masks with them and with those that drew it.
     SECAGG_PLUS = "secagg+"
 
 
 class Stage(enum.Enum):
     """Named protocol stages, in order. Also used to say where a client drops out:
-    a client that drops at stage S sends no message for S or any later stage."""
+    a client that drops at stage S sends no message for S or any later stage.
+
+    ``REVIEW`` hands every holder the masking tags of its owners; ``DISPUTE`` is
+    opened only when a client rejected a share or a tag (the accused dealers must
+    open the per-pair key); ``QUORUM_CHALLENGE`` is where a client picks, after the
+    server fixed the certificate, which of its signatures to verify. A driver never
+    needs to know the order: the server session returns the next
+    :class:`~aggregation.Outbox`.
+    """
 
     ADVERTISE_KEYS = 0
     SHARE_KEYS = 1
     MASKED_INPUT = 2
-    CONSISTENCY_CHECK = 3
-    UNMASKING = 4
-    DONE = 5
-
-
-def _hypergeom_sf(population: int, successes: int, draws: int, at_least: int) -> float:
-    """P[X >= at_least] for X ~ Hypergeometric(population, successes, draws), exactly."""
-    if at_least <= 0:
-        return 1.0
-    total = math.comb(population, draws)
-    hi = min(successes, draws)
-    acc = sum(
-        math.comb(successes, j) * math.comb(population - successes, draws - j)
-        for j in range(at_least, hi + 1)
-    )
-    return acc / total
+    REVIEW = 3
+    DISPUTE = 4
+    CONSISTENCY_CHECK = 5
+    QUORUM_CHALLENGE = 6
+    UNMASKING = 7
+    DONE = 8
 
 
 def find_secagg_plus_parameters(
@@ -54,82 +52,45 @@ def find_secagg_plus_parameters(
     max_corrupt_fraction: float,
     security_bits: int = 40,
     correctness_bits: int = 20,
+    min_survivor_fraction: float = 0.5,
+    min_survivors: int = 3,
+    max_attempts_log2: int = 20,
 ) -> tuple[int, int]:
-    """Smallest even degree k and a threshold t for a random k-regular Harary graph.
+    """Smallest degree k, and the largest threshold t it affords, for SecAgg+.
 
-    Each client shares its secrets among its k neighbours and itself (k + 1
-    holders). With n clients of which floor(delta n) drop and floor(gamma n)
-    are corrupt, placed uniformly at random relative to the graph (the graph
-    comes from public randomness fixed after the clients' keys), a client's k
-    neighbours contain hypergeometrically many dropped / corrupt clients. We
-    require, with a union bound over the n clients:
-
-    * security: P[some client has >= 2t - (k + 1) corrupt neighbours] <=
-      2^-security_bits, so every neighbourhood keeps t > (holders + corrupt)/2
-      (Bonawitz's bound that stops a server which lies about dropouts from
-      collecting t shares of both kinds for one client); this implies fewer
-      than t corrupt holders;
-    * isolation: P[some client has no honest surviving neighbour] <=
-      2^-security_bits (a necessary condition for the honest survivors' graph
-      to stay connected; Bell et al. bound full disconnection, which we do not
-      compute);
-    * correctness: P[some client keeps fewer than t surviving neighbours]
-      <= 2^-correctness_bits (its own share is not counted: it may be the one
-      that dropped).
-
-    Returns (k, t); falls back to the complete graph (k = n - 1) when no
-    smaller k qualifies.
+    Each client draws its k share holders uniformly from the roster with its own
+    CSPRNG. The security condition counts every set the server could try to unmask
+    with adversarial dropouts chosen after the graph is known, and a server that
+    retries 2^max_attempts_log2 times (see :mod:`aggregation._policy` and
+    ``docs/secure_aggregation.md``); correctness asks that with floor(delta n)
+    clients missing every client keeps t responsive holders except with
+    probability 2^-correctness_bits. Falls back to the complete graph
+    (k = n - 1, t > (n + c)/2) when no smaller k qualifies.
     """
-    n = num_clients
-    dropped = math.floor(max_dropout_fraction * n)
-    corrupt = math.floor(max_corrupt_fraction * n)
-    sec = 2.0**-security_bits
-    corr = 2.0**-correctness_bits
-    for k in range(2, n - 1, 2):
-        # Correctness pins the largest usable t; security then needs 2t - k - 1 large.
-        t_best = None
-        for t in range(k, (k + 1) // 2, -1):
-            if n * _hypergeom_sf(n - 1, dropped, k, k - t + 1) <= corr:
-                t_best = t
-                break
-        if t_best is None:
-            continue
-        t = t_best
-        if n * _hypergeom_sf(n - 1, corrupt, k, 2 * t - k - 1) > sec:
-            continue
-        if n * _hypergeom_sf(n - 1, dropped + corrupt, k, k) > sec:
-            continue
-        return k, t
-    return n - 1, _full_threshold(n, max_dropout_fraction, max_corrupt_fraction)
-
-
-def _full_threshold(n: int, dropout: float, corrupt: float) -> int:
-    """Threshold for the complete graph, where all n clients hold shares.
-
-    Needs t > (n + c)/2 with c = floor(gamma n) corrupt (Bonawitz et al.), and
-    t <= n - floor(delta n) so the tolerated dropouts leave t share holders.
-    """
-    c = math.floor(corrupt * n)
-    t = (n + c) // 2 + 1
-    if t > n - math.floor(dropout * n):
-        raise ConfigError(
-            f"no threshold tolerates dropout fraction {dropout} and corrupt fraction "
-            f"{corrupt} with {n} clients (need (n+c)/2 < t <= n - dropped)"
-        )
-    return t
+    policy = ClientPolicy(
+        max_dropout_fraction=max_dropout_fraction,
+        max_corrupt_fraction=max_corrupt_fraction,
+        security_bits=security_bits,
+        correctness_bits=correctness_bits,
+        min_survivor_fraction=min_survivor_fraction,
+        min_survivors=min_survivors,
+        max_attempts_log2=max_attempts_log2,
+    )
+    return derive_parameters(policy, num_clients, complete=False)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SecAggConfig:
-    """Static parameters of one secure-aggregation round.
+    """Static parameters of one secure-aggregation round, as the coordinator proposes them.
 
-    ``threshold`` and ``degree`` are per neighbourhood: a client Shamir-shares
-    its secrets among its ``degree`` neighbours and itself (all n clients in
-    SECAGG, where degree = n - 1) and any ``threshold`` of these holders can
-    reconstruct. Leave them ``None`` to derive them from ``num_clients`` and the
-    tolerated dropout / corruption fractions; explicit values are validated
-    (t must exceed (degree + 1) / 2, or a server that tells clients different
-    dropout stories could collect both share kinds of one client).
+    ``degree`` k is the number of holders each client shares its secrets with (it
+    draws them at random from the roster itself; all n - 1 others in SECAGG) and
+    ``threshold`` t is how many of them reconstruct. Leave both ``None`` to derive
+    them from ``num_clients`` and the policy fields (delta, gamma, security and
+    correctness bits, minimum survivors, attempts); explicit values are only checked
+    for structure here: whether they are *secure* is decided by every client
+    against its own :class:`~aggregation.ClientPolicy` (and by the server session
+    against :meth:`policy`).
 
     ``modulus_bits`` is b: masked inputs and the sum live in Z_{2^b}. The
     fixed-point codec checks that b is large enough for the sum not to wrap.
@@ -144,11 +105,14 @@ class SecAggConfig:
     max_corrupt_fraction: float = 0.05
     security_bits: int = 40
     correctness_bits: int = 20
+    min_survivor_fraction: float = 0.5
+    min_survivors: int = 3
+    max_attempts_log2: int = 20
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, SecAggMode):
             raise TypeError("mode must be a SecAggMode")
-        for name in ("num_clients", "modulus_bits", "security_bits", "correctness_bits"):
+        for name in ("num_clients", "modulus_bits"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise TypeError(f"{name} must be an int")
@@ -158,12 +122,7 @@ class SecAggConfig:
             raise ConfigError("num_clients must be < 2^31")
         if not 2 <= self.modulus_bits <= 62:
             raise ConfigError("modulus_bits must be in [2, 62]")
-        for name in ("max_dropout_fraction", "max_corrupt_fraction"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1)")
-        if self.max_dropout_fraction + self.max_corrupt_fraction >= 0.5:
-            raise ConfigError("max_dropout_fraction + max_corrupt_fraction must be < 0.5")
+        policy = self.policy()  # validates the policy fields
         n = self.num_clients
         if self.mode is SecAggMode.SECAGG:
             if self.degree not in (None, n - 1):
@@ -171,30 +130,19 @@ class SecAggConfig:
             k = n - 1
             t = self.threshold
             if t is None:
-                t = _full_threshold(n, self.max_dropout_fraction, self.max_corrupt_fraction)
+                t = derive_parameters(policy, n, complete=True)[1]
+        elif self.degree is None and self.threshold is None:
+            k, t = derive_parameters(policy, n, complete=False)
+        elif self.degree is None or self.threshold is None:
+            raise ConfigError("SECAGG_PLUS: give both degree and threshold, or neither")
         else:
-            if self.degree is None and self.threshold is None:
-                k, t = find_secagg_plus_parameters(
-                    n,
-                    max_dropout_fraction=self.max_dropout_fraction,
-                    max_corrupt_fraction=self.max_corrupt_fraction,
-                    security_bits=self.security_bits,
-                    correctness_bits=self.correctness_bits,
-                )
-            elif self.degree is None or self.threshold is None:
-                raise ConfigError("SECAGG_PLUS: give both degree and threshold, or neither")
-            else:
-                k, t = self.degree, self.threshold
-                if not isinstance(k, int) or not 2 <= k <= n - 1:
-                    raise ConfigError("degree must be an int in [2, n - 1]")
-                if k < n - 1 and k % 2:
-                    raise ConfigError("degree must be even (Harary graph) unless it is n - 1")
+            k, t = self.degree, self.threshold
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n - 1:
+            raise ConfigError(f"degree must be an int in [1, n - 1], got {k!r}")
         if not isinstance(t, int) or isinstance(t, bool):
             raise TypeError("threshold must be an int")
-        if not (k + 1) // 2 < t <= k + 1:
-            raise ConfigError(
-                f"threshold must satisfy (degree+1)/2 < t <= degree+1 (degree={k}, t={t})"
-            )
+        if not 1 <= t <= k:
+            raise ConfigError(f"threshold must satisfy 1 <= t <= degree (degree={k}, t={t})")
         object.__setattr__(self, "degree", k)
         object.__setattr__(self, "threshold", t)
 
@@ -205,3 +153,23 @@ class SecAggConfig:
     @property
     def k(self) -> int:
         return cast(int, self.degree)  # resolved in __post_init__
+
+    @property
+    def complete(self) -> bool:
+        return self.k >= self.num_clients - 1
+
+    def policy(self) -> ClientPolicy:
+        """The policy these fields describe (what an honest coordinator holds itself to)."""
+        return ClientPolicy(
+            max_dropout_fraction=self.max_dropout_fraction,
+            max_corrupt_fraction=self.max_corrupt_fraction,
+            security_bits=self.security_bits,
+            correctness_bits=self.correctness_bits,
+            min_survivor_fraction=self.min_survivor_fraction,
+            min_survivors=self.min_survivors,
+            max_attempts_log2=self.max_attempts_log2,
+        )
+
+    def analysis(self, policy: ClientPolicy | None = None) -> SecurityAnalysis:
+        """The security analysis of these (n, k, t) under ``policy`` (default: :meth:`policy`)."""
+        return (policy or self.policy()).analyse(self.num_clients, self.k, self.t)

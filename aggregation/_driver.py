@@ -8,11 +8,12 @@ are real wire sizes (without transport framing).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -21,11 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aggregation._client import ClientSession
 from aggregation._config import SecAggConfig, Stage
 from aggregation._encoding import FixedPointCodec, centered_lift
+from aggregation._evidence import Evidence
 from aggregation._messages import Message
+from aggregation._policy import ClientPolicy
 from aggregation._primitives import Csprng
+from aggregation._roster import Roster
 from aggregation._server import ServerSession
 from aggregation._session import Outbox
-from privacy.errors import ConfigError
+from privacy.errors import ConfigError, ProtocolError
 
 __all__ = [
     "InMemoryNetwork",
@@ -36,6 +40,8 @@ __all__ = [
     "secure_sum",
     "secure_sum_int",
 ]
+
+_log = logging.getLogger(__name__)
 
 _INSECURE_WARNING = (
     "insecure_deterministic_seed is set: identity keys, masks, Shamir shares and DP noise "
@@ -57,6 +63,20 @@ class RunStats:
     server_unmask_seconds: float
     server: ServerSession
     clients: dict[int, ClientSession]
+    #: Replies the server refused: (sender, stage, error). The sender then counts as silent.
+    refusals: list[tuple[int, Stage, ProtocolError]] = field(default_factory=list)
+    #: Clients that refused a server message (and left the round), with their error.
+    client_errors: dict[int, ProtocolError] = field(default_factory=dict)
+    #: Client -> stage -> seconds it spent there.
+    client_stage_breakdown: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: Stage -> seconds the server spent ingesting that stage's replies and closing it.
+    server_stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds (process time) per client and for the server: robust to other jobs
+    #: sharing the machine, unlike the wall-clock figures above.
+    client_cpu_seconds: dict[int, float] = field(default_factory=dict)
+    server_cpu_seconds: float = 0.0
+    excluded: tuple[int, ...] = ()
+    evidence: tuple[Evidence, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,9 @@ class SecureSumResult:
     server_unmask_seconds: float
     codec: FixedPointCodec | None
     config: SecAggConfig
+    #: Clients the server removed for an attributed offence, and the evidence.
+    excluded: tuple[int, ...] = ()
+    evidence: tuple[Evidence, ...] = ()
 
 
 def per_client_noise_stddev(total_stddev_int: float, *, min_survivors: int) -> float:
@@ -139,14 +162,20 @@ def run_protocol(
     round_index: int = 0,
     network: InMemoryNetwork | None = None,
     min_inputs: int | None = None,
+    policy: ClientPolicy | None = None,
 ) -> tuple[np.ndarray, RunStats]:
     """Run one round over integer inputs; returns (sum mod 2^b, stats).
 
     ``model_hashes`` is the hash of the model each client received (default: the
     server's), e.g. to model a server that sends different models. ``network``
     carries every message (default: an honest :class:`InMemoryNetwork` with
-    ``dropouts``). The loop below knows nothing of the stage order: the server
-    session returns what to send next (see :mod:`aggregation._session`).
+    ``dropouts``). ``policy`` is every client's own policy (default: the one
+    ``config`` describes, i.e. a simulation whose clients hold the coordinator's
+    settings). The loop below knows nothing of the stage order: the server session
+    returns what to send next (see :mod:`aggregation._session`). As in a deployment,
+    a reply the server refuses makes its sender silent, and a client that refuses
+    a server message leaves the round (both are recorded in the stats); only the
+    server aborting the round raises.
     """
     n = config.num_clients
     if len(int_vectors) != n:
@@ -169,24 +198,26 @@ def run_protocol(
     id_keys = {
         i: Ed25519PrivateKey.from_private_bytes(rngf(f"identity-{i}").bytes(32)) for i in range(n)
     }
-    pki = {i: k.public_key() for i, k in id_keys.items()}
+    roster = Roster({i: k.public_key() for i, k in id_keys.items()})
+    client_policy = policy if policy is not None else config.policy()
     clients = {
         i: ClientSession(
             config,
             client_id=i,
             identity_key=id_keys[i],
-            identity_keys=pki,
+            identity_keys=roster,
             session_id=sid,
             round_index=round_index,
             model_hash=hashes[i],
             noise_stddev_int=noise_stddev_int,
             rng=rngf(f"client-{i}"),
+            policy=client_policy,
         )
         for i in range(n)
     }
     server = ServerSession(
         config,
-        identity_keys=pki,
+        identity_keys=roster,
         session_id=sid,
         round_index=round_index,
         model_hash=model_hash,
@@ -195,37 +226,63 @@ def run_protocol(
     )
     csec: dict[int, float] = dict.fromkeys(range(n), 0.0)
     stage_sec: dict[str, float] = {}
+    breakdown: dict[int, dict[str, float]] = {i: {} for i in range(n)}
+    refusals: list[tuple[int, Stage, ProtocolError]] = []
+    client_errors: dict[int, ProtocolError] = {}
+    server_stage: dict[str, float] = {}
+    ccpu: dict[int, float] = dict.fromkeys(range(n), 0.0)
     ssec = 0.0
+    scpu = 0.0
+
+    def charge(stage: Stage, dt: float, cpu: float) -> None:
+        nonlocal ssec, scpu
+        ssec += dt
+        scpu += cpu
+        server_stage[stage.name.lower()] = server_stage.get(stage.name.lower(), 0.0) + dt
 
     def client_step(i: int, stage: Stage, fn: Callable[[], Message]) -> None:
-        nonlocal ssec
-        t0 = time.perf_counter()
-        reply = fn()
-        dt = time.perf_counter() - t0
-        csec[i] += dt
-        stage_sec[stage.name.lower()] = stage_sec.get(stage.name.lower(), 0.0) + dt
+        if i in client_errors:
+            return  # a client that refused once has left the round
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            reply = fn()
+        except ProtocolError as exc:
+            client_errors[i] = exc
+            _log.info("client %d leaves the round at %s: %s", i, stage.name, exc)
+            return
+        finally:
+            dt = time.perf_counter() - t0
+            ccpu[i] += time.process_time() - c0
+            csec[i] += dt
+            name = stage.name.lower()
+            stage_sec[name] = stage_sec.get(name, 0.0) + dt
+            breakdown[i][name] = breakdown[i].get(name, 0.0) + dt
         delivered = network.to_server(stage, i, reply)
         if delivered is not None:
-            t0 = time.perf_counter()
-            server.receive(delivered)
-            ssec += time.perf_counter() - t0
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                server.receive(delivered)
+            except ProtocolError as exc:
+                refusals.append((i, stage, exc))
+            charge(stage, time.perf_counter() - t0, time.process_time() - c0)
 
     for i, v in enumerate(int_vectors):
         clients[i].set_input(np.asarray(v))
     for i in range(n):
         if network.live(i, Stage.ADVERTISE_KEYS):
             client_step(i, Stage.ADVERTISE_KEYS, clients[i].start)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = server.close_stage()
-    ssec += time.perf_counter() - t0
+    charge(Stage.ADVERTISE_KEYS, time.perf_counter() - t0, time.process_time() - c0)
     while isinstance(out, Outbox):
+        stage = out.stage
         for i in sorted(out.messages):
-            msg = network.to_client(out.stage, i, out.messages[i])
-            if msg is not None and network.live(i, out.stage):
-                client_step(i, out.stage, partial(clients[i].handle, msg))
-        t0 = time.perf_counter()
+            msg = network.to_client(stage, i, out.messages[i])
+            if msg is not None and network.live(i, stage):
+                client_step(i, stage, partial(clients[i].handle, msg))
+        t0, c0 = time.perf_counter(), time.process_time()
         out = server.close_stage()
-        ssec += time.perf_counter() - t0
+        charge(stage, time.perf_counter() - t0, time.process_time() - c0)
     stats = RunStats(
         survivors=out.contributors,
         bytes_sent=network.bytes_sent,
@@ -236,6 +293,14 @@ def run_protocol(
         server_unmask_seconds=server.unmask_seconds,
         server=server,
         clients=clients,
+        refusals=refusals,
+        client_errors=client_errors,
+        client_stage_breakdown=breakdown,
+        server_stage_seconds=server_stage,
+        client_cpu_seconds=ccpu,
+        server_cpu_seconds=scpu,
+        excluded=out.excluded,
+        evidence=tuple(out.evidence),
     )
     return out.total, stats
 
@@ -269,6 +334,8 @@ def _result(
         server_unmask_seconds=stats.server_unmask_seconds,
         codec=codec,
         config=config,
+        excluded=stats.excluded,
+        evidence=stats.evidence,
     )
 
 
@@ -283,6 +350,8 @@ def secure_sum(
     rotate: bool = False,
     wrap_probability: float = 1e-9,
     insecure_deterministic_seed: int | None = None,
+    policy: ClientPolicy | None = None,
+    min_inputs: int | None = None,
 ) -> SecureSumResult:
     """Securely sum float vectors of the clients ``0..n-1`` in one in-process round.
 
@@ -298,6 +367,9 @@ def secure_sum(
     In integer units one float unit is ``result.codec.scale``: a float noise
     stddev sigma_f per client is ``noise_stddev_int = sigma_f * scale``. Pass a
     fixed ``scale`` if the caller sizes noise in float units before the round.
+    ``policy`` is every client's own :class:`~aggregation.ClientPolicy` (default:
+    the one ``config`` describes); ``min_inputs`` aborts a round with fewer masked
+    inputs before anything is unmasked (size it like the noise).
     """
     if insecure_deterministic_seed is not None:
         warnings.warn(_INSECURE_WARNING, stacklevel=2)
@@ -324,6 +396,8 @@ def secure_sum(
         noise_stddev_int=noise_stddev_int,
         rng_factory=rngf,
         session_id=session_id,
+        policy=policy,
+        min_inputs=min_inputs,
     )
     return _result(total, stats, config, codec)
 
@@ -335,6 +409,8 @@ def secure_sum_int(
     dropouts: Mapping[int, Stage] | None = None,
     noise_stddev_int: float = 0.0,
     insecure_deterministic_seed: int | None = None,
+    policy: ClientPolicy | None = None,
+    min_inputs: int | None = None,
 ) -> SecureSumResult:
     """Integer-domain variant: the exact sum mod 2^b of integer vectors, centered-lifted.
 
@@ -350,5 +426,7 @@ def secure_sum_int(
         dropouts=dropouts,
         noise_stddev_int=noise_stddev_int,
         rng_factory=rngf,
+        policy=policy,
+        min_inputs=min_inputs,
     )
     return _result(total, stats, config, None)

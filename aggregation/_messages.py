@@ -4,15 +4,21 @@ Every message starts with the same header::
 
     version u8 | type u8 | session_id 16 bytes | round_index u64
 
-followed by a fixed layout per type (integers big-endian, counts as u32,
-masked vectors as little-endian words of ceil(b/8) bytes). Parsing checks the
-version, the type, every length and count against the bytes actually present,
-and rejects trailing bytes; nothing is ever unpickled. These encodings are what
-the gRPC layer carries as opaque ``bytes`` fields.
+followed by a fixed layout per type (integers big-endian, counts as u32, client
+id lists strictly increasing, masked vectors bit-packed at exactly b bits per
+entry). Parsing checks the version, the type, every length and count against the
+bytes actually present, and rejects trailing bytes; nothing is ever unpickled.
+These encodings are what the gRPC layer carries as opaque ``bytes`` fields.
+
+Signed statements bind the *round context* (:func:`round_context`: protocol
+version, session, round, roster digest, model hash and the proposed parameters),
+so a signature made for one round, roster, model or parameter set never verifies
+for another.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import struct
@@ -22,44 +28,74 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
-from aggregation._primitives import KEY_BYTES, SHARE_BYTES, SIGNATURE_BYTES, mask_dtype
+from aggregation._primitives import (
+    ELEMENT_BYTES,
+    GCM_TAG_BYTES,
+    HASH_BYTES,
+    KEY_BYTES,
+    SIGNATURE_BYTES,
+    SYMMETRIC_KEY_BYTES,
+    mask_dtype,
+    pack_bits,
+    unpack_bits,
+)
 from privacy.errors import InvalidMessage
 
 __all__ = [
-    "AEAD_CIPHERTEXT_BYTES",
     "PROTOCOL_VERSION",
     "SESSION_ID_BYTES",
+    "SHARE_CIPHERTEXT_BYTES",
     "AdvertiseKeys",
+    "Complaint",
+    "ComplaintReason",
     "ConsistencyRequest",
     "ConsistencyResponse",
+    "DisputeRequest",
+    "DisputeResponse",
     "EncryptedShare",
-    "KeyBroadcast",
     "MaskedInput",
     "Message",
+    "NeighbourKeys",
+    "Opening",
+    "PeerKey",
     "PlainInput",
+    "QuorumCertificate",
+    "QuorumChallenge",
+    "RevealedKey",
+    "Review",
+    "ReviewResponse",
+    "RoutedShare",
     "ShareKeys",
     "ShareRouting",
     "UnmaskRequest",
     "UnmaskResponse",
-    "UnmaskedShare",
     "all_finite",
     "parse_message",
+    "reply_size_limit",
+    "round_context",
 ]
 
-#: The one version of the wire protocol: these messages and the deployment's engine
-#: messages that carry them (``secure_fml.messages``). Version 2: the round engine.
-PROTOCOL_VERSION = 2
+#: Version 3: the protocol that holds against a malicious coordinator (client-drawn
+#: holders, per-pair share keys, review / dispute / quorum stages, bit-packed inputs).
+PROTOCOL_VERSION = 3
 SESSION_ID_BYTES = 16
 _HEADER = struct.Struct(">BB16sQ")
-#: Plaintext of an encrypted share: sender u32 | recipient u32 | b-share | sk-share.
-SHARE_PLAINTEXT_BYTES = 8 + 2 * SHARE_BYTES
-AEAD_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + 16
-_NONCE_BYTES = 12
+#: One AES-128-GCM ciphertext of one share y (17 bytes) with its 16-byte tag.
+SHARE_CIPHERTEXT_BYTES = ELEMENT_BYTES + GCM_TAG_BYTES
 _MAX_COUNT = 1 << 24
 _MAX_DIM = 1 << 31
 
+#: Share kinds: the self-mask seed b_u and the seed of the pairwise-mask key pair.
 SHARE_KIND_SELF_MASK = 0
-SHARE_KIND_PAIRWISE_KEY = 1
+SHARE_KIND_MASK_KEY = 1
+#: Kept for callers of the previous protocol: the pairwise-key share kind.
+SHARE_KIND_PAIRWISE_KEY = SHARE_KIND_MASK_KEY
+
+#: Status of a roster member in the agreed status vector (2 bits each).
+STATUS_ABSENT = 0  # never advertised keys (not in U1)
+STATUS_ADVERTISED = 1  # in U1, never shared keys
+STATUS_SHARED = 2  # in U2, not in U3: dropped after sharing, or excluded as an offender
+STATUS_ALIVE = 3  # in U3: its masked input is in the sum
 
 
 class _Reader:
@@ -104,12 +140,37 @@ class _Reader:
 
 
 def context_bytes(session_id: bytes, round_index: int) -> bytes:
-    """Version, session and round: the context every signature and AEAD binds."""
+    """Version, session and round (the plain-sum protocol's context)."""
     return struct.pack(">B16sQ", PROTOCOL_VERSION, session_id, round_index)
 
 
-def _ids_bytes(ids: Sequence[int]) -> bytes:
+def round_context(
+    *,
+    session_id: bytes,
+    round_index: int,
+    roster_digest: bytes,
+    model_hash: bytes,
+    mode: str,
+    num_clients: int,
+    degree: int,
+    threshold: int,
+    modulus_bits: int,
+) -> bytes:
+    """SHA-256 over everything a round's signatures, HKDF infos and AEAD data bind."""
+    h = hashlib.sha256(b"secure-fml/secagg/v2/context")
+    h.update(context_bytes(session_id, round_index))
+    h.update(roster_digest)
+    h.update(model_hash)
+    h.update(mode.encode() + b"\x00")
+    h.update(struct.pack(">IIIB", num_clients, degree, threshold, modulus_bits))
+    return h.digest()
+
+
+def ids_bytes(ids: Sequence[int]) -> bytes:
     return struct.pack(">I", len(ids)) + b"".join(struct.pack(">I", i) for i in ids)
+
+
+_ids_bytes = ids_bytes  # the previous private name
 
 
 def _read_ids(r: _Reader) -> tuple[int, ...]:
@@ -118,6 +179,30 @@ def _read_ids(r: _Reader) -> tuple[int, ...]:
     if any(b <= a for a, b in itertools.pairwise(ids)):
         raise InvalidMessage("client id list must be strictly increasing (no duplicates)")
     return ids
+
+
+def _check_ids(ids: Sequence[int], what: str) -> None:
+    if any(not 0 <= i < 2**31 for i in ids):
+        raise InvalidMessage(f"{what}: client id out of range")
+    if any(b <= a for a, b in itertools.pairwise(ids)):
+        raise InvalidMessage(f"{what}: client ids must be strictly increasing")
+
+
+TAG_BYTES = 16
+
+
+def _tags_bytes(tags: Sequence[tuple[int, bytes]]) -> bytes:
+    return struct.pack(">I", len(tags)) + b"".join(struct.pack(">I", i) + t for i, t in tags)
+
+
+def _read_tags(r: _Reader) -> tuple[tuple[int, bytes], ...]:
+    n = r.count(4 + TAG_BYTES)
+    return tuple((r.u32(), r.take(TAG_BYTES)) for _ in range(n))
+
+
+def _sized(value: bytes, size: int, what: str) -> None:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise InvalidMessage(f"{what} must be {size} bytes")
 
 
 M = TypeVar("M", bound="Message")
@@ -184,126 +269,225 @@ class Message:
         raise InvalidMessage(f"{type(self).__name__} is not a client-to-server message")
 
 
-@dataclass(frozen=True, kw_only=True)
-class AdvertiseKeys(Message):
-    """Round 0, client -> server: two fresh X25519 public keys, signed by the identity key."""
+# ------------------------------------------------------------------ stage 0
 
-    TYPE: ClassVar[int] = 1
+
+@dataclass(frozen=True, kw_only=True)
+class PeerKey:
+    """The part of a client's advertisement its peers receive: two fresh X25519 public
+    keys (share encryption, pairwise masks) signed with its identity key."""
+
     client_id: int
     enc_public: bytes
     mask_public: bytes
     signature: bytes
 
+    BYTES: ClassVar[int] = 4 + 2 * KEY_BYTES + SIGNATURE_BYTES
+
     def __post_init__(self) -> None:
-        super().__post_init__()
         if not 0 <= self.client_id < 2**31:
             raise InvalidMessage("client_id out of range")
-        if len(self.enc_public) != KEY_BYTES or len(self.mask_public) != KEY_BYTES:
-            raise InvalidMessage("public keys must be 32 bytes")
-        if len(self.signature) != SIGNATURE_BYTES:
-            raise InvalidMessage("signature must be 64 bytes")
+        _sized(self.enc_public, KEY_BYTES, "enc_public")
+        _sized(self.mask_public, KEY_BYTES, "mask_public")
+        _sized(self.signature, SIGNATURE_BYTES, "key signature")
 
-    def signed_payload(self) -> bytes:
+    @staticmethod
+    def signed_payload(ctx: bytes, client_id: int, enc_public: bytes, mask_public: bytes) -> bytes:
         return (
-            b"secure-fml/secagg/v1/advertise"
-            + self.header()
-            + struct.pack(">I", self.client_id)
-            + self.enc_public
-            + self.mask_public
+            b"secure-fml/secagg/v2/keys"
+            + ctx
+            + struct.pack(">I", client_id)
+            + enc_public
+            + mask_public
         )
 
-    def entry(self) -> bytes:
+    def payload(self, ctx: bytes) -> bytes:
+        return self.signed_payload(ctx, self.client_id, self.enc_public, self.mask_public)
+
+    def encode(self) -> bytes:
         return (
             struct.pack(">I", self.client_id) + self.enc_public + self.mask_public + self.signature
         )
 
-    ENTRY_BYTES: ClassVar[int] = 4 + 2 * KEY_BYTES + SIGNATURE_BYTES
-
-    def body(self) -> bytes:
-        return self.entry()
-
     @classmethod
-    def _parse_entry(cls, r: _Reader, sid: bytes, rnd: int) -> AdvertiseKeys:
+    def decode(cls, r: _Reader) -> PeerKey:
         return cls(
-            session_id=sid,
-            round_index=rnd,
             client_id=r.u32(),
             enc_public=r.take(KEY_BYTES),
             mask_public=r.take(KEY_BYTES),
             signature=r.take(SIGNATURE_BYTES),
         )
 
-    @classmethod
-    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> AdvertiseKeys:
-        return cls._parse_entry(r, sid, rnd)
-
-    def sender_id(self) -> int:
-        return self.client_id
-
 
 @dataclass(frozen=True, kw_only=True)
-class KeyBroadcast(Message):
-    """Round 0, server -> every client: all received advertisements, sorted by id."""
+class AdvertiseKeys(Message):
+    """Stage 0, client -> server: the peer key, plus what only the server needs.
 
-    TYPE: ClassVar[int] = 2
-    advertisements: tuple[AdvertiseKeys, ...]
+    ``neighbours`` are the k holders the client drew from the roster with its own
+    CSPRNG (empty in SECAGG: everybody); ``seed_commitment`` is SHA-256 of its
+    self-mask seed, which lets the server check the seed it reconstructs. Both
+    are signed (``commitment_signature``) so that a dealer cannot deny them.
+    """
+
+    TYPE: ClassVar[int] = 1
+    key: PeerKey
+    seed_commitment: bytes
+    neighbours: tuple[int, ...]
+    commitment_signature: bytes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _sized(self.seed_commitment, HASH_BYTES, "seed_commitment")
+        _check_ids(self.neighbours, "neighbours")
+        _sized(self.commitment_signature, SIGNATURE_BYTES, "commitment signature")
+
+    @property
+    def client_id(self) -> int:
+        return self.key.client_id
+
+    @staticmethod
+    def commitment_payload(
+        ctx: bytes, client_id: int, seed_commitment: bytes, neighbours: Sequence[int]
+    ) -> bytes:
+        return (
+            b"secure-fml/secagg/v2/commitments"
+            + ctx
+            + struct.pack(">I", client_id)
+            + seed_commitment
+            + ids_bytes(neighbours)
+        )
 
     def body(self) -> bytes:
-        return struct.pack(">I", len(self.advertisements)) + b"".join(
-            a.entry() for a in self.advertisements
+        return (
+            self.key.encode()
+            + self.seed_commitment
+            + ids_bytes(self.neighbours)
+            + self.commitment_signature
         )
 
     @classmethod
-    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> KeyBroadcast:
-        n = r.count(AdvertiseKeys.ENTRY_BYTES)
-        ads = tuple(AdvertiseKeys._parse_entry(r, sid, rnd) for _ in range(n))
-        return cls(session_id=sid, round_index=rnd, advertisements=ads)
+    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> AdvertiseKeys:
+        return cls(
+            session_id=sid,
+            round_index=rnd,
+            key=PeerKey.decode(r),
+            seed_commitment=r.take(HASH_BYTES),
+            neighbours=_read_ids(r),
+            commitment_signature=r.take(SIGNATURE_BYTES),
+        )
+
+    def sender_id(self) -> int:
+        return self.key.client_id
+
+
+@dataclass(frozen=True, kw_only=True)
+class NeighbourKeys(Message):
+    """Stage 1, server -> one client: the peer keys of the holders it drew that
+    advertised (SECAGG: of every client that advertised), sorted by id."""
+
+    TYPE: ClassVar[int] = 2
+    recipient: int
+    keys: tuple[PeerKey, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ids([k.client_id for k in self.keys], "neighbour keys")
+
+    def body(self) -> bytes:
+        return struct.pack(">II", self.recipient, len(self.keys)) + b"".join(
+            k.encode() for k in self.keys
+        )
+
+    @classmethod
+    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> NeighbourKeys:
+        recipient = r.u32()
+        n = r.count(PeerKey.BYTES)
+        keys = tuple(PeerKey.decode(r) for _ in range(n))
+        return cls(session_id=sid, round_index=rnd, recipient=recipient, keys=keys)
+
+
+# ------------------------------------------------------------------ stage 1
 
 
 @dataclass(frozen=True, kw_only=True)
 class EncryptedShare:
-    """One AES-GCM ciphertext from ``sender`` to ``recipient`` (routed by the server)."""
+    """A dealer's two shares for one holder, each under its own single-use key.
 
-    sender: int
+    ``ephemeral_public`` is a fresh X25519 key for this pair alone: the AES-128-GCM
+    keys are HKDF(DH(e, holder's enc key)), so in a dispute the dealer can open
+    exactly this pair (reveal e) and anybody can check the ciphertexts.
+    """
+
     recipient: int
-    nonce: bytes
-    ciphertext: bytes
+    ephemeral_public: bytes
+    self_mask: bytes  # share of b_u
+    mask_key: bytes  # share of the mask key seed
 
-    BYTES: ClassVar[int] = 8 + _NONCE_BYTES + AEAD_CIPHERTEXT_BYTES
+    BYTES: ClassVar[int] = 4 + KEY_BYTES + 2 * SHARE_CIPHERTEXT_BYTES
 
     def __post_init__(self) -> None:
-        if len(self.nonce) != _NONCE_BYTES or len(self.ciphertext) != AEAD_CIPHERTEXT_BYTES:
-            raise InvalidMessage("encrypted share has the wrong length")
+        if not 0 <= self.recipient < 2**31:
+            raise InvalidMessage("recipient out of range")
+        _sized(self.ephemeral_public, KEY_BYTES, "ephemeral key")
+        _sized(self.self_mask, SHARE_CIPHERTEXT_BYTES, "self-mask share ciphertext")
+        _sized(self.mask_key, SHARE_CIPHERTEXT_BYTES, "mask-key share ciphertext")
+
+    def ciphertext(self, kind: int) -> bytes:
+        return self.self_mask if kind == SHARE_KIND_SELF_MASK else self.mask_key
 
     def encode(self) -> bytes:
-        return struct.pack(">II", self.sender, self.recipient) + self.nonce + self.ciphertext
+        return (
+            struct.pack(">I", self.recipient)
+            + self.ephemeral_public
+            + self.self_mask
+            + self.mask_key
+        )
 
     @classmethod
     def decode(cls, r: _Reader) -> EncryptedShare:
-        s, t = struct.unpack(">II", r.take(8))
         return cls(
-            sender=s,
-            recipient=t,
-            nonce=r.take(_NONCE_BYTES),
-            ciphertext=r.take(AEAD_CIPHERTEXT_BYTES),
+            recipient=r.u32(),
+            ephemeral_public=r.take(KEY_BYTES),
+            self_mask=r.take(SHARE_CIPHERTEXT_BYTES),
+            mask_key=r.take(SHARE_CIPHERTEXT_BYTES),
         )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ShareKeys(Message):
-    """Round 1, client -> server: encrypted Shamir shares for each neighbour."""
+    """Stage 1, client -> server: one :class:`EncryptedShare` per holder it sends to,
+    signed as a whole so that what it dealt can be attributed to it."""
 
     TYPE: ClassVar[int] = 3
     sender: int
+    shares: tuple[EncryptedShare, ...]
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ids([s.recipient for s in self.shares], "share recipients")
+        _sized(self.signature, SIGNATURE_BYTES, "share signature")
 
     def sender_id(self) -> int:
         return self.sender
 
-    shares: tuple[EncryptedShare, ...]
+    @staticmethod
+    def signed_payload(ctx: bytes, sender: int, shares: Sequence[EncryptedShare]) -> bytes:
+        return (
+            b"secure-fml/secagg/v2/shares"
+            + ctx
+            + struct.pack(">II", sender, len(shares))
+            + b"".join(s.encode() for s in shares)
+        )
+
+    def payload(self, ctx: bytes) -> bytes:
+        return self.signed_payload(ctx, self.sender, self.shares)
 
     def body(self) -> bytes:
-        return struct.pack(">II", self.sender, len(self.shares)) + b"".join(
-            s.encode() for s in self.shares
+        return (
+            struct.pack(">II", self.sender, len(self.shares))
+            + b"".join(s.encode() for s in self.shares)
+            + self.signature
         )
 
     @classmethod
@@ -311,118 +495,509 @@ class ShareKeys(Message):
         sender = r.u32()
         n = r.count(EncryptedShare.BYTES)
         shares = tuple(EncryptedShare.decode(r) for _ in range(n))
-        return cls(session_id=sid, round_index=rnd, sender=sender, shares=shares)
+        return cls(
+            session_id=sid,
+            round_index=rnd,
+            sender=sender,
+            shares=shares,
+            signature=r.take(SIGNATURE_BYTES),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutedShare:
+    """A share as the server forwards it: who dealt it, and its ciphertexts."""
+
+    dealer: int
+    ephemeral_public: bytes
+    self_mask: bytes
+    mask_key: bytes
+
+    BYTES: ClassVar[int] = 4 + KEY_BYTES + 2 * SHARE_CIPHERTEXT_BYTES
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.dealer < 2**31:
+            raise InvalidMessage("dealer out of range")
+        _sized(self.ephemeral_public, KEY_BYTES, "ephemeral key")
+        _sized(self.self_mask, SHARE_CIPHERTEXT_BYTES, "self-mask share ciphertext")
+        _sized(self.mask_key, SHARE_CIPHERTEXT_BYTES, "mask-key share ciphertext")
+
+    def encode(self) -> bytes:
+        return (
+            struct.pack(">I", self.dealer) + self.ephemeral_public + self.self_mask + self.mask_key
+        )
+
+    @classmethod
+    def decode(cls, r: _Reader) -> RoutedShare:
+        return cls(
+            dealer=r.u32(),
+            ephemeral_public=r.take(KEY_BYTES),
+            self_mask=r.take(SHARE_CIPHERTEXT_BYTES),
+            mask_key=r.take(SHARE_CIPHERTEXT_BYTES),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ShareRouting(Message):
-    """Round 1, server -> one client: the encrypted shares addressed to it."""
+    """Stage 2, server -> one holder: the shares dealt to it (sorted by dealer), the
+    signed keys of those dealers it did not draw itself (the others it already has),
+    and which of its own holders shared keys (U2): it masks with exactly these."""
 
     TYPE: ClassVar[int] = 4
     recipient: int
-    shares: tuple[EncryptedShare, ...]
+    shares: tuple[RoutedShare, ...]
+    shared: tuple[int, ...]
+    keys: tuple[PeerKey, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ids([s.dealer for s in self.shares], "share dealers")
+        _check_ids(self.shared, "holders that shared")
+        _check_ids([k.client_id for k in self.keys], "dealer keys")
 
     def body(self) -> bytes:
-        return struct.pack(">II", self.recipient, len(self.shares)) + b"".join(
-            s.encode() for s in self.shares
+        return (
+            struct.pack(">II", self.recipient, len(self.shares))
+            + b"".join(s.encode() for s in self.shares)
+            + ids_bytes(self.shared)
+            + struct.pack(">I", len(self.keys))
+            + b"".join(k.encode() for k in self.keys)
         )
 
     @classmethod
     def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> ShareRouting:
         recipient = r.u32()
-        n = r.count(EncryptedShare.BYTES)
-        shares = tuple(EncryptedShare.decode(r) for _ in range(n))
-        return cls(session_id=sid, round_index=rnd, recipient=recipient, shares=shares)
+        n = r.count(RoutedShare.BYTES)
+        shares = tuple(RoutedShare.decode(r) for _ in range(n))
+        shared = _read_ids(r)
+        m = r.count(PeerKey.BYTES)
+        keys = tuple(PeerKey.decode(r) for _ in range(m))
+        return cls(
+            session_id=sid,
+            round_index=rnd,
+            recipient=recipient,
+            shares=shares,
+            shared=shared,
+            keys=keys,
+        )
 
 
-def word_bytes(bits: int) -> int:
-    return (bits + 7) // 8
+# ------------------------------------------------------------------ stage 2
+
+
+class ComplaintReason:
+    """Why a holder rejected a share (a u8 on the wire)."""
+
+    BAD_CIPHERTEXT = 1  # an AES-GCM tag does not verify, or y >= p
+    BAD_KEY = 2  # the ephemeral key is not a valid X25519 key
+
+
+@dataclass(frozen=True, kw_only=True)
+class Complaint:
+    """A holder's signed statement that the share it received from ``dealer`` is bad.
+
+    It quotes the ciphertexts as received; the dealer's signed :class:`ShareKeys`
+    shows what was dealt, and the dealer's opening of the pair key decides who lied.
+    """
+
+    dealer: int
+    reason: int
+    ephemeral_public: bytes
+    self_mask: bytes
+    mask_key: bytes
+    signature: bytes
+
+    BYTES: ClassVar[int] = 5 + KEY_BYTES + 2 * SHARE_CIPHERTEXT_BYTES + SIGNATURE_BYTES
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.dealer < 2**31:
+            raise InvalidMessage("dealer out of range")
+        if self.reason not in (ComplaintReason.BAD_CIPHERTEXT, ComplaintReason.BAD_KEY):
+            raise InvalidMessage("unknown complaint reason")
+        _sized(self.ephemeral_public, KEY_BYTES, "ephemeral key")
+        _sized(self.self_mask, SHARE_CIPHERTEXT_BYTES, "self-mask share ciphertext")
+        _sized(self.mask_key, SHARE_CIPHERTEXT_BYTES, "mask-key share ciphertext")
+        _sized(self.signature, SIGNATURE_BYTES, "complaint signature")
+
+    @staticmethod
+    def signed_payload(
+        ctx: bytes, complainer: int, dealer: int, reason: int, quoted: bytes
+    ) -> bytes:
+        return (
+            b"secure-fml/secagg/v2/complaint"
+            + ctx
+            + struct.pack(">IIB", complainer, dealer, reason)
+            + quoted
+        )
+
+    def quoted(self) -> bytes:
+        return self.ephemeral_public + self.self_mask + self.mask_key
+
+    def payload(self, ctx: bytes, complainer: int) -> bytes:
+        return self.signed_payload(ctx, complainer, self.dealer, self.reason, self.quoted())
+
+    def encode(self) -> bytes:
+        return struct.pack(">IB", self.dealer, self.reason) + self.quoted() + self.signature
+
+    @classmethod
+    def decode(cls, r: _Reader) -> Complaint:
+        dealer = r.u32()
+        reason = r.u8()
+        return cls(
+            dealer=dealer,
+            reason=reason,
+            ephemeral_public=r.take(KEY_BYTES),
+            self_mask=r.take(SHARE_CIPHERTEXT_BYTES),
+            mask_key=r.take(SHARE_CIPHERTEXT_BYTES),
+            signature=r.take(SIGNATURE_BYTES),
+        )
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class MaskedInput(Message):
-    """Round 2, client -> server: y_u in Z_{2^b}^d, ceil(b/8) bytes per entry."""
+    """Stage 2, client -> server: y_u in Z_{2^b}^d, bit-packed (exactly b bits per
+    entry), and the complaints about shares it rejected."""
 
     TYPE: ClassVar[int] = 5
     sender: int
+    bits: int
+    vector: np.ndarray
+    complaints: tuple[Complaint, ...] = ()
+    #: (holder, MAC) for every holder the sender masked with: the holder checks it before
+    #: revealing the sender's self-mask share, so no holder ever reveals for an owner
+    #: that did not mask with it. The MAC key comes from the pair's share-encryption
+    #: secret, which the server does not know.
+    tags: tuple[tuple[int, bytes], ...] = ()
+    #: The sender's signature over its tags (so a bad tag is attributable to it).
+    tag_signature: bytes = bytes(SIGNATURE_BYTES)
 
     def sender_id(self) -> int:
         return self.sender
 
-    bits: int
-    vector: np.ndarray
+    @staticmethod
+    def tags_payload(ctx: bytes, sender: int, tags: Sequence[tuple[int, bytes]]) -> bytes:
+        return b"secure-fml/secagg/v2/tags" + ctx + struct.pack(">I", sender) + _tags_bytes(tags)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _sized(self.tag_signature, SIGNATURE_BYTES, "tag signature")
         if not 2 <= self.bits <= 62:
             raise InvalidMessage("bits out of range")
         dtype = mask_dtype(self.bits)
         if self.vector.dtype != dtype or self.vector.ndim != 1:
             raise InvalidMessage(f"masked vector must be a 1-D {np.dtype(dtype).name} array")
+        if self.vector.shape[0] == 0 or self.vector.shape[0] >= _MAX_DIM:
+            raise InvalidMessage("vector dimension out of range")
+        _check_ids([c.dealer for c in self.complaints], "complaint dealers")
+        _check_ids([h for h, _ in self.tags], "tagged holders")
+        for _, tag in self.tags:
+            _sized(tag, TAG_BYTES, "masking tag")
 
     def body(self) -> bytes:
-        w = word_bytes(self.bits)
         d = self.vector.shape[0]
-        v = self.vector.astype(self.vector.dtype.newbyteorder("<"), copy=False)
-        raw = v.view(np.uint8).reshape(d, v.itemsize)
-        payload = raw.tobytes() if w == v.itemsize else raw[:, :w].tobytes()
-        return struct.pack(">IBI", self.sender, self.bits, d) + payload
+        return (
+            struct.pack(">II", self.sender, len(self.complaints))
+            + b"".join(c.encode() for c in self.complaints)
+            + _tags_bytes(self.tags)
+            + self.tag_signature
+            + struct.pack(">BI", self.bits, d)
+            + pack_bits(self.vector, self.bits)
+        )
 
     @classmethod
     def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> MaskedInput:
         sender = r.u32()
+        n = r.count(Complaint.BYTES)
+        complaints = tuple(Complaint.decode(r) for _ in range(n))
+        tags = _read_tags(r)
+        tag_sig = r.take(SIGNATURE_BYTES)
         bits = r.u8()
         if not 2 <= bits <= 62:
             raise InvalidMessage("bits out of range")
         d = r.u32()
-        w = word_bytes(bits)
         if d == 0 or d >= _MAX_DIM:
             raise InvalidMessage("vector dimension out of range")
-        raw = np.frombuffer(r.view(d * w), dtype=np.uint8).reshape(d, w)
-        dtype = np.dtype(mask_dtype(bits)).newbyteorder("<")
-        if w == dtype.itemsize:
-            vec = raw.copy().view(dtype).reshape(d)
-        else:
-            full = np.zeros((d, dtype.itemsize), dtype=np.uint8)
-            full[:, :w] = raw
-            vec = full.view(dtype).reshape(d)
-        vec = vec.astype(mask_dtype(bits), copy=False)
-        if bits % 8 and (raw[:, w - 1] >> (bits % 8)).any():
-            raise InvalidMessage("masked vector entry exceeds the modulus")
-        return cls(session_id=sid, round_index=rnd, sender=sender, bits=bits, vector=vec)
+        nbytes = (d * bits + 7) // 8
+        vec = unpack_bits(r.view(nbytes), bits, d).astype(mask_dtype(bits))
+        return cls(
+            session_id=sid,
+            round_index=rnd,
+            sender=sender,
+            bits=bits,
+            vector=vec,
+            complaints=complaints,
+            tags=tags,
+            tag_signature=tag_sig,
+        )
+
+
+# ---------------------------------------------------------------- dispute
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConsistencyRequest(Message):
-    """Round 3, server -> survivors: the sorted ids whose masked input arrived (U3)."""
+class Review(Message):
+    """Review stage, server -> each live client: the masking tags of the owners whose
+    shares it holds (each owner's MAC saying "I masked with you"). A holder reveals
+    an owner's self-mask share only if it saw that owner's valid tag here."""
 
-    TYPE: ClassVar[int] = 6
-    survivors: tuple[int, ...]
+    TYPE: ClassVar[int] = 15
+    recipient: int
+    tags: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ids([i for i, _ in self.tags], "owner tags")
+        for _, tag in self.tags:
+            _sized(tag, TAG_BYTES, "masking tag")
 
     def body(self) -> bytes:
-        return _ids_bytes(self.survivors)
+        return struct.pack(">I", self.recipient) + _tags_bytes(self.tags)
 
     @classmethod
-    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> ConsistencyRequest:
-        return cls(session_id=sid, round_index=rnd, survivors=_read_ids(r))
+    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> Review:
+        return cls(session_id=sid, round_index=rnd, recipient=r.u32(), tags=_read_tags(r))
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConsistencyResponse(Message):
-    """Round 3, client -> server: Ed25519 signature over (context, model hash, U3)."""
+class ReviewResponse(Message):
+    """Review stage, client -> server: the owners whose tag was missing or did not verify
+    (quoted as received), signed so that a false accusation is attributable."""
 
-    TYPE: ClassVar[int] = 7
+    TYPE: ClassVar[int] = 16
     sender: int
-
-    def sender_id(self) -> int:
-        return self.sender
-
+    bad_tags: tuple[tuple[int, bytes], ...]
     signature: bytes
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if len(self.signature) != SIGNATURE_BYTES:
-            raise InvalidMessage("signature must be 64 bytes")
+        _check_ids([i for i, _ in self.bad_tags], "bad tags")
+        for _, tag in self.bad_tags:
+            _sized(tag, TAG_BYTES, "quoted tag")
+        _sized(self.signature, SIGNATURE_BYTES, "review signature")
+
+    def sender_id(self) -> int:
+        return self.sender
+
+    @staticmethod
+    def signed_payload(ctx: bytes, sender: int, bad_tags: Sequence[tuple[int, bytes]]) -> bytes:
+        return (
+            b"secure-fml/secagg/v2/review" + ctx + struct.pack(">I", sender) + _tags_bytes(bad_tags)
+        )
+
+    def payload(self, ctx: bytes) -> bytes:
+        return self.signed_payload(ctx, self.sender, self.bad_tags)
+
+    def body(self) -> bytes:
+        return struct.pack(">I", self.sender) + _tags_bytes(self.bad_tags) + self.signature
+
+    @classmethod
+    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> ReviewResponse:
+        return cls(
+            session_id=sid,
+            round_index=rnd,
+            sender=r.u32(),
+            bad_tags=_read_tags(r),
+            signature=r.take(SIGNATURE_BYTES),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DisputeRequest(Message):
+    """Dispute stage, server -> an accused dealer: the holders that rejected its shares
+    (with their signed complaints) or its masking tags (with the tag they quote). The
+    dealer opens a pair only if the complaint quotes exactly what it sent, so a server
+    that altered a message in transit learns nothing from the opening."""
+
+    TYPE: ClassVar[int] = 11
+    dealer: int
+    share_complaints: tuple[tuple[int, Complaint], ...] = ()
+    tag_complaints: tuple[tuple[int, bytes], ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ids([i for i, _ in self.share_complaints], "complainers")
+        _check_ids([i for i, _ in self.tag_complaints], "tag complainers")
+        for _, tag in self.tag_complaints:
+            _sized(tag, TAG_BYTES, "quoted tag")
+
+    def body(self) -> bytes:
+        return (
+            struct.pack(">II", self.dealer, len(self.share_complaints))
+            + b"".join(struct.pack(">I", i) + c.encode() for i, c in self.share_complaints)
+            + _tags_bytes(self.tag_complaints)
+        )
+
+    @classmethod
+    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> DisputeRequest:
+        dealer = r.u32()
+        n = r.count(4 + Complaint.BYTES)
+        complaints = tuple((r.u32(), Complaint.decode(r)) for _ in range(n))
+        return cls(
+            session_id=sid,
+            round_index=rnd,
+            dealer=dealer,
+            share_complaints=complaints,
+            tag_complaints=_read_tags(r),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Opening:
+    """The ephemeral private key of one dealer-holder pair."""
+
+    holder: int
+    ephemeral_private: bytes
+
+    BYTES: ClassVar[int] = 4 + KEY_BYTES
+
+    def __post_init__(self) -> None:
+        _sized(self.ephemeral_private, KEY_BYTES, "ephemeral private key")
+
+    def encode(self) -> bytes:
+        return struct.pack(">I", self.holder) + self.ephemeral_private
+
+
+@dataclass(frozen=True, kw_only=True)
+class DisputeResponse(Message):
+    """Dispute stage, dealer -> server: the openings of the disputed pairs, signed."""
+
+    TYPE: ClassVar[int] = 12
+    sender: int
+    openings: tuple[Opening, ...]
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ids([o.holder for o in self.openings], "openings")
+        _sized(self.signature, SIGNATURE_BYTES, "opening signature")
+
+    def sender_id(self) -> int:
+        return self.sender
+
+    @staticmethod
+    def signed_payload(ctx: bytes, sender: int, openings: Sequence[Opening]) -> bytes:
+        return (
+            b"secure-fml/secagg/v2/openings"
+            + ctx
+            + struct.pack(">II", sender, len(openings))
+            + b"".join(o.encode() for o in openings)
+        )
+
+    def payload(self, ctx: bytes) -> bytes:
+        return self.signed_payload(ctx, self.sender, self.openings)
+
+    def body(self) -> bytes:
+        return (
+            struct.pack(">II", self.sender, len(self.openings))
+            + b"".join(o.encode() for o in self.openings)
+            + self.signature
+        )
+
+    @classmethod
+    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> DisputeResponse:
+        sender = r.u32()
+        n = r.count(Opening.BYTES)
+        openings = tuple(
+            Opening(holder=r.u32(), ephemeral_private=r.take(KEY_BYTES)) for _ in range(n)
+        )
+        return cls(
+            session_id=sid,
+            round_index=rnd,
+            sender=sender,
+            openings=openings,
+            signature=r.take(SIGNATURE_BYTES),
+        )
+
+
+# ------------------------------------------------------------ consistency
+
+
+def pack_status(status: np.ndarray) -> bytes:
+    return pack_bits(np.asarray(status, dtype=np.uint64), 2)
+
+
+def unpack_status(raw: bytes | memoryview, n: int) -> np.ndarray:
+    return unpack_bits(raw, 2, n).astype(np.uint8)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ConsistencyRequest(Message):
+    """Consistency stage, server -> each live client: the status of every roster member
+    (2 bits each, roster order: absent / advertised / shared / alive), the Merkle root
+    of every client's masking set, and the proof for the recipient's own set."""
+
+    TYPE: ClassVar[int] = 6
+    recipient: int
+    status: np.ndarray
+    graph_root: bytes
+    proof: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        s = self.status
+        if not isinstance(s, np.ndarray) or s.ndim != 1 or s.size == 0 or s.dtype != np.uint8:
+            raise InvalidMessage("status must be a non-empty 1-D uint8 array")
+        if int(s.max()) > STATUS_ALIVE:
+            raise InvalidMessage("status entries must be in 0..3")
+        _sized(self.graph_root, HASH_BYTES, "graph root")
+        for p in self.proof:
+            _sized(p, HASH_BYTES, "Merkle proof entry")
+
+    @property
+    def survivors_count(self) -> int:
+        return int((self.status == STATUS_ALIVE).sum())
+
+    def body(self) -> bytes:
+        n = self.status.shape[0]
+        return (
+            struct.pack(">II", self.recipient, n)
+            + pack_status(self.status)
+            + self.graph_root
+            + struct.pack(">I", len(self.proof))
+            + b"".join(self.proof)
+        )
+
+    @classmethod
+    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> ConsistencyRequest:
+        recipient = r.u32()
+        n = r.u32()
+        if n == 0 or n >= 2**31:
+            raise InvalidMessage("roster size out of range")
+        status = unpack_status(r.view((2 * n + 7) // 8), n)
+        root = r.take(HASH_BYTES)
+        m = r.count(HASH_BYTES)
+        proof = tuple(r.take(HASH_BYTES) for _ in range(m))
+        return cls(
+            session_id=sid,
+            round_index=rnd,
+            recipient=recipient,
+            status=status,
+            graph_root=root,
+            proof=proof,
+        )
+
+
+def consistency_digest(ctx: bytes, status: np.ndarray, graph_root: bytes) -> bytes:
+    """What every live client signs: the round context, the status vector, the graph."""
+    return hashlib.sha256(
+        b"secure-fml/secagg/v2/consistency" + ctx + pack_status(status) + graph_root
+    ).digest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsistencyResponse(Message):
+    """Consistency stage, client -> server: Ed25519 signature over the consistency digest."""
+
+    TYPE: ClassVar[int] = 7
+    sender: int
+    signature: bytes
+
+    def sender_id(self) -> int:
+        return self.sender
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _sized(self.signature, SIGNATURE_BYTES, "consistency signature")
 
     def body(self) -> bytes:
         return struct.pack(">I", self.sender) + self.signature
@@ -434,76 +1009,171 @@ class ConsistencyResponse(Message):
         )
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class QuorumCertificate(Message):
+    """Quorum stage, server -> each signer: which roster members signed (n bits)."""
+
+    TYPE: ClassVar[int] = 13
+    signers: np.ndarray  # bool, roster order
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        s = self.signers
+        if not isinstance(s, np.ndarray) or s.ndim != 1 or s.size == 0 or s.dtype != np.bool_:
+            raise InvalidMessage("signers must be a non-empty 1-D bool array")
+
+    def body(self) -> bytes:
+        n = self.signers.shape[0]
+        return struct.pack(">I", n) + np.packbits(self.signers, bitorder="little").tobytes()
+
+    @classmethod
+    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> QuorumCertificate:
+        n = r.u32()
+        if n == 0 or n >= 2**31:
+            raise InvalidMessage("roster size out of range")
+        raw = np.frombuffer(r.view((n + 7) // 8), dtype=np.uint8)
+        bits = np.unpackbits(raw, bitorder="little")
+        if bits[n:].any():
+            raise InvalidMessage("nonzero padding bits after the signer bitmap")
+        return cls(session_id=sid, round_index=rnd, signers=bits[:n].astype(bool))
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuorumChallenge(Message):
+    """Quorum stage, client -> server: the signers whose signatures it will verify,
+    drawn with its own CSPRNG after it received the certificate."""
+
+    TYPE: ClassVar[int] = 14
+    sender: int
+    indices: tuple[int, ...]  # client ids
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ids(self.indices, "challenged signers")
+
+    def sender_id(self) -> int:
+        return self.sender
+
+    def body(self) -> bytes:
+        return struct.pack(">I", self.sender) + ids_bytes(self.indices)
+
+    @classmethod
+    def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> QuorumChallenge:
+        return cls(session_id=sid, round_index=rnd, sender=r.u32(), indices=_read_ids(r))
+
+
+# --------------------------------------------------------------- unmasking
+
+
 @dataclass(frozen=True, kw_only=True)
 class UnmaskRequest(Message):
-    """Round 4, server -> signers: U3, the dropped set U2 \\ U3, and t+ consistency signatures."""
+    """Unmasking stage, server -> each challenger: the challenged signatures, and, for
+    the recipient's own partners, which are survivors and which dropped (these must
+    match the status vector it signed)."""
 
     TYPE: ClassVar[int] = 8
+    signatures: tuple[tuple[int, bytes], ...]
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
-    signatures: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ids([i for i, _ in self.signatures], "signatures")
+        for _, s in self.signatures:
+            _sized(s, SIGNATURE_BYTES, "signature")
+        _check_ids(self.survivors, "survivors")
+        _check_ids(self.dropped, "dropped")
 
     def body(self) -> bytes:
         sigs = struct.pack(">I", len(self.signatures)) + b"".join(
             struct.pack(">I", i) + s for i, s in self.signatures
         )
-        return _ids_bytes(self.survivors) + _ids_bytes(self.dropped) + sigs
+        return sigs + ids_bytes(self.survivors) + ids_bytes(self.dropped)
 
     @classmethod
     def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> UnmaskRequest:
-        survivors = _read_ids(r)
-        dropped = _read_ids(r)
         n = r.count(4 + SIGNATURE_BYTES)
         sigs = tuple((r.u32(), r.take(SIGNATURE_BYTES)) for _ in range(n))
+        survivors = _read_ids(r)
+        dropped = _read_ids(r)
         return cls(
-            session_id=sid, round_index=rnd, survivors=survivors, dropped=dropped, signatures=sigs
+            session_id=sid, round_index=rnd, signatures=sigs, survivors=survivors, dropped=dropped
         )
 
 
 @dataclass(frozen=True, kw_only=True)
-class UnmaskedShare:
-    """A revealed share of ``owner``'s self-mask seed (kind 0) or pairwise key (kind 1)."""
+class RevealedKey:
+    """The single-use AES key of one share a holder keeps: the server decrypts the
+    dealer's signed ciphertext with it, so a holder cannot substitute a share."""
 
     owner: int
     kind: int
-    share: bytes
+    key: bytes
 
-    BYTES: ClassVar[int] = 5 + SHARE_BYTES
+    BYTES: ClassVar[int] = 5 + SYMMETRIC_KEY_BYTES
 
     def __post_init__(self) -> None:
-        if self.kind not in (SHARE_KIND_SELF_MASK, SHARE_KIND_PAIRWISE_KEY):
+        if self.kind not in (SHARE_KIND_SELF_MASK, SHARE_KIND_MASK_KEY):
             raise InvalidMessage("unknown share kind")
-        if len(self.share) != SHARE_BYTES:
-            raise InvalidMessage("share has the wrong length")
+        _sized(self.key, SYMMETRIC_KEY_BYTES, "share key")
+
+    def encode(self) -> bytes:
+        return struct.pack(">IB", self.owner, self.kind) + self.key
 
 
 @dataclass(frozen=True, kw_only=True)
 class UnmaskResponse(Message):
-    """Round 4, client -> server: revealed shares, at most one kind per owner."""
+    """Unmasking stage, client -> server: share keys (self-mask kind for survivors,
+    mask-key kind for dropped owners, never both for one owner), signed."""
 
     TYPE: ClassVar[int] = 9
     sender: int
+    keys: tuple[RevealedKey, ...]
+    signature: bytes
 
     def sender_id(self) -> int:
         return self.sender
 
-    shares: tuple[UnmaskedShare, ...]
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ids([k.owner for k in self.keys], "revealed owners")
+        _sized(self.signature, SIGNATURE_BYTES, "unmask signature")
+
+    @staticmethod
+    def signed_payload(ctx: bytes, sender: int, keys: Sequence[RevealedKey]) -> bytes:
+        return (
+            b"secure-fml/secagg/v2/unmask"
+            + ctx
+            + struct.pack(">II", sender, len(keys))
+            + b"".join(k.encode() for k in keys)
+        )
+
+    def payload(self, ctx: bytes) -> bytes:
+        return self.signed_payload(ctx, self.sender, self.keys)
 
     def body(self) -> bytes:
-        return struct.pack(">II", self.sender, len(self.shares)) + b"".join(
-            struct.pack(">IB", s.owner, s.kind) + s.share for s in self.shares
+        return (
+            struct.pack(">II", self.sender, len(self.keys))
+            + b"".join(k.encode() for k in self.keys)
+            + self.signature
         )
 
     @classmethod
     def _parse_body(cls, r: _Reader, sid: bytes, rnd: int) -> UnmaskResponse:
         sender = r.u32()
-        n = r.count(UnmaskedShare.BYTES)
-        shares = []
+        n = r.count(RevealedKey.BYTES)
+        keys = []
         for _ in range(n):
             owner = r.u32()
             kind = r.u8()
-            shares.append(UnmaskedShare(owner=owner, kind=kind, share=r.take(SHARE_BYTES)))
-        return cls(session_id=sid, round_index=rnd, sender=sender, shares=tuple(shares))
+            keys.append(RevealedKey(owner=owner, kind=kind, key=r.take(SYMMETRIC_KEY_BYTES)))
+        return cls(
+            session_id=sid,
+            round_index=rnd,
+            sender=sender,
+            keys=tuple(keys),
+            signature=r.take(SIGNATURE_BYTES),
+        )
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -540,16 +1210,52 @@ class PlainInput(Message):
         return cls(session_id=sid, round_index=rnd, sender=sender, vector=vec)
 
 
+def reply_size_limit(
+    stage: int, *, num_clients: int, degree: int, dimension: int, modulus_bits: int
+) -> int:
+    """Largest valid client reply of ``stage`` (a ``Stage`` value) in bytes, for a transport
+    that refuses oversize streams before parsing: a client has at most ``degree`` holders
+    and at most num_clients - 1 dealers (complaints, tags it checks, keys it reveals)."""
+    h = _HEADER.size
+    n1, k = num_clients - 1, degree
+    limits = {
+        0: h + PeerKey.BYTES + HASH_BYTES + 4 + 4 * k + SIGNATURE_BYTES,  # AdvertiseKeys
+        1: h + 8 + EncryptedShare.BYTES * k + SIGNATURE_BYTES,  # ShareKeys
+        2: h  # MaskedInput
+        + 8
+        + Complaint.BYTES * n1
+        + 4
+        + (4 + TAG_BYTES) * k
+        + SIGNATURE_BYTES
+        + 5
+        + (dimension * modulus_bits + 7) // 8,
+        3: h + 8 + (4 + TAG_BYTES) * n1 + SIGNATURE_BYTES,  # ReviewResponse
+        4: h + 8 + Opening.BYTES * k + SIGNATURE_BYTES,  # DisputeResponse
+        5: h + 4 + SIGNATURE_BYTES,  # ConsistencyResponse
+        6: h + 8 + 4 * n1,  # QuorumChallenge
+        7: h + 8 + RevealedKey.BYTES * n1 + SIGNATURE_BYTES,  # UnmaskResponse
+    }
+    if stage not in limits:
+        raise InvalidMessage(f"no client reply in stage {stage}")
+    return limits[stage]
+
+
 _BY_TYPE: dict[int, type[Message]] = {
     c.TYPE: c
     for c in (
         AdvertiseKeys,
-        KeyBroadcast,
+        NeighbourKeys,
         ShareKeys,
         ShareRouting,
         MaskedInput,
+        Review,
+        ReviewResponse,
+        DisputeRequest,
+        DisputeResponse,
         ConsistencyRequest,
         ConsistencyResponse,
+        QuorumCertificate,
+        QuorumChallenge,
         UnmaskRequest,
         UnmaskResponse,
         PlainInput,

@@ -1,50 +1,79 @@
 """Server side of SecAgg / SecAgg+ as a pure state machine.
 
-The server routes messages, tracks the survivor sets U1 ⊇ U2 ⊇ U3 ⊇ U4 ⊇ U5 of
-Bonawitz et al., and in the last stage reconstructs the self-mask seeds of the
-survivors and the pairwise keys of clients that dropped after sharing, which
-is all it needs to strip the masks from the sum. It never learns an
-individual input: for every client it obtains at most one kind of secret.
+The server routes messages, tracks the survivor sets U1 (advertised) ⊇ U2 (shared)
+⊇ U3 (masked input) of Bonawitz et al., resolves disputes, publishes the status
+vector every live client signs, certifies it with a quorum of signatures, and in
+the last stage decrypts the share keys the holders reveal: self-mask shares of
+the survivors, mask-key shares of the clients that dropped after sharing. That is
+all it needs to strip the masks from the sum; for no client does it obtain both.
+
+An honest server validates everything it relays, so an honest client never sees a
+message the server could have refused: an invalid key, a bad share message or a
+missing tag is refused at the stage it arrives (and attributed, see
+:mod:`aggregation._evidence`), and a disputed share or tag excludes exactly one of
+the two parties, whoever the opening of the pair shows to have lied.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
+import struct
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aggregation import _primitives as P
-from aggregation._client import PURPOSE_MASK, consistency_payload
+from aggregation._client import (
+    graph_leaf,
+    masking_tag,
+    pad_seed,
+    seed_commitment,
+    self_mask_key,
+    share_aad,
+    share_keys_of,
+)
 from aggregation._config import SecAggConfig, Stage
-from aggregation._graph import harary_neighbours, transcript_hash
+from aggregation._evidence import Evidence, MisbehaviourKind
 from aggregation._messages import (
-    SHARE_KIND_PAIRWISE_KEY,
+    SHARE_KIND_MASK_KEY,
     SHARE_KIND_SELF_MASK,
+    STATUS_ABSENT,
+    STATUS_ADVERTISED,
+    STATUS_ALIVE,
+    STATUS_SHARED,
     AdvertiseKeys,
+    Complaint,
     ConsistencyRequest,
     ConsistencyResponse,
+    DisputeRequest,
+    DisputeResponse,
     EncryptedShare,
-    KeyBroadcast,
     MaskedInput,
     Message,
+    NeighbourKeys,
+    QuorumCertificate,
+    QuorumChallenge,
+    Review,
+    ReviewResponse,
+    RoutedShare,
     ShareKeys,
     ShareRouting,
     UnmaskRequest,
     UnmaskResponse,
-    context_bytes,
+    consistency_digest,
+    round_context,
 )
+from aggregation._roster import Roster
 from aggregation._session import Aggregate, AggregationServer, Outbox
 from privacy.errors import (
     ConfigError,
     ConsistencyCheckFailed,
     DropoutThresholdNotMet,
     InvalidMessage,
-    InvalidSignature,
+    PolicyViolation,
+    ProtocolAbort,
     ProtocolError,
 )
 
@@ -53,35 +82,24 @@ __all__ = ["ServerSession"]
 _log = logging.getLogger(__name__)
 
 
-@dataclass
-class _ServerState:
-    stage: Stage = Stage.ADVERTISE_KEYS
-    adverts: dict[int, AdvertiseKeys] = field(default_factory=dict)  # U1
-    transcript: bytes = b""
-    graph: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    shares: dict[int, ShareKeys] = field(default_factory=dict)  # U2
-    inputs: dict[int, np.ndarray] = field(default_factory=dict)  # U3
-    survivors: tuple[int, ...] = ()
-    signatures: dict[int, bytes] = field(default_factory=dict)  # U4
-    dropped: tuple[int, ...] = ()
-    responses: dict[int, UnmaskResponse] = field(default_factory=dict)  # U5
-    #: owner -> kinds of share ever received, to prove we never hold both kinds.
-    kinds_received: dict[int, set[int]] = field(default_factory=dict)
-    unmask_seconds: float = 0.0
+def _u32(v: int) -> bytes:
+    return struct.pack(">I", v)
 
 
 class ServerSession(AggregationServer):
-    """The server of one round.
-
-    Drive it through the uniform stage interface (:meth:`receive`,
-    :meth:`close_stage`, :attr:`expected`; see :mod:`aggregation._session`), or
-    stage by stage: ``receive_*`` ingests a client message (bytes or parsed),
-    ``finish_*`` closes a stage (the caller decides when: all replies in, or a
-    timeout) and returns what to send next.
+    """The server of one round, driven through the uniform stage interface
+    (:meth:`receive`, :meth:`close_stage`, :attr:`expected`; see
+    :mod:`aggregation._session`).
 
     ``min_inputs`` is the smallest number of masked inputs the caller accepts
     (e.g. the survivors distributed noise was sized for): with fewer, the round
-    aborts before anyone is asked to unmask.
+    aborts before anyone is asked to unmask. The server also holds itself to the
+    policy its ``config`` describes (:meth:`SecAggConfig.policy`): parameters
+    weaker than that policy are refused with :class:`~privacy.errors.ConfigError`.
+
+    :attr:`evidence` lists every offence the session attributed (proven ones can be
+    re-checked with :func:`~aggregation.verify_evidence`); :attr:`excluded` the
+    clients it removed from the round for them.
     """
 
     def __init__(
@@ -95,46 +113,137 @@ class ServerSession(AggregationServer):
         dimension: int,
         min_inputs: int | None = None,
     ) -> None:
-        if min_inputs is not None and (not isinstance(min_inputs, int) or min_inputs < 1):
+        if min_inputs is not None and (
+            not isinstance(min_inputs, int) or isinstance(min_inputs, bool) or min_inputs < 1
+        ):
             raise ConfigError("min_inputs must be None or an int >= 1")
-        if len(model_hash) != 32:
+        if not isinstance(model_hash, bytes) or len(model_hash) != 32:
             raise ConfigError("model_hash must be 32 bytes (SHA-256)")
-        if not isinstance(dimension, int) or dimension < 1:
+        if not isinstance(dimension, int) or isinstance(dimension, bool) or dimension < 1:
             raise ConfigError("dimension must be a positive int")
+        if not isinstance(session_id, bytes) or len(session_id) != 16:
+            raise ConfigError("session_id must be 16 bytes")
+        try:
+            roster = identity_keys if isinstance(identity_keys, Roster) else Roster(identity_keys)
+        except PolicyViolation as exc:
+            raise ConfigError(str(exc)) from None
+        if config.num_clients != roster.n:
+            raise ConfigError(f"config is for {config.num_clients} clients, roster has {roster.n}")
+        policy = config.policy()
+        try:
+            self.analysis = policy.check(roster.n, config.k, config.t, config.modulus_bits)
+        except PolicyViolation as exc:
+            raise ConfigError(f"the parameters fail the config's own policy: {exc}") from None
         self.config = config
-        self._pki = dict(identity_keys)
+        self.roster = roster
         self.session_id = session_id
         self.round_index = round_index
         self.model_hash = model_hash
         self.dimension = dimension
-        self.state = _ServerState()
         self.min_inputs = min_inputs
-        if len(session_id) != 16:
-            raise ConfigError("session_id must be 16 bytes")
-        self._header = context_bytes(session_id, round_index)
-        #: Who may reply in the open stage (all identities at stage 0).
-        self._awaiting: set[int] = set(self._pki)
+        self.required = self.analysis.required_survivors
+        self.ctx = round_context(
+            session_id=session_id,
+            round_index=round_index,
+            roster_digest=roster.digest,
+            model_hash=model_hash,
+            mode=config.mode.value,
+            num_clients=roster.n,
+            degree=config.k,
+            threshold=config.t,
+            modulus_bits=config.modulus_bits,
+        )
+        self._stage = Stage.ADVERTISE_KEYS
+        self._awaiting: set[int] = set(roster.ids)
+        self._adverts: dict[int, AdvertiseKeys] = {}
+        self._draws: dict[int, tuple[int, ...]] = {}
+        self._shares: dict[int, ShareKeys] = {}
+        self._dealt: dict[int, dict[int, EncryptedShare]] = {}
+        self._dealers_of: dict[int, list[int]] = {}
+        self._inputs: dict[int, MaskedInput] = {}
+        self._tags: dict[int, dict[int, bytes]] = {}
+        self._rejected: dict[int, dict[int, Complaint]] = {}
+        self._reviews: dict[int, ReviewResponse] = {}
+        self._share_disputes: dict[int, list[int]] = {}
+        self._tag_disputes: dict[int, list[int]] = {}
+        self._openings: dict[int, DisputeResponse] = {}
+        self._excluded: dict[int, MisbehaviourKind] = {}
+        self._status = np.zeros(roster.n, dtype=np.uint8)
+        self._alive: tuple[int, ...] = ()
+        self._partners: dict[int, tuple[int, ...]] = {}
+        self._digest = b""
+        self._signatures: dict[int, bytes] = {}
+        self._challenges: dict[int, tuple[int, ...]] = {}
+        self._reveals: dict[int, UnmaskResponse] = {}
+        #: (owner, kind) -> [(holder, revealed key)], indexed as reveals arrive.
+        self._revealed: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
+        self._kinds_released: dict[int, set[int]] = {}
+        self.evidence: list[Evidence] = []
+        self.unmask_seconds = 0.0
+
+    # ----------------------------------------------------------- properties
 
     @property
     def stage(self) -> Stage:
-        return self.state.stage
-
-    @property
-    def survivors(self) -> tuple[int, ...]:
-        return self.state.survivors
-
-    @property
-    def unmask_seconds(self) -> float:
-        return self.state.unmask_seconds
-
-    def neighbours(self, client_id: int) -> tuple[int, ...]:
-        return self.state.graph[client_id]
-
-    # ------------------------------------------------- uniform stage interface
+        return self._stage
 
     @property
     def expected(self) -> frozenset[int]:
         return frozenset(self._awaiting)
+
+    @property
+    def survivors(self) -> tuple[int, ...]:
+        return self._alive
+
+    @property
+    def excluded(self) -> tuple[int, ...]:
+        return tuple(sorted(self._excluded))
+
+    @property
+    def status(self) -> np.ndarray:
+        """The agreed status vector (roster order), once published."""
+        return self._status.copy()
+
+    def draws(self, client_id: int) -> tuple[int, ...]:
+        """The holders ``client_id`` drew, as it announced them."""
+        return self._draws[client_id]
+
+    def partners(self, client_id: int) -> tuple[int, ...]:
+        """Everyone ``client_id`` masked with (its masking set in the agreed graph)."""
+        return self._partners[client_id]
+
+    neighbours = partners
+
+    def _record(
+        self,
+        kind: MisbehaviourKind,
+        offender: int,
+        detail: str,
+        parts: tuple[tuple[str, bytes], ...],
+        *,
+        proven: bool = True,
+        exclude: bool = True,
+    ) -> None:
+        self.evidence.append(
+            Evidence(
+                kind=kind,
+                offender=offender,
+                proven=proven,
+                detail=detail,
+                context=self.ctx,
+                parts=parts,
+            )
+        )
+        if exclude:
+            self._excluded[offender] = kind
+        _log.warning("client %d: %s (%s)", offender, kind.value, detail)
+
+    def _abort(self, exc: type[ProtocolAbort], message: str) -> ProtocolAbort:
+        err = exc(message)
+        err.evidence = tuple(self.evidence)  # type: ignore[attr-defined]
+        return err
+
+    # -------------------------------------------------- uniform stage interface
 
     def receive(self, message: Message) -> None:
         """Ingest one reply of the open stage (see :class:`AggregationServer`)."""
@@ -142,19 +251,26 @@ class ServerSession(AggregationServer):
         if sender not in self._awaiting:
             raise InvalidMessage(
                 f"no {type(message).__name__} expected from client {sender} in stage "
-                f"{self.state.stage.name} (duplicate, late or not a participant)"
+                f"{self._stage.name} (duplicate, late or not a participant)"
             )
         handler = {
-            AdvertiseKeys: self.receive_advertisement,
-            ShareKeys: self.receive_shares,
-            MaskedInput: self.receive_masked_input,
-            ConsistencyResponse: self.receive_consistency,
-            UnmaskResponse: self.receive_unmask,
-        }.get(type(message))
-        if handler is None:
-            raise InvalidMessage(f"servers do not accept {type(message).__name__}")
+            Stage.ADVERTISE_KEYS: (AdvertiseKeys, self._receive_advertisement),
+            Stage.SHARE_KEYS: (ShareKeys, self._receive_shares),
+            Stage.MASKED_INPUT: (MaskedInput, self._receive_masked_input),
+            Stage.REVIEW: (ReviewResponse, self._receive_review),
+            Stage.DISPUTE: (DisputeResponse, self._receive_opening),
+            Stage.CONSISTENCY_CHECK: (ConsistencyResponse, self._receive_consistency),
+            Stage.QUORUM_CHALLENGE: (QuorumChallenge, self._receive_challenge),
+            Stage.UNMASKING: (UnmaskResponse, self._receive_unmask),
+        }.get(self._stage)
         try:
-            handler(message)  # type: ignore[arg-type]
+            if handler is None or not isinstance(message, handler[0]):
+                raise InvalidMessage(
+                    f"{type(message).__name__} is not a reply of stage {self._stage.name}"
+                )
+            if message.session_id != self.session_id or message.round_index != self.round_index:
+                raise InvalidMessage("message is for another session or round (replay?)")
+            handler[1](message)  # type: ignore[operator]
         finally:
             # One reply per client and stage: a refused reply counts as the sender's
             # answer (it is then treated as silent), so it cannot be retried with
@@ -163,278 +279,560 @@ class ServerSession(AggregationServer):
 
     def close_stage(self) -> Outbox | Aggregate:
         """Close the open stage and return the next stage's messages, or the sum."""
-        st = self.state
-        out: Outbox | Aggregate
-        if st.stage is Stage.ADVERTISE_KEYS:
-            bc = self.finish_advertising()
-            out = Outbox(Stage.SHARE_KEYS, dict.fromkeys(sorted(st.adverts), bc))
-        elif st.stage is Stage.SHARE_KEYS:
-            out = Outbox(Stage.MASKED_INPUT, self.finish_sharing())
-        elif st.stage is Stage.MASKED_INPUT:
-            creq = self.finish_masked_input()
-            out = Outbox(Stage.CONSISTENCY_CHECK, dict.fromkeys(creq.survivors, creq))
-        elif st.stage is Stage.CONSISTENCY_CHECK:
-            ureq = self.finish_consistency()
-            signers = [i for i, _ in ureq.signatures]
-            out = Outbox(Stage.UNMASKING, dict.fromkeys(signers, ureq), reveals_sum=True)
-        elif st.stage is Stage.UNMASKING:
-            total = self.finish_unmasking()
-            self.never_held_both_kinds()
+        st = self._stage
+        if st is Stage.ADVERTISE_KEYS:
+            out: Outbox | Aggregate = self._close_advertising()
+        elif st is Stage.SHARE_KEYS:
+            out = self._close_sharing()
+        elif st is Stage.MASKED_INPUT:
+            out = self._close_masked_input()
+        elif st is Stage.REVIEW:
+            out = self._close_review()
+        elif st is Stage.DISPUTE:
+            out = self._close_dispute()
+        elif st is Stage.CONSISTENCY_CHECK:
+            out = self._close_consistency()
+        elif st is Stage.QUORUM_CHALLENGE:
+            out = self._close_challenge()
+        elif st is Stage.UNMASKING:
+            out = self._close_unmasking()
             self._awaiting = set()
-            return Aggregate(total, st.survivors, self.config.modulus_bits)
+            return out
         else:
-            raise ProtocolError(f"no stage to close in {st.stage.name}")
-        self._awaiting = set(out.messages)
+            raise ProtocolError(f"no stage to close in {st.name}")
+        if isinstance(out, Outbox):
+            self._stage = out.stage
+            self._awaiting = set(out.messages)
         return out
 
-    def _check(self, msg: Message, stage: Stage) -> None:
-        if msg.session_id != self.session_id or msg.round_index != self.round_index:
-            raise InvalidMessage("message is for another session or round (replay?)")
-        if self.state.stage is not stage:
-            raise InvalidMessage(f"{type(msg).__name__} received in stage {self.state.stage.name}")
-
     def _need(self, count: int, what: str) -> None:
-        if count < self.config.t:
-            raise DropoutThresholdNotMet(f"{count} clients {what}, need t = {self.config.t}")
+        if count < self.required:
+            raise self._abort(
+                DropoutThresholdNotMet,
+                f"{count} of {self.roster.n} clients {what}; the round needs {self.required}",
+            )
+
+    def _hdr(self) -> dict[str, object]:
+        return {"session_id": self.session_id, "round_index": self.round_index}
 
     # --------------------------------------------------------------- stage 0
 
-    def receive_advertisement(self, msg: AdvertiseKeys | bytes) -> None:
-        m = AdvertiseKeys.from_bytes(msg) if isinstance(msg, bytes) else msg
-        self._check(m, Stage.ADVERTISE_KEYS)
-        pk = self._pki.get(m.client_id)
+    def _receive_advertisement(self, m: AdvertiseKeys) -> None:
+        u = m.client_id
+        pk = self.roster.get(u)
         if pk is None:
-            raise InvalidMessage(f"unknown client {m.client_id}")
-        if m.client_id in self.state.adverts:
-            raise InvalidMessage(f"duplicate advertisement from {m.client_id}")
-        P.verify(pk, m.signature, m.signed_payload(), what=f"advertisement of {m.client_id}")
-        self.state.adverts[m.client_id] = m
-
-    def finish_advertising(self) -> KeyBroadcast:
-        st = self.state
-        self._check_stage(Stage.ADVERTISE_KEYS)
-        self._need(len(st.adverts), "advertised keys")
-        ads = tuple(st.adverts[i] for i in sorted(st.adverts))
-        msg = KeyBroadcast(
-            session_id=self.session_id, round_index=self.round_index, advertisements=ads
+            raise InvalidMessage(f"unknown client {u}")
+        P.verify(pk, m.key.signature, m.key.payload(self.ctx), what=f"keys of {u}")
+        P.verify(
+            pk,
+            m.commitment_signature,
+            AdvertiseKeys.commitment_payload(self.ctx, u, m.seed_commitment, m.neighbours),
+            what=f"commitments of {u}",
         )
-        st.transcript = transcript_hash(msg.header(), [a.entry() for a in ads])
-        st.graph = harary_neighbours([a.client_id for a in ads], self.config.k, st.transcript)
-        st.stage = Stage.SHARE_KEYS
-        return msg
+        parts = (("advertisement", m.to_bytes()), ("degree", _u32(self.config.k)))
+        try:
+            P.validate_x25519_public(m.key.enc_public, what=f"encryption key of {u}")
+            P.validate_x25519_public(m.key.mask_public, what=f"mask key of {u}")
+        except InvalidMessage as exc:
+            self._record(MisbehaviourKind.BAD_ADVERTISEMENT, u, str(exc), parts)
+            raise
+        if self.config.complete:
+            if m.neighbours:
+                msg = f"client {u} announced a holder draw in a complete-graph round"
+                self._record(MisbehaviourKind.BAD_ADVERTISEMENT, u, msg, parts)
+                raise InvalidMessage(msg)
+            draws = tuple(i for i in self.roster.ids if i != u)
+        else:
+            nb = m.neighbours
+            if len(nb) != self.config.k or u in nb or any(i not in self.roster for i in nb):
+                msg = f"client {u} announced a draw that is not {self.config.k} other members"
+                self._record(MisbehaviourKind.BAD_ADVERTISEMENT, u, msg, parts)
+                raise InvalidMessage(msg)
+            draws = nb
+        self._adverts[u] = m
+        self._draws[u] = draws
 
-    def _check_stage(self, stage: Stage) -> None:
-        if self.state.stage is not stage:
-            raise ProtocolError(f"cannot finish {stage.name} in stage {self.state.stage.name}")
+    def _close_advertising(self) -> Outbox:
+        u1 = sorted(self._adverts)
+        self._need(len(u1), "advertised keys")
+        keys = {u: self._adverts[u].key for u in u1}
+        msgs = {
+            u: NeighbourKeys(
+                **self._hdr(),  # type: ignore[arg-type]
+                recipient=u,
+                keys=tuple(keys[h] for h in self._draws[u] if h in keys),
+            )
+            for u in u1
+        }
+        return Outbox(Stage.SHARE_KEYS, msgs)
 
     # --------------------------------------------------------------- stage 1
 
-    def receive_shares(self, msg: ShareKeys | bytes) -> None:
-        m = ShareKeys.from_bytes(msg) if isinstance(msg, bytes) else msg
-        self._check(m, Stage.SHARE_KEYS)
-        st = self.state
-        if m.sender not in st.adverts:
-            raise InvalidMessage(f"shares from {m.sender}, which did not advertise keys")
-        if m.sender in st.shares:
-            raise InvalidMessage(f"duplicate shares from {m.sender}")
-        recipients = [s.recipient for s in m.shares]
-        if any(s.sender != m.sender for s in m.shares) or sorted(recipients) != list(
-            st.graph[m.sender]
-        ):
-            raise InvalidMessage(f"shares from {m.sender} are not one per neighbour")
-        st.shares[m.sender] = m
+    def _receive_shares(self, m: ShareKeys) -> None:
+        u = m.sender
+        if u not in self._adverts:
+            raise InvalidMessage(f"shares from {u}, which did not advertise keys")
+        P.verify(self.roster[u], m.signature, m.payload(self.ctx), what=f"shares of {u}")
+        want = tuple(h for h in self._draws[u] if h in self._adverts)
+        got = tuple(s.recipient for s in m.shares)
+        parts = (("shares", m.to_bytes()), ("recipients", b"".join(_u32(h) for h in want)))
+        if got != want:
+            msg = f"client {u} dealt to {len(got)} holders, not its {len(want)} drawn ones"
+            self._record(MisbehaviourKind.BAD_SHARE_MESSAGE, u, msg, parts)
+            raise InvalidMessage(msg)
+        for s in m.shares:
+            try:
+                P.validate_x25519_public(s.ephemeral_public, what=f"ephemeral key of {u}")
+            except InvalidMessage as exc:
+                self._record(MisbehaviourKind.BAD_SHARE_MESSAGE, u, str(exc), parts)
+                raise
+        self._shares[u] = m
+        self._dealt[u] = {s.recipient: s for s in m.shares}
 
-    def finish_sharing(self) -> dict[int, ShareRouting]:
-        st = self.state
-        self._check_stage(Stage.SHARE_KEYS)
-        self._need(len(st.shares), "shared keys")
-        inbox: dict[int, list[EncryptedShare]] = {u: [] for u in st.shares}
-        for m in st.shares.values():
-            for s in m.shares:
-                if s.recipient in inbox:
-                    inbox[s.recipient].append(s)
-        st.stage = Stage.MASKED_INPUT
-        return {
-            u: ShareRouting(
-                session_id=self.session_id,
-                round_index=self.round_index,
-                recipient=u,
-                shares=tuple(box),
+    def _close_sharing(self) -> Outbox:
+        u2 = sorted(self._shares)
+        self._need(len(u2), "shared keys")
+        in_u2 = set(u2)
+        dealers_of: dict[int, list[int]] = {v: [] for v in u2}
+        for w in u2:  # ascending, so every list is sorted
+            for h in self._dealt[w]:
+                if h in in_u2:
+                    dealers_of[h].append(w)
+        self._dealers_of = dealers_of
+        msgs = {}
+        for v in u2:
+            routed = tuple(
+                RoutedShare(
+                    dealer=w,
+                    ephemeral_public=(s := self._dealt[w][v]).ephemeral_public,
+                    self_mask=s.self_mask,
+                    mask_key=s.mask_key,
+                )
+                for w in dealers_of[v]
             )
-            for u, box in inbox.items()
-        }
+            known = set(self._draws[v])  # keys it received at stage 1 (if they advertised)
+            shared = tuple(h for h in self._dealt[v] if h in in_u2)
+            msgs[v] = ShareRouting(
+                **self._hdr(),  # type: ignore[arg-type]
+                recipient=v,
+                shares=routed,
+                shared=shared,
+                keys=tuple(self._adverts[w].key for w in dealers_of[v] if w not in known),
+            )
+        return Outbox(Stage.MASKED_INPUT, msgs)
 
     # --------------------------------------------------------------- stage 2
 
-    def receive_masked_input(self, msg: MaskedInput | bytes) -> None:
-        m = MaskedInput.from_bytes(msg) if isinstance(msg, bytes) else msg
-        st = self.state
-        if (
-            st.stage.value > Stage.MASKED_INPUT.value
-            and m.session_id == self.session_id
-            and m.round_index == self.round_index
-        ):
-            # The client was already declared dropped, so its pairwise key will be
-            # reconstructed while its self-mask seed b_u never is (clients refuse
-            # to reveal both). A late y_u therefore stays masked by PRG(b_u);
-            # we refuse it outright so it cannot enter the sum either.
-            raise InvalidMessage(f"late masked input from {m.sender}, already declared dropped")
-        self._check(m, Stage.MASKED_INPUT)
-        if m.sender not in st.shares:
-            raise InvalidMessage(f"masked input from {m.sender}, which did not share keys")
-        if m.sender in st.inputs:
-            raise InvalidMessage(f"duplicate masked input from {m.sender}")
+    def _shared_by(self, u: int) -> tuple[int, ...]:
+        return tuple(h for h in self._dealt[u] if h in self._dealers_of)
+
+    def _receive_masked_input(self, m: MaskedInput) -> None:
+        u = m.sender
         if m.bits != self.config.modulus_bits or m.vector.shape[0] != self.dimension:
             raise InvalidMessage("masked input has the wrong modulus or dimension")
-        st.inputs[m.sender] = m.vector
+        dealers = set(self._dealers_of.get(u, ()))
+        for c in m.complaints:
+            if c.dealer not in dealers:
+                raise InvalidMessage(f"complaint by {u} about {c.dealer}, which dealt it nothing")
+            P.verify(self.roster[u], c.signature, c.payload(self.ctx, u), what=f"complaint of {u}")
+        if tuple(h for h, _ in m.tags) != self._shared_by(u):
+            raise InvalidMessage(f"client {u} must tag exactly the holders that shared")
+        P.verify(
+            self.roster[u],
+            m.tag_signature,
+            MaskedInput.tags_payload(self.ctx, u, m.tags),
+            what=f"tags of {u}",
+        )
+        self._inputs[u] = m
+        self._tags[u] = dict(m.tags)
+        self._rejected[u] = {c.dealer: c for c in m.complaints}
 
-    def finish_masked_input(self) -> ConsistencyRequest:
-        st = self.state
-        self._check_stage(Stage.MASKED_INPUT)
-        self._need(len(st.inputs), "sent masked inputs")
-        if self.min_inputs is not None and len(st.inputs) < self.min_inputs:
+    def _held_by(self, v: int) -> list[int]:
+        """Owners whose shares holder ``v`` accepted (server view)."""
+        rej = self._rejected.get(v, {})
+        return [w for w in self._dealers_of.get(v, ()) if w not in rej]
+
+    def _close_masked_input(self) -> Outbox:
+        u3 = sorted(self._inputs)
+        if self.min_inputs is not None and len(u3) < self.min_inputs:
             # Distributed noise was sized for at least min_inputs contributions: fewer
             # would under-noise the sum, so nobody may be asked to unmask it.
-            raise DropoutThresholdNotMet(
-                f"{len(st.inputs)} masked inputs, the round needs at least {self.min_inputs}"
+            raise self._abort(
+                DropoutThresholdNotMet,
+                f"{len(u3)} masked inputs, the round needs at least {self.min_inputs}",
             )
-        st.survivors = tuple(sorted(st.inputs))
-        st.dropped = tuple(sorted(set(st.shares) - set(st.inputs)))
-        st.stage = Stage.CONSISTENCY_CHECK
-        return ConsistencyRequest(
-            session_id=self.session_id, round_index=self.round_index, survivors=st.survivors
+        self._need(len(u3), "sent masked inputs")
+        for v in u3:
+            for w, c in self._rejected[v].items():
+                dealt = self._dealt[w][v]
+                quoted = dealt.ephemeral_public + dealt.self_mask + dealt.mask_key
+                if not P.constant_time_equal(c.quoted(), quoted):
+                    # What this server forwarded is what the dealer signed, so the holder
+                    # misquotes; a third party cannot exclude an altered channel, hence
+                    # an accusation, not a proof.
+                    self._record(
+                        MisbehaviourKind.MISQUOTED_COMPLAINT,
+                        v,
+                        f"client {v} quotes a share that {w} never dealt",
+                        (
+                            ("shares", self._shares[w].to_bytes()),
+                            ("holder", _u32(v)),
+                            ("complaint", c.encode()),
+                        ),
+                        proven=False,
+                    )
+                elif w in self._inputs:
+                    self._share_disputes.setdefault(w, []).append(v)
+        live = [v for v in u3 if v not in self._excluded]
+        msgs = {}
+        for v in live:
+            tags = tuple(
+                (w, self._tags[w][v])
+                for w in self._held_by(v)
+                if w in self._inputs and v in self._tags[w]
+            )
+            msgs[v] = Review(**self._hdr(), recipient=v, tags=tags)  # type: ignore[arg-type]
+        return Outbox(Stage.REVIEW, msgs)
+
+    # ----------------------------------------------------------- review, dispute
+
+    def _receive_review(self, m: ReviewResponse) -> None:
+        v = m.sender
+        P.verify(self.roster[v], m.signature, m.payload(self.ctx), what=f"review of {v}")
+        for w, tag in m.bad_tags:
+            if w not in self._inputs or w not in self._held_by(v):
+                raise InvalidMessage(f"client {v} reports a tag {w} never gave it")
+            if not P.constant_time_equal(tag, self._tags[w][v]):
+                raise InvalidMessage(f"client {v} misquotes the tag of {w}")
+        self._reviews[v] = m
+
+    def _close_review(self) -> Outbox:
+        for v, m in self._reviews.items():
+            for w, _ in m.bad_tags:
+                self._tag_disputes.setdefault(w, []).append(v)
+        accused = sorted(
+            (set(self._share_disputes) | set(self._tag_disputes)) - set(self._excluded)
         )
+        if not accused:
+            return self._open_consistency()
+        msgs = {}
+        for w in accused:
+            share_c = tuple(
+                (v, self._rejected[v][w])
+                for v in sorted(self._share_disputes.get(w, ()))
+                if v not in self._excluded
+            )
+            tag_c = tuple(
+                (v, self._tags[w][v])
+                for v in sorted(self._tag_disputes.get(w, ()))
+                if v not in self._excluded
+            )
+            msgs[w] = DisputeRequest(
+                **self._hdr(),  # type: ignore[arg-type]
+                dealer=w,
+                share_complaints=share_c,
+                tag_complaints=tag_c,
+            )
+        return Outbox(Stage.DISPUTE, msgs)
 
-    # --------------------------------------------------------------- stage 3
+    def _receive_opening(self, m: DisputeResponse) -> None:
+        w = m.sender
+        P.verify(self.roster[w], m.signature, m.payload(self.ctx), what=f"openings of {w}")
+        self._openings[w] = m
 
-    def receive_consistency(self, msg: ConsistencyResponse | bytes) -> None:
-        m = ConsistencyResponse.from_bytes(msg) if isinstance(msg, bytes) else msg
-        self._check(m, Stage.CONSISTENCY_CHECK)
-        st = self.state
-        if m.sender not in st.inputs:
-            raise InvalidMessage(f"consistency signature from non-survivor {m.sender}")
-        if m.sender in st.signatures:
-            raise InvalidMessage(f"duplicate consistency signature from {m.sender}")
-        payload = consistency_payload(self._header, self.model_hash, st.transcript, st.survivors)
+    def _close_dispute(self) -> Outbox:
+        for w in sorted(set(self._share_disputes) | set(self._tag_disputes)):
+            if w in self._excluded:
+                continue
+            resp = self._openings.get(w)
+            opened = {o.holder: o.ephemeral_private for o in resp.openings} if resp else {}
+            for v, is_tag in sorted(
+                [(v, False) for v in self._share_disputes.get(w, ())]
+                + [(v, True) for v in self._tag_disputes.get(w, ())]
+            ):
+                if v in self._excluded or w in self._excluded:
+                    continue
+                self._settle(w, v, is_tag, opened.get(v), resp)
+        return self._open_consistency()
+
+    def _settle(
+        self, w: int, v: int, is_tag: bool, e: bytes | None, resp: DisputeResponse | None
+    ) -> None:
+        """Decide one dispute between dealer ``w`` and holder ``v`` from ``w``'s opening."""
+        shares = ("shares", self._shares[w].to_bytes())
+        if is_tag:
+            complaint = ("review", self._reviews[v].to_bytes())
+            accused = ("tags", self._inputs[w].to_bytes())
+        else:
+            complaint = ("complaint", self._rejected[v][w].encode())
+            accused = shares
+        base: tuple[tuple[str, bytes], ...] = (shares, ("holder", _u32(v)), complaint, accused)
+        if e is None or resp is None:
+            self._record(
+                MisbehaviourKind.UNANSWERED_COMPLAINT,
+                w,
+                f"client {w} did not open the pair disputed by {v}",
+                base,
+                proven=False,
+            )
+            return
+        base = (*base, ("opening", resp.to_bytes()))
+        dealt = self._dealt[w][v]
         try:
-            P.verify(self._pki[m.sender], m.signature, payload, what=f"consistency of {m.sender}")
-        except InvalidSignature as exc:
+            eph = P.KeyPair.from_private_bytes(e)
+        except (InvalidMessage, ValueError):
+            eph = None
+        if eph is None or not P.constant_time_equal(eph.public_bytes, dealt.ephemeral_public):
+            self._record(
+                MisbehaviourKind.BAD_OPENING,
+                w,
+                f"client {w} opened its pair with {v} wrongly",
+                base,
+            )
+            return
+        holder_ad = ("holder_advertisement", self._adverts[v].to_bytes())
+        secret = P.dh(eph.private, self._adverts[v].key.enc_public)
+        k_b, k_s, k_tag = share_keys_of(secret, self.ctx, w, v)
+        if is_tag:
+            good = P.constant_time_equal(masking_tag(k_tag, self.ctx, w, v), self._tags[w][v])
+            bad_kind, lie_kind = MisbehaviourKind.BAD_TAG, MisbehaviourKind.FALSE_COMPLAINT
+        else:
+            try:
+                P.decode_element(P.unseal(k_b, dealt.self_mask, share_aad(self.ctx, 0, w, v)))
+                P.decode_element(P.unseal(k_s, dealt.mask_key, share_aad(self.ctx, 1, w, v)))
+                good = True
+            except InvalidMessage:
+                good = False
+            bad_kind, lie_kind = MisbehaviourKind.BAD_SHARE, MisbehaviourKind.FALSE_COMPLAINT
+        if good:
+            self._record(lie_kind, v, f"client {v} accused {w} falsely", (*base, holder_ad))
+        else:
+            self._record(
+                bad_kind, w, f"client {w} dealt {v} a bad share or tag", (*base, holder_ad)
+            )
+
+    # ------------------------------------------------------------ consistency
+
+    def _open_consistency(self) -> Outbox:
+        alive = tuple(v for v in sorted(self._inputs) if v not in self._excluded)
+        if self.min_inputs is not None and len(alive) < self.min_inputs:
+            raise self._abort(
+                DropoutThresholdNotMet,
+                f"{len(alive)} usable masked inputs, the round needs at least {self.min_inputs}",
+            )
+        self._need(len(alive), "are left with usable masked inputs")
+        self._alive = alive
+        status = np.full(self.roster.n, STATUS_ABSENT, dtype=np.uint8)
+        pos = self.roster.position
+        for u in self._adverts:
+            status[pos(u)] = STATUS_ADVERTISED
+        for u in self._dealers_of:
+            status[pos(u)] = STATUS_SHARED
+        for u in alive:
+            status[pos(u)] = STATUS_ALIVE
+        self._status = status
+        partners: dict[int, tuple[int, ...]] = {}
+        for u in self._dealers_of:
+            partners[u] = tuple(sorted(set(self._shared_by(u)) | set(self._held_by(u))))
+        self._partners = partners
+        alive_set = set(alive)
+        for p in alive:  # an honest server never produces a one-sided live pair
+            for q in partners[p]:
+                if q in alive_set and p not in partners[q]:
+                    raise ProtocolError(f"masking pair ({p}, {q}) is one-sided between survivors")
+        leaves = [graph_leaf(self.ctx, u, partners.get(u, ())) for u in self.roster.ids]
+        tree = P.merkle_tree(leaves)
+        root = tree[-1][0]
+        self._digest = consistency_digest(self.ctx, status, root)
+        msgs = {
+            u: ConsistencyRequest(
+                **self._hdr(),  # type: ignore[arg-type]
+                recipient=u,
+                status=status,
+                graph_root=root,
+                proof=P.merkle_proof(tree, pos(u)),
+            )
+            for u in alive
+        }
+        return Outbox(Stage.CONSISTENCY_CHECK, msgs)
+
+    def _receive_consistency(self, m: ConsistencyResponse) -> None:
+        u = m.sender
+        try:
+            P.verify(self.roster[u], m.signature, self._digest, what=f"consistency of {u}")
+        except InvalidMessage as exc:
             raise ConsistencyCheckFailed(
-                f"client {m.sender} signed a different view (model, keys or survivors)"
+                f"client {u} signed a different view (model, roster, parameters or status)"
             ) from exc
-        st.signatures[m.sender] = m.signature
+        self._signatures[u] = m.signature
 
-    def finish_consistency(self) -> UnmaskRequest:
-        st = self.state
-        self._check_stage(Stage.CONSISTENCY_CHECK)
-        self._need(len(st.signatures), "signed the survivor set")
-        st.stage = Stage.UNMASKING
-        return UnmaskRequest(
-            session_id=self.session_id,
-            round_index=self.round_index,
-            survivors=st.survivors,
-            dropped=st.dropped,
-            signatures=tuple(sorted(st.signatures.items())),
-        )
+    def _close_consistency(self) -> Outbox:
+        signers = sorted(self._signatures)
+        self._need(len(signers), "signed the status vector")
+        bitmap = np.zeros(self.roster.n, dtype=bool)
+        for u in signers:
+            bitmap[self.roster.position(u)] = True
+        cert = QuorumCertificate(**self._hdr(), signers=bitmap)  # type: ignore[arg-type]
+        return Outbox(Stage.QUORUM_CHALLENGE, dict.fromkeys(signers, cert))
 
-    # --------------------------------------------------------------- stage 4
+    def _receive_challenge(self, m: QuorumChallenge) -> None:
+        u = m.sender
+        if any(i == u or i not in self._signatures for i in m.indices):
+            raise InvalidMessage(
+                f"client {u} challenges a signature that is not in the certificate"
+            )
+        self._challenges[u] = m.indices
 
-    def receive_unmask(self, msg: UnmaskResponse | bytes) -> None:
-        m = UnmaskResponse.from_bytes(msg) if isinstance(msg, bytes) else msg
-        self._check(m, Stage.UNMASKING)
-        st = self.state
-        if m.sender not in st.signatures:
-            raise InvalidMessage(f"unmask response from {m.sender}, which did not sign")
-        if m.sender in st.responses:
-            raise InvalidMessage(f"duplicate unmask response from {m.sender}")
-        alive, dropped = set(st.survivors), set(st.dropped)
-        holders_of = set(st.graph[m.sender]) | {m.sender}
-        owners = [s.owner for s in m.shares]
-        if len(set(owners)) != len(owners):
-            raise InvalidMessage("unmask response repeats an owner")
-        for s in m.shares:
-            if s.owner not in holders_of or s.owner not in st.shares:
-                raise InvalidMessage(f"{m.sender} cannot hold a share of {s.owner}")
-            want = SHARE_KIND_SELF_MASK if s.owner in alive else SHARE_KIND_PAIRWISE_KEY
-            if s.owner not in alive and s.owner not in dropped:
-                raise InvalidMessage(f"share of {s.owner}, which is neither alive nor dropped")
-            if s.kind != want:
-                raise InvalidMessage(f"wrong share kind for {s.owner}")
-            x, _ = P.decode_share(s.share)
-            if x != m.sender + 1:
-                raise InvalidMessage("share x-coordinate does not match its holder")
-        for s in m.shares:
-            st.kinds_received.setdefault(s.owner, set()).add(s.kind)
-        st.responses[m.sender] = m
+    def _close_challenge(self) -> Outbox:
+        alive = set(self._alive)
+        msgs = {}
+        for u, idx in sorted(self._challenges.items()):
+            held = self._held_by(u)
+            msgs[u] = UnmaskRequest(
+                **self._hdr(),  # type: ignore[arg-type]
+                signatures=tuple((i, self._signatures[i]) for i in idx),
+                survivors=tuple(w for w in held if w in alive),
+                dropped=tuple(w for w in held if w not in alive),
+            )
+        # The replies to these requests let the server compute the sum.
+        return Outbox(Stage.UNMASKING, msgs, reveals_sum=True)
 
-    def finish_unmasking(self) -> np.ndarray:
-        """Reconstruct, strip all masks and return sum_{u in U3} x_u mod 2^b (uint dtype)."""
-        st = self.state
-        self._check_stage(Stage.UNMASKING)
-        self._need(len(st.responses), "answered the unmask request")
-        start = time.perf_counter()
-        collected: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        for m in st.responses.values():
-            for s in m.shares:
-                collected.setdefault((s.owner, s.kind), []).append(P.decode_share(s.share))
-        t = self.config.t
-        coeff_cache: dict[tuple[int, ...], list[int]] = {}
+    # -------------------------------------------------------------- unmasking
 
-        def recover(owner: int, kind: int) -> bytes:
-            got = sorted(collected.get((owner, kind), []))[:t]
-            if len(got) < t:
-                raise DropoutThresholdNotMet(
-                    f"only {len(got)} shares of client {owner}'s secret, need t = {t}"
+    def _receive_unmask(self, m: UnmaskResponse) -> None:
+        v = m.sender
+        P.verify(self.roster[v], m.signature, m.payload(self.ctx), what=f"reveal of {v}")
+        held = set(self._held_by(v))
+        alive = set(self._alive)
+        for k in m.keys:
+            if k.owner not in held:
+                raise InvalidMessage(
+                    f"client {v} reveals a key for {k.owner}, whose share it lacks"
                 )
-            xs = tuple(x for x, _ in got)
-            coeffs = coeff_cache.get(xs)
-            if coeffs is None:
-                coeffs = coeff_cache[xs] = P.lagrange_coefficients_at_zero(xs)
-            return P.shamir_reconstruct(got, t, coeffs)
+            want = SHARE_KIND_SELF_MASK if k.owner in alive else SHARE_KIND_MASK_KEY
+            if k.kind != want:
+                raise InvalidMessage(f"client {v} reveals the wrong share kind for {k.owner}")
+        for k in m.keys:
+            self._kinds_released.setdefault(k.owner, set()).add(k.kind)
+            self._revealed.setdefault((k.owner, k.kind), []).append((v, k.key))
+        self._reveals[v] = m
 
+    def _shares_of(self, owner: int, kind: int) -> list[tuple[int, int]]:
+        """Decrypt every revealed share of ``owner``'s secret; attribute bad keys."""
+        points = []
+        for v, key in self._revealed.get((owner, kind), ()):
+            dealt = self._dealt[owner][v]
+            ct = dealt.self_mask if kind == SHARE_KIND_SELF_MASK else dealt.mask_key
+            try:
+                y = P.decode_element(P.unseal(key, ct, share_aad(self.ctx, kind, owner, v)))
+            except InvalidMessage:
+                self._record(
+                    MisbehaviourKind.BAD_REVEALED_KEY,
+                    v,
+                    f"client {v} revealed a key that does not open its share of {owner}",
+                    (
+                        ("shares", self._shares[owner].to_bytes()),
+                        ("reveal", self._reveals[v].to_bytes()),
+                    ),
+                    exclude=False,  # its own input is already in the sum
+                )
+                continue
+            points.append((v + 1, y))
+        return sorted(points)
+
+    def _recover(self, owner: int, kind: int) -> bytes:
+        t = self.config.t
+        points = self._shares_of(owner, kind)
+        if len(points) < t:
+            raise self._abort(
+                DropoutThresholdNotMet,
+                f"only {len(points)} valid shares of client {owner}'s secret, need t = {t}",
+            )
+        advert = self._adverts[owner]
+        try:
+            secret: bytes | None = P.shamir_reconstruct(points[:t], t)
+        except InvalidMessage:
+            secret = None
+        if kind == SHARE_KIND_SELF_MASK:
+            ok = secret is not None and P.constant_time_equal(
+                seed_commitment(secret, self.ctx, owner), advert.seed_commitment
+            )
+        else:
+            ok = secret is not None and P.constant_time_equal(
+                P.KeyPair.from_seed(secret, self.ctx).public_bytes, advert.key.mask_public
+            )
+        if not ok or secret is None:
+            reveal_parts = tuple(
+                (f"reveal:{v}", self._reveals[v].to_bytes()) for v in [x - 1 for x, _ in points[:t]]
+            )
+            self._record(
+                MisbehaviourKind.INCONSISTENT_SHARING,
+                owner,
+                f"the shares client {owner} dealt do not reconstruct what it committed to",
+                (
+                    ("shares", self._shares[owner].to_bytes()),
+                    ("advertisement", advert.to_bytes()),
+                    ("kind", bytes([kind])),
+                    ("threshold", _u32(t)),
+                    *reveal_parts,
+                ),
+            )
+            raise self._abort(
+                ProtocolAbort,
+                f"client {owner} dealt an inconsistent sharing; retry the round without it",
+            )
+        return secret
+
+    def _close_unmasking(self) -> Aggregate:
+        start = time.perf_counter()
         bits = self.config.modulus_bits
         dtype = P.mask_dtype(bits)
         acc = np.zeros(self.dimension, dtype=dtype)
-        for u in st.survivors:
-            np.add(acc, st.inputs[u], out=acc)
-        self_seeds = [recover(u, SHARE_KIND_SELF_MASK) for u in st.survivors]
+        alive = self._alive
+        alive_set = set(alive)
+        for u in alive:
+            np.add(acc, self._inputs[u].vector, out=acc)
+        minus = [self_mask_key(self._recover(u, SHARE_KIND_SELF_MASK), self.ctx, u) for u in alive]
         plus: list[bytes] = []
-        minus: list[bytes] = []
-        alive = set(st.survivors)
-        for v in st.dropped:
-            sk_raw = recover(v, SHARE_KIND_PAIRWISE_KEY)
-            keys = P.KeyPair.from_private_bytes(sk_raw)
-            if not hmac.compare_digest(keys.public_bytes, st.adverts[v].mask_public):
-                raise InvalidMessage(f"reconstructed key of {v} does not match its advertisement")
-            for u in st.graph[v]:
-                if u not in alive:
+        needed = sorted({w for p in alive for w in self._partners[p] if w not in alive_set})
+        gone = {
+            w: P.KeyPair.from_seed(self._recover(w, SHARE_KIND_MASK_KEY), self.ctx) for w in needed
+        }
+        for p in alive:
+            peer = self._adverts[p].key.mask_public
+            for w in self._partners[p]:
+                keys = gone.get(w)
+                if keys is None:
                     continue
-                seed = P.derive_key(
-                    keys.private,
-                    st.adverts[u].mask_public,
-                    purpose=PURPOSE_MASK,
-                    session_id=self.session_id,
-                    round_index=self.round_index,
-                    model_hash=self.model_hash,
-                    ids=(u, v),
-                )
-                # u added +PRG(s_uv) if u < v and -PRG(s_uv) otherwise; undo it.
-                (minus if u < v else plus).append(seed)
-        P.add_prg_masks(acc, plus, minus + self_seeds, bits)
+                seed = pad_seed(P.dh(keys.private, peer), self.ctx, p, w)
+                # p added +PRG(s_pw) if p < w and -PRG(s_pw) otherwise; undo it.
+                (minus if p < w else plus).append(seed)
+        P.add_prg_masks(acc, plus, minus, bits)
         if bits not in (32, 64):
             acc &= dtype((1 << bits) - 1)
-        st.stage = Stage.DONE
-        st.unmask_seconds = time.perf_counter() - start
+        self.never_held_both_kinds()
+        self._stage = Stage.DONE
+        self.unmask_seconds = time.perf_counter() - start
         _log.debug(
             "unmasked %d survivors, %d dropped in %.3fs",
             len(alive),
-            len(st.dropped),
-            st.unmask_seconds,
+            len(gone),
+            self.unmask_seconds,
         )
-        return acc
+        return Aggregate(
+            acc,
+            alive,
+            bits,
+            excluded=self.excluded,
+            evidence=tuple(self.evidence),
+        )
 
     def never_held_both_kinds(self) -> None:
         """Raise :class:`ProtocolError` if any client's two secrets both reached the server."""
-        both = [u for u, kinds in self.state.kinds_received.items() if len(kinds) > 1]
+        both = [u for u, kinds in self._kinds_released.items() if len(kinds) > 1]
         if both:
             raise ProtocolError(f"server holds both share kinds of clients {both}")
+
+    @property
+    def kinds_released(self) -> dict[int, set[int]]:
+        return {u: set(k) for u, k in self._kinds_released.items()}

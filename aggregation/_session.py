@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -68,11 +69,17 @@ class Aggregate:
 
     ``total`` is the sum mod 2^``modulus_bits`` (unsigned words) for a secure
     protocol, or the float64 sum for the plain protocol (``modulus_bits`` None).
+    ``excluded`` are the clients the server removed from the round for an
+    attributed offence, and ``evidence`` what it recorded (see
+    :class:`~aggregation.Evidence`): a coordinator should keep proven offenders out
+    of later rounds and count unproven accusations.
     """
 
     total: np.ndarray
     contributors: tuple[int, ...]
     modulus_bits: int | None
+    excluded: tuple[int, ...] = ()
+    evidence: tuple[Any, ...] = ()
 
 
 class AggregationServer(abc.ABC):

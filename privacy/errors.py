@@ -22,7 +22,9 @@ re-exports the whole tree for users.
     │   │   └── OutOfOrder                a message for a stage that is not open for its sender
     │   └── ProtocolAbort                 the round cannot complete safely
     │       ├── DropoutThresholdNotMet    fewer than t survivors
-    │       └── ConsistencyCheckFailed    clients disagree (e.g. different models)
+    │       ├── ConsistencyCheckFailed    clients disagree (e.g. different models)
+    │       └── PolicyViolation           the round is weaker than the client's own policy
+    │                                     (k, t, modulus, survivor counts, Sybil roster)
     └── TransportError                    network / RPC failures, refused peers
         └── Refused                       a peer or request the coordinator will not serve
                                           (``reason``: a :class:`RefusalReason`)
@@ -47,6 +49,7 @@ __all__ = [
     "InvalidSignature",
     "LedgerCorrupted",
     "OutOfOrder",
+    "PolicyViolation",
     "PrivacyBudgetExhausted",
     "PrivacyError",
     "ProtocolAbort",
@@ -113,6 +116,12 @@ class DropoutThresholdNotMet(ProtocolAbort):
 
 class ConsistencyCheckFailed(ProtocolAbort):
     """Clients saw different views (survivor sets, global models); the round aborts."""
+
+
+class PolicyViolation(ProtocolAbort):
+    """The coordinator asked for a round that the client's own policy forbids: parameters
+    weaker than the ones it derives for the roster size (k, t, modulus bits), fewer
+    survivors or signatures than it requires, or a roster that repeats an identity."""
 
 
 class TransportError(SecureFMLError):

@@ -272,6 +272,13 @@ class SecureAggregationConfig:
     min_survivor_fraction: float = 0.66
     dropout_fraction: float = 0.0  # simulated dropouts per round (testing recovery)
     bits: int | None = None
+    #: delta: the share of a round's participants that may be missing from any stage
+    #: (dropouts and withholding insiders alike). None: dropout_fraction + 0.05, within
+    #: [0.1, 0.4]. A round of n tolerates floor(delta * n) missing clients.
+    max_dropout_fraction: float | None = None
+    #: gamma: the share of participants assumed to collude with the coordinator; the
+    #: distributed noise is sized so that the honest survivors alone carry it.
+    max_corrupt_fraction: float = 0.05
 
     def __post_init__(self) -> None:
         if self.protocol not in ("none", "secagg", "secagg+"):
@@ -283,6 +290,20 @@ class SecureAggregationConfig:
             raise ConfigError("secure_aggregation.min_survivor_fraction must be in (0, 1]")
         if not 0 <= self.dropout_fraction < 1:
             raise ConfigError("secure_aggregation.dropout_fraction must be in [0, 1)")
+        if self.max_dropout_fraction is not None and not 0 <= self.max_dropout_fraction < 0.5:
+            raise ConfigError("secure_aggregation.max_dropout_fraction must be in [0, 0.5)")
+        if not 0 <= self.max_corrupt_fraction < 0.5:
+            raise ConfigError("secure_aggregation.max_corrupt_fraction must be in [0, 0.5)")
+        if self.tolerated_dropout() + self.max_corrupt_fraction >= 0.5:
+            raise ConfigError(
+                "secure_aggregation.max_dropout_fraction + max_corrupt_fraction must be < 0.5"
+            )
+
+    def tolerated_dropout(self) -> float:
+        """delta: the share of participants that may be missing from a stage."""
+        if self.max_dropout_fraction is not None:
+            return self.max_dropout_fraction
+        return max(0.1, min(0.4, self.dropout_fraction + 0.05))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -65,6 +65,7 @@ from aggregation import (
     DISCRETE_GAUSSIAN_MAX_SIGMA,
     Aggregate,
     AggregationServer,
+    ClientPolicy,
     FixedPointCodec,
     Outbox,
     PlainSumServer,
@@ -72,6 +73,7 @@ from aggregation import (
     ServerSession,
     Stage,
     centered_lift,
+    reply_size_limit,
 )
 from privacy import (
     INSECURE_SEED_WARNING,
@@ -311,14 +313,22 @@ def plan_round(
     scale: float | None = None
     secagg: SecAggConfig | None = None
     bits = _modulus_bits(config)
+    policy: ClientPolicy | None = None
     if protocol.secure:
         sa = config.secure_aggregation
+        distributed = dp is not None and dp.placement is NoisePlacement.DISTRIBUTED
         secagg = SecAggConfig(
             num_clients=n,
             mode=protocol.mode,
             modulus_bits=bits,
-            max_dropout_fraction=max(0.1, min(0.4, sa.dropout_fraction + 0.05)),
+            max_dropout_fraction=sa.tolerated_dropout(),
+            max_corrupt_fraction=sa.max_corrupt_fraction,
+            # The survivor minimum the DP noise is sized for (two: a sum of one is an
+            # input); every client checks the round against it (its policy).
+            min_survivor_fraction=sa.min_survivor_fraction if distributed else 0.5,
+            min_survivors=2,
         )
+        policy = secagg.policy()
     if dp is not None:
         # A fixed, public denominator (the expected number of clients) keeps the
         # sensitivity of the mean at C / E[m] whatever the realized count was.
@@ -326,6 +336,12 @@ def plan_round(
         colluding = dp.assumed_colluding
         if dp.placement is NoisePlacement.DISTRIBUTED:
             m_min = max(1, math.ceil(dp.min_survivor_fraction * n))
+            if policy is not None:
+                # Inside secure aggregation the coordinator may collude with up to
+                # floor(gamma n) participants: the honest survivors alone must carry
+                # the target noise (Kairouz et al.'s m - c).
+                m_min = policy.dp_survivors(n)
+                colluding = policy.corrupt(n)
             per_client = privacy.distributed_noise_std(
                 noise_multiplier=dp.value_noise_multiplier,
                 clip_norm=clip_norm,
@@ -756,13 +772,18 @@ class RoundEngine:
             return small, None
         d = rd.plan.aggregated_dimension
         s = rd.plan.settings
-        if stage is Stage.MASKED_INPUT:
-            if s.protocol.secure:
-                assert s.secagg is not None
-                bits = s.secagg.modulus_bits
-                return 64 + d * ((bits + 7) // 8), (f"uint{bits}", d)
-            return 64 + 4 * d, ("float32", d)
-        return small, None
+        if not s.protocol.secure:
+            return (64 + 4 * d, ("float32", d)) if stage is Stage.MASKED_INPUT else (small, None)
+        assert s.secagg is not None
+        bits = s.secagg.modulus_bits
+        limit = reply_size_limit(
+            stage.value,
+            num_clients=s.secagg.num_clients,
+            degree=s.secagg.k,
+            dimension=d,
+            modulus_bits=bits,
+        )
+        return limit, ((f"uint{bits}", d) if stage is Stage.MASKED_INPUT else None)
 
     def submit(self, client: str, reply: StageReply) -> None:
         """Ingest one client reply; raises a typed error (and changes nothing else) if

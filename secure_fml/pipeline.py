@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 import privacy
 from aggregation import (
     AggregationClient,
+    ClientPolicy,
     ClientSession,
     FixedPointCodec,
     PlainSumClient,
@@ -192,6 +193,7 @@ class ClientPipeline:
         randomness: Callable[[int], Csprng] | None = None,
         require_noise: bool = False,
         record_level: RecordLevelLedger | None = None,
+        secagg_policy: ClientPolicy | None = None,
     ) -> None:
         if not isinstance(require_noise, bool):
             raise TypeError("require_noise must be a bool")
@@ -207,6 +209,9 @@ class ClientPipeline:
         self.require_noise = require_noise
         #: Record-level DP bookkeeping of this client (its patients' budget), or None.
         self.record_level = record_level
+        #: What this client requires of every secure-aggregation round (its own policy);
+        #: None: the parameters the round itself states (a simulated client's trust).
+        self.secagg_policy = secagg_policy
         self.dim = int(algorithm.state_dim)
         self._session: _Session | None = None
         self.finished = False
@@ -361,6 +366,7 @@ class ClientPipeline:
                 model_hash=msg.model_hash,
                 noise_stddev_int=noise_std if noise is ClientNoise.DISCRETE_GAUSSIAN else 0.0,
                 rng=rng.child("secagg"),
+                policy=self.secagg_policy or s.secagg.policy(),
             )
             session.set_input(codec.encode(vec, rng.child("encode")))
             client = session

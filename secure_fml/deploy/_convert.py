@@ -18,10 +18,16 @@ from aggregation import (
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencyResponse,
-    KeyBroadcast,
+    DisputeRequest,
+    DisputeResponse,
     MaskedInput,
     Message,
+    NeighbourKeys,
     PlainInput,
+    QuorumCertificate,
+    QuorumChallenge,
+    Review,
+    ReviewResponse,
     SecAggConfig,
     ShareKeys,
     ShareRouting,
@@ -48,16 +54,22 @@ from secure_fml.proto import secure_fml_v1_pb2 as pb
 
 #: What the coordinator may send to a site in each stage, and what a site may answer.
 TO_SITE: dict[Stage, tuple[type[Message], ...]] = {
-    Stage.SHARE_KEYS: (KeyBroadcast,),
+    Stage.SHARE_KEYS: (NeighbourKeys,),
     Stage.MASKED_INPUT: (ShareRouting,),
+    Stage.REVIEW: (Review,),
+    Stage.DISPUTE: (DisputeRequest,),
     Stage.CONSISTENCY_CHECK: (ConsistencyRequest,),
+    Stage.QUORUM_CHALLENGE: (QuorumCertificate,),
     Stage.UNMASKING: (UnmaskRequest,),
 }
 FROM_SITE: dict[Stage, tuple[type[Message], ...]] = {
     Stage.ADVERTISE_KEYS: (AdvertiseKeys,),
     Stage.SHARE_KEYS: (ShareKeys,),
     Stage.MASKED_INPUT: (MaskedInput, PlainInput),
+    Stage.REVIEW: (ReviewResponse,),
+    Stage.DISPUTE: (DisputeResponse,),
     Stage.CONSISTENCY_CHECK: (ConsistencyResponse,),
+    Stage.QUORUM_CHALLENGE: (QuorumChallenge,),
     Stage.UNMASKING: (UnmaskResponse,),
 }
 
@@ -156,10 +168,18 @@ def _session(raw: bytes) -> bytes:
 def _settings_to_proto(rs: pb.RoundStart, st: RoundSettings) -> None:
     rs.protocol = st.protocol.value
     if st.secagg is not None:
-        rs.modulus_bits = st.secagg.modulus_bits
-        rs.threshold = st.secagg.t
-        rs.degree = st.secagg.k
-        rs.num_clients = st.secagg.num_clients
+        c = st.secagg
+        rs.modulus_bits = c.modulus_bits
+        rs.threshold = c.t
+        rs.degree = c.k
+        rs.num_clients = c.num_clients
+        rs.max_dropout_fraction = c.max_dropout_fraction
+        rs.max_corrupt_fraction = c.max_corrupt_fraction
+        rs.min_survivor_fraction = c.min_survivor_fraction
+        rs.min_survivors_policy = c.min_survivors
+        rs.max_attempts_log2 = c.max_attempts_log2
+        rs.security_bits = c.security_bits
+        rs.correctness_bits = c.correctness_bits
     if st.clip_norm is not None:
         rs.clip_norm = st.clip_norm
     if st.scale is not None:
@@ -190,6 +210,13 @@ def _settings_from_proto(rs: pb.RoundStart, n_peers: int) -> RoundSettings:
                 modulus_bits=int(rs.modulus_bits),
                 threshold=int(rs.threshold),
                 degree=int(rs.degree),
+                max_dropout_fraction=float(rs.max_dropout_fraction),
+                max_corrupt_fraction=float(rs.max_corrupt_fraction),
+                min_survivor_fraction=float(rs.min_survivor_fraction),
+                min_survivors=int(rs.min_survivors_policy),
+                max_attempts_log2=int(rs.max_attempts_log2),
+                security_bits=int(rs.security_bits),
+                correctness_bits=int(rs.correctness_bits),
             )
         except (ConfigError, ValueError, TypeError) as e:
             raise InvalidMessage(f"unsafe or malformed SecAgg parameters: {e}") from None

@@ -41,7 +41,7 @@ class Peer(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("site_index", "peers", "model_sha256", "protocol", "modulus_bits", "threshold", "degree", "num_clients", "clip_norm", "scale", "noise", "noise_std", "bit_noise_std", "adaptive_clip_bit", "weighted", "min_survivors", "assumed_colluding", "wrap_probability")
+    __slots__ = ("site_index", "peers", "model_sha256", "protocol", "modulus_bits", "threshold", "degree", "num_clients", "clip_norm", "scale", "noise", "noise_std", "bit_noise_std", "adaptive_clip_bit", "weighted", "min_survivors", "assumed_colluding", "wrap_probability", "max_dropout_fraction", "max_corrupt_fraction", "min_survivor_fraction", "min_survivors_policy", "max_attempts_log2", "security_bits", "correctness_bits")
     SITE_INDEX_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,13 @@ class RoundStart(_message.Message):
     MIN_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     ASSUMED_COLLUDING_FIELD_NUMBER: _ClassVar[int]
     WRAP_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_DROPOUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_CORRUPT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MIN_SURVIVOR_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MIN_SURVIVORS_POLICY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_LOG2_FIELD_NUMBER: _ClassVar[int]
+    SECURITY_BITS_FIELD_NUMBER: _ClassVar[int]
+    CORRECTNESS_BITS_FIELD_NUMBER: _ClassVar[int]
     site_index: int
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
     model_sha256: bytes
@@ -78,7 +85,14 @@ class RoundStart(_message.Message):
     min_survivors: int
     assumed_colluding: int
     wrap_probability: float
-    def __init__(self, site_index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model_sha256: _Optional[bytes] = ..., protocol: _Optional[str] = ..., modulus_bits: _Optional[int] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., num_clients: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., noise: _Optional[str] = ..., noise_std: _Optional[float] = ..., bit_noise_std: _Optional[float] = ..., adaptive_clip_bit: _Optional[bool] = ..., weighted: _Optional[bool] = ..., min_survivors: _Optional[int] = ..., assumed_colluding: _Optional[int] = ..., wrap_probability: _Optional[float] = ...) -> None: ...
+    max_dropout_fraction: float
+    max_corrupt_fraction: float
+    min_survivor_fraction: float
+    min_survivors_policy: int
+    max_attempts_log2: int
+    security_bits: int
+    correctness_bits: int
+    def __init__(self, site_index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model_sha256: _Optional[bytes] = ..., protocol: _Optional[str] = ..., modulus_bits: _Optional[int] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., num_clients: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., noise: _Optional[str] = ..., noise_std: _Optional[float] = ..., bit_noise_std: _Optional[float] = ..., adaptive_clip_bit: _Optional[bool] = ..., weighted: _Optional[bool] = ..., min_survivors: _Optional[int] = ..., assumed_colluding: _Optional[int] = ..., wrap_probability: _Optional[float] = ..., max_dropout_fraction: _Optional[float] = ..., max_corrupt_fraction: _Optional[float] = ..., min_survivor_fraction: _Optional[float] = ..., min_survivors_policy: _Optional[int] = ..., max_attempts_log2: _Optional[int] = ..., security_bits: _Optional[int] = ..., correctness_bits: _Optional[int] = ...) -> None: ...
 
 class Header(_message.Message):
     __slots__ = ("protocol_version", "kind", "round", "session_id", "stage", "payload_bytes", "payload_sha256", "connection_id", "retry_after_ms", "tensor", "round_start")

@@ -34,9 +34,10 @@ def _miller_rabin(n: int) -> bool:
     return True
 
 
-def test_field_prime_is_prime_and_above_2_256() -> None:
-    assert P.PRIME > 2**256
+def test_field_prime_is_the_smallest_prime_above_2_128() -> None:
+    assert P.PRIME > 2**128
     assert _miller_rabin(P.PRIME)
+    assert not any(_miller_rabin(2**128 + c) for c in range(1, P.PRIME - 2**128))
 
 
 def test_x25519_rfc7748_vector() -> None:
@@ -52,21 +53,21 @@ def test_x25519_rfc7748_vector() -> None:
     assert ka.private.exchange(X25519PrivateKey.from_private_bytes(b).public_key()).hex() == shared
 
 
-def test_derive_key_binds_context_and_is_symmetric() -> None:
+def test_pairwise_derivations_are_symmetric_and_bind_the_context() -> None:
+    from aggregation._client import pad_seed, share_keys_of
+
     a, b = P.KeyPair.generate(), P.KeyPair.generate()
-    ctx = dict(purpose=b"p", session_id=bytes(16), round_index=3, model_hash=bytes(32))
-    k_ab = P.derive_key(a.private, b.public_bytes, ids=(1, 2), **ctx)  # type: ignore[arg-type]
-    k_ba = P.derive_key(b.private, a.public_bytes, ids=(2, 1), **ctx)  # type: ignore[arg-type]
-    assert k_ab == k_ba
-    for field, value in [
-        ("round_index", 4),
-        ("model_hash", b"\x01" * 32),
-        ("session_id", b"\x02" * 16),
-        ("purpose", b"q"),
-    ]:
-        other = dict(ctx)
-        other[field] = value
-        assert P.derive_key(a.private, b.public_bytes, ids=(1, 2), **other) != k_ab  # type: ignore[arg-type]
+    z_ab, z_ba = P.dh(a.private, b.public_bytes), P.dh(b.private, a.public_bytes)
+    assert z_ab == z_ba
+    ctx = bytes(32)
+    assert pad_seed(z_ab, ctx, 1, 2) == pad_seed(z_ba, ctx, 2, 1)
+    assert pad_seed(z_ab, ctx, 1, 2) != pad_seed(z_ab, b"\x01" * 32, 1, 2)
+    assert pad_seed(z_ab, ctx, 1, 2) != pad_seed(z_ab, ctx, 1, 3)
+    kb, ks, kt = share_keys_of(z_ab, ctx, 1, 2)
+    assert len({kb, ks}) == 2 and len(kb) == 16 and len(kt) == 32
+    # Direction matters for share keys (dealer 1 -> holder 2 differs from 2 -> 1).
+    assert share_keys_of(z_ab, ctx, 2, 1)[0] != kb
+    assert share_keys_of(z_ab, b"\x02" * 32, 1, 2)[0] != kb
 
 
 def test_aes_ctr_sp800_38a_and_prg_matches_independent_ecb() -> None:
@@ -102,7 +103,7 @@ def test_add_prg_masks_wraps_mod_2_32() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(
-    secret=st.binary(min_size=32, max_size=32),
+    secret=st.binary(min_size=16, max_size=16),
     n=st.integers(min_value=1, max_value=12),
     data=st.data(),
 )
@@ -126,7 +127,7 @@ def test_t_minus_1_shares_are_uniform_and_independent_of_secret() -> None:
     # different secrets and compare with chi-square tests.
     rng = P.Csprng()
     samples: dict[bytes, list[tuple[int, int]]] = {}
-    secrets = [bytes(32), b"\xff" * 32]
+    secrets = [bytes(16), b"\xff" * 16]
     for s in secrets:
         rows = []
         for _ in range(3000):
@@ -153,7 +154,7 @@ def test_t_minus_1_shares_are_uniform_and_independent_of_secret() -> None:
         bytes(P.SHARE_BYTES - 1),
         bytes(P.SHARE_BYTES + 1),
         bytes(P.SHARE_BYTES),  # x = 0
-        (1).to_bytes(4, "big") + P.PRIME.to_bytes(33, "big"),  # y = p
+        (1).to_bytes(4, "big") + P.PRIME.to_bytes(17, "big"),  # y = p
     ],
 )
 def test_share_decoding_is_strict(raw: bytes) -> None:
@@ -166,9 +167,9 @@ def test_share_decoding_is_strict(raw: bytes) -> None:
 def test_corrupted_share_never_reconstructs_the_secret(delta: int, which: int) -> None:
     # Reconstruction is linear, f(0) = sum_i lambda_i y_i: corrupting share i by delta
     # moves the result by exactly lambda_i * delta (mod p), which is never 0. So the
-    # corrupted result is a known wrong value, or (when it leaves the 32-byte range)
-    # a typed error; it is never the secret.
-    secret = b"\x01" * 32
+    # corrupted result is a known wrong value, or (when it leaves the 16-byte range) a
+    # typed error; it is never the secret.
+    secret = b"\x01" * 16
     shares = P.shamir_split(secret, [1, 2, 3], 2, P.Csprng())
     pair = [shares[0], shares[1]]
     x, y = pair[which]
@@ -176,11 +177,23 @@ def test_corrupted_share_never_reconstructs_the_secret(delta: int, which: int) -
     lam = P.lagrange_coefficients_at_zero((shares[0][0], shares[1][0]))[which]
     expected = (int.from_bytes(secret, "big") + lam * delta) % P.PRIME
     assert expected != int.from_bytes(secret, "big")
-    if expected < 2**256:
-        assert P.shamir_reconstruct(pair, 2) == expected.to_bytes(32, "big")
+    if expected < 2**128:
+        assert P.shamir_reconstruct(pair, 2) == expected.to_bytes(16, "big")
     else:
         with pytest.raises(InvalidMessage):
             P.shamir_reconstruct(pair, 2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(xs=st.lists(st.integers(1, 2**31), min_size=1, max_size=12, unique=True))
+def test_batched_lagrange_matches_per_point_inversion(xs: list[int]) -> None:
+    fast = P.lagrange_coefficients_at_zero(xs)
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                num, den = num * xj % P.PRIME, den * (xj - xi) % P.PRIME
+        assert fast[i] == num * pow(den, -1, P.PRIME) % P.PRIME
 
 
 def test_signatures_and_aead_raise_on_tampering() -> None:
@@ -266,3 +279,112 @@ def test_fwht_is_orthonormal_involution() -> None:
     assert np.allclose(P.fwht(y), x)
     with pytest.raises(ConfigError):
         P.fwht(np.zeros(6))
+
+
+# ---------------------------------------------------------------- key validation
+
+
+_P25519 = 2**255 - 19
+_SMALL_ORDER_U = [
+    0,
+    1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    _P25519 - 1,
+]
+
+
+@pytest.mark.parametrize("u", _SMALL_ORDER_U)
+def test_small_order_x25519_keys_are_refused_and_really_are_small_order(u: int) -> None:
+    raw = u.to_bytes(32, "little")
+    with pytest.raises(InvalidMessage, match="small order"):
+        P.validate_x25519_public(raw, what="k")
+    # Independent check: a key exchange with the point is all-zero (cryptography refuses).
+    with pytest.raises(InvalidMessage):
+        P.dh(X25519PrivateKey.generate(), raw)
+
+
+@pytest.mark.parametrize("u", [_P25519, _P25519 + 1, _P25519 + 5, 2**255 + 9, 2**256 - 1])
+def test_non_canonical_x25519_encodings_are_refused(u: int) -> None:
+    with pytest.raises(InvalidMessage, match="non-canonical"):
+        P.validate_x25519_public(u.to_bytes(32, "little"), what="k")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(min_size=32, max_size=32))
+def test_every_accepted_x25519_key_agrees_to_a_nonzero_secret(raw: bytes) -> None:
+    try:
+        P.validate_x25519_public(raw, what="k")
+    except InvalidMessage:
+        return
+    assert P.dh(X25519PrivateKey.generate(), raw) != bytes(32)
+
+
+def test_small_order_ed25519_identity_keys_are_refused() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+    ident = Ed25519PublicKey.from_public_bytes(bytes.fromhex("01" + "00" * 31))
+    with pytest.raises(InvalidMessage, match="small order"):
+        P.validate_ed25519_public(ident, what="id")
+    good = Ed25519PrivateKey.generate().public_key()
+    assert len(P.validate_ed25519_public(good, what="id")) == 32
+
+
+# ---------------------------------------------------------------- merkle, packing
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 70), data=st.data())
+def test_merkle_proofs_verify_and_bind_leaf_index_and_root(n: int, data: st.DataObject) -> None:
+    leaves = [P.merkle_leaf(bytes([i % 256, i // 256])) for i in range(n)]
+    tree = P.merkle_tree(leaves)
+    root = tree[-1][0]
+    i = data.draw(st.integers(0, n - 1))
+    proof = P.merkle_proof(tree, i)
+    assert len(proof) <= max(1, (n - 1).bit_length())
+    P.merkle_verify(leaves[i], i, n, proof, root)
+    with pytest.raises(InvalidMessage):
+        P.merkle_verify(P.merkle_leaf(b"other"), i, n, proof, root)
+    if n > 1:
+        j = data.draw(st.integers(0, n - 1).filter(lambda j: j != i))
+        with pytest.raises(InvalidMessage):
+            P.merkle_verify(leaves[i], j, n, proof, root)
+        with pytest.raises(InvalidMessage):
+            P.merkle_verify(leaves[i], i, n, proof[:-1], root)
+
+
+@settings(max_examples=25, deadline=None)
+@given(bits=st.integers(1, 62), data=st.data())
+def test_bit_packing_roundtrips_at_exactly_b_bits(bits: int, data: st.DataObject) -> None:
+    d = data.draw(st.integers(1, 300))
+    vals = np.array(
+        data.draw(st.lists(st.integers(0, 2**bits - 1), min_size=d, max_size=d)), dtype=np.uint64
+    )
+    raw = P.pack_bits(vals, bits)
+    assert len(raw) == (d * bits + 7) // 8
+    assert np.array_equal(P.unpack_bits(raw, bits, d), vals)
+    with pytest.raises(InvalidMessage):
+        P.unpack_bits(raw[:-1], bits, d)
+    if (d * bits) % 8:
+        with pytest.raises(InvalidMessage, match="padding"):
+            P.unpack_bits(raw[:-1] + bytes([raw[-1] | 0x80]), bits, d)
+
+
+def test_bit_packing_matches_an_independent_bit_string() -> None:
+    vals = np.array([5, 0, 7, 1, 6], dtype=np.uint64)  # 3 bits each, little-endian stream
+    stream = "".join(format(int(v), "03b")[::-1] for v in vals) + "0"
+    expected = bytes(int(stream[i : i + 8][::-1], 2) for i in range(0, 16, 8))
+    assert P.pack_bits(vals, 3) == expected
+
+
+def test_single_use_share_encryption_binds_key_and_data() -> None:
+    key = bytes(range(16))
+    ct = P.seal(key, b"share", b"aad")
+    assert len(ct) == 5 + 16 and P.unseal(key, ct, b"aad") == b"share"
+    with pytest.raises(InvalidSignature):
+        P.unseal(key, ct, b"aad2")
+    with pytest.raises(InvalidSignature):
+        P.unseal(bytes(16), ct, b"aad")

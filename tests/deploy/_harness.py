@@ -36,7 +36,9 @@ from secure_fml.deploy._pki import load_identity_key, site_paths
 from secure_fml.evaluation import to_batch
 from secure_fml.simulation import build_model, model_spec_for
 
-SITES = ("alpha", "beta", "gamma", "delta")
+#: Five sites: with delta = 0.2 a round of five tolerates one silent site (the SecAgg
+#: threshold must exceed half the roster and stay below the holders that survive).
+SITES = ("alpha", "beta", "gamma", "delta", "epsilon")
 
 
 def make_pki(root: Path, names: Sequence[str]) -> Path:
@@ -53,7 +55,8 @@ def small_config(*, dp: bool = True, rounds: int = 2, **server: Any) -> Config:
         "model": {"kind": "mlp", "hidden": [8]},
         "algorithm": {"name": "metasgd", "inner_lr": 0.05},
         "server": {"rounds": rounds, "sampling": "all", "optimizer": "sgd", "lr": 0.5, **server},
-        "secure_aggregation": {"protocol": "secagg"},
+        # delta = 0.2: one silent site in a round of five is tolerated.
+        "secure_aggregation": {"protocol": "secagg", "max_dropout_fraction": 0.2},
         "privacy": {"enabled": dp, "noise_multiplier": 1.0, "clip_norm": 1.0},
     }
     if not dp:

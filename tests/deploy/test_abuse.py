@@ -242,10 +242,13 @@ def test_abuse_is_refused_with_typed_status_and_round_equals_clean_run(
             signature=b"\0" * 64,
         ).to_bytes()
         codes["out_of_order"] = _code(
-            lambda: stub.Submit(iter(_frames(pb.Header(stage=3, **hdr), early)), timeout=5)
+            lambda: stub.Submit(
+                iter(_frames(pb.Header(stage=Stage.CONSISTENCY_CHECK.value, **hdr), early)),
+                timeout=5,
+            )
         )
         codes["unknown_stage"] = _code(
-            lambda: stub.Submit(iter(_frames(pb.Header(stage=9, **hdr), b"\0")), timeout=5)
+            lambda: stub.Submit(iter(_frames(pb.Header(stage=99, **hdr), b"\0")), timeout=5)
         )
         stub.Submit(iter(_frames(pb.Header(stage=0, **hdr), ad)), timeout=5)  # accepted
         codes["replay"] = _code(
@@ -406,11 +409,11 @@ def test_site_refuses_bad_models_and_rosters_from_the_coordinator(
 
 
 def test_site_ignores_stage_requests_of_unknown_sessions(pki: Path) -> None:
-    from aggregation import KeyBroadcast
+    from aggregation import NeighbourKeys
     from secure_fml.deploy import StageRequest
 
     site = H.make_site(H.small_config(dp=True), pki, "alpha", "client_00")
-    kb = KeyBroadcast(session_id=b"\0" * 16, round_index=1, advertisements=())
+    kb = NeighbourKeys(session_id=b"\0" * 16, round_index=1, recipient=0, keys=())
     with pytest.raises(StaleMessage):
         site.handle(
             StageRequest(round=1, session_id=b"\0" * 16, stage=Stage.SHARE_KEYS, message=kb)

@@ -1,5 +1,5 @@
 """One engine: the same config as a simulation, as an in-process deployment and over real
-gRPC + mTLS with three site processes gives the same ledger and the same model.
+gRPC + mTLS with five site processes gives the same ledger and the same model.
 
 Synthetic data, an MLP, FedMeta(Meta-SGD), SecAgg with the distributed discrete Gaussian
 (DDGauss) noise, 3 rounds, one client silent from the masked-input stage of round 2, and
@@ -33,7 +33,7 @@ from secure_fml.simulation import InMemoryTransport, Simulation
 from tests.deploy import _harness as H
 
 REPO = Path(__file__).resolve().parents[2]
-NAMES = ("client_00", "client_01", "client_02")
+NAMES = ("client_00", "client_01", "client_02", "client_03", "client_04")
 SILENT = ("client_01", Stage.MASKED_INPUT, 2)
 SEED, INSECURE = 3, 9
 
@@ -42,7 +42,11 @@ RAW = {
     "model": {"kind": "mlp", "hidden": [8]},
     "algorithm": {"name": "metasgd", "inner_lr": 0.05},
     "server": {"rounds": 3, "sampling": "all", "optimizer": "sgd", "lr": 0.5},
-    "secure_aggregation": {"protocol": "secagg", "min_survivor_fraction": 0.66},
+    "secure_aggregation": {
+        "protocol": "secagg",
+        "min_survivor_fraction": 0.66,
+        "max_dropout_fraction": 0.2,
+    },
     "privacy": {"enabled": True, "noise_multiplier": 1.0, "clip_norm": 1.0},
     "eval": {"every": 0},
     "run": {"seed": SEED, "insecure_seed": INSECURE},
@@ -98,7 +102,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_simulation_and_in_process_deployment_are_bit_identical(pki: Path, tmp_path: Path) -> None:
     theta_sim, ledger_sim, hist = _simulate(tmp_path / "sim")
     assert [ln["status"] for ln in hist] == ["complete"] * 3
-    assert [ln["contributors"] for ln in hist] == [3, 2, 3]  # the scripted dropout
+    assert [ln["contributors"] for ln in hist] == [5, 4, 5]  # the scripted dropout
 
     cfg = config()
     coord = H.make_coordinator(cfg, pki, tmp_path / "dep", names=NAMES, stage_s=1.5)
@@ -128,7 +132,7 @@ def _free_port() -> int:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
-def test_the_same_run_over_grpc_with_three_site_processes(pki: Path, tmp_path: Path) -> None:
+def test_the_same_run_over_grpc_with_five_site_processes(pki: Path, tmp_path: Path) -> None:
     theta_sim, ledger_sim, _ = _simulate(tmp_path / "sim")
     cfg = config()
     coord = H.make_coordinator(cfg, pki, tmp_path / "dep", names=NAMES, stage_s=3.0, train_s=60.0)
@@ -193,7 +197,7 @@ insecure_seed = {INSECURE}
     ledger_dep = privacy.read_ledger(tmp_path / "dep" / privacy.LEDGER_FILENAME)
     assert _events(ledger_dep) == _events(ledger_sim)
     torch.testing.assert_close(coord.state, theta_sim, rtol=1e-5, atol=1e-6)
-    assert [ln["contributors"] for ln in coord.history] == [3, 2, 3]
+    assert [ln["contributors"] for ln in coord.history] == [5, 4, 5]
     np.testing.assert_array_equal(
         np.asarray([ln["round"] for ln in coord.history]), np.arange(1, 4)
     )

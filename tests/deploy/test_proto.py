@@ -39,6 +39,6 @@ def test_service_is_versioned() -> None:
 
     # One version for the whole wire: the engine's messages and the aggregation ones.
     assert pb.DESCRIPTOR.package == "secure_fml.v1"
-    assert PROTOCOL_VERSION == aggregation.PROTOCOL_VERSION == 2
+    assert PROTOCOL_VERSION == aggregation.PROTOCOL_VERSION == 3
     for m in ("JoinRequest", "PollRequest", "StatusRequest", "DownloadRequest", "Header"):
         assert "protocol_version" in pb.DESCRIPTOR.message_types_by_name[m].fields_by_name
