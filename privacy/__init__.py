@@ -9,27 +9,48 @@ Per round, in order::
     res = clip_update(update, clip_norm=C)                       # client
     noisy = add_noise(res.vector, std=distributed_noise_std(...), source=src)  # client
     ... secure aggregation of the noisy vectors ...
-    event = GaussianRelease.distributed(round=r, ..., clients_surviving=n)    # server
+    event = GaussianRelease.distributed(round=r, ..., clients_surviving=n,
+                                        secure_aggregation=True, client_ids=ids)  # server
     ledger.record(event)                                         # durable, budget-checked
     apply(aggregate)                                             # only after record()
+
+A round that releases nothing is recorded too (``ledger.record(SkippedRound(...))``).
+Every ε names its adversary: ``ledger.epsilon_by_adversary(delta=...)`` gives the
+worst client's ε against the coordinator (no amplification: it knows the sample)
+and against an outside observer (amplified only if the sample and its size were
+secret from it). Accountants are registered classes (:data:`ACCOUNTANTS`,
+:func:`create_accountant`); ``gdp`` is an approximation and never calibrates or
+gates a budget.
 """
 
 from privacy._accounting import (
     ACCOUNTANTS,
     RDP_ORDERS,
     Accountant,
+    GDPAccountant,
+    PLDAccountant,
     PrivacyPlan,
     PrivacyProjection,
     ProjectionRow,
+    PRVAccountant,
+    RDPAccountant,
     Sampling,
     SamplingMode,
+    create_accountant,
     ddgauss_rdp,
     ddgauss_tau,
     plan,
     project,
-    render_plan,
-    render_projection,
+    register_accountant,
     rounded_l2_norm_bound,
+)
+from privacy._adversary import (
+    Adversary,
+    AdversaryEpsilon,
+    EpsilonByAdversary,
+    EpsilonCache,
+    adversary_epsilon,
+    epsilon_by_adversary,
 )
 from privacy._clipping import (
     AdaptiveClipNoise,
@@ -46,6 +67,8 @@ from privacy._events import (
     DistributedDiscreteGaussianRelease,
     GaussianRelease,
     PrivacyEvent,
+    SkippedRound,
+    SkipReason,
 )
 from privacy._ledger import (
     LEDGER_SCHEMA_VERSION,
@@ -55,6 +78,16 @@ from privacy._ledger import (
     PrivacyLedger,
     read_ledger,
 )
+from privacy._mechanisms import (
+    FixedSizeGaussianMechanism,
+    GaussianMechanism,
+    Mechanism,
+    NeighbouringRelation,
+    NonPrivateMechanism,
+    PoissonGaussianMechanism,
+    RdpCurveMechanism,
+    ThresholdPoissonGaussianMechanism,
+)
 from privacy._noise import (
     GaussianNoiseSource,
     NoisePlacement,
@@ -63,7 +96,16 @@ from privacy._noise import (
     distributed_effective_noise_multiplier,
     distributed_noise_std,
 )
-from privacy._report import LEDGER_FILENAME, ReportPaths, build_report, write_report
+from privacy._report import (
+    LEDGER_FILENAME,
+    RUN_METADATA_FILENAME,
+    ReportPaths,
+    build_report,
+    config_hash,
+    plain_reading,
+    run_metadata,
+    write_report,
+)
 from privacy.errors import (
     CheckpointError,
     ConfigError,
@@ -91,9 +133,12 @@ __all__ = [
     "LEDGER_FILENAME",
     "LEDGER_SCHEMA_VERSION",
     "RDP_ORDERS",
+    "RUN_METADATA_FILENAME",
     "Accountant",
     "AdaptiveClipNoise",
     "AdaptiveClipStep",
+    "Adversary",
+    "AdversaryEpsilon",
     "CheckpointError",
     "ClipResult",
     "ClipStatistics",
@@ -102,6 +147,11 @@ __all__ = [
     "DataError",
     "DistributedDiscreteGaussianRelease",
     "DropoutThresholdNotMet",
+    "EpsilonByAdversary",
+    "EpsilonCache",
+    "FixedSizeGaussianMechanism",
+    "GDPAccountant",
+    "GaussianMechanism",
     "GaussianNoiseSource",
     "GaussianRelease",
     "InsecureModeError",
@@ -110,8 +160,14 @@ __all__ = [
     "LedgerCorrupted",
     "LedgerEntry",
     "LedgerHead",
+    "Mechanism",
+    "NeighbouringRelation",
     "NoisePlacement",
+    "NonPrivateMechanism",
     "OutOfOrder",
+    "PLDAccountant",
+    "PRVAccountant",
+    "PoissonGaussianMechanism",
     "PrivacyBudget",
     "PrivacyBudgetExhausted",
     "PrivacyError",
@@ -122,31 +178,41 @@ __all__ = [
     "ProjectionRow",
     "ProtocolAbort",
     "ProtocolError",
+    "RDPAccountant",
+    "RdpCurveMechanism",
     "RefusalReason",
     "Refused",
     "ReportPaths",
     "Sampling",
     "SamplingMode",
     "SecureFMLError",
+    "SkipReason",
+    "SkippedRound",
     "StaleMessage",
+    "ThresholdPoissonGaussianMechanism",
     "TransportError",
     "adaptive_clip_bit",
     "adaptive_clip_noise_split",
     "adaptive_clip_step",
     "adaptive_effective_noise_multiplier",
     "add_noise",
+    "adversary_epsilon",
     "build_report",
     "central_noise_std",
     "clip_update",
+    "config_hash",
+    "create_accountant",
     "ddgauss_rdp",
     "ddgauss_tau",
     "distributed_effective_noise_multiplier",
     "distributed_noise_std",
+    "epsilon_by_adversary",
+    "plain_reading",
     "plan",
     "project",
     "read_ledger",
-    "render_plan",
-    "render_projection",
+    "register_accountant",
     "rounded_l2_norm_bound",
+    "run_metadata",
     "write_report",
 ]

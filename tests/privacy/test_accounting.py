@@ -19,11 +19,11 @@ from privacy import (
     ddgauss_tau,
     plan,
     project,
-    render_plan,
-    render_projection,
     rounded_l2_norm_bound,
 )
-from privacy._accounting import _opacus_rdp, _rdp_to_epsilon, _subsampled_rdp_upper
+from privacy._analysis import poisson_rdp as _opacus_rdp
+from privacy._analysis import rdp_to_epsilon as _rdp_to_epsilon
+from privacy._analysis import subsampled_rdp_upper as _subsampled_rdp_upper
 
 
 def _reference_eps(sigma: float, q: float, steps: int, delta: float) -> float:
@@ -208,7 +208,6 @@ def test_plan_round_trip(sampling: Sampling, target: float) -> None:
     assert eps <= target
     assert eps >= target - 0.05
     assert p.epsilon == pytest.approx(eps)
-    assert "noise multiplier" in render_plan(p)
 
 
 def test_plan_prv() -> None:
@@ -230,8 +229,6 @@ def test_projection_more_clients_need_less_noise() -> None:
     assert all(s is not None for s in sig) and sig[0] > sig[1] > sig[2]  # type: ignore[operator]
     assert all(e is not None for e in eps) and eps[0] > eps[1] > eps[2]  # type: ignore[operator]
     assert proj.rows[0].delta == pytest.approx(300**-1.1)
-    text = render_projection(proj)
-    assert "30000" in text and "sigma@eps=4" in text
 
 
 def test_sampling_validation() -> None:
