@@ -1,26 +1,32 @@
-"""Canary clients: one instrumented training run, two audits.
+"""Canary clients: one instrumented run, two audits, against the claim the run's ledger makes.
 
-:class:`CanaryClients` wraps the configured :class:`~secure_fml.rounds.UpdatePath`.
-Each of m canary clients owns a fixed random unit direction c_j (isotropic in
-R^d), returns ``norm_multiplier * C * c_j`` as its update whenever it takes
-part, and takes part in a round with the round's client sampling rate q, like
-a real client (Andrew et al. 2024). A canary is *inserted* with probability ½
-(Steinke et al. 2023); non-inserted canaries never contribute and serve as the
-empirical null. Canary updates go through the same ``client_side``
-(clipping, distributed noise, SecAgg encoding) and ``aggregate`` as real ones.
+A :class:`CanaryConfig` chooses the adversary whose claim is audited. The game
+follows the neighbouring relation of that claim (:class:`CanaryGame`):
 
-Observations (the attacker never uses which rounds a canary joined, which
-would void the subsampling amplification the claim relies on):
+- against the coordinator (and an outside observer when the sample is
+  public) the claim is per client over the rounds it joined, under zero-out:
+  every canary is a client of a public set of rounds and its secret bit decides
+  whether it sends its update or zeros. The attacker uses the schedule:
+  ``participation`` scores Σ_{t joined} <c_j, S_t> / σ_t² over the released sums
+  S_t (the likelihood-ratio statistic of a Gaussian release), ``final_model``
+  scores <c_j, θ_0 - θ_T>;
+- against an outside observer from whom the sample is secret (an amplified
+  claim), Andrew et al. (2024): a canary is in the population with probability
+  ½ and then sampled like any client; ``all_iterates`` scores max_t cos(c_j, S_t)
+  and ``final_model`` cos(c_j, θ_0 - θ_T), never using who joined.
 
-- all iterates (the server's view under SecAgg): ``max_t cos(c_j, S_t)``
-  over the released, noised round sums S_t;
-- final model: ``cos(c_j, θ_0 - θ_T)`` (the server applies minus the update).
+The claim tested is read from the ledger, never recomputed from the config:
+each canary's own curve from the instrumented run's ledger (the canaries are
+clients there), checked against the audited run's headline when the target
+carries one (an instrumented run that would spend more than the audited run
+cannot test its claim: that is an error, not a pass).
 
-:class:`CanaryEpsilonAudit` fits Gaussians to the inserted and non-inserted
-scores (Andrew et al.'s ε estimate) and gives a Clopper–Pearson lower bound at
-a threshold chosen on held-out calibration canaries. :class:`OneRunAudit`
-turns top/bottom guesses into Steinke et al.'s ε lower bound, with the number
-of guesses chosen on the calibration canaries, never on the reported ones.
+:class:`CanaryEpsilonAudit` gives Andrew et al.'s ε estimate and a
+Clopper–Pearson threshold bound; :class:`OneRunAudit` gives Steinke et al.
+(2023) and Mahloujifar et al. (2024, f-DP) one-run bounds, the f-DP test run
+against the claimed trade-off curve itself (μ-GDP when the claim is a
+composition of Gaussians, else the privacy profile). Thresholds and guess
+counts are chosen on held-out calibration canaries, never on the audited ones.
 """
 
 from __future__ import annotations
@@ -42,15 +48,34 @@ from audits._core import (
     Verdict,
     bound_verdict,
 )
+from audits._mechanism import (
+    CanaryGame,
+    CanaryPlan,
+    MechanismRun,
+    MechanismUnderTest,
+    ProgressFn,
+    zero_out_schedule,
+)
 from audits._stats import (
+    GaussianTradeoff,
+    ProfileTradeoff,
+    Tradeoff,
     epsilon_two_gaussians,
+    fdp_gaussian_epsilon_lower_bound,
+    fdp_one_run_rejects,
     one_run_epsilon_lower_bound,
     threshold_epsilon_lower_bound,
 )
-from audits._training import dataset_for, train
+from privacy import (
+    Adversary,
+    GaussianMechanism,
+    NonPrivateMechanism,
+    adversary_epsilon,
+    client_composition,
+    create_accountant,
+)
 from privacy.errors import ConfigError
 from secure_fml.rounds import AggregateResult, RoundContext, SampledRound, UpdatePath
-from secure_fml.simulation import Simulation
 
 __all__ = [
     "CanaryClients",
@@ -58,15 +83,21 @@ __all__ = [
     "CanaryEpsilonAudit",
     "CanaryExperiment",
     "OneRunAudit",
+    "SimulationMechanism",
     "run_canary_experiment",
 ]
 
-OBSERVATIONS = ("all_iterates", "final_model")
+#: Privacy-profile grid for claims that are not a single Gaussian.
+_PROFILE_DELTAS = tuple(10.0**-k for k in (1, 2, 3, 4, 5, 6, 7, 8, 10, 12))
 
 
 @dataclass(frozen=True, kw_only=True)
 class CanaryConfig:
-    """Canary instrumentation. ``seed`` draws directions and inclusion (test instrumentation)."""
+    """Canary instrumentation. ``seed`` draws directions and secrets (test instrumentation).
+
+    ``participations`` (zero-out games): rounds each canary joins; None takes the
+    audited run's worst client when its ledger is known, else every round.
+    """
 
     num_canaries: int = 1000
     inclusion_probability: float = 0.5
@@ -75,6 +106,8 @@ class CanaryConfig:
     norm_multiplier: float = 1.0
     rounds: int | None = None  # None: the config's rounds
     control: Control = Control.NONE
+    adversary: Adversary = Adversary.COORDINATOR
+    participations: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -88,33 +121,36 @@ class CanaryConfig:
             raise ConfigError(f"norm_multiplier must be > 0, got {self.norm_multiplier!r}")
         if self.rounds is not None and self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds!r}")
+        if self.participations is not None and self.participations < 1:
+            raise ConfigError(f"participations must be >= 1, got {self.participations!r}")
         if not isinstance(self.control, Control):
             raise ConfigError("control must be a Control")
+        if not isinstance(self.adversary, Adversary):
+            raise ConfigError("adversary must be a privacy.Adversary")
+
+
+# --------------------------------------------------------------------------
+# Today's simulation as a mechanism under test
+# --------------------------------------------------------------------------
 
 
 class CanaryClients(UpdatePath):
-    """Wraps an update path and adds canary clients to every round (see module doc)."""
+    """Wraps an update path and adds the plan's canaries as clients of every round.
 
-    def __init__(
-        self,
-        inner: UpdatePath,
-        *,
-        directions: npt.NDArray[np.float32],
-        inserted: npt.NDArray[np.bool_],
-        norm: float,
-        rng: np.random.Generator,
-    ) -> None:
-        if directions.ndim != 2 or inserted.shape != (directions.shape[0],):
-            raise ConfigError("directions must be (m, d) and inserted (m,)")
+    Canary updates go through the same ``client_side`` (clipping, distributed
+    noise, SecAgg encoding) and ``aggregate`` as real ones; the ledger records
+    them as contributors. Each round's released total is kept.
+    """
+
+    def __init__(self, inner: UpdatePath, *, plan: CanaryPlan, dim: int, rng: np.random.Generator):
         self.inner = inner
-        self.directions = directions
-        self.inserted = inserted
-        self.norm = float(norm)
+        self.plan = plan
+        self.dim = dim
         self.rng = rng
-        m = directions.shape[0]
-        self.max_cos = np.full(m, -np.inf)
-        self.participations = np.zeros(m, dtype=np.int64)
-        self.rounds = 0
+        self.ids = plan.ids()
+        self.released: list[npt.NDArray[np.float64]] = []
+        self.rounds: list[int] = []
+        self.t = 0
 
     def client_side(self, ctx: RoundContext, client_id: str, vector: np.ndarray) -> np.ndarray:
         return self.inner.client_side(ctx, client_id, vector)
@@ -122,13 +158,18 @@ class CanaryClients(UpdatePath):
     def aggregate(
         self, ctx: RoundContext, contributions: Mapping[str, np.ndarray]
     ) -> AggregateResult:
-        if self.directions.shape[1] != ctx.dim:
-            raise ConfigError(
-                f"canaries have dimension {self.directions.shape[1]}, the update {ctx.dim}"
-            )
-        joined = self.inserted & (self.rng.random(self.inserted.size) < ctx.sampled.rate)
-        ids = [f"__canary_{j}" for j in np.flatnonzero(joined)]
-        # Canaries are clients of this round: the event records them as sampled.
+        if self.dim != ctx.dim:
+            raise ConfigError(f"canaries have dimension {self.dim}, the update {ctx.dim}")
+        plan = self.plan
+        if plan.schedule is not None:
+            if self.t >= plan.schedule.shape[0]:
+                raise ConfigError("the run has more rounds than the canary schedule")
+            joined = plan.schedule[self.t]
+        else:
+            joined = plan.secrets & (self.rng.random(plan.size) < ctx.sampled.rate)
+        self.t += 1
+        idx = np.flatnonzero(joined)
+        ids = [self.ids[j] for j in idx]
         s = ctx.sampled
         cctx = RoundContext(
             ctx.round,
@@ -136,101 +177,87 @@ class CanaryClients(UpdatePath):
             ctx.dim,
         )
         merged = dict(contributions)
-        for j, cid in zip(np.flatnonzero(joined), ids, strict=True):
-            vec = (self.norm * self.directions[j]).astype(np.float32)
-            merged[cid] = self.inner.client_side(cctx, cid, vec)
-        self.participations += joined
+        for j, cid in zip(idx, ids, strict=True):
+            merged[cid] = self.inner.client_side(cctx, cid, plan.update(int(j), self.dim))
         agg = self.inner.aggregate(cctx, merged)
-        total = agg.total.astype(np.float64)
-        nrm = float(np.linalg.norm(total))
-        if nrm > 0:
-            cos = (self.directions @ total.astype(np.float32)) / nrm
-            self.max_cos = np.maximum(self.max_cos, cos.astype(np.float64))
-        self.rounds += 1
+        self.released.append(np.asarray(agg.total, dtype=np.float64)[: self.dim].copy())
+        self.rounds.append(ctx.round)
         info = dict(agg.info)
-        info["canaries_joined"] = int(joined.sum())
+        info["canaries_joined"] = int(idx.size)
         return AggregateResult(agg.total, agg.count, agg.denominator, agg.contributors, info)
 
 
-@dataclass(frozen=True)
-class CanaryExperiment:
-    """Scores of one canary run, and the calibration/audit split of the canaries."""
+class SimulationMechanism:
+    """Today's in-process simulation as a :class:`MechanismUnderTest`.
 
-    inserted: npt.NDArray[np.bool_]
-    calibration: npt.NDArray[np.bool_]
-    scores: Mapping[str, npt.NDArray[np.float64]]
-    dimension: int
-    rounds: int
-    claimed_epsilon: float | None
-    control: Control
-    participations: npt.NDArray[np.int64]
-    details: Mapping[str, Any] = field(default_factory=dict)
+    Trains the configured model on the real clients with the plan's canaries
+    added (:class:`CanaryClients`); a positive control breaks the real update
+    path as a bug would (:func:`audits._training.build_path`).
+    """
 
+    name = "simulation"
 
-def run_canary_experiment(target: AuditTarget, cfg: CanaryConfig) -> CanaryExperiment:
-    """Train once with canaries; memoized on the target so both canary audits share it."""
-    key = ("canary", cfg)
-    cache = target.cache
-    if key in cache:
-        exp: CanaryExperiment = cache[key]
-        return exp
-    config = target.config
-    ds = dataset_for(config, target.dataset)
-    rng = np.random.default_rng([cfg.seed, 7])
-    holder: dict[str, CanaryClients] = {}
-    # The dimension is the packed state size; build the model once to learn it.
-    probe = Simulation(config, dataset=ds, update_path=_NullPath())
-    dim = int(probe.state.numel())
-    m = cfg.num_canaries
-    directions = rng.standard_normal((m, dim), dtype=np.float32)
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    inserted = rng.random(m) < cfg.inclusion_probability
-    calibration = rng.random(m) < cfg.calibration_fraction
-    norm = cfg.norm_multiplier * config.privacy.clip_norm
+    def __init__(self, config: Any, dataset: Any, *, rounds: int | None = None) -> None:
+        from audits._training import dataset_for
+        from secure_fml.simulation import Simulation
 
-    def wrap(inner: UpdatePath) -> UpdatePath:
-        c = CanaryClients(
-            inner,
-            directions=directions,
-            inserted=inserted,
-            norm=norm,
-            rng=np.random.default_rng([cfg.seed, 8]),
+        self.config = config
+        self.dataset = dataset_for(config, dataset)
+        self.rounds = int(rounds if rounds is not None else config.server.rounds)
+        probe = Simulation(config, dataset=self.dataset, update_path=_NullPath())
+        self.dimension = int(probe.state.numel())
+        self.sample_rate = float(config.server.sampling_config().rate or 1.0)
+        self.delta = float(config.privacy.delta)
+
+    def run(
+        self,
+        plan: CanaryPlan,
+        *,
+        control: Control = Control.NONE,
+        progress: ProgressFn | None = None,
+    ) -> MechanismRun:
+        from audits._training import train
+
+        holder: dict[str, CanaryClients] = {}
+
+        def wrap(inner: UpdatePath) -> UpdatePath:
+            holder["c"] = CanaryClients(
+                inner, plan=plan, dim=self.dimension, rng=np.random.default_rng([plan.seed, 8])
+            )
+            return holder["c"]
+
+        run = train(
+            self.config,
+            self.dataset,
+            control=control,
+            wrap=wrap,
+            rounds=self.rounds,
+            progress=progress,
         )
-        holder["c"] = c
-        return c
-
-    run = train(config, ds, control=cfg.control, wrap=wrap, rounds=cfg.rounds)
-    canaries = holder["c"]
-    delta_model = (run.initial_state - run.final_state).numpy().astype(np.float64)
-    nrm = float(np.linalg.norm(delta_model))
-    final_cos = (
-        (directions @ delta_model.astype(np.float32)).astype(np.float64) / nrm
-        if nrm > 0
-        else np.zeros(m)
-    )
-    exp = CanaryExperiment(
-        inserted=inserted,
-        calibration=calibration,
-        scores={"all_iterates": canaries.max_cos.copy(), "final_model": final_cos},
-        dimension=dim,
-        rounds=canaries.rounds,
-        claimed_epsilon=run.claimed_epsilon
-        if run.claimed_epsilon is not None
-        else target.claimed_epsilon,
-        control=cfg.control,
-        participations=canaries.participations.copy(),
-        details={
-            "num_canaries": m,
-            "inserted": int(inserted.sum()),
-            "calibration": int(calibration.sum()),
-            "canary_norm": norm,
-            "mean_rounds_joined_by_inserted": float(canaries.participations[inserted].mean())
-            if inserted.any()
-            else 0.0,
-        },
-    )
-    cache[key] = exp
-    return exp
+        c = holder["c"]
+        released = np.stack(c.released, axis=1) if c.released else np.zeros((self.dimension, 0))
+        contributed = np.zeros((len(c.rounds), plan.size), dtype=bool)
+        index = {cid: j for j, cid in enumerate(plan.ids())}
+        by_round = {
+            ev.round: ev for ev in run.events if getattr(ev, "client_ids", None) is not None
+        }
+        for t, r in enumerate(c.rounds):
+            ev = by_round.get(r)
+            for cid in (ev.client_ids if ev is not None else ()) or ():
+                if cid in index:
+                    contributed[t, index[cid]] = True
+        zs = tuple(float(by_round[r].noise_multiplier) if r in by_round else 1.0 for r in c.rounds)
+        delta_model = (run.initial_state - run.final_state).numpy().astype(np.float64)
+        return MechanismRun(
+            released=released,
+            rounds=tuple(c.rounds),
+            model_delta=delta_model,
+            contributed=contributed,
+            events=run.events,
+            canary_ids=plan.ids(),
+            noise_multipliers=zs,
+            details={"mechanism": self.name},
+        )
 
 
 class _NullPath(UpdatePath):
@@ -238,6 +265,199 @@ class _NullPath(UpdatePath):
         self, ctx: RoundContext, contributions: Mapping[str, np.ndarray]
     ) -> AggregateResult:  # pragma: no cover - never called
         raise NotImplementedError
+
+
+# --------------------------------------------------------------------------
+# The experiment
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CanaryExperiment:
+    """Scores of one canary run, the split, and the claims read from the ledgers."""
+
+    game: CanaryGame
+    secrets: npt.NDArray[np.bool_]
+    calibration: npt.NDArray[np.bool_]
+    scores: Mapping[str, npt.NDArray[np.float64]]
+    dimension: int
+    rounds: int
+    claimed_epsilon: float | None
+    run_claim: float | None
+    tradeoff: Tradeoff | None
+    control: Control
+    adversary: Adversary
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def inserted(self) -> npt.NDArray[np.bool_]:
+        return self.secrets
+
+
+def _game_for(target: AuditTarget, cfg: CanaryConfig) -> CanaryGame:
+    if (
+        cfg.adversary is Adversary.OUTSIDE_OBSERVER
+        and target.claims is not None
+        and target.claims[cfg.adversary].amplification
+    ):
+        return CanaryGame.ADD_REMOVE
+    return CanaryGame.ZERO_OUT
+
+
+def _participations(target: AuditTarget, cfg: CanaryConfig, rounds: int) -> int:
+    """Rounds per canary: as many as the audited run's worst client joined, so a
+    canary is charged no more than the claim under test."""
+    if cfg.participations is not None:
+        return min(cfg.participations, rounds)
+    if target.claims is not None and target.events is not None:
+        worst = target.claims[cfg.adversary].worst_client
+        if worst is not None:
+            joined = sum(
+                1 for ev in target.events if worst in (getattr(ev, "client_ids", None) or ())
+            )
+            return max(1, min(rounds, joined))
+    return rounds
+
+
+def _claimed_curve(
+    run: MechanismRun, *, adversary: Adversary, game: CanaryGame, delta: float, accountant: str
+) -> tuple[float | None, Tradeoff | None, dict[str, Any]]:
+    """The canaries' claim from the instrumented run's own ledger: (worst ε, curve, info)."""
+    if not run.events:
+        return None, None, {"claim": "no DP release in the instrumented run's ledger"}
+    res = adversary_epsilon(run.events, adversary=adversary, delta=delta, accountant=accountant)
+    if game is CanaryGame.ADD_REMOVE or res.per_client is None:
+        eps = res.epsilon
+        pairs = []
+        for d in _PROFILE_DELTAS:
+            e = adversary_epsilon(run.events, adversary=adversary, delta=d, accountant=accountant)
+            pairs.append((e.epsilon, d))
+        finite = tuple(p for p in pairs if math.isfinite(p[0]))
+        return eps, (ProfileTradeoff(finite) if finite else None), {"curve": "privacy profile"}
+    canaries = [c for c in run.canary_ids if c in res.per_client]
+    if not canaries:
+        return 0.0, None, {"claim": "no canary contributed to a recorded release"}
+    worst = max(canaries, key=lambda c: res.per_client[c])  # type: ignore[index]
+    eps = float(res.per_client[worst])
+    mechs = client_composition(run.events, adversary=adversary, client_id=worst)
+    if any(isinstance(m, NonPrivateMechanism) for m in mechs):
+        return math.inf, None, {"worst_canary": worst}
+    if all(isinstance(m, GaussianMechanism) for m in mechs):
+        mu = math.sqrt(math.fsum(1.0 / m.noise_multiplier**2 for m in mechs))  # type: ignore[union-attr]
+        return eps, GaussianTradeoff(mu), {"worst_canary": worst, "curve": f"{mu:.4g}-GDP"}
+    pairs = []
+    for d in _PROFILE_DELTAS:
+        acc = create_accountant(accountant)
+        for m in mechs:
+            acc.compose(m)
+        pairs.append((acc.get_epsilon(d), d))
+    return eps, ProfileTradeoff(tuple(pairs)), {"worst_canary": worst, "curve": "privacy profile"}
+
+
+def _cos_scores(proj: npt.NDArray[np.float64], vectors: npt.NDArray[np.float64]) -> Any:
+    norms = np.linalg.norm(vectors, axis=0)
+    norms[norms == 0] = 1.0
+    return proj / norms
+
+
+def run_canary_experiment(target: AuditTarget, cfg: CanaryConfig) -> CanaryExperiment:
+    """Run the mechanism once with canaries; memoized on the target (both audits share it)."""
+    key = ("canary", cfg)
+    if key in target.cache:
+        exp: CanaryExperiment = target.cache[key]
+        return exp
+    mech: MechanismUnderTest = (
+        target.mechanism
+        if target.mechanism is not None
+        else SimulationMechanism(target.config, target.dataset, rounds=cfg.rounds)
+    )
+    rng = np.random.default_rng([cfg.seed, 7])
+    m = cfg.num_canaries
+    game = _game_for(target, cfg)
+    secrets = rng.random(m) < cfg.inclusion_probability
+    calibration = rng.random(m) < cfg.calibration_fraction
+    norm = cfg.norm_multiplier * float(target.config.privacy.clip_norm)
+    schedule = None
+    k_join = None
+    if game is CanaryGame.ZERO_OUT:
+        k_join = _participations(target, cfg, mech.rounds)
+        schedule = zero_out_schedule(
+            canaries=m, rounds=mech.rounds, participations=k_join, seed=cfg.seed
+        )
+    plan = CanaryPlan(game=game, secrets=secrets, norm=norm, seed=cfg.seed, schedule=schedule)
+
+    def progress(done: int, total: int, what: str) -> None:
+        if (total >= 10 and done % max(1, total // 10) == 0) or done == total:
+            target.say(f"    canary run: {what} {done}/{total}")
+
+    target.say(
+        f"    {m} canary clients, {game.value} game, against the {cfg.adversary.value}, "
+        f"{mech.rounds} rounds on {mech.name}"
+    )
+    run = mech.run(plan, control=cfg.control, progress=progress)
+    accountant = str(target.config.privacy.accountant)
+    if accountant == "gdp":
+        accountant = "rdp"  # an approximation never states a claim
+    claim, curve, info = _claimed_curve(
+        run, adversary=cfg.adversary, game=game, delta=mech.delta, accountant=accountant
+    )
+    run_claim = target.claim_for(cfg.adversary) if target.claims is not None else None
+    if (
+        run_claim is not None
+        and claim is not None
+        and math.isfinite(run_claim)
+        and claim > run_claim * (1 + 1e-9) + 1e-12
+    ):
+        raise ConfigError(
+            f"the instrumented run's canaries are charged ε = {claim:.4g}, more than the "
+            f"audited run's claim {run_claim:.4g} against the {cfg.adversary.value}: such a "
+            "run cannot test that claim (use fewer canary participations)"
+        )
+    released = run.released
+    scores: dict[str, npt.NDArray[np.float64]] = {}
+    vectors = np.concatenate([released, run.model_delta[:, None]], axis=1)
+    proj = plan.projections(vectors, progress=progress)
+    if game is CanaryGame.ZERO_OUT:
+        if released.shape[1]:
+            # Align the schedule to the released rounds (a skipped round released nothing).
+            sched = run.contributed.T.astype(np.float64)
+            w = 1.0 / np.square(np.asarray(run.noise_multipliers or [1.0] * released.shape[1]))
+            scores["participation"] = (proj[:, :-1] * sched * w[None, :]).sum(axis=1)
+        else:
+            scores["participation"] = np.zeros(m)
+        scores["final_model"] = proj[:, -1]
+    else:
+        cos = _cos_scores(proj, vectors)
+        scores["all_iterates"] = cos[:, :-1].max(axis=1) if released.shape[1] else np.zeros(m)
+        scores["final_model"] = cos[:, -1]
+    exp = CanaryExperiment(
+        game=game,
+        secrets=secrets,
+        calibration=calibration,
+        scores=scores,
+        dimension=run.dimension,
+        rounds=len(run.rounds),
+        claimed_epsilon=claim,
+        run_claim=run_claim,
+        tradeoff=curve,
+        control=cfg.control,
+        adversary=cfg.adversary,
+        details={
+            "num_canaries": m,
+            "secrets_set": int(secrets.sum()),
+            "calibration": int(calibration.sum()),
+            "canary_norm": norm,
+            "game": game.value,
+            "adversary": cfg.adversary.value,
+            "participations_per_canary": k_join,
+            "mechanism": mech.name,
+            "claim_source": "instrumented run's ledger",
+            "audited_run_claim": run_claim,
+            **info,
+        },
+    )
+    target.cache[key] = exp
+    return exp
 
 
 def _fit(x: npt.NDArray[np.float64]) -> tuple[float, float]:
@@ -248,21 +468,20 @@ def _hist_png(exp: CanaryExperiment, title: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, obs in zip(axes, OBSERVATIONS, strict=True):
-        s = exp.scores[obs]
-        ax.hist(s[~exp.inserted], bins=40, alpha=0.6, label="not inserted (null)", density=True)
-        ax.hist(s[exp.inserted], bins=40, alpha=0.6, label="inserted", density=True)
-        ax.set_title(f"{obs.replace('_', ' ')}")
-        ax.set_xlabel("cosine(canary, observed)")
-    axes[0].legend(fontsize=8)
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, len(exp.scores))
+    for ax, (obs, s) in zip(np.atleast_1d(axes), exp.scores.items(), strict=True):
+        ax.hist(s[~exp.secrets], bins=40, alpha=0.6, label="secret bit 0 (null)", density=True)
+        ax.hist(s[exp.secrets], bins=40, alpha=0.6, label="secret bit 1", density=True)
+        ax.set_title(obs.replace("_", " "))
+        ax.set_xlabel("score")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -277,27 +496,25 @@ class CanaryEpsilonAudit(Audit):
         cfg = self.config
         exp = run_canary_experiment(target, cfg)
         delta = target.delta
-        # Bonferroni over the two observation models.
-        sig = cfg.significance / len(OBSERVATIONS)
+        # Bonferroni over the observation models.
+        sig = cfg.significance / len(exp.scores)
         metrics: dict[str, Any] = {}
         lbs, ests = [], []
-        for obs in OBSERVATIONS:
-            s = exp.scores[obs]
-            ins, outs = s[exp.inserted], s[~exp.inserted]
+        for obs, s in exp.scores.items():
+            ins, outs = s[exp.secrets], s[~exp.secrets]
             mu1, s1 = _fit(ins)
             mu0, s0 = _fit(outs)
             est = epsilon_two_gaussians(mu0, s0, mu1, s1, delta=delta)
-            # Threshold chosen on the calibration canaries only.
             cal, aud = exp.calibration, ~exp.calibration
-            thr = _best_threshold(s[cal & exp.inserted], s[cal & ~exp.inserted], delta, sig)
+            thr = _best_threshold(s[cal & exp.secrets], s[cal & ~exp.secrets], delta, sig)
             lb = threshold_epsilon_lower_bound(
-                s[aud & exp.inserted],
-                s[aud & ~exp.inserted],
+                s[aud & exp.secrets],
+                s[aud & ~exp.secrets],
                 threshold=thr,
                 delta=delta,
                 significance=sig,
             )
-            n_in, n_out = int((aud & exp.inserted).sum()), int((aud & ~exp.inserted).sum())
+            n_in, n_out = int((aud & exp.secrets).sum()), int((aud & ~exp.secrets).sum())
             ceiling = math.log(
                 max(1e-300, 1 - _cp_hi(0, n_in, sig) - delta) / _cp_hi(0, n_out, sig)
             )
@@ -306,17 +523,18 @@ class CanaryEpsilonAudit(Audit):
                 "epsilon_lower_bound": lb,
                 "bound_ceiling": ceiling,
                 "threshold": thr,
-                "inserted_mean": mu1,
-                "inserted_std": s1,
+                "bit1_mean": mu1,
+                "bit1_std": s1,
                 "null_mean": mu0,
                 "null_std": s0,
-                "closed_form_null_std": 1 / math.sqrt(exp.dimension),
             }
             lbs.append((lb, ceiling))
             ests.append(est)
         lb = max(x for x, _ in lbs)
         ceiling = max(c for _, c in lbs)
-        verdict, why = bound_verdict(lower_bound=lb, ceiling=ceiling, claimed=exp.claimed_epsilon)
+        verdict, why = bound_verdict(
+            lower_bound=lb, ceiling=ceiling, claimed=exp.claimed_epsilon, control=cfg.control
+        )
         est = max(ests)
         if (
             verdict is not Verdict.LEAK_FOUND
@@ -335,7 +553,7 @@ class CanaryEpsilonAudit(Audit):
             control=cfg.control,
             metrics=metrics,
             details={**exp.details, "rounds": exp.rounds, "dimension": exp.dimension},
-            figures={"canary_cosines": _hist_png(exp, "canary cosines")},
+            figures={"canary_scores": _hist_png(exp, "canary scores")},
         )
 
 
@@ -372,7 +590,7 @@ class OneRunGuess:
 def one_run_guesses(
     scores: npt.NDArray[np.float64], inserted: npt.NDArray[np.bool_], fraction: float
 ) -> OneRunGuess:
-    """Guess "in" for the top fraction/2 of scores and "out" for the bottom fraction/2."""
+    """Guess bit 1 for the top fraction/2 of scores and bit 0 for the bottom fraction/2."""
     n = scores.size
     k = max(1, min(n // 2, round(fraction * n / 2)))
     order = np.argsort(scores, kind="mergesort")
@@ -381,24 +599,37 @@ def one_run_guesses(
     return OneRunGuess(num_guesses=2 * k, num_correct=correct, fraction=fraction)
 
 
+_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
 def choose_fraction(
     scores: npt.NDArray[np.float64],
     inserted: npt.NDArray[np.bool_],
     *,
     delta: float,
     significance: float,
+    method: str = "steinke",
 ) -> float:
     """Guess fraction maximising the bound on *calibration* canaries."""
     best, best_f = -1.0, 1.0
-    for f in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0):
+    for f in _FRACTIONS:
         g = one_run_guesses(scores, inserted, f)
-        b = one_run_epsilon_lower_bound(
-            num_canaries=scores.size,
-            num_guesses=g.num_guesses,
-            num_correct=g.num_correct,
-            delta=delta,
-            significance=significance,
-        )
+        if method == "fdp":
+            b = fdp_gaussian_epsilon_lower_bound(
+                num_canaries=scores.size,
+                num_guesses=g.num_guesses,
+                num_correct=g.num_correct,
+                delta=delta,
+                significance=significance,
+            )
+        else:
+            b = one_run_epsilon_lower_bound(
+                num_canaries=scores.size,
+                num_guesses=g.num_guesses,
+                num_correct=g.num_correct,
+                delta=delta,
+                significance=significance,
+            )
         if b > best:
             best, best_f = b, f
     return best_f
@@ -406,7 +637,11 @@ def choose_fraction(
 
 @dataclass(frozen=True, kw_only=True)
 class OneRunAudit(Audit):
-    """Steinke, Nasr, Jagielski 2023: ε lower bound from a single training run."""
+    """One-run ε lower bounds: Steinke, Nasr, Jagielski 2023 and Mahloujifar et al. 2024.
+
+    The f-DP analysis tests the claimed trade-off curve itself; the reported
+    f-DP bound is the largest ε at δ whose Gaussian mechanism it rejects.
+    """
 
     config: CanaryConfig = field(default_factory=CanaryConfig)
     name: str = "one_run"
@@ -415,41 +650,71 @@ class OneRunAudit(Audit):
         cfg = self.config
         exp = run_canary_experiment(target, cfg)
         delta = target.delta
-        sig = cfg.significance / len(OBSERVATIONS)
+        # Bonferroni over observation models and the two analyses.
+        sig = cfg.significance / (2 * len(exp.scores))
         cal, aud = exp.calibration, ~exp.calibration
         m_aud = int(aud.sum())
         metrics: dict[str, Any] = {}
-        best_lb, best_ceiling = 0.0, 0.0
-        for obs in OBSERVATIONS:
-            s = exp.scores[obs]
-            f = choose_fraction(s[cal], exp.inserted[cal], delta=delta, significance=sig)
-            g = one_run_guesses(s[aud], exp.inserted[aud], f)
-            lb = one_run_epsilon_lower_bound(
-                num_canaries=m_aud,
-                num_guesses=g.num_guesses,
-                num_correct=g.num_correct,
-                delta=delta,
-                significance=sig,
-            )
-            ceiling = one_run_epsilon_lower_bound(
-                num_canaries=m_aud,
-                num_guesses=g.num_guesses,
-                num_correct=g.num_guesses,
-                delta=delta,
-                significance=sig,
-            )
-            metrics[obs] = {
-                "epsilon_lower_bound": lb,
-                "bound_ceiling": ceiling,
-                "guess_fraction": f,
-                "guesses": g.num_guesses,
-                "correct": g.num_correct,
-                "audited_canaries": m_aud,
-            }
-            best_lb = max(best_lb, lb)
-            best_ceiling = max(best_ceiling, ceiling)
+        best_lb, best_ceiling, rejected = 0.0, 0.0, False
+        gaussian_claim = isinstance(exp.tradeoff, GaussianTradeoff)
+        for obs, s in exp.scores.items():
+            out: dict[str, Any] = {"audited_canaries": m_aud}
+            for method in ("steinke", "fdp"):
+                f = choose_fraction(
+                    s[cal], exp.secrets[cal], delta=delta, significance=sig, method=method
+                )
+                g = one_run_guesses(s[aud], exp.secrets[aud], f)
+                bound = (
+                    one_run_epsilon_lower_bound
+                    if method == "steinke"
+                    else fdp_gaussian_epsilon_lower_bound
+                )
+                lb = bound(
+                    num_canaries=m_aud,
+                    num_guesses=g.num_guesses,
+                    num_correct=g.num_correct,
+                    delta=delta,
+                    significance=sig,
+                )
+                # What the audit could show at best: every audited canary guessed right.
+                full = 2 * (m_aud // 2)
+                ceiling = bound(
+                    num_canaries=m_aud,
+                    num_guesses=full,
+                    num_correct=full,
+                    delta=delta,
+                    significance=sig,
+                )
+                rej = None
+                if method == "fdp" and exp.tradeoff is not None:
+                    # The f-DP test of the claimed curve itself (exact μ-GDP, or the profile).
+                    rej = fdp_one_run_rejects(
+                        num_canaries=m_aud,
+                        num_guesses=g.num_guesses,
+                        num_correct=g.num_correct,
+                        tradeoff=exp.tradeoff,
+                        significance=sig,
+                    )
+                    rejected = rejected or rej
+                out[method] = {
+                    "epsilon_lower_bound": lb,
+                    "bound_ceiling": ceiling,
+                    "guess_fraction": f,
+                    "guesses": g.num_guesses,
+                    "correct": g.num_correct,
+                    "claimed_curve_rejected": rej,
+                }
+                # The GDP-family number bounds ε only for a Gaussian-shaped claim.
+                if method == "steinke" or gaussian_claim:
+                    best_lb = max(best_lb, lb)
+                    best_ceiling = max(best_ceiling, ceiling)
+            metrics[obs] = out
         verdict, why = bound_verdict(
-            lower_bound=best_lb, ceiling=best_ceiling, claimed=exp.claimed_epsilon
+            lower_bound=best_lb,
+            ceiling=best_ceiling,
+            claimed=exp.claimed_epsilon,
+            control=cfg.control,
+            rejected=rejected,
         )
         return AuditResult(
             audit=self.name,

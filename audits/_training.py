@@ -3,7 +3,11 @@
 Audits never change an algorithm: they build the update path the config asks
 for (:func:`secure_fml.update_paths.build_update_path`), optionally break it
 for a positive control (:class:`~audits._core.Control`), wrap it, and run the
-ordinary :class:`~secure_fml.simulation.Simulation` rounds.
+ordinary :class:`~secure_fml.simulation.Simulation` rounds. Positive controls
+are faults injected here, in the audit's own instrumentation: the ledger is
+charged as usual, exactly as a real bug would leave it. The noise-off control
+works on every path, including the discrete Gaussian inside secure
+aggregation (:class:`_NoiselessSecureSum` drops each client's noise share).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy.typing as npt
 import torch
 
 from audits._core import Control
-from privacy import GaussianNoiseSource
+from privacy import Adversary, GaussianNoiseSource, adversary_epsilon
 from privacy.errors import ConfigError
 from secure_fml.config import Config
 from secure_fml.data import FederatedDataset
@@ -40,6 +44,25 @@ class ZeroNoise(GaussianNoiseSource):
 
     def standard_normal(self, n: int) -> npt.NDArray[np.float64]:
         return np.zeros(int(n), dtype=np.float64)
+
+
+class _NoiselessSecureSum(SecureSum):
+    """Secure aggregation whose clients add no discrete Gaussian share (positive control).
+
+    The DP wrapper still computes the noise and scale and records the release
+    with them: the bug "the noise share was never added on the DDGauss path".
+    """
+
+    def aggregate(
+        self,
+        ctx: Any,
+        contributions: Any,
+        *,
+        noise_stddev_int: float = 0.0,
+        scale: float | None = None,
+    ) -> Any:
+        del noise_stddev_int
+        return super().aggregate(ctx, contributions, noise_stddev_int=0.0, scale=scale)
 
 
 class _UnclippedDP(DifferentialPrivacy):
@@ -77,12 +100,17 @@ def build_path(
     if control is Control.NOISE_OFF:
         if not isinstance(path, DifferentialPrivacy):
             raise ConfigError("the noise_off control needs privacy.enabled = true")
-        if isinstance(path.inner, SecureSum):
-            raise ConfigError(
-                "the noise_off control needs central or plain distributed noise "
-                "(discrete Gaussian noise inside SecAgg is not replaceable from outside)"
-            )
         path.source = ZeroNoise()
+        if isinstance(path.inner, SecureSum):
+            inner = path.inner
+            broken = _NoiselessSecureSum(
+                mode=inner.mode,
+                clip_norm=inner.clip_norm,
+                dropout_fraction=inner.dropout_fraction,
+                modulus_bits=inner.modulus_bits,
+                rng=inner.rng,
+            )
+            path.inner = broken
     elif control is Control.CLIPPING_OFF:
         if not isinstance(path, DifferentialPrivacy) or isinstance(path.inner, SecureSum):
             raise ConfigError(
@@ -105,12 +133,17 @@ def build_path(
 
 @dataclass
 class TrainedRun:
-    """A finished instrumented run: the simulation, θ_0, and the claimed ε."""
+    """A finished instrumented run: the simulation, θ_0, its ledger and the claimed ε.
+
+    ``claimed_epsilon`` is the run's own ledger's ε against an outside observer
+    (who sees the released models), the figure a model-based attack tests.
+    """
 
     sim: Simulation
     initial_state: torch.Tensor
     claimed_epsilon: float | None
     path: UpdatePath
+    events: tuple[Any, ...] = ()
 
     @property
     def final_state(self) -> torch.Tensor:
@@ -124,6 +157,7 @@ def train(
     control: Control = Control.NONE,
     wrap: Callable[[UpdatePath], UpdatePath] | None = None,
     rounds: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> TrainedRun:
     """Run ``rounds`` (default: the config's) instrumented rounds in-process."""
     split = dataset.split_clients(
@@ -140,19 +174,28 @@ def train(
         path = wrap(inner) if wrap is not None else inner
         sim = Simulation(config, dataset=dataset, update_path=path)
         theta0 = sim.state.clone()
+        total = rounds if rounds is not None else config.server.rounds
+        events: tuple[Any, ...] = ()
+        claimed: float | None = None
         try:
-            for _ in range(rounds if rounds is not None else config.server.rounds):
+            for t in range(total):
                 sim.run_round()
-            claimed = (
-                float(
-                    inner.ledger.epsilon(
-                        delta=config.privacy.delta, accountant=config.privacy.accountant
-                    )
+                if progress is not None:
+                    progress(t + 1, total, "training rounds")
+            if isinstance(inner, DifferentialPrivacy):
+                events = inner.ledger.events
+                accountant = config.privacy.accountant
+                claimed = float(
+                    adversary_epsilon(
+                        events,
+                        adversary=Adversary.OUTSIDE_OBSERVER,
+                        delta=config.privacy.delta,
+                        accountant="rdp" if accountant == "gdp" else accountant,
+                    ).epsilon
                 )
-                if isinstance(inner, DifferentialPrivacy)
-                else None
-            )
         finally:
             if isinstance(inner, DifferentialPrivacy):
                 inner.ledger.close()
-    return TrainedRun(sim=sim, initial_state=theta0, claimed_epsilon=claimed, path=path)
+    return TrainedRun(
+        sim=sim, initial_state=theta0, claimed_epsilon=claimed, path=path, events=events
+    )

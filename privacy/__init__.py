@@ -50,6 +50,7 @@ from privacy._adversary import (
     EpsilonByAdversary,
     EpsilonCache,
     adversary_epsilon,
+    client_composition,
     epsilon_by_adversary,
 )
 from privacy._clipping import (
@@ -199,6 +200,7 @@ __all__ = [
     "adversary_epsilon",
     "build_report",
     "central_noise_std",
+    "client_composition",
     "clip_update",
     "config_hash",
     "create_accountant",

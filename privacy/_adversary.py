@@ -84,6 +84,7 @@ __all__ = [
     "EpsilonByAdversary",
     "EpsilonCache",
     "adversary_epsilon",
+    "client_composition",
     "epsilon_by_adversary",
     "events_of",
 ]
@@ -572,6 +573,30 @@ def _observer(
         skipped_rounds=len(skips),
         notes=tuple(notes),
     )
+
+
+def client_composition(
+    source: Any,
+    *,
+    adversary: Adversary,
+    client_id: str,
+    colluding_sites: int | None = None,
+) -> tuple[Mechanism, ...]:
+    """The mechanisms charged to ``client_id`` against ``adversary`` when the sample is
+    known (one per release it contributed to, or that recorded no ids).
+
+    What an audit needs to state the claimed trade-off curve of one client.
+    """
+    releases, _ = _split(events_of(source))
+    out: list[Mechanism] = []
+    for ev in releases:
+        if ev.client_ids is not None and client_id not in ev.client_ids:
+            continue
+        if adversary is Adversary.COORDINATOR:
+            out.append(_coordinator_mechanism(ev, colluding_sites)[0])
+        else:
+            out.append(_observer_mechanism(ev))
+    return tuple(out)
 
 
 def adversary_epsilon(
