@@ -106,7 +106,8 @@ def rdp_to_epsilon(rdp: npt.NDArray[np.float64], delta: float) -> float:
         # order range that only happens for ε far outside any useful budget.
         warnings.simplefilter("ignore", UserWarning)
         eps, _ = rdp_analysis.get_privacy_spent(orders=list(RDP_ORDERS), rdp=arr, delta=delta)
-    return float(eps)
+    # The conversion can dip below 0 at large δ; every mechanism is (0, δ)-DP there.
+    return max(0.0, float(eps))
 
 
 def gaussian_delta(mu: float, epsilon: float) -> float:
