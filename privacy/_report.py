@@ -145,7 +145,19 @@ def run_metadata(
 # --------------------------------------------------------------------------
 
 
-def plain_reading(epsilon: float, delta: float, adversary: Adversary) -> str:
+_CHANGE = {
+    NeighbouringRelation.ADD_REMOVE: "adding or removing that client",
+    NeighbouringRelation.REPLACE_ONE: "replacing that client's data by anyone else's",
+    NeighbouringRelation.ZERO_OUT: "using that client's data or not (its update replaced by zeros)",
+}
+
+
+def plain_reading(
+    epsilon: float,
+    delta: float,
+    adversary: Adversary,
+    relation: NeighbouringRelation = NeighbouringRelation.ADD_REMOVE,
+) -> str:
     """What (ε, δ) means for one client, against ``adversary``, in words."""
     who = adversary.describe()
     if not math.isfinite(epsilon):
@@ -153,11 +165,11 @@ def plain_reading(epsilon: float, delta: float, adversary: Adversary) -> str:
     factor = math.exp(epsilon) if epsilon < 700 else math.inf
     tpr = min(1.0, factor * 0.01 + delta)
     return (
-        f"Against {who}: for any one client, adding or hiding that client's data changes "
-        f"the probability of anything this adversary sees by at most a factor "
-        f"e^ε = {factor:.3g}, except with probability δ = {delta:g}. Equivalently, any "
-        f"test of 'was this client's data used?' that wrongly accuses 1% of clients who "
-        f"did not take part can correctly detect at most {100 * tpr:.3g}% of those who did."
+        f"Against {who}: for any one client, {_CHANGE[relation]} changes the probability "
+        f"of anything this adversary sees by at most a factor e^ε = {factor:.3g}, except "
+        f"with probability δ = {delta:g}. Equivalently, any test of 'was this client's data "
+        f"used?' that wrongly accuses 1% of the clients whose data was not used can correctly "
+        f"detect at most {100 * tpr:.3g}% of those whose data was."
     )
 
 
@@ -186,6 +198,13 @@ def _num(x: float) -> float | None:
 def _section(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     inner = config.get(name)
     return inner if isinstance(inner, Mapping) else {}
+
+
+def _model_name(model: Any) -> str | None:
+    if isinstance(model, Mapping):
+        kind = model.get("kind") or model.get("name")
+        return None if kind is None else str(kind)
+    return None if model is None else str(model)
 
 
 def _privacy_cfg(config: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -271,7 +290,7 @@ def _relations(releases: Sequence[Any]) -> list[str]:
     for (mode, placement, rel), n in sorted(groups.items(), key=lambda kv: kv[0][:2]):
         out.append(
             f"{n} release(s) with {mode} sampling and {placement} noise: the sampling-"
-            f"amplified accounting assumes {rel.value.replace('_', '/')} ({rel.describe()})."
+            f"amplified accounting assumes {rel.value.replace('_', '-')} ({rel.describe()})."
         )
     return out
 
@@ -507,7 +526,7 @@ def _headline_item(
     d = r.as_dict()
     d["epsilon"] = _num(r.epsilon)
     d["guaranteed"] = r.guaranteed
-    d["reading"] = plain_reading(r.epsilon, delta, adv)
+    d["reading"] = plain_reading(r.epsilon, delta, adv, r.relation)
     return d
 
 
@@ -646,7 +665,7 @@ def build_report(
         "mechanism": _mechanism_line(releases, skips, accountant),
         "algorithm": {
             "name": summ.get("algorithm") or algo.get("name"),
-            "model": summ.get("model") or model.get("kind"),
+            "model": _model_name(summ.get("model")) or model.get("kind"),
             "parameters": summ.get("parameters"),
             "dataset": summ.get("dataset") or data_cfg.get("preset"),
         },
@@ -685,7 +704,7 @@ def build_report(
             "relations": _relations(releases),
             "adversary_relations": {
                 adv.value: (
-                    f"{r.relation.value}: {r.relation.describe()}"
+                    f"{r.relation.value.replace('_', '-')}: {r.relation.describe()}"
                     + ("; amplified by sampling" if r.amplification else "; no amplification")
                 )
                 for adv, r in results.items()

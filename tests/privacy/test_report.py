@@ -121,7 +121,7 @@ def test_report_files_and_pngs(tmp_path: Path) -> None:
     )
     trust = " ".join(report["trust"])
     assert "honest-but-curious" in trust and "c = 3" in trust and "Malicious coordinator" in trust
-    assert any("zero/out" in r for r in report["statements"]["relations"])
+    assert any("zero-out" in r for r in report["statements"]["relations"])
     assert "Poisson" in report["statements"]["sampling"]
     assert "σ = " in report["mechanism"] and "secure aggregation on ×12" in report["mechanism"]
     assert "validation and 0 test" not in report["clients"]["statement"]
@@ -155,7 +155,7 @@ def test_report_for_central_noise_says_no_guarantee_against_the_coordinator(
     assert report["headline"]["outside_observer"]["guaranteed"] is True
     # Finding 5: fixed-size rounds state replace-one, not "added or removed".
     rel = " ".join(report["statements"]["relations"])
-    assert "replace/one" in rel and "add/remove" not in rel
+    assert "replace-one" in rel and "add-remove" not in rel
     # Seeded noise gets a loud banner at the top of every rendering.
     assert report["seeded_noise"] is True and "INSECURE TEST MODE" in report["banner"]
     paths = write_report(tmp_path, cfg, tmp_path / "out")
@@ -275,8 +275,11 @@ def test_sample_secret_reports_publish_neither_ids_nor_counts(tmp_path: Path) ->
 
 
 def test_plain_reading_numbers() -> None:
-    text = privacy.plain_reading(math.log(2.0), 1e-5, privacy.Adversary.COORDINATOR)
-    assert "e^ε = 2" in text and "at most 2% of those who did" in text
+    text = privacy.plain_reading(
+        math.log(2.0), 1e-5, privacy.Adversary.COORDINATOR, privacy.NeighbouringRelation.ZERO_OUT
+    )
+    assert "e^ε = 2" in text and "at most 2% of those whose data was" in text
+    assert "replaced by zeros" in text
     assert privacy.plain_reading(math.inf, 1e-5, privacy.Adversary.COORDINATOR).startswith(
         "No differential-privacy guarantee"
     )
