@@ -177,7 +177,7 @@ def _fmt(x: Any) -> str:
     if x is None:
         return "n/a"
     if isinstance(x, str):
-        return x
+        return "∞ (no guarantee)" if x == "inf" else x
     if isinstance(x, float):
         if math.isinf(x):
             return "∞ (no guarantee)"
@@ -421,7 +421,7 @@ def _accountant_table(
                 r = adversary_epsilon(
                     round_events, adversary=adv, delta=delta, accountant=name, cache=cache
                 )
-                row[adv.value] = _num(r.epsilon)
+                row[adv.value] = _num(r.epsilon) if math.isfinite(r.epsilon) else "inf"
             except PrivacyError as exc:
                 row[adv.value] = None
                 row.setdefault("notes", []).append(f"{adv.value}: {exc}")
@@ -633,9 +633,16 @@ def build_report(
     budget_adv = str(cfg.get("budget_adversary", Adversary.COORDINATOR.value))
     algo, model, data_cfg = (_section(config, k) for k in ("algorithm", "model", "data"))
     summ: Mapping[str, Any] = summary if summary is not None else {}
-    per_client = None
-    if coordinator is not None and coordinator.per_client and publish_ids:
-        per_client = {k: _num(v) for k, v in coordinator.per_client.items()}
+    # The per-client plot: against the coordinator, or the observer when the coordinator
+    # has no finite figure (central noise).
+    per_client, per_client_adv = None, None
+    for adv in Adversary:
+        r = results[adv]
+        if r is not None and r.per_client and publish_ids:
+            vals = {k: _num(v) for k, v in r.per_client.items()}
+            if any(v is not None for v in vals.values()):
+                per_client, per_client_adv = vals, adv.value
+                break
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA_VERSION,
         "dp": dp,
@@ -678,6 +685,7 @@ def build_report(
         "epsilon_curves": _curves(round_events, d, accountant, cache) if dp else {},
         "accountants": _accountant_table(round_events, d, cache) if dp else {},
         "per_client_epsilon": per_client,
+        "per_client_epsilon_adversary": per_client_adv,
         "per_client_distribution": (
             coordinator.as_dict()["distribution"]
             if coordinator is not None and publish_ids
@@ -767,9 +775,10 @@ def _plots(report: Mapping[str, Any]) -> dict[str, bytes]:
             fig = Figure(figsize=(6.4, 3.5))
             ax = fig.subplots()
             ax.bar(range(len(vals)), vals, width=1.0)
+            who = str(report["per_client_epsilon_adversary"]).replace("_", " ")
             ax.set_xlabel("client (sorted by ε)")
-            ax.set_ylabel("ε against the coordinator")
-            ax.set_title(f"Per-client ε against the coordinator ({len(vals)} clients)")
+            ax.set_ylabel(f"ε against the {who}")
+            ax.set_title(f"Per-client ε against the {who} ({len(vals)} clients)")
             save(fig, "per_client_epsilon.png")
 
     rows = [r for r in report["rounds"] if r["type"] != "SkippedRound"]
@@ -812,10 +821,10 @@ def _headline_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         eps = "no DP guarantee" if not h["guaranteed"] else f"{h['epsilon']:.4g}"
         how = ""
         if h.get("relation"):
-            how = f"{h['relation'].replace('_', '/')}, " + (
+            how = f"{h['relation'].replace('_', '-')}, " + (
                 "amplified by sampling" if h.get("amplification") else "no amplification"
             )
-            if h.get("worst_client"):
+            if h.get("worst_client") and h["guaranteed"]:
                 how += f", worst client {h['worst_client']}"
         rows.append((adv.replace("_", " "), eps, how))
     return rows
