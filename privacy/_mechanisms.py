@@ -22,8 +22,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from privacy._analysis import RDP_ORDERS
 from privacy._validation import (
-    require_finite,
     require_int,
     require_positive,
     require_probability,
@@ -244,10 +244,11 @@ class RdpCurveMechanism:
     def __post_init__(self) -> None:
         if not isinstance(self.rdp, tuple):
             raise TypeError("rdp must be a tuple of floats")
-        for x in self.rdp:
-            v = require_finite("rdp", x) if math.isfinite(float(x)) else float(x)
-            if math.isnan(v) or v < 0:
-                raise ConfigError("rdp must be a non-negative vector over RDP_ORDERS")
+        if len(self.rdp) != len(RDP_ORDERS):
+            raise ConfigError(f"rdp must have one value per RDP order ({len(RDP_ORDERS)})")
+        # +inf is a valid (vacuous) RDP value at an order; NaN and negatives are not.
+        if any(math.isnan(float(x)) or float(x) < 0 for x in self.rdp):
+            raise ConfigError("rdp must be a non-negative vector over RDP_ORDERS")
 
     def describe(self) -> str:
         return f"{self.label} (RDP-curve release)"
