@@ -6,16 +6,24 @@ frozen, validated config; :class:`AuditRunner` runs a list of them against one
 and returns :class:`AuditResult` records that the report renders.
 
 Verdict rules (one place, so every audit answers the same question,
-"does the deployed configuration leak more than the ε we report?"):
+"does the audited run leak more than the ε its ledger reports?"):
 
 - ``LEAK_FOUND``: an empirical lower bound, valid at confidence 1 - β, exceeds
-  the claimed ε; or, where nothing is claimed (DP off), a confident leak
-  (a lower bound > 0, a recognisable reconstruction, a protocol that did not abort).
+  the claimed ε (or the claimed trade-off curve is rejected); or, where
+  nothing is claimed (DP off), a confident leak (a lower bound > 0, a
+  recognisable reconstruction, a protocol that did not abort). Under a
+  positive control this is the control firing, as it must.
 - ``PASS``: the audit could have exceeded the claim (its ceiling is above the
   claim) and did not.
 - ``INCONCLUSIVE``: the audit cannot reach the claimed ε with the evidence it
-  has (e.g. too few canaries for the bound to exceed the claim), so "no leak
-  found" would mean nothing.
+  has (e.g. too few canaries), so "no leak found" would mean nothing; and a
+  positive control that did not fire (the audit is blind to that fault).
+- ``ERROR``: the audit crashed or could not set up a valid test. Never
+  "inconclusive", never "pass".
+
+Exit codes (:func:`exit_code`, the release gate): 1 if any audit found a
+violation or a positive control fired, else 2 if any audit errored, else 3 if
+any was inconclusive, else 0 (every audit conclusive and clean).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,12 +42,14 @@ from secure_fml.data import FederatedDataset
 
 __all__ = [
     "Audit",
+    "AuditExit",
     "AuditResult",
     "AuditRunner",
     "AuditTarget",
     "Control",
     "Verdict",
     "bound_verdict",
+    "exit_code",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +59,28 @@ class Verdict(enum.Enum):
     PASS = "pass"
     LEAK_FOUND = "leak_found"
     INCONCLUSIVE = "inconclusive"
+    ERROR = "error"
+
+
+class AuditExit(enum.IntEnum):
+    """Process exit status of an audit run (the release gate)."""
+
+    CLEAN = 0
+    VIOLATION = 1
+    ERROR = 2
+    INCONCLUSIVE = 3
+
+
+def exit_code(results: Sequence[AuditResult]) -> AuditExit:
+    """Violation (or a fired positive control) > error > inconclusive > clean."""
+    verdicts = {r.verdict for r in results}
+    if Verdict.LEAK_FOUND in verdicts:
+        return AuditExit.VIOLATION
+    if Verdict.ERROR in verdicts or not results:
+        return AuditExit.ERROR
+    if Verdict.INCONCLUSIVE in verdicts:
+        return AuditExit.INCONCLUSIVE
+    return AuditExit.CLEAN
 
 
 class Control(enum.Enum):
@@ -66,24 +98,44 @@ class Control(enum.Enum):
 
 @dataclass(frozen=True, kw_only=True)
 class AuditTarget:
-    """What is audited: a run configuration, its data and the ε it reports.
+    """What is audited: a run configuration, its data and the ε its ledger reports.
 
-    ``claimed_epsilon`` is None when the configuration makes no DP claim
-    (privacy off). Audits that train compute their own claim from their own
-    ledger (the accountant's ε for exactly the releases they observed) and
-    record it in their result.
+    ``claims`` is the audited run's per-adversary ε, read from its ledger
+    (:func:`privacy.epsilon_by_adversary`), never recomputed from the config;
+    None when auditing a configuration without a run, in which case each audit
+    reads the claim from the ledger of the run it instruments. ``mechanism``
+    replaces the default (today's simulation) with another mechanism under test
+    (:class:`audits._mechanism.MechanismUnderTest`, e.g. the round engine).
+    ``claimed_epsilon`` (legacy) fixes one number for every audit.
     """
 
     config: Config
     dataset: FederatedDataset | None = None
     claimed_epsilon: float | None = None
+    claims: Any = None  # privacy.EpsilonByAdversary | None
+    events: tuple[Any, ...] | None = None  # the audited run's ledger events
+    mechanism: Any = None  # MechanismUnderTest | None
     seed: int = 0
+    progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
     #: Shared, memoized experiments (e.g. one canary run serves two audits).
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def delta(self) -> float:
         return self.config.privacy.delta
+
+    def claim_for(self, adversary: Any) -> float | None:
+        """The audited run's ε against ``adversary`` (None: no claim on record)."""
+        if self.claims is not None:
+            eps = float(self.claims[adversary].epsilon)
+            return eps
+        return self.claimed_epsilon
+
+    def say(self, message: str) -> None:
+        """Progress output on long work (the CLI prints it; tests stay quiet)."""
+        log.info(message)
+        if self.progress is not None:
+            self.progress(message)
 
 
 @dataclass(frozen=True)
@@ -159,16 +211,38 @@ def _jsonable(x: Any) -> Any:
 
 
 def bound_verdict(
-    *, lower_bound: float, ceiling: float, claimed: float | None
+    *,
+    lower_bound: float,
+    ceiling: float,
+    claimed: float | None,
+    control: Control = Control.NONE,
+    rejected: bool | None = None,
 ) -> tuple[Verdict, str]:
-    """The shared rule for audits that produce an ε lower bound (see module doc)."""
+    """The shared rule for audits that produce an ε lower bound (see module doc).
+
+    ``rejected``: whether a test of the claimed trade-off curve itself rejected
+    (f-DP); counts as a violation like a bound above the claim.
+    """
     if claimed is None:
         if lower_bound > 0:
             return Verdict.LEAK_FOUND, (f"no DP claim, and the audit proves ε >= {lower_bound:.2f}")
         return Verdict.INCONCLUSIVE, "no DP claim and no provable leakage"
-    if lower_bound > claimed:
-        return Verdict.LEAK_FOUND, (
-            f"empirical lower bound {lower_bound:.2f} exceeds the claimed ε {claimed:.2f} (a bug)"
+    if not math.isfinite(claimed):
+        return Verdict.INCONCLUSIVE, "the run claims no finite ε against this adversary"
+    violated = lower_bound > claimed or bool(rejected)
+    if violated:
+        why = (
+            f"empirical lower bound {lower_bound:.2f} exceeds the claimed ε {claimed:.2f}"
+            if lower_bound > claimed
+            else f"the claimed privacy curve (ε = {claimed:.2f}) is rejected"
+        )
+        if control is not Control.NONE:
+            return Verdict.LEAK_FOUND, f"positive control {control.value} fired: {why}"
+        return Verdict.LEAK_FOUND, f"{why} (a bug)"
+    if control is not Control.NONE:
+        return Verdict.INCONCLUSIVE, (
+            f"positive control {control.value} did not fire (bound {lower_bound:.2f} <= "
+            f"claim {claimed:.2f}): this audit cannot see that fault"
         )
     if ceiling <= claimed:
         return Verdict.INCONCLUSIVE, (
@@ -189,9 +263,10 @@ class Audit(ABC):
 
 
 class AuditRunner:
-    """Runs audits in order; an audit that raises becomes an INCONCLUSIVE record.
+    """Runs audits in order; an audit that raises becomes an ERROR record.
 
-    A crashed audit must never read as PASS, and must not hide the others' results.
+    A crashed audit must never read as PASS or INCONCLUSIVE, and must not hide
+    the others' results.
     """
 
     def __init__(self, audits: Sequence[Audit]) -> None:
@@ -199,7 +274,8 @@ class AuditRunner:
 
     def run(self, target: AuditTarget) -> list[AuditResult]:
         results: list[AuditResult] = []
-        for audit in self.audits:
+        for i, audit in enumerate(self.audits, 1):
+            target.say(f"[{i}/{len(self.audits)}] {audit.name}: started")
             t0 = time.perf_counter()
             try:
                 res = audit.run(target)
@@ -207,13 +283,34 @@ class AuditRunner:
                 log.exception("audit %s failed", audit.name)
                 res = AuditResult(
                     audit=audit.name,
-                    verdict=Verdict.INCONCLUSIVE,
+                    verdict=Verdict.ERROR,
                     summary=f"audit raised {type(exc).__name__}: {exc}",
                     claimed_epsilon=target.claimed_epsilon,
+                    control=getattr(getattr(audit, "config", None), "control", Control.NONE),
                 )
             elapsed = time.perf_counter() - t0
+            res = _control_rule(res)
+            target.say(
+                f"[{i}/{len(self.audits)}] {audit.name}: {res.verdict.value} ({elapsed:.1f} s)"
+            )
             results.append(_with_seconds(res, elapsed))
         return results
+
+
+def _control_rule(res: AuditResult) -> AuditResult:
+    """Under a positive control a pass means the audit is blind to the fault."""
+    from dataclasses import replace
+
+    if res.control is not Control.NONE and res.verdict is Verdict.PASS:
+        return replace(
+            res,
+            verdict=Verdict.INCONCLUSIVE,
+            summary=(
+                f"positive control {res.control.value} did not fire: this audit cannot see "
+                f"that fault ({res.summary})"
+            ),
+        )
+    return res
 
 
 def _with_seconds(res: AuditResult, seconds: float) -> AuditResult:

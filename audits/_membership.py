@@ -34,7 +34,7 @@ import numpy.typing as npt
 import torch
 
 from audits._canary import choose_fraction, one_run_guesses
-from audits._core import Audit, AuditResult, AuditTarget, Control, bound_verdict
+from audits._core import Audit, AuditResult, AuditTarget, Control, Verdict, bound_verdict
 from audits._stats import auc, one_run_epsilon_lower_bound, roc, tpr_at_fpr
 from audits._training import dataset_for, train
 from privacy.errors import ConfigError
@@ -255,8 +255,15 @@ class MembershipInferenceAudit(Audit):
             metrics[level]["one_run_guesses"] = [g.num_correct, g.num_guesses]
         lb = max(lbs.values())
         verdict, why = bound_verdict(
-            lower_bound=lb, ceiling=max(ceilings.values()), claimed=claimed
+            lower_bound=lb, ceiling=max(ceilings.values()), claimed=claimed, control=cfg.control
         )
+        if plain_sum and config.privacy.enabled and verdict is Verdict.PASS:
+            # A pass on a stand-in says nothing about the mechanism that ships.
+            verdict = Verdict.INCONCLUSIVE
+            why = (
+                "audited a central-noise stand-in of the secure-aggregation mechanism, not the "
+                f"mechanism itself: {why}"
+            )
         return AuditResult(
             audit=self.name,
             verdict=verdict,

@@ -13,7 +13,12 @@ from audits._core import AuditResult, Verdict
 
 __all__ = ["render_html", "write_report"]
 
-_COLOURS = {Verdict.PASS: "#1a7f37", Verdict.LEAK_FOUND: "#cf222e", Verdict.INCONCLUSIVE: "#9a6700"}
+_COLOURS = {
+    Verdict.PASS: "#1a7f37",
+    Verdict.LEAK_FOUND: "#cf222e",
+    Verdict.INCONCLUSIVE: "#9a6700",
+    Verdict.ERROR: "#8250df",
+}
 
 
 def _fmt(x: Any) -> str:
@@ -55,9 +60,11 @@ def render_html(results: Sequence[AuditResult], meta: Mapping[str, Any]) -> str:
         "font-size:13px}img{max-width:100%}pre{font-size:11px;background:#f6f8fa}</style>"
         "</head><body><h1>secure-fml attack audit</h1>"
         "<p>Question answered by every audit: does the deployed configuration leak more "
-        "than the ε we report? LEAK_FOUND with a finite claim means an empirical lower "
-        "bound (valid at the stated confidence) exceeds the claimed ε: a bug. "
-        "INCONCLUSIVE means the audit could not have shown a violation.</p>"
+        "than the ε its ledger reports? LEAK_FOUND with a finite claim means an empirical "
+        "lower bound (valid at the stated confidence) exceeds the claimed ε, or the claimed "
+        "privacy curve is rejected: a bug (or, under a positive control, the control firing). "
+        "INCONCLUSIVE means the audit could not have shown a violation; ERROR that it crashed. "
+        "Exit status: 0 clean, 1 violation, 2 error, 3 inconclusive.</p>"
         "<table><tr><th>audit</th><th>control</th><th>verdict</th><th>claimed ε</th>"
         "<th>ε lower bound</th><th>ε estimate</th><th>summary</th><th>s</th></tr>"
         f"{rows}</table>{''.join(sections)}<h2>run</h2><pre>{meta_html}</pre></body></html>"
@@ -69,8 +76,13 @@ def write_report(
 ) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from audits._core import exit_code
+
+    code = exit_code(results)
     payload = {
         "meta": dict(meta),
+        "exit_code": int(code),
+        "exit_meaning": code.name.lower(),
         "bound_exceeds_claim": any(r.bound_exceeds_claim for r in results),
         "results": [r.as_dict() for r in results],
     }

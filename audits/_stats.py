@@ -3,6 +3,17 @@
 Everything here is a pure function of scores or counts, so it can be tested
 against independent computations (scipy binomial tails, closed-form GDP).
 
+- :func:`fdp_one_run_rejects` / :func:`fdp_one_run_epsilon_lower_bound` —
+  Mahloujifar, Melis, Chaudhuri (2024), "Auditing f-Differential Privacy in One
+  Run", Algorithm 3 (the guessing game with abstentions, analysed with the whole
+  hypothesised trade-off curve f instead of one (ε, δ) pair). With m canaries, k
+  guesses and c correct at level τ it starts from r = τc/m (correct-guess mass)
+  and h = τ(k - c)/m (wrong-guess mass) and, for i = c-1, ..., 0, raises the
+  wrong mass to at least the inverse power function of the correct mass,
+  h' = max(h, f̄⁻¹(r)), moving the matching share i/(k - i) of it into r; the
+  claim is rejected when r + h exceeds the guess budget k/m. Trade-off curves:
+  :class:`GaussianTradeoff` (μ-GDP) and :class:`ProfileTradeoff` (any list of
+  (ε, δ) pairs the mechanism satisfies, e.g. its privacy profile from the ledger).
 - :func:`one_run_epsilon_lower_bound` — Steinke, Nasr, Jagielski (NeurIPS 2023),
   "Privacy auditing with one (1) training run", Theorem 3 / Proposition 5.2 with
   the δ correction: with m canaries each included independently with
@@ -20,8 +31,9 @@ against independent computations (scipy binomial tails, closed-form GDP).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,13 +42,21 @@ from scipy import optimize, special, stats
 from privacy.errors import ConfigError
 
 __all__ = [
+    "GaussianTradeoff",
+    "ProfileTradeoff",
     "RocCurve",
+    "Tradeoff",
     "auc",
     "clopper_pearson_interval",
     "epsilon_two_gaussians",
+    "fdp_gaussian_epsilon_lower_bound",
+    "fdp_one_run_rejects",
+    "gaussian_mu_for_epsilon",
     "gdp_delta",
     "gdp_epsilon",
+    "hull_thresholds",
     "max_one_run_bound",
+    "one_run_bound_over_thresholds",
     "one_run_epsilon_lower_bound",
     "one_run_p_value",
     "roc",
@@ -127,6 +147,215 @@ def max_one_run_bound(
         delta=delta,
         significance=significance,
     )
+
+
+# --------------------------------------------------------------------------- f-DP one run
+
+
+class Tradeoff(Protocol):
+    """A hypothesised trade-off curve, through its inverse power function.
+
+    ``inverse_power(y)`` is the smallest false-positive rate at which any test
+    between a canary's two worlds can reach true-positive rate ``y`` (the
+    inverse of f̄(α) = 1 - f(α)).
+    """
+
+    def inverse_power(self, y: float) -> float: ...
+
+
+@dataclass(frozen=True)
+class GaussianTradeoff:
+    """μ-GDP: f̄(α) = Φ(Φ⁻¹(α) + μ), so f̄⁻¹(y) = Φ(Φ⁻¹(y) - μ)."""
+
+    mu: float
+
+    def __post_init__(self) -> None:
+        if not (self.mu >= 0 and math.isfinite(self.mu)):
+            raise ConfigError(f"mu must be finite and >= 0, got {self.mu!r}")
+
+    def inverse_power(self, y: float) -> float:
+        if y <= 0.0:
+            return 0.0
+        if y >= 1.0:
+            return 1.0
+        return float(special.ndtr(special.ndtri(y) - self.mu))
+
+
+@dataclass(frozen=True)
+class ProfileTradeoff:
+    """The trade-off implied by (ε, δ) pairs that all hold (a privacy profile).
+
+    Each (ε, δ) gives f̄(α) = min(1, δ + e^ε α, 1 - e^{-ε}(1 - δ - α)); holding
+    all of them gives the pointwise smallest power, i.e. the largest inverse.
+    """
+
+    pairs: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        if not self.pairs:
+            raise ConfigError("a profile needs at least one (epsilon, delta) pair")
+        for eps, delta in self.pairs:
+            if not (eps >= 0 and 0 <= delta < 1):
+                raise ConfigError(f"invalid (epsilon, delta) pair {(eps, delta)!r}")
+
+    def inverse_power(self, y: float) -> float:
+        if y <= 0.0:
+            return 0.0
+        best = 0.0
+        for eps, delta in self.pairs:
+            if math.isinf(eps):
+                continue
+            a = (y - delta) * math.exp(-eps)
+            b = 1.0 - delta - math.exp(eps) * (1.0 - y) if eps < 700 else -math.inf
+            best = max(best, a, b)
+        return min(1.0, best)
+
+
+def gaussian_mu_for_epsilon(epsilon: float, delta: float) -> float:
+    """μ of the Gaussian mechanism whose ε at ``delta`` is ``epsilon``."""
+    import dp_accounting
+
+    if epsilon <= 0:
+        return 0.0
+    sigma = float(dp_accounting.get_sigma_gaussian(epsilon, delta))
+    return math.inf if sigma == 0 else 1.0 / sigma
+
+
+def fdp_one_run_rejects(
+    *,
+    num_canaries: int,
+    num_guesses: int,
+    num_correct: int,
+    tradeoff: Tradeoff,
+    significance: float,
+) -> bool:
+    """Whether ``num_correct`` of ``num_guesses`` rejects "the mechanism is f-DP"
+    at level ``significance`` (Mahloujifar et al. 2024, Algorithm 3, binary secrets)."""
+    m, k, c = int(num_canaries), int(num_guesses), int(num_correct)
+    if not (0 <= c <= k <= m) or m < 1:
+        raise ConfigError(f"need 0 <= correct <= guesses <= canaries, got {c}, {k}, {m}")
+    _check_prob("significance", significance)
+    if c == 0:
+        return False
+    r = significance * c / m
+    h = significance * (k - c) / m
+    g: Callable[[float], float] = tradeoff.inverse_power
+    for i in range(c - 1, -1, -1):
+        h_new = max(h, g(r))
+        if h_new == h:
+            break  # a fixed point: neither mass changes again
+        r = min(1.0, r + (i / (k - i)) * (h_new - h))
+        h = h_new
+    return r + h > k / m
+
+
+def fdp_gaussian_epsilon_lower_bound(
+    *,
+    num_canaries: int,
+    num_guesses: int,
+    num_correct: int,
+    delta: float,
+    significance: float = 0.05,
+    eps_lo: float = 0.0,
+) -> float:
+    """Largest ε such that the Gaussian mechanism with that ε at ``delta`` is rejected.
+
+    Returns ``eps_lo`` when nothing above it is rejected (a bisection over the GDP
+    family; the rejection is monotone in μ).
+    """
+
+    def rejects(eps: float) -> bool:
+        return fdp_one_run_rejects(
+            num_canaries=num_canaries,
+            num_guesses=num_guesses,
+            num_correct=num_correct,
+            tradeoff=GaussianTradeoff(gaussian_mu_for_epsilon(eps, delta)),
+            significance=significance,
+        )
+
+    if not rejects(eps_lo):
+        return eps_lo
+    lo, hi = eps_lo, max(1.0, 2 * eps_lo)
+    while rejects(hi):
+        lo, hi = hi, hi * 2
+        if hi > _EPS_MAX:
+            return _EPS_MAX
+    return float(optimize.brentq(lambda e: 0.5 - float(rejects(e)), lo, hi, xtol=1e-6))
+
+
+def hull_thresholds(
+    in_scores: Sequence[float] | npt.NDArray[np.float64],
+    out_scores: Sequence[float] | npt.NDArray[np.float64],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Thresholds on the upper convex hull of (in below t, out below t), with the counts.
+
+    Guessing "in" for scores >= t, every threshold strictly inside the hull is
+    beaten by randomising between two hull thresholds, so only hull vertices
+    (collinear points dropped) are candidates; their number is the Bonferroni
+    factor of a search over thresholds.
+    """
+    ins = np.sort(np.asarray(in_scores, dtype=np.float64))
+    outs = np.sort(np.asarray(out_scores, dtype=np.float64))
+    thr = np.concatenate([np.union1d(ins, outs), [np.inf]])
+    fn = np.searchsorted(ins, thr, side="left")
+    tn = np.searchsorted(outs, thr, side="left")
+    keep: list[int] = []
+    for i in range(thr.size):
+        while len(keep) >= 2:
+            o, a = keep[-2], keep[-1]
+            cross = (fn[a] - fn[o]) * (tn[i] - tn[o]) - (tn[a] - tn[o]) * (fn[i] - fn[o])
+            if cross >= 0:
+                keep.pop()
+            else:
+                break
+        keep.append(i)
+    idx = np.asarray(keep)
+    return thr[idx], fn[idx].astype(np.int64), tn[idx].astype(np.int64)
+
+
+def one_run_bound_over_thresholds(
+    in_scores: Sequence[float] | npt.NDArray[np.float64],
+    out_scores: Sequence[float] | npt.NDArray[np.float64],
+    *,
+    delta: float,
+    significance: float = 0.05,
+    method: str = "fdp",
+) -> tuple[float, float]:
+    """(ε lower bound, threshold) of the best one-sided threshold, Bonferroni over the hull.
+
+    ``method``: ``"fdp"`` (Mahloujifar et al., GDP family) or ``"steinke"``.
+    Every canary counts (in and out together are the m canaries).
+    """
+    if method not in ("fdp", "steinke"):
+        raise ConfigError(f"method must be 'fdp' or 'steinke', got {method!r}")
+    thr, fn, tn = hull_thresholds(in_scores, out_scores)
+    n_in, n_out = int(fn[-1]), int(tn[-1])
+    m = n_in + n_out
+    sig = significance / thr.size
+    tp, fp = n_in - fn, n_out - tn
+    order = np.argsort(-(tp / np.maximum(tp + fp, 1)), kind="mergesort")
+    best, best_thr = 0.0, math.inf
+    for j in order:
+        k, c = int(tp[j] + fp[j]), int(tp[j])
+        if k == 0 or c / k <= special.expit(best):
+            # A threshold this imprecise cannot beat the bound already found.
+            continue
+        if method == "fdp":
+            eps = fdp_gaussian_epsilon_lower_bound(
+                num_canaries=m,
+                num_guesses=k,
+                num_correct=c,
+                delta=delta,
+                significance=sig,
+                eps_lo=best,
+            )
+        else:
+            eps = one_run_epsilon_lower_bound(
+                num_canaries=m, num_guesses=k, num_correct=c, delta=delta, significance=sig
+            )
+        if eps > best:
+            best, best_thr = eps, float(thr[j])
+    return best, best_thr
 
 
 # --------------------------------------------------------------------------- Gaussian DP

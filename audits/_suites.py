@@ -9,6 +9,7 @@ from audits._core import Audit, Control
 from audits._inversion import GradientInversionAudit, InversionConfig
 from audits._malicious import MaliciousServerAudit, MaliciousServerConfig
 from audits._membership import MembershipConfig, MembershipInferenceAudit
+from privacy import Adversary
 
 __all__ = ["Suite", "build_suite"]
 
@@ -19,9 +20,15 @@ class Suite(enum.Enum):
 
 
 def build_suite(
-    suite: Suite, *, rounds: int | None = None, control: Control = Control.NONE, seed: int = 0
+    suite: Suite,
+    *,
+    rounds: int | None = None,
+    control: Control = Control.NONE,
+    seed: int = 0,
+    adversary: Adversary = Adversary.COORDINATOR,
 ) -> list[Audit]:
-    """Audits for a suite. ``rounds`` overrides the training rounds of the trained audits."""
+    """Audits for a suite. ``rounds`` overrides the training rounds of the trained audits;
+    ``adversary`` is whose claim the canary audits test."""
     quick = suite is Suite.QUICK
     canary = CanaryConfig(
         num_canaries=500 if quick else 2000,
@@ -29,6 +36,7 @@ def build_suite(
         control=control,
         norm_multiplier=30.0 if control is Control.CLIPPING_OFF else 1.0,
         seed=seed,
+        adversary=adversary,
     )
     return [
         CanaryEpsilonAudit(config=canary),

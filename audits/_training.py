@@ -21,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from audits._core import Control
-from privacy import GaussianNoiseSource
+from privacy import Adversary, GaussianNoiseSource, adversary_epsilon
 from privacy.errors import ConfigError
 from secure_fml.config import Config
 from secure_fml.data import FederatedDataset
@@ -90,11 +91,13 @@ def _faulty(pipeline: ClientPipeline, control: Control) -> ClientPipeline:
 
 @dataclass
 class TrainedRun:
-    """A finished instrumented run: the simulation, θ_0, and the claimed ε."""
+    """A finished instrumented run: the simulation, θ_0, the claimed ε (against an
+    outside observer, read from the run's own ledger) and the ledger's events."""
 
     sim: Simulation
     initial_state: torch.Tensor
     claimed_epsilon: float | None
+    events: tuple[Any, ...] = ()
 
     @property
     def final_state(self) -> torch.Tensor:
@@ -108,7 +111,9 @@ def train(
     control: Control = Control.NONE,
     rounds: int | None = None,
     extra_clients: Mapping[str, Callable[[Simulation, str], ClientPipeline]] | None = None,
+    before_rounds: Callable[[Simulation], None] | None = None,
     after_round: Callable[[Simulation], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> TrainedRun:
     """Run ``rounds`` (default: the config's) instrumented rounds in-process."""
     config = instrumented_config(config, control)
@@ -131,13 +136,30 @@ def train(
         sim.engine.central_noise_source = lambda _round: ZeroNoise()  # type: ignore[method-assign,assignment]
     theta0 = sim.state.clone()
     claimed: float | None = None
+    events: tuple[Any, ...] = ()
+    total = rounds if rounds is not None else config.server.rounds
     try:
         sim.open()
-        for _ in range(rounds if rounds is not None else config.server.rounds):
+        if before_rounds is not None:
+            before_rounds(sim)
+        for t in range(total):
             sim.run_round()
             if after_round is not None:
                 after_round(sim)
-        claimed = sim.engine.epsilon()
+            if progress is not None:
+                progress(t + 1, total, "training rounds")
+        ledger = sim.engine.ledger
+        if ledger is not None and sim.engine.dp is not None:
+            events = ledger.events
+            accountant = config.privacy.accountant
+            claimed = float(
+                adversary_epsilon(
+                    events,
+                    adversary=Adversary.OUTSIDE_OBSERVER,
+                    delta=config.privacy.delta,
+                    accountant="rdp" if accountant == "gdp" else accountant,
+                ).epsilon
+            )
     finally:
         sim.close()
-    return TrainedRun(sim=sim, initial_state=theta0, claimed_epsilon=claimed)
+    return TrainedRun(sim=sim, initial_state=theta0, claimed_epsilon=claimed, events=events)

@@ -23,6 +23,7 @@ from typing import Any
 import privacy
 from benchmarks._common import RESULTS, data_root, environment, write_json
 from secure_fml.config import config_from_dict
+from secure_fml.privacy_text import render_projection
 from secure_fml.simulation import Simulation
 
 
@@ -149,7 +150,7 @@ def main() -> None:
                 **vars(args),
                 "population": population,
                 "runs": runs,
-                "projection": privacy.render_projection(proj),
+                "projection": render_projection(proj),
             }
             write_json("dp_femnist.json", payload)
             (RESULTS / "dp_femnist.md").write_text(markdown(payload), encoding="utf-8")

@@ -9,27 +9,49 @@ Per round, in order::
     res = clip_update(update, clip_norm=C)                       # client
     noisy = add_noise(res.vector, std=distributed_noise_std(...), source=src)  # client
     ... secure aggregation of the noisy vectors ...
-    event = GaussianRelease.distributed(round=r, ..., clients_surviving=n)    # server
+    event = GaussianRelease.distributed(round=r, ..., clients_surviving=n,
+                                        secure_aggregation=True, client_ids=ids)  # server
     ledger.record(event)                                         # durable, budget-checked
     apply(aggregate)                                             # only after record()
+
+A round that releases nothing is recorded too (``ledger.record(SkippedRound(...))``).
+Every ε names its adversary: ``ledger.epsilon_by_adversary(delta=...)`` gives the
+worst client's ε against the coordinator (no amplification: it knows the sample)
+and against an outside observer (amplified only if the sample and its size were
+secret from it). Accountants are registered classes (:data:`ACCOUNTANTS`,
+:func:`create_accountant`); ``gdp`` is an approximation and never calibrates or
+gates a budget.
 """
 
 from privacy._accounting import (
     ACCOUNTANTS,
     RDP_ORDERS,
     Accountant,
+    GDPAccountant,
+    PLDAccountant,
     PrivacyPlan,
     PrivacyProjection,
     ProjectionRow,
+    PRVAccountant,
+    RDPAccountant,
     Sampling,
     SamplingMode,
+    create_accountant,
     ddgauss_rdp,
     ddgauss_tau,
     plan,
     project,
-    render_plan,
-    render_projection,
+    register_accountant,
     rounded_l2_norm_bound,
+)
+from privacy._adversary import (
+    Adversary,
+    AdversaryEpsilon,
+    EpsilonByAdversary,
+    EpsilonCache,
+    adversary_epsilon,
+    client_composition,
+    epsilon_by_adversary,
 )
 from privacy._clipping import (
     AdaptiveClipNoise,
@@ -47,6 +69,8 @@ from privacy._events import (
     GaussianRelease,
     PrivacyEvent,
     RecordLevelRelease,
+    SkippedRound,
+    SkipReason,
 )
 from privacy._ledger import (
     LEDGER_SCHEMA_VERSION,
@@ -56,6 +80,16 @@ from privacy._ledger import (
     PrivacyLedger,
     check_record_level_budget,
     read_ledger,
+)
+from privacy._mechanisms import (
+    FixedSizeGaussianMechanism,
+    GaussianMechanism,
+    Mechanism,
+    NeighbouringRelation,
+    NonPrivateMechanism,
+    PoissonGaussianMechanism,
+    RdpCurveMechanism,
+    ThresholdPoissonGaussianMechanism,
 )
 from privacy._noise import (
     GaussianNoiseSource,
@@ -75,7 +109,16 @@ from privacy._record_level import (
     record_level_schedule,
     render_record_level_plan,
 )
-from privacy._report import LEDGER_FILENAME, ReportPaths, build_report, write_report
+from privacy._report import (
+    LEDGER_FILENAME,
+    RUN_METADATA_FILENAME,
+    ReportPaths,
+    build_report,
+    config_hash,
+    plain_reading,
+    run_metadata,
+    write_report,
+)
 from privacy.errors import (
     CheckpointError,
     ConfigError,
@@ -105,9 +148,12 @@ __all__ = [
     "LEDGER_FILENAME",
     "LEDGER_SCHEMA_VERSION",
     "RDP_ORDERS",
+    "RUN_METADATA_FILENAME",
     "Accountant",
     "AdaptiveClipNoise",
     "AdaptiveClipStep",
+    "Adversary",
+    "AdversaryEpsilon",
     "CheckpointError",
     "ClipResult",
     "ClipStatistics",
@@ -117,6 +163,11 @@ __all__ = [
     "DataError",
     "DistributedDiscreteGaussianRelease",
     "DropoutThresholdNotMet",
+    "EpsilonByAdversary",
+    "EpsilonCache",
+    "FixedSizeGaussianMechanism",
+    "GDPAccountant",
+    "GaussianMechanism",
     "GaussianNoiseSource",
     "GaussianRelease",
     "InsecureModeError",
@@ -125,8 +176,14 @@ __all__ = [
     "LedgerCorrupted",
     "LedgerEntry",
     "LedgerHead",
+    "Mechanism",
+    "NeighbouringRelation",
     "NoisePlacement",
+    "NonPrivateMechanism",
     "OutOfOrder",
+    "PLDAccountant",
+    "PRVAccountant",
+    "PoissonGaussianMechanism",
     "PolicyViolation",
     "PrivacyBudget",
     "PrivacyBudgetExhausted",
@@ -138,6 +195,8 @@ __all__ = [
     "ProjectionRow",
     "ProtocolAbort",
     "ProtocolError",
+    "RDPAccountant",
+    "RdpCurveMechanism",
     "RecordLevelPlan",
     "RecordLevelRelease",
     "RecordLevelSitePlan",
@@ -147,31 +206,40 @@ __all__ = [
     "Sampling",
     "SamplingMode",
     "SecureFMLError",
+    "SkipReason",
+    "SkippedRound",
     "StaleMessage",
+    "ThresholdPoissonGaussianMechanism",
     "TransportError",
     "adaptive_clip_bit",
     "adaptive_clip_noise_split",
     "adaptive_clip_step",
     "adaptive_effective_noise_multiplier",
     "add_noise",
+    "adversary_epsilon",
     "build_report",
     "calibrate_record_level",
     "central_noise_std",
     "check_record_level_budget",
+    "client_composition",
     "clip_update",
+    "config_hash",
+    "create_accountant",
     "ddgauss_rdp",
     "ddgauss_tau",
     "distributed_effective_noise_multiplier",
     "distributed_noise_std",
+    "epsilon_by_adversary",
+    "plain_reading",
     "plan",
     "plan_record_level",
     "project",
     "read_ledger",
     "record_level_epsilon",
     "record_level_schedule",
-    "render_plan",
-    "render_projection",
+    "register_accountant",
     "render_record_level_plan",
     "rounded_l2_norm_bound",
+    "run_metadata",
     "write_report",
 ]

@@ -1,45 +1,79 @@
-"""Privacy accounting: sampling modes, an accountant registry, calibration, DDGauss RDP.
+"""Accountants: a registry of small stateful classes over the pure math in ``_analysis``.
 
-State apart from math: :class:`Accountant` is a small stateful object
-(``step(*, noise_multiplier, sample_rate)``, ``get_epsilon(delta)``,
-``state_dict()``) and every number comes from pure functions (Opacus'
-RDP/PRV/GDP analyses, ``dp_accounting`` for sampling without replacement, and
-the distributed discrete Gaussian bound below).
+Shape after Opacus' ``accountants/registry.py``: each accountant is a class
+with a ``name`` registered in :data:`ACCOUNTANTS`; :func:`create_accountant`
+(or ``Accountant(name)``) builds one and rejects unknown names. State apart
+from math: an accountant only records which mechanisms it composed (and how
+often); every number comes from :mod:`privacy._analysis`. Events know what
+they support (dp_accounting's ``supports(event)``): an accountant refuses a
+mechanism it cannot compose with a :class:`PrivacyError` instead of guessing.
 
-Sampling modes and what we claim
---------------------------------
-* ``POISSON`` (each client joins a round independently with probability q):
-  Poisson-subsampled Gaussian, add/remove-one-client neighbours, rate q.
-* ``FULL`` (every client, every round): q = 1, no amplification.
-* ``FIXED_SIZE`` (exactly m of N clients, uniformly without replacement):
-  there is no amplification theorem for this scheme under add/remove
-  neighbours that matches Poisson, and using q = m/N in a Poisson accountant
-  can under-report ε. We therefore account it honestly under the *replace-one*
-  (substitution) relation with N public, using the subsampled-RDP bound of Wang,
-  Balle & Kasiviswanathan (AISTATS 2019, Thm. 27) as implemented by
-  ``dp_accounting`` (``SampledWithoutReplacementDpEvent``). Replacing one
-  client moves the sum of clipped updates by up to 2C, so the Gaussian enters
-  with noise multiplier σ/2. Only the ``"rdp"`` accountant supports this mode,
-  and a ledger cannot mix it with add/remove releases.
+Registered accountants
+----------------------
+``rdp``  Rényi DP (Opacus ``compute_rdp``; dp_accounting for sampling without
+         replacement; the distributed discrete Gaussian by its RDP curve). An
+         upper bound.
+``pld``  Privacy loss distributions (dp_accounting ``PLDAccountant``,
+         pessimistic discretization 1e-4); exact μ-GDP for compositions of
+         Gaussians. An upper bound, and the tightest we have.
+``prv``  Privacy random variables (Opacus ``PRVAccountant``, Gopi et al.
+         2021), ε error 0.01. An upper bound.
+``gdp``  Gaussian DP: exact μ-GDP without sampling, Opacus' central-limit
+         approximation under Poisson sampling (which can *under*-estimate ε).
+         Labelled an approximation: it may be shown, never used to calibrate
+         noise (:func:`plan`) or to gate a budget.
+
+Sampling modes and what the amplified accounting claims
+-------------------------------------------------------
+* ``POISSON``: Poisson-subsampled Gaussian, add/remove-one-client, rate q.
+* ``FULL``: q = 1, no amplification.
+* ``FIXED_SIZE`` (exactly m of N without replacement): there is no
+  amplification theorem for this scheme under add/remove that matches Poisson,
+  and q = m/N in a Poisson accountant can under-report ε. It is accounted
+  under *replace-one* with N public (Wang, Balle, Kasiviswanathan 2019, Thm.
+  27, via dp_accounting), sensitivity 2C; only ``rdp`` supports it, and a
+  composition cannot mix it with add/remove mechanisms.
+
+Which adversary such an amplified figure holds against is decided in
+:mod:`privacy._adversary`: only an outside observer from whom the sample and
+its size are secret.
 """
 
 from __future__ import annotations
 
+import abc
 import copy
-import enum
-import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy import optimize, special, stats
 
+from privacy import _analysis as analysis
+from privacy._analysis import (
+    RDP_ORDERS,
+    ddgauss_rdp,
+    ddgauss_tau,
+    rounded_l2_norm_bound,
+)
+from privacy._mechanisms import (
+    MECHANISM_TYPES,
+    FixedSizeGaussianMechanism,
+    GaussianMechanism,
+    Mechanism,
+    NeighbouringRelation,
+    NonPrivateMechanism,
+    PoissonGaussianMechanism,
+    RdpCurveMechanism,
+    Sampling,
+    SamplingMode,
+    ThresholdPoissonGaussianMechanism,
+)
 from privacy._validation import (
-    require_finite,
     require_int,
     require_positive,
     require_probability,
@@ -50,353 +84,151 @@ __all__ = [
     "ACCOUNTANTS",
     "RDP_ORDERS",
     "Accountant",
+    "GDPAccountant",
+    "PLDAccountant",
+    "PRVAccountant",
     "PrivacyPlan",
     "PrivacyProjection",
     "ProjectionRow",
+    "RDPAccountant",
     "Sampling",
     "SamplingMode",
+    "create_accountant",
     "ddgauss_rdp",
     "ddgauss_tau",
+    "mechanism_for_sampling",
     "plan",
     "project",
-    "render_plan",
-    "render_projection",
+    "register_accountant",
+    "require_upper_bound",
     "rounded_l2_norm_bound",
 ]
 
-#: RDP orders (the superset of Opacus' and dp_accounting's defaults).
-RDP_ORDERS: tuple[float, ...] = tuple(
-    [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024]
-)
+_REGISTRY: dict[str, type[Accountant]] = {}
+
+#: Registered accountant classes by name (read-only view of the registry).
+ACCOUNTANTS: Mapping[str, type[Accountant]] = MappingProxyType(_REGISTRY)
 
 
-class SamplingMode(enum.Enum):
-    """How the clients of a round are chosen; decides the amplification claimed.
+def register_accountant(cls: type[Accountant]) -> type[Accountant]:
+    """Class decorator: add an :class:`Accountant` subclass under ``cls.name``."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError("an accountant class needs a non-empty str name")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ConfigError(f"accountant {name!r} is already registered")
+    _REGISTRY[name] = cls
+    return cls
 
-    The one sampling enum of the project: the round engine draws with it and the
-    accountant amplifies (or not) by it. ``"fixed"`` and ``"all"`` are accepted as
-    the configuration's spellings of FIXED_SIZE and FULL.
+
+def _lookup(name: Any) -> type[Accountant]:
+    if not isinstance(name, str):
+        raise TypeError(f"accountant name must be a str, got {type(name).__name__}")
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown accountant {name!r}; choose one of {sorted(_REGISTRY)}")
+    return cls
+
+
+def create_accountant(name: str = "rdp") -> Accountant:
+    """A fresh accountant of the registered ``name`` (unknown names are refused)."""
+    return _lookup(name)()
+
+
+def require_upper_bound(name: str, *, purpose: str) -> None:
+    """Refuse an accountant that is not an upper bound for ``purpose`` (calibration,
+    budget enforcement) with a :class:`ConfigError`."""
+    cls = _lookup(name)
+    if not cls.upper_bound:
+        upper = sorted(n for n, c in _REGISTRY.items() if c.upper_bound)
+        raise ConfigError(
+            f"accountant {name!r} is an approximation ({cls.description}); it cannot be "
+            f"used for {purpose}. Use an upper-bound accountant: {', '.join(upper)}"
+        )
+
+
+def mechanism_for_sampling(*, noise_multiplier: float, sampling: Sampling) -> Mechanism:
+    """The sampling-amplified mechanism of one round under ``sampling``."""
+    if sampling.mode is SamplingMode.FULL:
+        return GaussianMechanism(noise_multiplier)
+    if sampling.mode is SamplingMode.FIXED_SIZE:
+        return FixedSizeGaussianMechanism(
+            noise_multiplier, sampling.population, round(sampling.clients_per_round)
+        )
+    return PoissonGaussianMechanism(noise_multiplier, sampling.sample_rate)
+
+
+def _relation_of(mech: Mechanism) -> NeighbouringRelation | None:
+    if isinstance(mech, FixedSizeGaussianMechanism):
+        return NeighbouringRelation.REPLACE_ONE
+    if isinstance(mech, NonPrivateMechanism):
+        return None
+    return NeighbouringRelation.ADD_REMOVE
+
+
+class Accountant(abc.ABC):
+    """A small stateful accountant: ``compose(mechanism)``, ``get_epsilon(delta)``.
+
+    ``Accountant("rdp")`` is the same as :func:`create_accountant` (it returns
+    the registered subclass). ``step(*, noise_multiplier, sample_rate)`` is the
+    Opacus-style shortcut for one Gaussian release under a sampling mode;
+    ``step_rdp(rdp)`` composes a release known by its RDP curve.
     """
 
-    POISSON = "poisson"
-    FIXED_SIZE = "fixed_size"
-    FULL = "full"
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: True when get_epsilon is a valid upper bound (only those may calibrate or gate).
+    upper_bound: ClassVar[bool] = True
 
-    @classmethod
-    def _missing_(cls, value: object) -> SamplingMode | None:
-        return {"fixed": cls.FIXED_SIZE, "all": cls.FULL}.get(str(value))
+    def __new__(cls, name: str | None = None) -> Accountant:
+        if cls is Accountant:
+            if name is None:
+                name = "rdp"
+            target = _lookup(name)
+            return super().__new__(target)
+        if name is not None and name != cls.name:
+            raise ConfigError(f"{cls.__name__} is accountant {cls.name!r}, not {name!r}")
+        return super().__new__(cls)
 
+    def __init__(self, name: str | None = None) -> None:
+        del name  # resolved in __new__
+        self._history: list[list[Any]] = []  # [mechanism, count], adjacent repeats merged
 
-@dataclass(frozen=True, kw_only=True)
-class Sampling:
-    """A round's sampling scheme.
+    # -- composition -----------------------------------------------------------
 
-    Build with :meth:`poisson`, :meth:`fixed_size` or :meth:`full`.
-    ``population`` is N (number of eligible clients); ``clients_per_round`` is m
-    (expected for Poisson, exact for fixed-size, N for full).
-    """
+    @abc.abstractmethod
+    def supports(self, mechanism: Mechanism) -> bool:
+        """Whether this accountant can compose ``mechanism``."""
 
-    mode: SamplingMode
-    population: int
-    clients_per_round: float
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.mode, SamplingMode):
-            raise TypeError(f"mode must be a SamplingMode, got {type(self.mode).__name__}")
-        n = require_int("population", self.population, minimum=1)
-        m = require_positive("clients_per_round", self.clients_per_round)
-        if m > n:
-            raise ConfigError(f"clients_per_round={m} exceeds population={n}")
-        if self.mode is SamplingMode.FIXED_SIZE and m != int(m):
-            raise ConfigError(f"clients_per_round must be an integer for FIXED_SIZE, got {m}")
-        if self.mode is SamplingMode.FULL and m != n:
-            raise ConfigError("FULL sampling needs clients_per_round == population")
-
-    @classmethod
-    def poisson(cls, *, sample_rate: float, population: int) -> Sampling:
-        q = require_probability("sample_rate", sample_rate)
-        return cls(
-            mode=SamplingMode.POISSON, population=population, clients_per_round=q * population
-        )
-
-    @classmethod
-    def fixed_size(cls, *, clients_per_round: int, population: int) -> Sampling:
-        require_int("clients_per_round", clients_per_round, minimum=1)
-        return cls(
-            mode=SamplingMode.FIXED_SIZE,
-            population=population,
-            clients_per_round=float(clients_per_round),
-        )
-
-    @classmethod
-    def full(cls, *, population: int) -> Sampling:
-        return cls(
-            mode=SamplingMode.FULL, population=population, clients_per_round=float(population)
-        )
+    def _unsupported(self, mechanism: Mechanism) -> str:
+        return f"accountant {self.name!r} cannot compose {mechanism.describe()}"
 
     @property
-    def sample_rate(self) -> float:
-        """The rate the accountant uses: q for Poisson, m/N for fixed-size, 1 for full."""
-        if self.mode is SamplingMode.FULL:
-            return 1.0
-        return self.clients_per_round / self.population
+    def relation(self) -> NeighbouringRelation | None:
+        """The neighbouring relation of the composed mechanisms (None if empty)."""
+        for mech, _ in self._history:
+            rel = _relation_of(mech)
+            if rel is not None:
+                return rel
+        return None
 
-
-# --------------------------------------------------------------------------
-# Pure functions
-# --------------------------------------------------------------------------
-
-
-def _opacus_rdp(*, q: float, noise_multiplier: float, steps: int) -> npt.NDArray[np.float64]:
-    return steps * np.asarray(_opacus_rdp_one_step(float(q), float(noise_multiplier)))
-
-
-@functools.lru_cache(maxsize=1024)
-def _opacus_rdp_one_step(q: float, noise_multiplier: float) -> tuple[float, ...]:
-    # Fractional orders cost ~1 ms each in Opacus; ledgers repeat (q, σ), so
-    # cache the one-step curve (RDP composes additively over steps).
-    from opacus.accountants.analysis import rdp as rdp_analysis
-
-    return tuple(
-        float(x)
-        for x in rdp_analysis.compute_rdp(
-            q=q, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS)
-        )
-    )
-
-
-def _rdp_to_epsilon(rdp: npt.NDArray[np.float64], delta: float) -> float:
-    from opacus.accountants.analysis import rdp as rdp_analysis
-
-    if not np.any(rdp > 0):
-        return 0.0
-    with warnings.catch_warnings():
-        # Opacus warns when the optimum sits at the extreme order; with our
-        # order range that only happens for ε far outside any useful budget.
-        warnings.simplefilter("ignore", UserWarning)
-        eps, _ = rdp_analysis.get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
-    return float(eps)
-
-
-def _gdp_mu_to_epsilon(mu: float, delta: float) -> float:
-    """Exact (ε, δ) of μ-GDP (Dong, Roth, Su 2019, Cor. 2.13), solved for ε."""
-    if mu <= 0:
-        return 0.0
-
-    def delta_of(eps: float) -> float:
-        return float(
-            stats.norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2)
-        )
-
-    if delta_of(0.0) <= delta:
-        return 0.0
-    hi = 1.0
-    while delta_of(hi) > delta:
-        hi *= 2
-        if hi > 1e6:
-            return math.inf
-    return float(optimize.brentq(lambda e: delta_of(e) - delta, 0.0, hi, xtol=1e-10))
-
-
-def ddgauss_tau(*, local_stddev: float, num_clients: int) -> float:
-    """τ of Kairouz, Liu, Steinke (ICML 2021), Thm. 1.
-
-    The sum of n independent discrete Gaussians N_Z(0, σ²) is close to
-    N_Z(0, nσ²); τ = 10 Σ_{k=1}^{n-1} exp(-2π²σ² k/(k+1)) measures the gap and
-    inflates the RDP bound. ``local_stddev`` is in the integer (scaled) domain.
-    """
-    s = require_positive("local_stddev", local_stddev)
-    n = require_int("num_clients", num_clients, minimum=1)
-    k = np.arange(1, n, dtype=np.float64)
-    return float(10.0 * np.sum(np.exp(-2.0 * math.pi**2 * s**2 * k / (k + 1.0))))
-
-
-def rounded_l2_norm_bound(*, l2_norm: float, beta: float, dimension: int) -> float:
-    """L2 norm bound after conditional randomized rounding (KLS 2021, Thm. 1 / Prop. 22).
-
-    ``l2_norm`` is the norm in the scaled domain (c · scale); ``beta`` in [0, 1)
-    (0 = unconditional rounding, bound c + sqrt(d)).
-    """
-    c = require_positive("l2_norm", l2_norm)
-    b = require_finite("beta", beta)
-    if not 0.0 <= b < 1.0:
-        raise ConfigError(f"beta must be in [0, 1), got {b}")
-    d = require_int("dimension", dimension, minimum=1)
-    bound_1 = c + math.sqrt(d)
-    if b == 0.0:
-        return bound_1
-    bound_2_sq = c**2 + d / 4.0 + math.sqrt(2.0 * math.log(1.0 / b)) * (c + math.sqrt(d) / 2.0)
-    return min(bound_1, math.sqrt(bound_2_sq))
-
-
-def _subsampled_rdp_upper(alpha: int, q: float, eps_fn: Callable[[int], float]) -> float:
-    """Poisson-subsampled RDP of a mechanism with RDP curve ``eps_fn`` at integer α >= 2.
-
-    Zhu & Wang (ICML 2019), "Poisson Subsampled Rényi Differential Privacy",
-    Thm. 5 (general upper bound):
-      (α-1) ε'(α) <= log[ (1-q)^{α-1}(αq - q + 1) + C(α,2) q² (1-q)^{α-2} e^{ε(2)}
-                         + 3 Σ_{l=3}^{α} C(α,l) (1-q)^{α-l} q^l e^{(l-1) ε(l)} ].
-    """
-    if q >= 1.0:
-        return eps_fn(alpha)
-    log_q, log_1mq = math.log(q), math.log1p(-q)
-    terms = [(alpha - 1) * log_1mq + math.log(alpha * q - q + 1.0)]
-    if alpha >= 2:
-        terms.append(
-            math.log(special.comb(alpha, 2)) + 2 * log_q + (alpha - 2) * log_1mq + eps_fn(2)
-        )
-    for ell in range(3, alpha + 1):
-        log_binom = (
-            special.gammaln(alpha + 1) - special.gammaln(ell + 1) - special.gammaln(alpha - ell + 1)
-        )
-        terms.append(
-            math.log(3.0)
-            + float(log_binom)
-            + (alpha - ell) * log_1mq
-            + ell * log_q
-            + (ell - 1) * eps_fn(ell)
-        )
-    return float(special.logsumexp(terms)) / (alpha - 1)
-
-
-def ddgauss_rdp(
-    *,
-    local_stddev: float,
-    num_survivors: int,
-    scale: float,
-    clip_norm: float,
-    dimension: int,
-    beta: float = math.exp(-0.5),
-    sample_rate: float = 1.0,
-    assumed_colluding_clients: int = 0,
-    orders: Sequence[float] = RDP_ORDERS,
-) -> npt.NDArray[np.float64]:
-    """RDP curve of one distributed discrete Gaussian release (KLS 2021, Prop. 14).
-
-    Clients clip to ``clip_norm``, multiply by ``scale`` (1/γ), rotate, round to
-    integers (conditional rounding with ``beta``) and add N_Z(0, local_stddev²)
-    (integer domain). With n honest survivors (``num_survivors`` minus
-    ``assumed_colluding_clients``), Δ₂ the rounded L2 bound, Δ₁ = Δ₂·min(√d, Δ₂),
-    σ the local stddev and τ from :func:`ddgauss_tau`::
-
-        ε(α) = min{ α/2 · Δ₂²/(nσ²) + τd,
-                    α/2 · (Δ₂²/(nσ²) + 2Δ₁τ/(√n σ) + τ²d),
-                    α/2 · (Δ₂/(√n σ) + τ√d)² }
-
-    then Poisson subsampling at ``sample_rate`` (Zhu & Wang 2019, Thm. 5,
-    evaluated at ⌈α⌉ since RDP is non-decreasing in α). Returns ε(α) for
-    ``orders``.
-    """
-    return np.array(
-        _ddgauss_rdp_cached(
-            float(require_positive("local_stddev", local_stddev)),
-            require_int("num_survivors", num_survivors, minimum=1),
-            float(require_positive("scale", scale)),
-            float(require_positive("clip_norm", clip_norm)),
-            require_int("dimension", dimension, minimum=1),
-            float(require_finite("beta", beta)),
-            float(require_probability("sample_rate", sample_rate)),
-            require_int("assumed_colluding_clients", assumed_colluding_clients, minimum=0),
-            tuple(float(a) for a in orders),
-        ),
-        dtype=np.float64,
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _ddgauss_rdp_cached(
-    s: float,
-    n_total: int,
-    sc: float,
-    c: float,
-    d: int,
-    beta: float,
-    q: float,
-    k: int,
-    orders: tuple[float, ...],
-) -> tuple[float, ...]:
-    # Ledgers repeat the same release parameters round after round; the
-    # subsampled bound costs ~1024 terms per order, so cache it.
-    if k >= n_total:
-        raise ConfigError(f"assumed_colluding_clients={k} must be < num_survivors={n_total}")
-    n = n_total - k
-    l2 = rounded_l2_norm_bound(l2_norm=c * sc, beta=beta, dimension=d)
-    l1 = l2 * min(math.sqrt(d), l2)
-    tau = ddgauss_tau(local_stddev=s, num_clients=n)
-    l2_scale = l2 / (math.sqrt(n) * s)
-    l1_scale = l1 / (math.sqrt(n) * s)
-
-    def eps(alpha: float) -> float:
-        t1 = alpha / 2.0 * l2_scale**2 + tau * d
-        t2 = alpha / 2.0 * (l2_scale**2 + 2.0 * l1_scale * tau + tau**2 * d)
-        t3 = alpha / 2.0 * (l2_scale + math.sqrt(d) * tau) ** 2
-        return min(t1, t2, t3)
-
-    out = []
-    for a in orders:
-        if q >= 1.0:
-            out.append(eps(float(a)))
+    def compose(self, mechanism: Mechanism, count: int = 1) -> None:
+        """Compose ``count`` independent copies of ``mechanism``; refuse what it cannot."""
+        if not isinstance(mechanism, tuple(MECHANISM_TYPES.values())):
+            raise TypeError(f"not a mechanism: {type(mechanism).__name__}")
+        n = require_int("count", count, minimum=1)
+        if not self.supports(mechanism):
+            raise PrivacyError(self._unsupported(mechanism))
+        rel, new = self.relation, _relation_of(mechanism)
+        if rel is not None and new is not None and rel is not new:
+            raise PrivacyError(
+                "cannot compose FIXED_SIZE (replace-one) releases with POISSON/FULL "
+                "(add/remove) releases in one accounting"
+            )
+        if self._history and self._history[-1][0] == mechanism:
+            self._history[-1][1] += n
         else:
-            ai = max(2, math.ceil(a))
-            out.append(min(_subsampled_rdp_upper(ai, q, lambda ell: eps(float(ell))), eps(ai)))
-    return tuple(out)
-
-
-# --------------------------------------------------------------------------
-# Stateful accountant
-# --------------------------------------------------------------------------
-
-#: Registry of accountant names; values describe what each computes.
-ACCOUNTANTS: Mapping[str, str] = {
-    "rdp": "Rényi DP (Opacus compute_rdp; dp_accounting for sampling without replacement)",
-    "prv": "Privacy random variables (Opacus PRVAccountant, Gopi et al. 2021), eps_error 0.01",
-    "gdp": (
-        "Gaussian DP: exact μ-GDP for full participation; Opacus' CLT approximation "
-        "for Poisson (constant σ and q only; can under-estimate, Opacus warns)"
-    ),
-}
-
-
-@dataclass
-class _GaussianStep:
-    noise_multiplier: float
-    sample_rate: float
-    mode: SamplingMode
-    population: int | None
-    count: int
-
-
-@dataclass
-class _AccountantState:
-    gaussian: list[_GaussianStep] = field(default_factory=list)
-    extra_rdp: list[list[float]] = field(default_factory=list)
-
-
-class Accountant:
-    """A small stateful accountant selected by name from :data:`ACCOUNTANTS`.
-
-    ``step(*, noise_multiplier, sample_rate)`` records one Gaussian release
-    (Poisson-subsampled at ``sample_rate``; pass ``sampling=SamplingMode.FULL``
-    with rate 1, or ``SamplingMode.FIXED_SIZE`` with ``population``).
-    ``step_rdp(rdp)`` records an arbitrary RDP curve over :data:`RDP_ORDERS`
-    (used for distributed discrete Gaussian releases; ``"rdp"`` only).
-    """
-
-    def __init__(self, name: str = "rdp") -> None:
-        if not isinstance(name, str):
-            raise TypeError(f"accountant name must be a str, got {type(name).__name__}")
-        if name not in ACCOUNTANTS:
-            raise ConfigError(f"unknown accountant {name!r}; choose one of {sorted(ACCOUNTANTS)}")
-        self.name = name
-        self._state = _AccountantState()
-
-    def __len__(self) -> int:
-        return sum(s.count for s in self._state.gaussian) + len(self._state.extra_rdp)
-
-    def copy(self) -> Accountant:
-        out = Accountant(self.name)
-        out._state = copy.deepcopy(self._state)
-        return out
+            self._history.append([mechanism, n])
 
     def step(
         self,
@@ -411,190 +243,339 @@ class Accountant:
         q = require_probability("sample_rate", sample_rate)
         if not isinstance(sampling, SamplingMode):
             raise TypeError("sampling must be a SamplingMode")
-        if sampling is SamplingMode.FULL and q != 1.0:
-            raise ConfigError(f"FULL sampling must be accounted with sample_rate=1, got {q}")
-        if sampling is SamplingMode.FIXED_SIZE:
+        mech: Mechanism
+        if sampling is SamplingMode.FULL:
+            if q != 1.0:
+                raise ConfigError(f"FULL sampling must be accounted with sample_rate=1, got {q}")
+            mech = GaussianMechanism(z)
+        elif sampling is SamplingMode.FIXED_SIZE:
             if population is None:
                 raise ConfigError("FIXED_SIZE sampling needs population=N")
             pop = require_int("population", population, minimum=1)
             m = q * pop
             if abs(m - round(m)) > 1e-6:
                 raise ConfigError(f"sample_rate*population must be an integer, got {m}")
-            if self.name != "rdp":
-                raise PrivacyError(
-                    f"accountant {self.name!r} cannot account FIXED_SIZE sampling without "
-                    "replacement; use 'rdp'"
-                )
+            mech = FixedSizeGaussianMechanism(z, pop, round(m))
         else:
-            pop = None
-        modes = {s.mode is SamplingMode.FIXED_SIZE for s in self._state.gaussian}
-        if self._state.extra_rdp:
-            modes.add(False)
-        if modes and modes != {sampling is SamplingMode.FIXED_SIZE}:
-            raise PrivacyError(
-                "cannot compose FIXED_SIZE (replace-one) releases with POISSON/FULL "
-                "(add/remove) releases in one ledger"
-            )
-        hist = self._state.gaussian
-        if (
-            hist
-            and hist[-1].noise_multiplier == z
-            and hist[-1].sample_rate == q
-            and hist[-1].mode is sampling
-            and hist[-1].population == pop
-        ):
-            hist[-1].count += 1
-        else:
-            hist.append(_GaussianStep(z, q, sampling, pop, 1))
+            mech = PoissonGaussianMechanism(z, q)
+        self.compose(mech)
 
     def step_rdp(self, rdp: Sequence[float] | npt.NDArray[np.float64]) -> None:
         """Record a release given by its RDP curve over :data:`RDP_ORDERS`."""
         arr = np.asarray(rdp, dtype=np.float64)
         if arr.shape != (len(RDP_ORDERS),) or np.any(np.isnan(arr)) or np.any(arr < 0):
             raise ConfigError("rdp must be a non-negative vector over RDP_ORDERS")
-        if any(s.mode is SamplingMode.FIXED_SIZE for s in self._state.gaussian):
-            raise PrivacyError("cannot compose RDP-curve releases with FIXED_SIZE releases")
-        self._require_rdp_capable()
-        self._state.extra_rdp.append([float(x) for x in arr])
+        self.compose(RdpCurveMechanism(tuple(float(x) for x in arr)))
 
-    def _require_rdp_capable(self) -> None:
-        if self.name != "rdp":
-            raise PrivacyError(
-                f"accountant {self.name!r} cannot compose RDP-curve releases "
-                "(distributed discrete Gaussian); use 'rdp'"
-            )
+    def __len__(self) -> int:
+        return sum(int(c) for _, c in self._history)
+
+    @property
+    def history(self) -> tuple[tuple[Mechanism, int], ...]:
+        """What was composed, as (mechanism, count) pairs in order."""
+        return tuple((m, int(c)) for m, c in self._history)
+
+    def copy(self) -> Accountant:
+        out = type(self)()
+        out._history = copy.deepcopy(self._history)
+        return out
+
+    # -- privacy spent ---------------------------------------------------------
 
     def get_epsilon(self, delta: float) -> float:
-        """ε spent so far at ``delta``."""
+        """ε spent so far at ``delta`` (math.inf after any non-private release)."""
         d = require_probability("delta", delta)
         if d >= 1.0:
             raise ConfigError("delta must be < 1")
-        if len(self) == 0:
+        if not self._history:
             return 0.0
-        if self.name == "rdp":
-            return self._eps_rdp(d)
-        if self.name == "prv":
-            return self._eps_prv(d)
-        return self._eps_gdp(d)
+        if any(isinstance(m, NonPrivateMechanism) for m, _ in self._history):
+            return math.inf
+        return float(self._epsilon(d))
 
-    def rdp_curve(self) -> npt.NDArray[np.float64]:
-        """Total RDP over :data:`RDP_ORDERS` (add/remove releases only)."""
-        total = np.zeros(len(RDP_ORDERS), dtype=np.float64)
-        for s in self._state.gaussian:
-            if s.mode is SamplingMode.FIXED_SIZE:
-                raise PrivacyError("FIXED_SIZE releases are accounted by dp_accounting")
-            total += _opacus_rdp(
-                q=s.sample_rate, noise_multiplier=s.noise_multiplier, steps=s.count
-            )
-        for extra in self._state.extra_rdp:
-            total += np.asarray(extra)
-        return total
+    @abc.abstractmethod
+    def _epsilon(self, delta: float) -> float:
+        """ε of a non-empty, private history."""
 
-    def _eps_rdp(self, delta: float) -> float:
-        if any(s.mode is SamplingMode.FIXED_SIZE for s in self._state.gaussian):
-            return _eps_wor(self._state.gaussian, delta)
-        return _rdp_to_epsilon(self.rdp_curve(), delta)
+    def _grouped(self) -> dict[Mechanism, int]:
+        # Composition is commutative: one entry per distinct mechanism.
+        out: dict[Mechanism, int] = {}
+        for m, c in self._history:
+            out[m] = out.get(m, 0) + int(c)
+        return out
 
-    def _eps_prv(self, delta: float) -> float:
-        if self._state.extra_rdp:
-            self._require_rdp_capable()
-        from opacus.accountants import PRVAccountant
-
-        acc = PRVAccountant()
-        # Composition is commutative: merge identical (σ, q) steps so PRV
-        # composes one distribution per distinct release, not one per round.
-        grouped: dict[tuple[float, float], int] = {}
-        for s in self._state.gaussian:
-            key = (s.noise_multiplier, s.sample_rate)
-            grouped[key] = grouped.get(key, 0) + s.count
-        acc.history = [(z, q, n) for (z, q), n in grouped.items()]
-        return float(acc.get_epsilon(delta=delta, eps_error=0.01))
-
-    def _eps_gdp(self, delta: float) -> float:
-        if self._state.extra_rdp:
-            self._require_rdp_capable()
-        steps = self._state.gaussian
-        if all(s.sample_rate == 1.0 for s in steps):
-            # Composition of Gaussian mechanisms is exactly μ-GDP, μ² = Σ T_i/σ_i².
-            mu = math.sqrt(sum(s.count / s.noise_multiplier**2 for s in steps))
-            return _gdp_mu_to_epsilon(mu, delta)
-        if len({(s.noise_multiplier, s.sample_rate) for s in steps}) != 1:
-            raise PrivacyError(
-                "the GDP (CLT) accountant needs a constant noise multiplier and sample "
-                "rate under subsampling; use 'rdp' or 'prv'"
-            )
-        from opacus.accountants.analysis import gdp as gdp_analysis
-
-        s = steps[0]
-        return float(
-            gdp_analysis.compute_eps_poisson(
-                steps=sum(x.count for x in steps),
-                noise_multiplier=s.noise_multiplier,
-                sample_rate=s.sample_rate,
-                delta=delta,
-            )
+    def _gaussian_mu_squared(self) -> float:
+        return math.fsum(
+            c / m.noise_multiplier**2
+            for m, c in self._grouped().items()
+            if isinstance(m, GaussianMechanism)
         )
 
+    # -- state -------------------------------------------------------------------
+
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state (name, Gaussian history, extra RDP curves)."""
+        """JSON-serialisable state: name, RDP orders and the composed mechanisms."""
         return {
             "name": self.name,
-            "gaussian": [
-                {
-                    "noise_multiplier": s.noise_multiplier,
-                    "sample_rate": s.sample_rate,
-                    "mode": s.mode.value,
-                    "population": s.population,
-                    "count": s.count,
-                }
-                for s in self._state.gaussian
-            ],
-            "extra_rdp": [list(x) for x in self._state.extra_rdp],
             "orders": list(RDP_ORDERS),
+            "history": [
+                {
+                    "mechanism": type(m).__name__,
+                    "fields": {
+                        f.name: (list(v) if isinstance(v := getattr(m, f.name), tuple) else v)
+                        for f in fields(m)
+                    },
+                    "count": int(c),
+                }
+                for m, c in self._history
+            ],
         }
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> Accountant:
         """Inverse of :meth:`state_dict`; raises :class:`ConfigError` on bad input."""
         try:
-            out = cls(str(state["name"]))
+            out = create_accountant(str(state["name"]))
             if list(state["orders"]) != list(RDP_ORDERS):
                 raise ConfigError("accountant state was saved with different RDP orders")
-            for g in state["gaussian"]:
-                for _ in range(require_int("count", g["count"], minimum=1)):
-                    out.step(
-                        noise_multiplier=g["noise_multiplier"],
-                        sample_rate=g["sample_rate"],
-                        sampling=SamplingMode(g["mode"]),
-                        population=g["population"],
-                    )
-            for extra in state["extra_rdp"]:
-                out.step_rdp(extra)
+            for item in state["history"]:
+                mcls = MECHANISM_TYPES[str(item["mechanism"])]
+                kw = {
+                    k: (tuple(v) if isinstance(v, list) else v) for k, v in item["fields"].items()
+                }
+                out.compose(mcls(**kw), require_int("count", item["count"], minimum=1))
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"malformed accountant state: {exc!r}") from exc
         return out
 
 
-def _eps_wor(steps: Sequence[_GaussianStep], delta: float) -> float:
-    import dp_accounting
-    from dp_accounting.rdp import RdpAccountant
+@register_accountant
+class RDPAccountant(Accountant):
+    name = "rdp"
+    description = "Rényi DP (Opacus compute_rdp; dp_accounting for sampling without replacement)"
 
-    acc = RdpAccountant(
-        orders=list(RDP_ORDERS),
-        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE,
-    )
-    for s in steps:
-        pop = s.population
-        if pop is None:  # pragma: no cover - guarded in step()
-            raise PrivacyError("FIXED_SIZE step without population")
-        m = round(s.sample_rate * pop)
-        # Replacing one client moves the clipped sum by up to 2C: the
-        # replace-one noise multiplier is σC / 2C = σ/2.
-        event = dp_accounting.SampledWithoutReplacementDpEvent(
-            pop, m, dp_accounting.GaussianDpEvent(s.noise_multiplier / 2.0)
+    def supports(self, mechanism: Mechanism) -> bool:
+        return isinstance(
+            mechanism,
+            GaussianMechanism
+            | PoissonGaussianMechanism
+            | FixedSizeGaussianMechanism
+            | ThresholdPoissonGaussianMechanism
+            | RdpCurveMechanism
+            | NonPrivateMechanism,
         )
-        acc.compose(dp_accounting.SelfComposedDpEvent(event, s.count))
-    return float(acc.get_epsilon(delta))
+
+    def compose(self, mechanism: Mechanism, count: int = 1) -> None:
+        if isinstance(mechanism, FixedSizeGaussianMechanism) and any(
+            isinstance(m, RdpCurveMechanism | ThresholdPoissonGaussianMechanism)
+            for m, _ in self._history
+        ):
+            raise PrivacyError("cannot compose RDP-curve releases with FIXED_SIZE releases")
+        if isinstance(mechanism, RdpCurveMechanism | ThresholdPoissonGaussianMechanism) and any(
+            isinstance(m, FixedSizeGaussianMechanism) for m, _ in self._history
+        ):
+            raise PrivacyError("cannot compose RDP-curve releases with FIXED_SIZE releases")
+        super().compose(mechanism, count)
+
+    def rdp_curve(self) -> npt.NDArray[np.float64]:
+        """Total RDP over :data:`RDP_ORDERS` (add/remove or zero-out mechanisms only)."""
+        total = np.zeros(len(RDP_ORDERS), dtype=np.float64)
+        mu2 = self._gaussian_mu_squared()
+        if mu2 > 0:
+            total += np.asarray(RDP_ORDERS) * mu2 / 2.0
+        for m, c in self._grouped().items():
+            if isinstance(m, PoissonGaussianMechanism):
+                total += analysis.poisson_rdp(
+                    q=m.sample_rate, noise_multiplier=m.noise_multiplier, steps=c
+                )
+            elif isinstance(m, ThresholdPoissonGaussianMechanism):
+                total += c * analysis.threshold_rdp(
+                    noise_multiplier=m.noise_multiplier,
+                    sample_rate=m.sample_rate,
+                    population=m.population,
+                    min_clients=m.min_clients,
+                )
+            elif isinstance(m, RdpCurveMechanism):
+                total += c * np.asarray(m.rdp, dtype=np.float64)
+            elif isinstance(m, FixedSizeGaussianMechanism):
+                raise PrivacyError("FIXED_SIZE releases are accounted by dp_accounting")
+        return total
+
+    def _epsilon(self, delta: float) -> float:
+        grouped = self._grouped()
+        if any(isinstance(m, FixedSizeGaussianMechanism) for m in grouped):
+            steps = []
+            for m, c in grouped.items():
+                if isinstance(m, FixedSizeGaussianMechanism):
+                    steps.append((m.noise_multiplier, m.population, m.sample_size, c))
+                elif isinstance(m, GaussianMechanism):
+                    # A full-participation round under replace-one: N of N.
+                    raise PrivacyError("cannot compose FULL releases with FIXED_SIZE releases")
+            return analysis.fixed_size_epsilon(steps, delta)
+        return analysis.rdp_to_epsilon(self.rdp_curve(), delta)
+
+
+@register_accountant
+class PLDAccountant(Accountant):
+    name = "pld"
+    description = (
+        "Privacy loss distributions (dp_accounting PLD, pessimistic, grid 1e-4); exact "
+        "μ-GDP for compositions of Gaussians"
+    )
+
+    def supports(self, mechanism: Mechanism) -> bool:
+        return isinstance(
+            mechanism,
+            GaussianMechanism
+            | PoissonGaussianMechanism
+            | ThresholdPoissonGaussianMechanism
+            | NonPrivateMechanism,
+        )
+
+    def _unsupported(self, mechanism: Mechanism) -> str:
+        if isinstance(mechanism, FixedSizeGaussianMechanism):
+            return (
+                f"accountant {self.name!r} cannot account FIXED_SIZE sampling without "
+                "replacement (replace-one); use 'rdp'"
+            )
+        if isinstance(mechanism, RdpCurveMechanism):
+            return (
+                f"accountant {self.name!r} cannot compose RDP-curve releases "
+                "(distributed discrete Gaussian); use 'rdp'"
+            )
+        return super()._unsupported(mechanism)
+
+    def _epsilon(self, delta: float) -> float:
+        grouped = self._grouped()
+        mu2 = self._gaussian_mu_squared()
+        sampled = {m: c for m, c in grouped.items() if not isinstance(m, GaussianMechanism)}
+        if not sampled:
+            # Gaussians compose exactly into one Gaussian: no discretization needed.
+            return analysis.gaussian_epsilon(math.sqrt(mu2), delta)
+        from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+        d = analysis.PLD_DISCRETIZATION
+        pairs: list[Any] = [None, None]
+
+        def add(i: int, pld: Any) -> None:
+            pairs[i] = pld if pairs[i] is None else pairs[i].compose(pld)
+
+        for m, c in sampled.items():
+            if isinstance(m, PoissonGaussianMechanism):
+                pld = analysis.poisson_pld(float(m.noise_multiplier), float(m.sample_rate), d)
+                pld = pld if c == 1 else pld.self_compose(c)
+                add(0, pld)
+                add(1, pld)
+            elif isinstance(m, ThresholdPoissonGaussianMechanism):
+                for i, pld in enumerate(
+                    analysis.threshold_pld(
+                        noise_multiplier=m.noise_multiplier,
+                        sample_rate=m.sample_rate,
+                        population=m.population,
+                        min_clients=m.min_clients,
+                        discretization=d,
+                    )
+                ):
+                    add(i, pld if c == 1 else pld.self_compose(c))
+        if mu2 > 0:
+            g = pld_lib.from_gaussian_mechanism(
+                standard_deviation=1.0 / math.sqrt(mu2), value_discretization_interval=d
+            )
+            add(0, g)
+            add(1, g)
+        return max(float(p.get_epsilon_for_delta(delta)) for p in pairs if p is not None)
+
+
+@register_accountant
+class PRVAccountant(Accountant):
+    name = "prv"
+    description = (
+        "Privacy random variables (Opacus PRVAccountant, Gopi et al. 2021), eps_error 0.01"
+    )
+
+    def supports(self, mechanism: Mechanism) -> bool:
+        return isinstance(
+            mechanism, GaussianMechanism | PoissonGaussianMechanism | NonPrivateMechanism
+        )
+
+    def _unsupported(self, mechanism: Mechanism) -> str:
+        if isinstance(mechanism, FixedSizeGaussianMechanism):
+            return (
+                f"accountant {self.name!r} cannot account FIXED_SIZE sampling without "
+                "replacement; use 'rdp'"
+            )
+        if isinstance(mechanism, RdpCurveMechanism):
+            return (
+                f"accountant {self.name!r} cannot compose RDP-curve releases "
+                "(distributed discrete Gaussian); use 'rdp'"
+            )
+        return super()._unsupported(mechanism)
+
+    def _epsilon(self, delta: float) -> float:
+        from opacus.accountants import PRVAccountant as OpacusPRV
+
+        acc = OpacusPRV()
+        history = []
+        for m, c in self._grouped().items():
+            if isinstance(m, GaussianMechanism):
+                history.append((m.noise_multiplier, 1.0, c))
+            elif isinstance(m, PoissonGaussianMechanism):
+                history.append((m.noise_multiplier, m.sample_rate, c))
+        acc.history = history
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(acc.get_epsilon(delta=delta, eps_error=0.01))
+
+
+@register_accountant
+class GDPAccountant(Accountant):
+    name = "gdp"
+    description = (
+        "Gaussian DP: exact μ-GDP for full participation; Opacus' CLT approximation "
+        "for Poisson (constant σ and q only; can under-estimate, Opacus warns). "
+        "An approximation: never used to calibrate or to gate a budget"
+    )
+    upper_bound = False
+
+    def supports(self, mechanism: Mechanism) -> bool:
+        return isinstance(
+            mechanism, GaussianMechanism | PoissonGaussianMechanism | NonPrivateMechanism
+        )
+
+    def _unsupported(self, mechanism: Mechanism) -> str:
+        if isinstance(mechanism, FixedSizeGaussianMechanism):
+            return (
+                f"accountant {self.name!r} cannot account FIXED_SIZE sampling without "
+                "replacement; use 'rdp'"
+            )
+        if isinstance(mechanism, RdpCurveMechanism):
+            return (
+                f"accountant {self.name!r} cannot compose RDP-curve releases "
+                "(distributed discrete Gaussian); use 'rdp'"
+            )
+        return super()._unsupported(mechanism)
+
+    def _epsilon(self, delta: float) -> float:
+        grouped = self._grouped()
+        poisson = {m: c for m, c in grouped.items() if isinstance(m, PoissonGaussianMechanism)}
+        if not poisson:
+            return analysis.gaussian_epsilon(math.sqrt(self._gaussian_mu_squared()), delta)
+        if len(poisson) != 1 or len(grouped) != 1:
+            raise PrivacyError(
+                "the GDP (CLT) accountant needs a constant noise multiplier and sample "
+                "rate under subsampling; use 'rdp' or 'prv'"
+            )
+        from opacus.accountants.analysis import gdp as gdp_analysis
+
+        ((m, c),) = poisson.items()
+        return float(
+            gdp_analysis.compute_eps_poisson(
+                steps=c,
+                noise_multiplier=m.noise_multiplier,
+                sample_rate=m.sample_rate,
+                delta=delta,
+            )
+        )
 
 
 # --------------------------------------------------------------------------
@@ -604,7 +585,13 @@ def _eps_wor(steps: Sequence[_GaussianStep], delta: float) -> float:
 
 @dataclass(frozen=True, kw_only=True)
 class PrivacyPlan:
-    """Noise multiplier that reaches ``target_epsilon`` at ``delta`` after ``rounds``."""
+    """Noise multiplier that reaches ``target_epsilon`` at ``delta`` after ``rounds``.
+
+    ``participations`` is None for the sampling-amplified plan (valid only
+    against an observer from whom the sample and its size are secret), else the
+    number of rounds one client may join, composed without amplification (the
+    plan against the coordinator).
+    """
 
     noise_multiplier: float
     epsilon: float
@@ -613,22 +600,25 @@ class PrivacyPlan:
     rounds: int
     sampling: Sampling
     accountant: str
+    participations: int | None = None
 
 
 def _epsilon_for(
-    *, noise_multiplier: float, rounds: int, sampling: Sampling, delta: float, accountant: str
+    *,
+    noise_multiplier: float,
+    rounds: int,
+    sampling: Sampling,
+    delta: float,
+    accountant: str,
+    participations: int | None = None,
 ) -> float:
-    if sampling.mode is SamplingMode.FIXED_SIZE and accountant != "rdp":
-        raise PrivacyError(f"accountant {accountant!r} cannot account FIXED_SIZE sampling")
-    acc = Accountant(accountant)
-    g = _GaussianStep(
-        noise_multiplier,
-        sampling.sample_rate,
-        sampling.mode,
-        sampling.population if sampling.mode is SamplingMode.FIXED_SIZE else None,
-        rounds,
-    )
-    acc._state.gaussian.append(g)
+    acc = create_accountant(accountant)
+    if participations is not None:
+        acc.compose(GaussianMechanism(noise_multiplier), participations)
+    else:
+        acc.compose(
+            mechanism_for_sampling(noise_multiplier=noise_multiplier, sampling=sampling), rounds
+        )
     return acc.get_epsilon(delta)
 
 
@@ -640,12 +630,17 @@ def plan(
     sampling: Sampling,
     accountant: str = "rdp",
     epsilon_tolerance: float = 0.01,
+    participations: int | None = None,
 ) -> PrivacyPlan:
     """Smallest noise multiplier (within ``epsilon_tolerance``) with ε <= target.
 
-    Poisson and full participation go through Opacus ``get_noise_multiplier``;
-    fixed-size sampling (dp_accounting, replace-one) and exact GDP use the same
-    doubling-then-bisection search on our own ε function.
+    Only upper-bound accountants calibrate (``gdp`` is refused with a
+    :class:`ConfigError`). Poisson and full participation under ``rdp``/``prv``
+    go through Opacus ``get_noise_multiplier``; everything else uses a
+    doubling-then-bisection search on our own ε function. With
+    ``participations`` (<= rounds) the plan composes that many Gaussian
+    releases per client without amplification: the plan that holds against the
+    coordinator, who knows the sample.
     """
     eps_t = require_positive("target_epsilon", target_epsilon)
     d = require_probability("delta", delta)
@@ -653,16 +648,31 @@ def plan(
     tol = require_positive("epsilon_tolerance", epsilon_tolerance)
     if not isinstance(sampling, Sampling):
         raise TypeError("sampling must be a Sampling")
-    if accountant not in ACCOUNTANTS:
-        raise ConfigError(f"unknown accountant {accountant!r}; choose one of {sorted(ACCOUNTANTS)}")
+    require_upper_bound(accountant, purpose="calibration (privacy plan)")
+    if participations is not None:
+        k = require_int("participations", participations, minimum=1)
+        if k > T:
+            raise ConfigError(f"participations={k} exceeds rounds={T}")
+    if sampling.mode is SamplingMode.FIXED_SIZE and participations is None:
+        probe = create_accountant(accountant)
+        mech = mechanism_for_sampling(noise_multiplier=1.0, sampling=sampling)
+        if not probe.supports(mech):
+            raise PrivacyError(f"accountant {accountant!r} cannot account FIXED_SIZE sampling")
 
     def eps_of(z: float) -> float:
         return _epsilon_for(
-            noise_multiplier=z, rounds=T, sampling=sampling, delta=d, accountant=accountant
+            noise_multiplier=z,
+            rounds=T,
+            sampling=sampling,
+            delta=d,
+            accountant=accountant,
+            participations=participations,
         )
 
-    use_opacus = sampling.mode is not SamplingMode.FIXED_SIZE and not (
-        accountant == "gdp" and sampling.mode is SamplingMode.FULL
+    use_opacus = (
+        participations is None
+        and sampling.mode is not SamplingMode.FIXED_SIZE
+        and accountant in ("rdp", "prv")
     )
     try:
         if use_opacus:
@@ -671,6 +681,7 @@ def plan(
             kwargs: dict[str, Any] = {"alphas": list(RDP_ORDERS)} if accountant == "rdp" else {}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)
                 z = float(
                     get_noise_multiplier(
                         target_epsilon=eps_t,
@@ -696,6 +707,7 @@ def plan(
         rounds=T,
         sampling=sampling,
         accountant=accountant,
+        participations=participations,
     )
 
 
@@ -757,12 +769,13 @@ def project(
     Sampling is Poisson with q = m/N (FULL when m == N). ``delta=None`` uses
     δ = N^-1.1 for each N (so δ stays below 1/N). For each N the row gives the
     σ needed for ``target_epsilon`` and, if ``noise_multiplier`` is given, the ε
-    that σ reaches.
+    that σ reaches. Amplified figures: see :class:`PrivacyPlan`.
     """
     eps_t = require_positive("target_epsilon", target_epsilon)
     T = require_int("rounds", rounds, minimum=1)
     m = require_int("clients_per_round", clients_per_round, minimum=1)
     z = None if noise_multiplier is None else require_positive("noise_multiplier", noise_multiplier)
+    require_upper_bound(accountant, purpose="calibration (privacy projection)")
     rows = []
     for pop in populations:
         n = require_int("population", pop, minimum=1)
@@ -805,43 +818,3 @@ def project(
         delta_rule="N^-1.1" if delta is None else f"{delta:g}",
         rows=tuple(rows),
     )
-
-
-def render_plan(p: PrivacyPlan) -> str:
-    """Plain-text rendering of a :class:`PrivacyPlan` (for the CLI)."""
-    s = p.sampling
-    return "\n".join(
-        [
-            f"accountant:        {p.accountant}",
-            f"sampling:          {s.mode.value} (N={s.population}, m={s.clients_per_round:g}, "
-            f"rate={s.sample_rate:.6g})",
-            f"rounds:            {p.rounds}",
-            f"delta:             {p.delta:.3g}",
-            f"target epsilon:    {p.target_epsilon:g}",
-            f"noise multiplier:  {p.noise_multiplier:.4f}",
-            f"epsilon reached:   {p.epsilon:.4f}",
-        ]
-    )
-
-
-def render_projection(p: PrivacyProjection) -> str:
-    """Plain-text table of a :class:`PrivacyProjection` (for the CLI)."""
-    head = (
-        f"Projection: {p.clients_per_round} clients/round (Poisson, q = m/N), "
-        f"{p.rounds} rounds, accountant {p.accountant}, delta = {p.delta_rule}"
-    )
-    cols = f"{'N':>8} {'q':>10} {'delta':>10} {'sigma@eps=' + format(p.target_epsilon, 'g'):>16}"
-    if p.noise_multiplier is not None:
-        cols += f" {'eps@sigma=' + format(p.noise_multiplier, '.3g'):>16}"
-    lines = [head, cols]
-    for r in p.rows:
-        sig = (
-            "unreachable"
-            if r.noise_multiplier_for_target is None
-            else (f"{r.noise_multiplier_for_target:.4f}")
-        )
-        line = f"{r.population:>8} {r.sample_rate:>10.5g} {r.delta:>10.3g} {sig:>16}"
-        if p.noise_multiplier is not None and r.epsilon_at_noise_multiplier is not None:
-            line += f" {r.epsilon_at_noise_multiplier:>16.4f}"
-        lines.append(line)
-    return "\n".join(lines)

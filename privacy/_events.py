@@ -1,9 +1,34 @@
-"""Immutable privacy events, one per release, in the style of ``dp_accounting``.
+"""Immutable privacy events, one per round, in the style of ``dp_accounting``.
 
 The meaning of a recorded event never changes: a new kind of release gets a new
-event type (and, if a field's meaning must change, a new schema version). Every
-event validates itself in ``__post_init__`` so a ledger line that decodes into
-an event is also a self-consistent release description.
+event type, and a new field gets a default that means exactly what the older
+ledger lines meant (so they stay readable). Every event validates itself in
+``__post_init__`` so a ledger line that decodes into an event is also a
+self-consistent release description.
+
+Ledger schema 1 -> 2 (what each release now records for per-adversary accounting):
+
+``secure_aggregation``  whether the sum was computed under secure aggregation.
+                        ``None`` (schema 1): not recorded. A distributed-noise
+                        release without a recorded ``True`` is accounted as
+                        local DP against the coordinator, which then saw each
+                        noisy update; a discrete-Gaussian release is always
+                        inside secure aggregation.
+``neighbouring``        the relation the sampling-amplified accounting of this
+                        release assumes: add/remove (central noise, Poisson or
+                        full), replace-one (fixed size), zero-out (distributed
+                        noise, N and the count public). ``None`` (schema 1):
+                        implied by the sampling and placement the same way.
+``sample_secret``       whether the sample *and its size* were kept from
+                        outside observers (no ids, no counts published).
+                        ``False`` (schema 1): both were published.
+``min_clients``         the sampled-client threshold below which the round is
+                        skipped instead of released (``None``: not recorded).
+``same_sample_as``      the earlier round whose sample this release reused (a
+                        replay after a restore). ``None``: a fresh draw.
+
+``assumed_colluding_clients`` (already in schema 1) is the number of colluding
+sites the distributed noise was sized for. New event type: :class:`SkippedRound`.
 """
 
 from __future__ import annotations
@@ -20,6 +45,7 @@ import numpy.typing as npt
 
 from privacy._accounting import RDP_ORDERS, Accountant, Sampling, SamplingMode, ddgauss_rdp
 from privacy._clipping import adaptive_effective_noise_multiplier
+from privacy._mechanisms import NeighbouringRelation
 from privacy._noise import NoisePlacement, distributed_effective_noise_multiplier
 from privacy._validation import (
     require_finite,
@@ -30,15 +56,23 @@ from privacy._validation import (
 from privacy.errors import ConfigError
 
 __all__ = [
+    "EVENT_SCHEMA_VERSION",
     "EVENT_TYPES",
     "ClipStatistics",
     "DistributedDiscreteGaussianRelease",
     "GaussianRelease",
     "PrivacyEvent",
     "RecordLevelRelease",
+    "ReleaseEvent",
+    "SkipReason",
+    "SkippedRound",
     "event_from_dict",
     "event_to_dict",
+    "implied_relation",
 ]
+
+#: Schema of events written now (1: before per-adversary fields).
+EVENT_SCHEMA_VERSION = 2
 
 # Relative tolerance when checking a recorded effective noise multiplier against
 # the one recomputed from the recorded noise (JSON round-trips floats exactly;
@@ -67,6 +101,50 @@ def _check_sampling(mode: Any, rate: float, population: int | None) -> None:
         raise ConfigError(f"FULL sampling has sample_rate 1, got {rate}")
     if mode is SamplingMode.FIXED_SIZE and population is None:
         raise ConfigError("FIXED_SIZE sampling needs population")
+
+
+def implied_relation(*, sampling_mode: SamplingMode, distributed: bool) -> NeighbouringRelation:
+    """The neighbouring relation the amplified accounting of a release assumes."""
+    if distributed:
+        # Distributed noise is sized by the number of survivors, which must be
+        # public: compare populations that differ in one client's *data*.
+        return NeighbouringRelation.ZERO_OUT
+    if sampling_mode is SamplingMode.FIXED_SIZE:
+        return NeighbouringRelation.REPLACE_ONE
+    return NeighbouringRelation.ADD_REMOVE
+
+
+def _check_accounting_fields(
+    event: Any, *, distributed: bool, sampled: int, allow_sample_secret: bool = True
+) -> None:
+    sa = event.secure_aggregation
+    if sa is not None and not isinstance(sa, bool):
+        raise TypeError("secure_aggregation must be a bool or None")
+    if not isinstance(event.sample_secret, bool):
+        raise TypeError("sample_secret must be a bool")
+    rel = event.neighbouring
+    if rel is not None:
+        if not isinstance(rel, NeighbouringRelation):
+            raise TypeError("neighbouring must be a NeighbouringRelation")
+        expected = implied_relation(sampling_mode=event.sampling_mode, distributed=distributed)
+        if rel is not expected:
+            raise ConfigError(
+                f"neighbouring={rel.value} does not match what the sampling and noise "
+                f"placement imply ({expected.value})"
+            )
+    if event.min_clients is not None:
+        m = require_int("min_clients", event.min_clients, minimum=0)
+        if sampled < m:
+            raise ConfigError(
+                f"clients_sampled={sampled} is below min_clients={m}: such a round is "
+                "skipped (SkippedRound), never released"
+            )
+    if event.same_sample_as is not None:
+        prev = require_int("same_sample_as", event.same_sample_as, minimum=0)
+        if prev >= event.round:
+            raise ConfigError(
+                f"same_sample_as={prev} must name an earlier round than {event.round}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +176,12 @@ class GaussianRelease:
     per_client_noise_std: float | None = None
     clipped_count_stddev: float | None = None
     client_ids: tuple[str, ...] | None = None
+    # Schema 2 (see the module docstring); the defaults are what schema 1 meant.
+    secure_aggregation: bool | None = None
+    neighbouring: NeighbouringRelation | None = None
+    sample_secret: bool = False
+    min_clients: int | None = None
+    same_sample_as: int | None = None
 
     def __post_init__(self) -> None:
         require_int("round", self.round, minimum=0)
@@ -144,6 +228,9 @@ class GaussianRelease:
                 "the value and clip-count noise"
             )
         _check_ids(self.client_ids, surviving)
+        _check_accounting_fields(
+            self, distributed=self.placement is NoisePlacement.DISTRIBUTED, sampled=sampled
+        )
 
     @classmethod
     def central(
@@ -157,9 +244,15 @@ class GaussianRelease:
         clients_surviving: int,
         clipped_count_stddev: float | None = None,
         client_ids: Sequence[str] | None = None,
+        secure_aggregation: bool | None = None,
+        sample_secret: bool = False,
+        min_clients: int | None = None,
+        same_sample_as: int | None = None,
     ) -> GaussianRelease:
         """Server adds N(0, (noise_multiplier·C)²) to the sum (and N(0, σ_b²) to
-        the clip-bit sum when ``clipped_count_stddev`` is given)."""
+        the clip-bit sum when ``clipped_count_stddev`` is given). The coordinator
+        adds the noise, so it is trusted: against it this release has no DP
+        guarantee whatever ``secure_aggregation`` says."""
         zv = require_positive("noise_multiplier", noise_multiplier)
         z = (
             zv
@@ -182,6 +275,11 @@ class GaussianRelease:
             target_noise_multiplier=z,
             clipped_count_stddev=clipped_count_stddev,
             client_ids=None if client_ids is None else tuple(client_ids),
+            secure_aggregation=secure_aggregation,
+            neighbouring=implied_relation(sampling_mode=sampling.mode, distributed=False),
+            sample_secret=sample_secret,
+            min_clients=min_clients,
+            same_sample_as=same_sample_as,
         )
 
     @classmethod
@@ -199,11 +297,17 @@ class GaussianRelease:
         assumed_colluding_clients: int = 0,
         per_client_count_stddev: float | None = None,
         client_ids: Sequence[str] | None = None,
+        secure_aggregation: bool | None = None,
+        sample_secret: bool = False,
+        min_clients: int | None = None,
+        same_sample_as: int | None = None,
     ) -> GaussianRelease:
         """Each surviving client added N(0, per_client_noise_std²) (and
         N(0, per_client_count_stddev²) to its clip bit). The charged multiplier
         is computed from the survivors actually present; fewer than
-        ``min_survivors`` raises :class:`DropoutThresholdNotMet`."""
+        ``min_survivors`` raises :class:`DropoutThresholdNotMet`. Record
+        ``secure_aggregation=True`` only when the server saw nothing but the
+        sum; otherwise the coordinator's ε is that of local DP per client."""
         zv = distributed_effective_noise_multiplier(
             per_client_std=per_client_noise_std,
             clip_norm=clip_norm,
@@ -241,10 +345,26 @@ class GaussianRelease:
             per_client_noise_std=per_client_noise_std,
             clipped_count_stddev=count_std,
             client_ids=None if client_ids is None else tuple(client_ids),
+            secure_aggregation=secure_aggregation,
+            neighbouring=implied_relation(sampling_mode=sampling.mode, distributed=True),
+            sample_secret=sample_secret,
+            min_clients=min_clients,
+            same_sample_as=same_sample_as,
+        )
+
+    @property
+    def relation(self) -> NeighbouringRelation:
+        """The recorded relation, or (schema 1) the one the sampling and placement imply."""
+        if self.neighbouring is not None:
+            return self.neighbouring
+        return implied_relation(
+            sampling_mode=self.sampling_mode,
+            distributed=self.placement is NoisePlacement.DISTRIBUTED,
         )
 
     def apply_to(self, accountant: Accountant) -> None:
-        """Charge this release to ``accountant``."""
+        """Charge this release to ``accountant`` with its sampling-amplified mechanism
+        (what the ledger-wide :meth:`PrivacyLedger.epsilon` reports)."""
         accountant.step(
             noise_multiplier=self.noise_multiplier,
             sample_rate=self.sample_rate,
@@ -259,6 +379,8 @@ class DistributedDiscreteGaussianRelease:
     Gaussian noise (Kairouz, Liu, Steinke 2021). ``local_stddev`` is in the
     integer domain (after multiplying by ``scale``). Accounted by its RDP curve
     (:func:`privacy.ddgauss_rdp`), so only the ``"rdp"`` accountant composes it.
+    ``secure_aggregation`` is ``None`` in schema 1 and means *on*: the discrete
+    noise is added in secure aggregation's integer domain.
     """
 
     kind: ClassVar[str] = "DistributedDiscreteGaussianRelease"
@@ -277,6 +399,12 @@ class DistributedDiscreteGaussianRelease:
     min_survivors: int
     assumed_colluding_clients: int = 0
     client_ids: tuple[str, ...] | None = None
+    # Schema 2 (see the module docstring).
+    secure_aggregation: bool | None = None
+    neighbouring: NeighbouringRelation | None = None
+    sample_secret: bool = False
+    min_clients: int | None = None
+    same_sample_as: int | None = None
 
     def __post_init__(self) -> None:
         require_int("round", self.round, minimum=0)
@@ -309,6 +437,19 @@ class DistributedDiscreteGaussianRelease:
                 "discrete Gaussian sum would be under-noised; abort the round"
             )
         _check_ids(self.client_ids, surviving)
+        _check_accounting_fields(self, distributed=True, sampled=sampled)
+
+    @property
+    def placement(self) -> NoisePlacement:
+        return NoisePlacement.DISTRIBUTED
+
+    @property
+    def in_secure_aggregation(self) -> bool:
+        return self.secure_aggregation is not False
+
+    @property
+    def relation(self) -> NeighbouringRelation:
+        return NeighbouringRelation.ZERO_OUT
 
     @property
     def noise_multiplier(self) -> float:
@@ -317,8 +458,12 @@ class DistributedDiscreteGaussianRelease:
         honest = self.clients_surviving - self.assumed_colluding_clients
         return math.sqrt(honest) * self.local_stddev / (self.clip_norm * self.scale)
 
-    def rdp(self) -> npt.NDArray[np.float64]:
-        """RDP curve over :data:`privacy.RDP_ORDERS`."""
+    def rdp(
+        self, *, sample_rate: float | None = None, colluding: int | None = None
+    ) -> npt.NDArray[np.float64]:
+        """RDP curve over :data:`privacy.RDP_ORDERS` (at the recorded sampling rate and
+        colluders unless ``sample_rate`` / ``colluding`` say otherwise)."""
+        k = self.assumed_colluding_clients if colluding is None else colluding
         return ddgauss_rdp(
             local_stddev=self.local_stddev,
             num_survivors=self.clients_surviving,
@@ -326,8 +471,8 @@ class DistributedDiscreteGaussianRelease:
             clip_norm=self.clip_norm,
             dimension=self.dimension,
             beta=self.beta,
-            sample_rate=self.sample_rate,
-            assumed_colluding_clients=self.assumed_colluding_clients,
+            sample_rate=self.sample_rate if sample_rate is None else sample_rate,
+            assumed_colluding_clients=min(k, self.clients_surviving - 1),
             orders=RDP_ORDERS,
         )
 
@@ -426,8 +571,102 @@ class RecordLevelRelease:
                 )
 
 
+class SkipReason(enum.Enum):
+    """Why a round released nothing."""
+
+    #: Fewer clients were sampled than the round needs. The engine never redraws
+    #: within a round (a redraw would condition the sample on its size).
+    TOO_FEW_SAMPLED = "too_few_sampled"
+    #: Enough were sampled, but fewer survived than the noise was sized for.
+    TOO_FEW_SURVIVORS = "too_few_survivors"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SkippedRound:
+    """Round ``round`` released no aggregate; recorded so that every round is in the ledger.
+
+    Nothing about any client's data left the round, but the skip itself is
+    visible. Against anyone who knows the sample (the coordinator, or an
+    observer when ids or counts are published) it costs nothing: who was
+    sampled does not depend on the data. Against an outside observer from whom
+    the sample is secret, the skip reveals that fewer than ``required`` clients
+    were sampled, which depends on whether a client is in the population; that
+    is accounted with the round's threshold mechanism (the same one a released
+    round of the run is charged with), using ``noise_multiplier`` (the
+    multiplier the release would have been charged).
+
+    ``required``: the minimum that was not met (sampled clients for
+    ``TOO_FEW_SAMPLED``, survivors for ``TOO_FEW_SURVIVORS``).
+    ``client_ids``: who was sampled (nothing of theirs is charged).
+    """
+
+    kind: ClassVar[str] = "SkippedRound"
+
+    round: int
+    reason: SkipReason
+    clients_sampled: int
+    required: int
+    sampling_mode: SamplingMode
+    sample_rate: float
+    population: int | None
+    noise_multiplier: float | None = None
+    placement: NoisePlacement | None = None
+    clients_surviving: int | None = None
+    sample_secret: bool = False
+    client_ids: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        require_int("round", self.round, minimum=0)
+        if not isinstance(self.reason, SkipReason):
+            raise TypeError("reason must be a SkipReason")
+        sampled = require_int("clients_sampled", self.clients_sampled, minimum=0)
+        need = require_int("required", self.required, minimum=1)
+        _check_sampling(self.sampling_mode, self.sample_rate, self.population)
+        if self.noise_multiplier is not None:
+            require_positive("noise_multiplier", self.noise_multiplier)
+        if self.placement is not None and not isinstance(self.placement, NoisePlacement):
+            raise TypeError("placement must be a NoisePlacement or None")
+        if not isinstance(self.sample_secret, bool):
+            raise TypeError("sample_secret must be a bool")
+        if self.reason is SkipReason.TOO_FEW_SAMPLED:
+            if self.clients_surviving is not None:
+                raise ConfigError("a round skipped for too few sampled has no survivors")
+            if sampled >= need:
+                raise ConfigError(
+                    f"clients_sampled={sampled} meets required={need}: not a skip for "
+                    "too few sampled clients"
+                )
+        else:
+            if self.clients_surviving is None:
+                raise ConfigError("TOO_FEW_SURVIVORS needs clients_surviving")
+            surv = require_int("clients_surviving", self.clients_surviving, minimum=0)
+            if surv > sampled or surv >= need:
+                raise ConfigError(
+                    f"clients_surviving={surv} must be < required={need} and <= "
+                    f"clients_sampled={sampled}"
+                )
+        if self.client_ids is not None:
+            _check_ids(self.client_ids, sampled)
+
+    @property
+    def min_clients(self) -> int | None:
+        """The sampled-client threshold, when that is what was not met."""
+        return self.required if self.reason is SkipReason.TOO_FEW_SAMPLED else None
+
+    def apply_to(self, accountant: Accountant) -> None:
+        """No cost in the ledger-wide amplified accounting (which ignores skips);
+        the per-adversary accounting (:mod:`privacy._adversary`) charges the skip
+        where it is visible information."""
+        del accountant
+
+
+ReleaseEvent = GaussianRelease | DistributedDiscreteGaussianRelease
 PrivacyEvent = (
-    GaussianRelease | DistributedDiscreteGaussianRelease | ClipStatistics | RecordLevelRelease
+    GaussianRelease
+    | DistributedDiscreteGaussianRelease
+    | ClipStatistics
+    | SkippedRound
+    | RecordLevelRelease
 )
 
 EVENT_TYPES: Mapping[str, type[Any]] = {
@@ -436,9 +675,23 @@ EVENT_TYPES: Mapping[str, type[Any]] = {
         GaussianRelease,
         DistributedDiscreteGaussianRelease,
         ClipStatistics,
+        SkippedRound,
         RecordLevelRelease,
     )
 }
+
+# Fields added in schema 2, per event type: a schema-1 line lacks them and gets
+# the default (which means what schema 1 meant); a schema-2 line must have them.
+_SCHEMA2_FIELDS: Mapping[str, frozenset[str]] = {
+    "GaussianRelease": frozenset(
+        {"secure_aggregation", "neighbouring", "sample_secret", "min_clients", "same_sample_as"}
+    ),
+    "DistributedDiscreteGaussianRelease": frozenset(
+        {"secure_aggregation", "neighbouring", "sample_secret", "min_clients", "same_sample_as"}
+    ),
+    "ClipStatistics": frozenset(),
+}
+_SCHEMA2_ONLY_TYPES = frozenset({"SkippedRound"})
 
 
 def event_to_dict(event: PrivacyEvent) -> dict[str, Any]:
@@ -457,6 +710,8 @@ def event_to_dict(event: PrivacyEvent) -> dict[str, Any]:
 _ENUM_FIELDS: Mapping[str, type[enum.Enum]] = {
     "placement": NoisePlacement,
     "sampling_mode": SamplingMode,
+    "neighbouring": NeighbouringRelation,
+    "reason": SkipReason,
 }
 
 
@@ -466,12 +721,24 @@ _TUPLE_FIELDS: Mapping[str, tuple[str, ...]] = {
 }
 
 
-def event_from_dict(kind: str, data: Mapping[str, Any]) -> PrivacyEvent:
-    """Rebuild (and thereby re-validate) an event; raises ``ConfigError``/``TypeError``."""
+def event_from_dict(
+    kind: str, data: Mapping[str, Any], *, schema: int = EVENT_SCHEMA_VERSION
+) -> PrivacyEvent:
+    """Rebuild (and thereby re-validate) an event; raises ``ConfigError``/``TypeError``.
+
+    ``schema`` is the ledger line's schema: schema-1 lines predate the fields in
+    :data:`_SCHEMA2_FIELDS` and must not carry them.
+    """
     cls = EVENT_TYPES.get(kind)
     if cls is None:
         raise ConfigError(f"unknown event type {kind!r}")
+    if schema not in (1, EVENT_SCHEMA_VERSION):
+        raise ConfigError(f"unsupported event schema {schema!r}")
+    if schema == 1 and kind in _SCHEMA2_ONLY_TYPES:
+        raise ConfigError(f"{kind} does not exist in schema 1")
     names = {f.name for f in dataclasses.fields(cls)}
+    if schema == 1:
+        names -= _SCHEMA2_FIELDS.get(kind, frozenset())
     if set(data) != names:
         raise ConfigError(
             f"{kind} fields mismatch: missing {sorted(names - set(data))}, "
@@ -479,7 +746,7 @@ def event_from_dict(kind: str, data: Mapping[str, Any]) -> PrivacyEvent:
         )
     kwargs: dict[str, Any] = {}
     for name, v in data.items():
-        if name in _ENUM_FIELDS:
+        if name in _ENUM_FIELDS and v is not None:
             try:
                 v = _ENUM_FIELDS[name](v)
             except ValueError as exc:

@@ -14,6 +14,10 @@ which the next ``open`` reports as :class:`LedgerCorrupted`; because the
 caller never got control back, nothing was released for it, and an operator
 can remove the torn tail explicitly with :meth:`PrivacyLedger.discard_torn_tail`.
 
+Every round is recorded: a release (:class:`GaussianRelease`,
+:class:`DistributedDiscreteGaussianRelease`) or a :class:`SkippedRound`, in
+strictly increasing round order; :class:`ClipStatistics` may follow a release.
+
 Each line is canonical JSON (sorted keys, no spaces, no NaN) with ``schema``,
 ``seq``, ``round``, ``timestamp``, ``type``, ``event``, ``prev_hash`` and
 ``hash = SHA-256(prev_hash + "\\n" + canonical line without hash)``. Opening
@@ -21,6 +25,10 @@ re-verifies every line, re-validates every event and rebuilds the accountant;
 any mismatch (edited value, deleted/reordered/duplicated line, non-JSON or
 truncated line, rounds out of order) raises :class:`LedgerCorrupted`. It is
 never treated as an empty ledger.
+
+Schema versions: lines written now carry ``schema = 2``; schema-1 lines (written
+before the per-adversary fields existed) stay readable and their events get
+the defaults that mean what schema 1 meant (see :mod:`privacy._events`).
 
 What the chain does *not* do: anyone who can write the file can also
 recompute the chain. Keep :attr:`PrivacyLedger.head` in the server checkpoint
@@ -43,15 +51,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from privacy._accounting import ACCOUNTANTS, Accountant
+from privacy._accounting import Accountant, create_accountant, require_upper_bound
+from privacy._adversary import (
+    Adversary,
+    AdversaryEpsilon,
+    EpsilonByAdversary,
+    EpsilonCache,
+    adversary_epsilon,
+    budget_epsilon,
+    epsilon_by_adversary,
+)
 from privacy._events import (
+    EVENT_SCHEMA_VERSION,
     ClipStatistics,
     PrivacyEvent,
     RecordLevelRelease,
+    SkippedRound,
     event_from_dict,
     event_to_dict,
 )
-from privacy._validation import require_positive, require_probability
+from privacy._validation import require_int, require_positive, require_probability
 from privacy.errors import (
     ConfigError,
     LedgerCorrupted,
@@ -69,7 +88,8 @@ __all__ = [
     "read_ledger",
 ]
 
-LEDGER_SCHEMA_VERSION = 1
+LEDGER_SCHEMA_VERSION = EVENT_SCHEMA_VERSION
+_READABLE_SCHEMAS = frozenset({1, LEDGER_SCHEMA_VERSION})
 GENESIS_HASH = "0" * 64
 _KEYS = frozenset({"schema", "seq", "round", "timestamp", "type", "event", "prev_hash", "hash"})
 
@@ -110,22 +130,34 @@ class LedgerEntry:
 
 @dataclass(frozen=True, kw_only=True)
 class PrivacyBudget:
-    """Refuse any release that would push ε above ``max_epsilon`` at ``delta``
-    under the named ``accountant``."""
+    """Refuse any release that would push the ε against ``adversary`` above
+    ``max_epsilon`` at ``delta`` under the named ``accountant``.
+
+    The default adversary is the coordinator: the worst client's ε over the
+    rounds it contributed to, without amplification (central noise gives no
+    guarantee against the coordinator, so such a budget refuses any central
+    release). Only upper-bound accountants may gate a budget; ``gdp`` (an
+    approximation) is refused with a :class:`ConfigError`. ``colluding_sites``:
+    gate against this many colluding sites instead of what the noise was sized for.
+    """
 
     max_epsilon: float
     delta: float
     accountant: str = "rdp"
+    adversary: Adversary = Adversary.COORDINATOR
+    colluding_sites: int | None = None
 
     def __post_init__(self) -> None:
         require_positive("max_epsilon", self.max_epsilon)
         d = require_probability("delta", self.delta)
         if d >= 1.0:
             raise ConfigError(f"delta must be < 1, got {d}")
-        if self.accountant not in ACCOUNTANTS:
-            raise ConfigError(
-                f"unknown accountant {self.accountant!r}; choose one of {sorted(ACCOUNTANTS)}"
-            )
+        create_accountant(self.accountant)  # unknown names: ConfigError
+        require_upper_bound(self.accountant, purpose="budget enforcement")
+        if not isinstance(self.adversary, Adversary):
+            raise TypeError("adversary must be an Adversary")
+        if self.colluding_sites is not None:
+            require_int("colluding_sites", self.colluding_sites, minimum=0)
 
 
 def check_record_level_budget(
@@ -169,6 +201,7 @@ def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
     prev = GENESIS_HASH
     last_release_round: int | None = None
     stats_rounds: set[int] = set()
+    skipped_rounds: set[int] = set()
     for i, raw in enumerate(data.split(b"\n")[:-1] if data else []):
         where = f"{path}: line {i + 1}"
         try:
@@ -177,7 +210,7 @@ def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
             raise LedgerCorrupted(f"{where}: not valid JSON ({exc})") from exc
         if not isinstance(obj, dict) or set(obj) != _KEYS:
             raise LedgerCorrupted(f"{where}: wrong set of keys")
-        if obj["schema"] != LEDGER_SCHEMA_VERSION:
+        if obj["schema"] not in _READABLE_SCHEMAS or isinstance(obj["schema"], bool):
             raise LedgerCorrupted(f"{where}: unsupported schema version {obj['schema']!r}")
         if obj["seq"] != i:
             raise LedgerCorrupted(f"{where}: sequence number {obj['seq']!r}, expected {i}")
@@ -196,7 +229,7 @@ def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
         if not isinstance(obj["event"], dict) or not isinstance(obj["type"], str):
             raise LedgerCorrupted(f"{where}: malformed event")
         try:
-            event = event_from_dict(obj["type"], obj["event"])
+            event = event_from_dict(obj["type"], obj["event"], schema=obj["schema"])
         except (PrivacyError, ValueError, TypeError) as exc:
             raise LedgerCorrupted(f"{where}: invalid {obj['type']} event ({exc})") from exc
         if obj["round"] != event.round or not isinstance(obj["timestamp"], str):
@@ -206,7 +239,11 @@ def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
             # coordinator may legitimately ask for a round again (see the event).
             pass
         elif isinstance(event, ClipStatistics):
-            if event.round != last_release_round or event.round in stats_rounds:
+            if (
+                event.round != last_release_round
+                or event.round in stats_rounds
+                or event.round in skipped_rounds
+            ):
                 raise LedgerCorrupted(
                     f"{where}: clip statistics for round {event.round} out of place"
                 )
@@ -218,6 +255,8 @@ def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
                     f"{last_release_round} (duplicate or reordered round)"
                 )
             last_release_round = event.round
+            if isinstance(event, SkippedRound):
+                skipped_rounds.add(event.round)
         entries.append(
             LedgerEntry(i, event.round, obj["timestamp"], event, obj["prev_hash"], obj["hash"])
         )
@@ -269,6 +308,7 @@ class PrivacyLedger:
         self._poisoned: str | None = None
         self._accountants: dict[str, Accountant] = {}
         self._record_accountants: dict[tuple[str, str], Accountant] = {}
+        self._eps_cache = EpsilonCache()
 
     @classmethod
     def open(
@@ -327,7 +367,7 @@ class PrivacyLedger:
             # Rebuild (and thereby validate) the accountants now.
             ledger.accountant("rdp")
             if budget is not None:
-                ledger.accountant(budget.accountant)
+                ledger._budget_epsilon(ledger.events)
             for site in ledger.record_sites:
                 ledger.record_accountant(site, "rdp")
         except BaseException:
@@ -366,7 +406,8 @@ class PrivacyLedger:
 
     @property
     def last_round(self) -> int | None:
-        """Round of the last *charged* client-level release (None if nothing was released).
+        """Round of the last recorded round event: a charged client-level release or a
+        :class:`SkippedRound` (None if no round was recorded).
 
         Record-level releases (:class:`RecordLevelRelease`) are a site's own and
         do not mark a round as charged.
@@ -378,7 +419,7 @@ class PrivacyLedger:
 
     @property
     def next_round(self) -> int:
-        """The smallest round number :meth:`record` accepts for a release."""
+        """The smallest round number :meth:`record` accepts for a release or a skip."""
         last = self.last_round
         return 0 if last is None else last + 1
 
@@ -389,7 +430,7 @@ class PrivacyLedger:
         :meth:`record_accountant`.
         """
         if name not in self._accountants:
-            acc = Accountant(name)
+            acc = create_accountant(name)
             try:
                 for e in self._entries:
                     if not isinstance(e.event, RecordLevelRelease):
@@ -421,7 +462,7 @@ class PrivacyLedger:
         """A copy of ``site_id``'s record-level accountant (its releases only)."""
         key = (site_id, name)
         if key not in self._record_accountants:
-            acc = Accountant(name)
+            acc = create_accountant(name)
             try:
                 for e in self._entries:
                     ev = e.event
@@ -439,6 +480,61 @@ class PrivacyLedger:
         return {
             s: self.record_accountant(s, accountant).get_epsilon(delta) for s in self.record_sites
         }
+        """The ledger-wide, sampling-amplified ε at ``delta`` (each release charged
+        with its recorded sampling; skips free).
+
+        Kept for compatibility: it holds only against an outside observer from
+        whom the sample and its size are secret, and ignores the visible skips.
+        What a report or budget states is :meth:`epsilon_by_adversary`.
+        """
+        return self.accountant(accountant).get_epsilon(delta)
+
+    def epsilon_by_adversary(
+        self, *, delta: float, accountant: str = "rdp", colluding_sites: int | None = None
+    ) -> EpsilonByAdversary:
+        """ε against the coordinator and against an outside observer (see
+        :func:`privacy.epsilon_by_adversary`)."""
+        return epsilon_by_adversary(
+            self.events,
+            delta=delta,
+            accountant=accountant,
+            colluding_sites=colluding_sites,
+            cache=self._eps_cache,
+        )
+
+    def adversary_epsilon(
+        self,
+        *,
+        adversary: Adversary,
+        delta: float,
+        accountant: str = "rdp",
+        colluding_sites: int | None = None,
+    ) -> AdversaryEpsilon:
+        """ε against one adversary (see :func:`privacy.adversary_epsilon`)."""
+        return adversary_epsilon(
+            self.events,
+            adversary=adversary,
+            delta=delta,
+            accountant=accountant,
+            colluding_sites=colluding_sites,
+            cache=self._eps_cache,
+        )
+
+    def _budget_epsilon(self, events: tuple[PrivacyEvent, ...]) -> AdversaryEpsilon:
+        b = self._budget
+        if b is None:  # pragma: no cover - callers check
+            raise PrivacyError("no budget")
+        try:
+            return budget_epsilon(
+                events,
+                adversary=b.adversary,
+                delta=b.delta,
+                accountant=b.accountant,
+                colluding_sites=b.colluding_sites,
+                cache=self._eps_cache,
+            )
+        except PrivacyError as exc:
+            raise PrivacyError(f"budget accountant {b.accountant!r}: {exc}") from exc
 
     # -- write side --------------------------------------------------------
 
@@ -457,7 +553,7 @@ class PrivacyLedger:
             return
         if isinstance(event, ClipStatistics):
             if event.round != self.last_round or any(
-                isinstance(e.event, ClipStatistics) and e.round == event.round
+                isinstance(e.event, ClipStatistics | SkippedRound) and e.round == event.round
                 for e in self._entries
             ):
                 raise PrivacyError(
@@ -466,22 +562,36 @@ class PrivacyLedger:
             return
         if event.round < self.next_round:
             raise PrivacyError(
-                f"round {event.round} is not after the last charged round "
-                f"{self.last_round}: it was already charged; continue at {self.next_round}"
+                f"round {event.round} is not after the last recorded round "
+                f"{self.last_round}: it was already charged or skipped; continue at "
+                f"{self.next_round}"
+            )
+        if isinstance(event, SkippedRound):
+            # A skip releases no aggregate, so there is nothing to refuse: it is
+            # recorded whatever the budget (its cost, where it has one, counts
+            # against the next release).
+            return
+        if event.same_sample_as is not None and not any(
+            e.round == event.same_sample_as and not isinstance(e.event, ClipStatistics)
+            for e in self._entries
+        ):
+            raise PrivacyError(
+                f"round {event.round} replays the sample of round {event.same_sample_as}, "
+                "which is not in the ledger"
             )
         # Refuse anything the reference (RDP) accountant cannot compose, e.g.
         # mixing fixed-size (replace-one) and Poisson (add/remove) releases.
         event.apply_to(self.accountant("rdp"))
         if self._budget is not None:
             b = self._budget
-            acc = self.accountant(b.accountant)
-            current = acc.get_epsilon(b.delta)
-            event.apply_to(acc)
-            after = acc.get_epsilon(b.delta)
-            if not math.isfinite(after) or after > b.max_epsilon:
+            current = self._budget_epsilon(self.events)
+            after = self._budget_epsilon((*self.events, event))
+            if not math.isfinite(after.epsilon) or after.epsilon > b.max_epsilon:
+                who = f" (worst client {after.worst_client})" if after.worst_client else ""
                 raise PrivacyBudgetExhausted(
-                    f"round {event.round} refused: spent epsilon={current:.4f}, this release "
-                    f"would bring it to epsilon={after:.4f} > max_epsilon={b.max_epsilon:g} "
+                    f"round {event.round} refused: spent epsilon={current.epsilon:.4f}, this "
+                    f"release would bring it to epsilon={after.epsilon:.4f}{who} > "
+                    f"max_epsilon={b.max_epsilon:g} against the {b.adversary.value} "
                     f"(delta={b.delta:g}, accountant={b.accountant})"
                 )
 
@@ -489,7 +599,8 @@ class PrivacyLedger:
         """Check, append, flush and fsync ``event``; return once it is durable.
 
         Apply or release the aggregate only after this returns. Raises
-        :class:`PrivacyBudgetExhausted` (nothing written) when over budget.
+        :class:`PrivacyBudgetExhausted` (nothing written) when over budget. A
+        :class:`SkippedRound` is recorded the same way (and never refused).
         """
         self.check(event)
         ts = timestamp if timestamp is not None else _dt.datetime.now(_dt.UTC).isoformat()

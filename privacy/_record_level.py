@@ -20,7 +20,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from privacy._accounting import ACCOUNTANTS, Accountant, SamplingMode, _bisect, _GaussianStep
+from privacy._accounting import ACCOUNTANTS, Accountant, _bisect, create_accountant
+from privacy._mechanisms import GaussianMechanism, PoissonGaussianMechanism
 from privacy._validation import require_int, require_positive, require_probability
 from privacy.errors import ConfigError
 
@@ -102,10 +103,14 @@ def record_level_schedule(
 def _accountant_for(
     noise_multiplier: float, schedule: Schedule, rounds: int, name: str
 ) -> Accountant:
-    acc = Accountant(name)
+    acc = create_accountant(name)
     for q, k in schedule:
-        mode = SamplingMode.FULL if q == 1.0 else SamplingMode.POISSON
-        acc._state.gaussian.append(_GaussianStep(noise_multiplier, q, mode, None, k * rounds))
+        mech = (
+            GaussianMechanism(noise_multiplier)
+            if q == 1.0
+            else PoissonGaussianMechanism(noise_multiplier, q)
+        )
+        acc.compose(mech, count=k * rounds)
     return acc
 
 

@@ -477,6 +477,7 @@ def _privacy_plan_record(args: argparse.Namespace) -> int:
 def _cmd_privacy_plan(args: argparse.Namespace) -> int:
     import privacy
     from secure_fml.config import PrivacyConfig
+    from secure_fml.privacy_text import render_plan, render_projection
 
     if args.unit == "record":
         return _privacy_plan_record(args)
@@ -517,7 +518,7 @@ def _cmd_privacy_plan(args: argparse.Namespace) -> int:
             sampling=sampling,
             accountant=args.accountant,
         )
-    print(privacy.render_plan(p))
+    print(render_plan(p))
     if args.project:
         proj = privacy.project(
             target_epsilon=args.epsilon,
@@ -528,7 +529,7 @@ def _cmd_privacy_plan(args: argparse.Namespace) -> int:
             accountant=args.accountant,
         )
         print()
-        print(privacy.render_projection(proj))
+        print(render_projection(proj))
     return 0
 
 
@@ -537,18 +538,28 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from secure_fml.observability import stage
 
     run_dir = Path(args.run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
-    if not (run_dir / privacy.LEDGER_FILENAME).exists():
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a run directory")
+    cfg_path = Path(args.config) if args.config else run_dir / "config.json"
+    config: dict[str, Any] = {}
+    if cfg_path.exists():
+        if cfg_path.suffix == ".toml":
+            import tomllib
+
+            config = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        else:
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    elif args.config:
+        raise ConfigError(f"--config {cfg_path} does not exist")
+    elif args.delta is None:
         raise ConfigError(
-            f"{run_dir} has no {privacy.LEDGER_FILENAME}: the run had privacy off, nothing "
-            "to report"
+            f"{run_dir} has no config.json (a deployment directory?): pass --config FILE or --delta"
         )
-    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if not (run_dir / privacy.LEDGER_FILENAME).exists() and not config:
+        raise ConfigError(f"{run_dir} has neither a privacy ledger nor a config")
     out = Path(args.out) if args.out else run_dir
     with stage(f"privacy report of {run_dir}", enabled=not args.no_progress):
-        paths = privacy.write_report(run_dir, config, out)
+        paths = privacy.write_report(run_dir, config, out, delta=args.delta)
     for p in (paths.json, paths.markdown, paths.html):
         print(p)
     return 0
@@ -735,7 +746,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="fixed",
         help="as server.sampling",
     )
-    pl.add_argument("--accountant", choices=["rdp", "prv", "gdp"], default="rdp")
+    pl.add_argument(
+        "--accountant",
+        choices=["rdp", "pld", "prv", "gdp"],
+        default="rdp",
+        help="upper-bound accountant (gdp is an approximation and is refused for calibration)",
+    )
     pl.add_argument(
         "--project",
         type=int,
@@ -756,9 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.set_defaults(func=_cmd_privacy_plan)
 
-    rp = sub.add_parser("report", help="privacy budget report of a run (json, md, html)")
-    rp.add_argument("run_dir", help="a run directory with a privacy ledger")
+    rp = sub.add_parser("report", help="privacy report of a run (json, md, html)")
+    rp.add_argument("run_dir", help="simulation or deployment run directory")
     rp.add_argument("--out", help="output directory (default: the run directory)")
+    rp.add_argument("--config", help="the run's config (default: RUN_DIR/config.json)")
+    rp.add_argument("--delta", type=float, help="δ, when the directory has no config")
     rp.add_argument("--no-progress", action="store_true", help="no progress output")
     rp.set_defaults(func=_cmd_report)
 

@@ -193,6 +193,11 @@ class PrivacyConfig:
     noise_multiplier: float | None = None  # None: calibrate from target_epsilon
     target_epsilon: float | None = None
     max_epsilon: float | None = None  # budget; rounds that would exceed it are refused
+    #: Whose epsilon the budget gates: the coordinator (default; the worst client over the
+    #: rounds it joined, no amplification) or an outside observer of the released models.
+    budget_adversary: str = "coordinator"
+    #: Colluding sites the budget (and the report) assume; None: what the noise was sized for.
+    colluding_sites: int | None = None
     delta: float = 1e-5
     accountant: str = "rdp"
     placement: str = "auto"  # auto | central | distributed (distributed whenever secagg is on)
@@ -226,6 +231,12 @@ class PrivacyConfig:
                     "privacy.noise_multiplier and privacy.target_epsilon are both set: give "
                     "one (the noise multiplier is calibrated from the target epsilon)"
                 )
+        if self.budget_adversary not in ("coordinator", "outside_observer"):
+            raise ConfigError(
+                "privacy.budget_adversary must be coordinator or outside_observer, got "
+                f"{self.budget_adversary!r}"
+            )
+        _int_at_least("privacy.colluding_sites", self.colluding_sites, 0, optional=True)
         if self.unit not in ("client", "record", "both"):
             raise ConfigError(f"privacy.unit must be client, record or both; got {self.unit!r}")
         client_level = self.enabled and self.unit != "record"

@@ -52,6 +52,7 @@ import time
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ from aggregation import (
 )
 from privacy import (
     INSECURE_SEED_WARNING,
+    Adversary,
     Csprng,
     GaussianNoiseSource,
     GaussianRelease,
@@ -86,6 +88,8 @@ from privacy import (
     PrivacyLedger,
     Sampling,
     SamplingMode,
+    SkippedRound,
+    SkipReason,
 )
 from privacy.errors import (
     CheckpointError,
@@ -102,6 +106,7 @@ from secure_fml._functional import FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
 from secure_fml.checkpoint import (
     Checkpoint,
+    atomic_write_bytes,
     load_checkpoint,
     resume_round,
     save_checkpoint,
@@ -462,6 +467,7 @@ class RoundEngine:
         on_round_end: Callable[[dict[str, Any]], None] | None = None,
         checkpoint_extra: Mapping[str, Any] | None = None,
         sinks: Sequence[MetricsSink] = (),
+        run_kind: str = "simulation",
     ) -> None:
         for name, v in (("train_s", train_s), ("stage_s", stage_s)):
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
@@ -485,6 +491,7 @@ class RoundEngine:
         self.checkpoint_every = checkpoint_every or config.run.checkpoint_every
         self.on_round_end = on_round_end
         self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.run_kind = run_kind
         #: Extra metrics sinks (TensorBoard, MLflow, JSON log lines); metrics.jsonl is
         #: always written (when there is a run directory) and is the record of the run.
         self._extra_sinks = list(sinks)
@@ -548,6 +555,7 @@ class RoundEngine:
                     json.dumps(config_to_dict(self.config), indent=2) + "\n", encoding="utf-8"
                 )
                 (run_dir / "config.toml").write_text(dump_toml(self.config), encoding="utf-8")
+                self._write_run_metadata(finished=False)
         if self.config.privacy.enabled:
             # Client-level releases and sites' record-level receipts share the run's ledger.
             ledger_dir = run_dir
@@ -558,7 +566,13 @@ class RoundEngine:
                 head = LedgerHead(**ckpt.extra["ledger_head"])
             pc = self.config.privacy
             budget = (
-                PrivacyBudget(max_epsilon=pc.max_epsilon, delta=pc.delta, accountant=pc.accountant)
+                PrivacyBudget(
+                    max_epsilon=pc.max_epsilon,
+                    delta=pc.delta,
+                    accountant=pc.accountant,
+                    adversary=Adversary(pc.budget_adversary),
+                    colluding_sites=pc.colluding_sites,
+                )
                 if pc.max_epsilon is not None
                 else None
             )
@@ -589,8 +603,31 @@ class RoundEngine:
             )
         self._opened = True
 
+    def _write_run_metadata(self, *, finished: bool) -> None:
+        """``run.json``: run identity for the privacy report (config hash, versions, times)."""
+        if self.run_dir is None:
+            return
+        path = self.run_dir / privacy.RUN_METADATA_FILENAME
+        started = None
+        if path.exists():
+            try:
+                started = json.loads(path.read_text(encoding="utf-8")).get("started_at")
+            except (json.JSONDecodeError, OSError, AttributeError):
+                started = None
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        meta = privacy.run_metadata(
+            config_to_dict(self.config),
+            started_at=started or now,
+            finished_at=now if finished else None,
+            kind=self.run_kind,
+            noise_seeded=self.insecure_seed is not None,
+        )
+        atomic_write_bytes(path, (json.dumps(meta, indent=2) + "\n").encode())
+
     def close(self) -> None:
         """Close the metrics sinks and release the privacy ledger (its file lock)."""
+        if self._opened and self.finished:
+            self._write_run_metadata(finished=True)
         self.metrics.close()
         if self.ledger is not None:
             self.ledger.close()
@@ -608,10 +645,35 @@ class RoundEngine:
         return self._round.deadline if self._round is not None else None
 
     def epsilon(self) -> float | None:
-        """Client-level epsilon spent so far (None: no client-level DP)."""
+        """Client-level epsilon spent so far against the adversary the config names
+        (default: the coordinator; None: no client-level DP)."""
         if self.ledger is None or self.dp is None:
             return None
-        return float(self.ledger.epsilon(delta=self.dp.delta, accountant=self.dp.accountant))
+        pc = self.config.privacy
+        return float(
+            self.ledger.adversary_epsilon(
+                adversary=Adversary(pc.budget_adversary),
+                delta=self.dp.delta,
+                accountant=self._upper_bound_accountant(),
+                colluding_sites=pc.colluding_sites,
+            ).epsilon
+        )
+
+    def _upper_bound_accountant(self) -> str:
+        assert self.dp is not None
+        return "rdp" if self.dp.accountant == "gdp" else self.dp.accountant
+
+    def epsilon_by_adversary(self) -> dict[str, Any] | None:
+        """Epsilon against each adversary of THREAT_MODEL.md, from the ledger."""
+        if self.ledger is None or self.dp is None:
+            return None
+        res = self.ledger.epsilon_by_adversary(
+            delta=self.dp.delta,
+            accountant=self._upper_bound_accountant(),
+            colluding_sites=self.config.privacy.colluding_sites,
+        )
+        out: dict[str, Any] = res.as_dict()
+        return out
 
     def checkpoint(self) -> Checkpoint:
         return training_checkpoint(
@@ -661,7 +723,7 @@ class RoundEngine:
         sampled = self.sampler.sample(r)
         live = set(available)
         participants = tuple(sorted(c for c in sampled.client_ids if c in live))
-        plan_min = MIN_SECURE_PARTICIPANTS if self.protocol.secure else 1
+        plan_min = self._min_participants()
         if len(participants) < plan_min:
             self._skip(sampled, participants, f"{len(participants)} participants, need {plan_min}")
             return False
@@ -738,6 +800,40 @@ class RoundEngine:
             len(sampled.client_ids),
         )
         return True
+
+    def _min_participants(self) -> int:
+        """Fewest participants a round runs with (fewer: the round is skipped)."""
+        return MIN_SECURE_PARTICIPANTS if self.protocol.secure else 1
+
+    def _record_skip(
+        self,
+        sampled: SampledRound,
+        participants: Sequence[str],
+        *,
+        reason: SkipReason,
+        required: int,
+        surviving: int | None = None,
+    ) -> None:
+        """A round that released nothing is still a round of the ledger (a SkippedRound):
+        never charged, never redrawn, and visible to whoever sees the round happen."""
+        if self.ledger is None or self.dp is None:
+            return
+        sampling = sampled.sampling
+        self.ledger.record(
+            SkippedRound(
+                round=sampled.round,
+                reason=reason,
+                clients_sampled=len(participants),
+                required=required,
+                sampling_mode=sampling.mode,
+                sample_rate=sampling.sample_rate,
+                population=sampling.population,
+                noise_multiplier=self.dp.noise_multiplier,
+                placement=self.dp.placement,
+                clients_surviving=surviving,
+                client_ids=tuple(participants),
+            )
+        )
 
     def pending(self, client: str) -> bool:
         return bool(self._outbox.get(client))
@@ -895,6 +991,8 @@ class RoundEngine:
                 min_survivors=s.min_survivors,
                 assumed_colluding_clients=s.assumed_colluding,
                 client_ids=names,
+                secure_aggregation=True,
+                min_clients=self._min_participants(),
             )
         if s.noise is ClientNoise.GAUSSIAN:
             return GaussianRelease.distributed(
@@ -909,6 +1007,8 @@ class RoundEngine:
                 assumed_colluding_clients=s.assumed_colluding,
                 per_client_count_stddev=s.bit_noise_std,
                 client_ids=names,
+                secure_aggregation=s.protocol.secure,
+                min_clients=self._min_participants(),
             )
         return GaussianRelease.central(
             round=rd.number,
@@ -919,6 +1019,8 @@ class RoundEngine:
             clients_surviving=len(contributors),
             clipped_count_stddev=plan.central_bit_std,
             client_ids=names,
+            secure_aggregation=s.protocol.secure,
+            min_clients=self._min_participants(),
         )
 
     def _charge(self, rd: _Round, contributors: tuple[int, ...]) -> None:
@@ -1006,11 +1108,25 @@ class RoundEngine:
             self._finish(rd, status=f"aborted: {type(err).__name__}", contributors=0, spent=False)
             return
         status = "charged-not-applied" if rd.charged else f"aborted: {type(err).__name__}"
+        if not rd.charged:
+            # Nothing was released; the round is recorded as skipped (no survivor set
+            # was released: zero of the contributions it needed).
+            self._record_skip(
+                rd.plan.sampled,
+                rd.plan.participants,
+                reason=SkipReason.TOO_FEW_SURVIVORS,
+                required=max(1, rd.plan.settings.min_survivors),
+                surviving=0,
+            )
         self.round = rd.number  # the round index is spent either way: never redrawn
         self._finish(rd, status=status, contributors=0, extra={"reason": str(err)})
 
     def _skip(self, sampled: SampledRound, participants: tuple[str, ...], why: str) -> None:
         log.warning("round %d skipped: %s", sampled.round, why)
+        required = max(self._min_participants(), len(participants) + 1)
+        self._record_skip(
+            sampled, participants, reason=SkipReason.TOO_FEW_SAMPLED, required=required
+        )
         self.round = sampled.round
         line = {
             **sampled.as_dict(),
@@ -1102,7 +1218,9 @@ class RoundEngine:
                     "clip_norm": self.clip_norm,
                     "delta": self.dp.delta,
                     "accountant": self.dp.accountant,
+                    "budget_adversary": self.config.privacy.budget_adversary,
                     "epsilon": self.epsilon(),
+                    "epsilon_by_adversary": self.epsilon_by_adversary(),
                 }
             )
         return out

@@ -111,6 +111,7 @@ class Coordinator:
             stage_s=self.deadlines.stage_s,
             checkpoint_every=1,
             checkpoint_extra={"deploy": {"sites": list(names)}},
+            run_kind="deployment",
         )
         self._conn_site: dict[bytes, str] = {}
         self._site_conn: dict[str, bytes] = {}

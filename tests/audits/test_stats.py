@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -143,3 +144,132 @@ def test_roc_auc_equals_mann_whitney() -> None:
     c = roc(scores, labels)
     assert auc(c) == pytest.approx(u, abs=1e-9)
     assert tpr_at_fpr(c, 0.0) <= tpr_at_fpr(c, 0.01) <= tpr_at_fpr(c, 1.0) == 1.0
+
+
+# --------------------------------------------------------------------------- f-DP one run
+
+
+def _deterministic_normal(mu: float, n: int) -> np.ndarray:
+    return stats.norm.ppf(np.linspace(0, 1, n, endpoint=False) + 1 / (2 * n)) + mu
+
+
+@pytest.mark.parametrize(
+    ("shift", "fdp", "steinke"),
+    [
+        pytest.param(1.0, 2.164749, 1.13346, marks=pytest.mark.slow),
+        pytest.param(2.0, 4.7218075, 2.311945, marks=pytest.mark.slow),
+        (4.0, 9.133752, 4.395568),
+    ],
+)
+def test_one_run_bounds_match_published_reference_values(
+    shift: float, fdp: float, steinke: float
+) -> None:
+    """Known values of an independent implementation (google-deepmind/jax_privacy,
+    auditing_test.py): 10^4 held-in scores N(shift, 1) and 10^4 held-out N(0, 1) on a
+    deterministic quantile grid, δ = 1e-6, 95%, Bonferroni over the hull thresholds."""
+    from audits._stats import one_run_bound_over_thresholds
+
+    ins, outs = _deterministic_normal(shift, 10_000), _deterministic_normal(0.0, 10_000)
+    got_fdp, _ = one_run_bound_over_thresholds(ins, outs, delta=1e-6, method="fdp")
+    assert got_fdp == pytest.approx(fdp, rel=1e-5)
+    got_st, _ = one_run_bound_over_thresholds(ins, outs, delta=1e-6, method="steinke")
+    assert got_st == pytest.approx(steinke, rel=1e-5)
+    assert got_fdp > got_st  # the whole curve says more than one (ε, δ) pair
+
+
+@pytest.mark.parametrize(
+    ("points", "expected"),
+    [
+        ([[0, 0], [0, 2], [3, 2], [3, 5], [5, 5]], [0, 1, 3, 4]),
+        ([[0, 0], [0, 2], [2, 2], [2, 3], [3, 3], [3, 5], [5, 5]], [0, 1, 5, 6]),
+        ([[0, 0], [0, 2], [1, 2], [1, 4], [3, 4], [3, 5], [5, 5]], [0, 1, 3, 5, 6]),
+        ([[0, 0], [0, 2], [1, 2], [1, 3], [2, 3], [2, 4], [4, 4]], [0, 1, 5, 6]),
+    ],
+)
+def test_hull_keeps_exactly_the_undominated_thresholds(
+    points: list[list[int]], expected: list[int]
+) -> None:
+    # Brute force: a point is dropped iff it lies on or below a segment between an
+    # earlier and a later point (the definition, O(n^3)).
+    from itertools import combinations
+
+    pts = np.array(points, dtype=float)
+
+    def signed_area(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
+        return float((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]))
+
+    dominated = {
+        j
+        for i, j, k in combinations(range(len(pts)), 3)
+        if signed_area(pts[i], pts[j], pts[k]) >= 0
+    }
+    assert sorted(set(range(len(pts))) - dominated) == expected
+    # Our hull over (fn, tn) staircases reproduces it from scores: build scores whose
+    # counts walk exactly these points (fn from in-scores, tn from out-scores).
+    from audits._stats import hull_thresholds
+
+    ins, outs, t = [], [], 0.0
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        t += 1.0
+        ins += [t] * (x1 - x0)
+        outs += [t] * (y1 - y0)
+    _thr, fn, tn = hull_thresholds(np.array(ins), np.array(outs))
+    walked = [[int(a), int(b)] for a, b in zip(fn, tn, strict=True)]
+    assert walked == [points[i] for i in expected]
+
+
+def test_fdp_tradeoffs_inverse_powers() -> None:
+    from audits._stats import GaussianTradeoff, ProfileTradeoff
+
+    g = GaussianTradeoff(1.5)
+    for alpha in (1e-6, 1e-3, 0.1, 0.5):
+        power = stats.norm.cdf(stats.norm.ppf(alpha) + 1.5)  # f̄(α) of 1.5-GDP
+        assert g.inverse_power(power) == pytest.approx(alpha, rel=1e-9)
+    eps, delta = 2.0, 1e-3
+    p = ProfileTradeoff(((eps, delta),))
+    for alpha in (1e-4, 0.01, 0.2):
+        power = min(1.0, delta + math.exp(eps) * alpha, 1 - math.exp(-eps) * (1 - delta - alpha))
+        assert p.inverse_power(power) == pytest.approx(alpha, rel=1e-9)
+    # More pairs can only make the claim stronger (a larger inverse power).
+    p2 = ProfileTradeoff(((eps, delta), (1.0, 0.05)))
+    assert all(p2.inverse_power(y) >= p.inverse_power(y) for y in (0.05, 0.3, 0.9))
+
+
+def test_fdp_test_holds_its_level_on_a_true_gaussian_mechanism_and_has_power() -> None:
+    """Monte Carlo of the idealised game: m canaries, secret bits, scores N(μ b, 1);
+    guess the top and bottom 10%. At the true μ the test rejects at most τ of the time
+    (plus Monte-Carlo slack); at a claim of μ/3 it rejects almost always."""
+    from audits._stats import GaussianTradeoff, fdp_one_run_rejects
+
+    rng = np.random.default_rng(0)
+    m, mu, tau, trials = 1000, 2.0, 0.1, 300
+    rejections = {mu: 0, mu / 3: 0}
+    for _ in range(trials):
+        b = rng.random(m) < 0.5
+        s = rng.standard_normal(m) + mu * b
+        order = np.argsort(s)
+        k = 50
+        correct = int(b[order[-k:]].sum() + (~b[order[:k]]).sum())
+        for claim in rejections:
+            rejections[claim] += fdp_one_run_rejects(
+                num_canaries=m,
+                num_guesses=2 * k,
+                num_correct=correct,
+                tradeoff=GaussianTradeoff(claim),
+                significance=tau,
+            )
+    assert rejections[mu] / trials <= tau + 3 * math.sqrt(tau * (1 - tau) / trials)
+    assert rejections[mu / 3] / trials > 0.95
+
+
+def test_fdp_bound_is_monotone_and_zero_at_chance() -> None:
+    from audits._stats import fdp_gaussian_epsilon_lower_bound
+
+    bounds = [
+        fdp_gaussian_epsilon_lower_bound(
+            num_canaries=2000, num_guesses=400, num_correct=c, delta=1e-5
+        )
+        for c in (200, 300, 360, 400)
+    ]
+    assert bounds[0] == 0.0
+    assert bounds == sorted(bounds) and bounds[-1] > bounds[-2] > 0

@@ -291,8 +291,12 @@ def test_report_and_audit_targets_are_checked(
     sim_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert_one_line_error(["report", str(tmp_path)], capsys, "config.json")
-    assert_one_line_error(["report", str(sim_run)], capsys, "privacy_ledger")
+    assert_one_line_error(["report", str(tmp_path / "missing")], capsys, "missing")
     assert_one_line_error(["audit", str(tmp_path / "none.toml")], capsys, "none.toml")
+    # A run without DP gets a report that says so, instead of an error or a number.
+    rc, _, err = run_cli(["report", str(sim_run), "--no-progress"], capsys)
+    assert rc == 0 and "Traceback" not in err
+    assert "no DP guarantee" in (sim_run / "report.md").read_text(encoding="utf-8")
 
 
 def test_help_shows_defaults_and_version(capsys: pytest.CaptureFixture[str]) -> None:

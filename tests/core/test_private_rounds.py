@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from aggregation import PlainInput
-from privacy import DistributedDiscreteGaussianRelease, GaussianRelease, read_ledger
+from privacy import (
+    DistributedDiscreteGaussianRelease,
+    GaussianRelease,
+    SkippedRound,
+    SkipReason,
+    read_ledger,
+)
 from secure_fml.config import config_from_dict
 from secure_fml.errors import ConfigError, PrivacyBudgetExhausted
 from secure_fml.messages import StageReply
@@ -118,8 +124,15 @@ def test_central_dp_charges_before_apply_and_adds_sigma_c_noise(tmp_path: Path) 
 
 
 def test_budget_refuses_the_round_that_would_exceed_it(tmp_path: Path) -> None:
+    # Central noise, gated against an outside observer of the released models (the
+    # sampled ids are published, so no amplification: the worst client's rounds compose).
     c = cfg(
-        privacy={"enabled": True, "noise_multiplier": 1.0, "max_epsilon": 3.0},
+        privacy={
+            "enabled": True,
+            "noise_multiplier": 3.0,
+            "max_epsilon": 3.0,
+            "budget_adversary": "outside_observer",
+        },
         server={"rounds": 50},
     )
     sim = Simulation(c, run_dir=tmp_path)
@@ -127,11 +140,21 @@ def test_budget_refuses_the_round_that_would_exceed_it(tmp_path: Path) -> None:
         sim.run(progress=False)
     spent = read_ledger(tmp_path / "privacy_ledger.jsonl")
     # Every recorded round was applied; the refused one was neither recorded nor applied.
-    assert len(spent) == sim.round
+    assert len(spent) == sim.round and sim.round >= 2
     # The ledger lock was released: a report (another reader/writer) can open it now.
     from privacy import PrivacyLedger
 
     PrivacyLedger.open(tmp_path / "privacy_ledger.jsonl").close()
+
+
+def test_a_coordinator_budget_refuses_central_noise_at_the_first_round(tmp_path: Path) -> None:
+    # The coordinator adds central noise itself and sees every update: no guarantee
+    # against it, so a budget that names it refuses the first release.
+    c = cfg(privacy={"enabled": True, "noise_multiplier": 1.0, "max_epsilon": 3.0})
+    sim = Simulation(c, run_dir=tmp_path)
+    with pytest.raises(PrivacyBudgetExhausted):
+        sim.run(progress=False)
+    assert sim.round == 0 and read_ledger(tmp_path / "privacy_ledger.jsonl") == ()
 
 
 def test_distributed_discrete_gaussian_inside_secagg_with_dropouts(tmp_path: Path) -> None:
@@ -146,9 +169,16 @@ def test_distributed_discrete_gaussian_inside_secagg_with_dropouts(tmp_path: Pat
     )
     sim = Simulation(c, run_dir=tmp_path)
     sim.run(progress=False)
-    entries = read_ledger(tmp_path / "privacy_ledger.jsonl")
-    assert entries and all(isinstance(e.event, DistributedDiscreteGaussianRelease) for e in entries)
+    every = read_ledger(tmp_path / "privacy_ledger.jsonl")
+    # Every round is in the ledger: releases, and rounds skipped for too few participants.
+    assert all(
+        isinstance(e.event, DistributedDiscreteGaussianRelease | SkippedRound) for e in every
+    )
+    assert [e.round for e in every] == [line["round"] for line in sim.history]
+    entries = [e for e in every if isinstance(e.event, DistributedDiscreteGaussianRelease)]
+    assert entries
     for e in entries:
+        assert e.event.secure_aggregation is True and e.event.client_ids
         # charged with the survivors actually present, never below the target noise
         assert e.event.clients_surviving >= e.event.min_survivors
         assert e.event.noise_multiplier >= 0.8 * 0.99
@@ -231,10 +261,16 @@ def test_aborted_rounds_release_and_charge_nothing_and_training_continues(tmp_pa
     res = sim.run(progress=False)
     assert res.rounds == 12
     not_run = [line["round"] for line in sim.history if line["status"] != "complete"]
-    charged = [e.round for e in read_ledger(tmp_path / "privacy_ledger.jsonl")]
+    every = read_ledger(tmp_path / "privacy_ledger.jsonl")
+    charged = [e.round for e in every if not isinstance(e.event, SkippedRound)]
+    skipped = [e for e in every if isinstance(e.event, SkippedRound)]
     assert not_run, "the setup should produce skipped or aborted rounds"
     assert not set(not_run) & set(charged)
     assert sorted(set(not_run) | set(charged)) == list(range(1, 13))
+    # ... and every round that released nothing is recorded as a SkippedRound (never
+    # charged, never redrawn), with the participants it had.
+    assert [e.round for e in skipped] == not_run
+    assert all(e.event.reason is SkipReason.TOO_FEW_SAMPLED for e in skipped)
     # A round is never redrawn: every round index was drawn once, skipped ones included.
     assert [line["round"] for line in sim.history] == list(range(1, 13))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from privacy import (
+    Adversary,
     ClipStatistics,
     ConfigError,
     DistributedDiscreteGaussianRelease,
@@ -65,7 +66,7 @@ def test_record_and_reopen_rebuilds_accountant(tmp_path: Path) -> None:
         assert [e.round for e in led] == list(range(5))
     lines = path.read_bytes().splitlines()
     first = json.loads(lines[0])
-    assert first["schema"] == 1 and first["type"] == "GaussianRelease"
+    assert first["schema"] == 2 and first["type"] == "GaussianRelease"
     assert first["event"]["noise_multiplier"] == 1.0 and len(first["hash"]) == 64
 
 
@@ -244,29 +245,31 @@ def test_second_writer_refused(tmp_path: Path) -> None:
 
 def test_budget_refusal_has_numbers_and_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "l.jsonl"
-    budget = PrivacyBudget(max_epsilon=1.0, delta=1e-5)
+    # Central noise: only an outside observer can be budgeted (see test_adversary).
+    budget = PrivacyBudget(max_epsilon=1.0, delta=1e-5, adversary=Adversary.OUTSIDE_OBSERVER)
     with PrivacyLedger.open(path, budget=budget) as led:
         r = 0
         with pytest.raises(PrivacyBudgetExhausted) as info:
             while True:
-                led.record(_central(r))
+                led.record(_central(r, sigma=8.0))
                 r += 1
         size = path.stat().st_size
         msg = str(info.value)
-        spent = led.epsilon(delta=1e-5)
-        assert spent <= 1.0
+        spent = led.adversary_epsilon(adversary=Adversary.OUTSIDE_OBSERVER, delta=1e-5).epsilon
+        assert r >= 2 and 0 < spent <= 1.0
+        assert "against the outside_observer" in msg
         assert f"round {r} refused" in msg
         assert f"spent epsilon={spent:.4f}" in msg
         assert "max_epsilon=1" in msg and "delta=1e-05" in msg
         would = float(msg.split("bring it to epsilon=")[1].split()[0])
         assert would > 1.0
         with pytest.raises(PrivacyBudgetExhausted):
-            led.record(_central(r))
+            led.record(_central(r, sigma=8.0))
     assert path.stat().st_size == size
     assert len(read_ledger(path)) == r
     # Reopening keeps the spent budget: never a reset to zero.
     with PrivacyLedger.open(path, budget=budget) as led, pytest.raises(PrivacyBudgetExhausted):
-        led.record(_central(r + 5))
+        led.record(_central(r + 5, sigma=8.0))
 
 
 def test_budget_validation() -> None:
