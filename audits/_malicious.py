@@ -57,13 +57,35 @@ class MaliciousServerConfig:
             raise ConfigError("mode must be a SecAggMode")
 
 
-def _outcome(fn: Callable[[], Any]) -> tuple[bool, str]:
-    """(aborted, reason)."""
+def _outcome(fn: Callable[[], Any], target: int, *, attack: str) -> tuple[bool, bool, str]:
+    """(aborted, leaked, reason) of one scripted round against client ``target``.
+
+    A malicious server wins if the target's input ends up revealed on its own: for a
+    model attack, the round completes with the target's input in the sum under a
+    model the others did not see; for a share attack, the server ends up holding
+    both kinds of the target's secrets. Aborting, or completing without the target
+    (it was excluded), protects it.
+    """
     try:
-        fn()
+        _, stats = fn()
     except ProtocolError as exc:
-        return True, f"{type(exc).__name__}: {exc}"
-    return False, "round completed"
+        return True, False, f"{type(exc).__name__}: {exc}"
+    server = stats.server
+    if attack == "shares":
+        both = len(server.kinds_released.get(target, set())) > 1
+        return (
+            False,
+            both,
+            "round completed"
+            + (": the server holds both share kinds of the target" if both else " safely"),
+        )
+    inside = target in stats.survivors
+    return (
+        False,
+        inside,
+        "round completed"
+        + (" with the target's input in the sum" if inside else " without the target (excluded)"),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,12 +146,16 @@ class MaliciousServerAudit(Audit):
                 xs, config=sac, server_model_hash=honest, network=BothShares(True)
             ),
         }
-        honest_aborted, honest_why = _outcome(
-            lambda: run_protocol(xs, config=sac, server_model_hash=honest)
+        honest_aborted, _, honest_why = _outcome(
+            lambda: run_protocol(xs, config=sac, server_model_hash=honest), t, attack="model"
         )
-        results = {name: _outcome(fn) for name, fn in scenarios.items()}
+        results = {
+            name: _outcome(fn, t, attack="shares" if "shares" in name else "model")
+            for name, fn in scenarios.items()
+        }
         metrics: dict[str, Any] = {
-            name: {"aborted": a, "reason": why} for name, (a, why) in results.items()
+            name: {"aborted": a, "leaked": leaked, "reason": why}
+            for name, (a, leaked, why) in results.items()
         }
         metrics["honest_round"] = {"aborted": honest_aborted, "reason": honest_why}
         if secagg_off:
@@ -138,20 +164,21 @@ class MaliciousServerAudit(Audit):
                 (
                     "secure aggregation is off: the server receives every client's update in "
                     "the clear, so model-inconsistency and crafted-model attacks need no protocol "
-                    "break (the protocol itself, checked below, would have aborted: "
-                    f"{all(a for a, _ in results.values())})"
+                    "break (the protocol itself, checked below, would have protected the target: "
+                    f"{not any(leaked for _, leaked, _ in results.values())})"
                 ),
             )
         elif honest_aborted:
             verdict, summary = Verdict.INCONCLUSIVE, f"the honest round aborted: {honest_why}"
-        elif all(a for a, _ in results.values()):
+        elif not any(leaked for _, leaked, _ in results.values()):
             verdict, summary = (
                 Verdict.PASS,
-                f"all {len(results)} malicious-server attacks aborted the round",
+                f"all {len(results)} malicious-server attacks left the target protected "
+                "(the round aborted, or completed without exposing it)",
             )
         else:
-            bad = [k for k, (a, _) in results.items() if not a]
-            verdict, summary = Verdict.LEAK_FOUND, f"round completed under: {', '.join(bad)}"
+            bad = [k for k, (_, leaked, _) in results.items() if leaked]
+            verdict, summary = Verdict.LEAK_FOUND, f"the target was exposed under: {', '.join(bad)}"
         return AuditResult(
             audit=self.name,
             verdict=verdict,
