@@ -191,6 +191,9 @@ class PrivacyConfig:
     record_max_epsilon: float | None = None  # per-site budget: a site stops contributing
     clip_norm: float = 1.0
     noise_multiplier: float | None = None  # None: calibrate from target_epsilon
+    #: Calibrate the noise so that this epsilon holds against privacy.budget_adversary
+    #: over server.rounds (against the coordinator: over the rounds a client may join,
+    #: without amplification).
     target_epsilon: float | None = None
     max_epsilon: float | None = None  # budget; rounds that would exceed it are refused
     #: Whose epsilon the budget gates: the coordinator (default; the worst client over the

@@ -178,18 +178,49 @@ class PrivacySetup:
     clip_lr: float
 
 
+def participation_bound(sampling: Sampling, *, rounds: int, miss: float = 0.01) -> int:
+    """Rounds a client joins, at most, with probability 1 - ``miss`` for every client.
+
+    The coordinator knows the sample, so against it a client's epsilon composes the
+    rounds it joined, without amplification. A client joins Binomial(rounds, q) rounds;
+    this is the smallest k with N * P[Binomial(rounds, q) > k] <= miss (a union bound
+    over the population). A client that joins more is caught by the budget gate.
+    """
+    q = sampling.sample_rate
+    if q >= 1.0:
+        return rounds
+    from scipy.stats import binom
+
+    n = sampling.population
+    for k in range(1, rounds + 1):
+        if n * float(binom.sf(k, rounds, q)) <= miss:
+            return k
+    return rounds
+
+
 def _resolve_noise_multiplier(config: Config, *, population: int) -> float:
+    """The noise multiplier: given, or calibrated so that the target epsilon holds against
+    the adversary the budget names (against the coordinator: no amplification, over the
+    rounds a client may join, :func:`participation_bound`)."""
     pc = config.privacy
     if pc.noise_multiplier is not None:
         return pc.noise_multiplier
     if pc.target_epsilon is None:
         raise ConfigError("privacy: set privacy.noise_multiplier or privacy.target_epsilon")
+    sampling = config.server.sampling_config().accounting(population)
+    rounds = config.server.rounds
+    participations = (
+        participation_bound(sampling, rounds=rounds)
+        if pc.budget_adversary == "coordinator"
+        else None
+    )
     p = privacy.plan(
         target_epsilon=pc.target_epsilon,
         delta=pc.delta,
-        rounds=config.server.rounds,
-        sampling=config.server.sampling_config().accounting(population),
+        rounds=rounds,
+        sampling=sampling,
         accountant=pc.accountant,
+        participations=participations,
     )
     return float(p.noise_multiplier)
 
@@ -330,7 +361,8 @@ def plan_round(
             max_corrupt_fraction=sa.max_corrupt_fraction,
             # The survivor minimum the DP noise is sized for (two: a sum of one is an
             # input); every client checks the round against it (its policy).
-            min_survivor_fraction=sa.min_survivor_fraction if distributed else 0.5,
+            # (a fraction of 1 -- every participant -- is the policy's largest, 1 - 1e-6).
+            min_survivor_fraction=min(sa.min_survivor_fraction, 1 - 1e-6) if distributed else 0.5,
             min_survivors=2,
         )
         policy = secagg.policy()

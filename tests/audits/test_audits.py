@@ -201,15 +201,11 @@ def test_noise_off_on_the_real_ddgauss_secagg_path_exits_1() -> None:
         {
             "algorithm": {"name": "fomaml"},
             "server": {"rounds": 3, "sampling": "all", "optimizer": "sgd", "lr": 1.0},
-            "privacy": {
-                "enabled": True,
-                "noise_multiplier": 8.0,
-                "clip_norm": 1.0,
-                "insecure_seed": 3,
-            },
+            "privacy": {"enabled": True, "noise_multiplier": 8.0, "clip_norm": 1.0},
             "secure_aggregation": {"protocol": "secagg", "min_survivor_fraction": 1.0},
-            "data": {"options": {"num_clients": 12}},
+            "data": {"preset": "synthetic", "options": {"num_clients": 12}},
             "eval": {"every": 0},
+            "run": {"insecure_seed": 3},
         }
     )
     verdicts = {}
