@@ -63,6 +63,7 @@ from privacy._clipping import (
     adaptive_effective_noise_multiplier,
     clip_update,
 )
+from privacy._durable import atomic_write_bytes, fsync_dir
 from privacy._events import (
     ClipStatistics,
     DistributedDiscreteGaussianRelease,
@@ -217,6 +218,7 @@ __all__ = [
     "adaptive_effective_noise_multiplier",
     "add_noise",
     "adversary_epsilon",
+    "atomic_write_bytes",
     "build_report",
     "calibrate_record_level",
     "central_noise_std",
@@ -230,6 +232,7 @@ __all__ = [
     "distributed_effective_noise_multiplier",
     "distributed_noise_std",
     "epsilon_by_adversary",
+    "fsync_dir",
     "plain_reading",
     "plan",
     "plan_record_level",

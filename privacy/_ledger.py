@@ -61,6 +61,7 @@ from privacy._adversary import (
     budget_epsilon,
     epsilon_by_adversary,
 )
+from privacy._durable import fsync_dir
 from privacy._events import (
     EVENT_SCHEMA_VERSION,
     ClipStatistics,
@@ -274,14 +275,6 @@ def read_ledger(path: str | os.PathLike[str]) -> tuple[LedgerEntry, ...]:
     return tuple(_parse(data, p))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class PrivacyLedger:
     """Append-only privacy ledger with an optional :class:`PrivacyBudget`.
 
@@ -350,7 +343,7 @@ class PrivacyLedger:
                 raise PrivacyError(f"{p}: ledger is open in another process") from exc
             if created:
                 os.fsync(fd)
-                _fsync_dir(p.parent.resolve())
+                fsync_dir(p.parent.resolve())
             with open(p, "rb") as fh:
                 data = fh.read()
             entries = _parse(data, p)
@@ -678,5 +671,5 @@ class PrivacyLedger:
             fh.truncate(cut)
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(p.parent.resolve())
+        fsync_dir(p.parent.resolve())
         return tail

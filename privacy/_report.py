@@ -40,6 +40,7 @@ from privacy._adversary import (
     EpsilonCache,
     adversary_epsilon,
 )
+from privacy._durable import atomic_write_bytes
 from privacy._events import (
     ClipStatistics,
     DistributedDiscreteGaussianRelease,
@@ -1099,15 +1100,6 @@ def _html(report: Mapping[str, Any], images: Mapping[str, bytes], markdown: str)
     return "\n".join(parts) + "\n"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
@@ -1169,14 +1161,14 @@ def write_report(
     report["plots"] = sorted(images)
     pngs = []
     for name, data in images.items():
-        _atomic_write(out / name, data)
+        atomic_write_bytes(out / name, data)
         pngs.append(out / name)
     json_path, md_path, html_path = out / "report.json", out / "report.md", out / "report.html"
     md = _markdown(report, sorted(images))
-    _atomic_write(
+    atomic_write_bytes(
         json_path,
         (json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8"),
     )
-    _atomic_write(md_path, md.encode("utf-8"))
-    _atomic_write(html_path, _html(report, images, md).encode("utf-8"))
+    atomic_write_bytes(md_path, md.encode("utf-8"))
+    atomic_write_bytes(html_path, _html(report, images, md).encode("utf-8"))
     return ReportPaths(json=json_path, markdown=md_path, html=html_path, pngs=tuple(pngs))

@@ -13,20 +13,19 @@ import hashlib
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from privacy import atomic_write_bytes
 from privacy.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Checkpoint",
-    "atomic_write_bytes",
     "load_checkpoint",
     "resume_round",
     "save_checkpoint",
@@ -44,22 +43,6 @@ class Checkpoint:
     model_spec: dict[str, Any]
     config: dict[str, Any]
     extra: dict[str, Any]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:

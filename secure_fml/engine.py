@@ -90,6 +90,7 @@ from privacy import (
     SamplingMode,
     SkippedRound,
     SkipReason,
+    atomic_write_bytes,
 )
 from privacy.errors import (
     CheckpointError,
@@ -106,7 +107,6 @@ from secure_fml._functional import FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
 from secure_fml.checkpoint import (
     Checkpoint,
-    atomic_write_bytes,
     load_checkpoint,
     resume_round,
     save_checkpoint,

@@ -42,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
+from privacy import atomic_write_bytes
 from privacy.errors import ConfigError
 
 __all__ = [
@@ -151,9 +152,7 @@ class JsonlSink(MetricsSink):
             if isinstance(r, int) and r > last:
                 continue
             kept.append(raw)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, "".join(k + "\n" for k in kept).encode("utf-8"))
 
     def round(self, line: Mapping[str, Any]) -> None:
         if self._f is None:

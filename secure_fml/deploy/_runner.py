@@ -12,8 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from privacy import atomic_write_bytes
 from privacy.errors import ProtocolError, RefusalReason, Refused, SecureFMLError, TransportError
-from secure_fml.checkpoint import atomic_write_bytes
 from secure_fml.deploy._site import Site
 from secure_fml.deploy._transport import Transport
 from secure_fml.messages import Finished

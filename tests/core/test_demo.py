@@ -54,9 +54,12 @@ def test_fewshot_is_the_default_preset_and_validates_options() -> None:
     assert fedavg.algorithm.local_epochs == maml.algorithm.inner_steps
 
 
-@pytest.mark.slow  # three short federated trainings (~20 s of CPU)
+@pytest.mark.slow  # three short federated trainings (~25 s of CPU)
 def test_shortened_demo_keeps_fedmeta_clearly_ahead_of_every_baseline() -> None:
-    res = run_demo(rounds=80, seed=0, data_options={"num_clients": 100})
+    # Client sampling and noise come from the CSPRNG, so every run is a fresh draw: the
+    # margin must hold for any draw, not for one seed. At 80 rounds it was 0.09-0.13
+    # (three draws, FedAvg + fine-tune varying most); at 150 rounds 0.22-0.27.
+    res = run_demo(rounds=150, seed=0, data_options={"num_clients": 100})
     acc = {r.method: r.accuracy for r in res.rows}
     assert acc["chance"] == pytest.approx(0.2)
     best_baseline = max(
