@@ -98,11 +98,11 @@ def make_config(noise_multiplier: float, rounds: int, hidden: int, secagg: bool)
                 "noise_multiplier": noise_multiplier,
                 "clip_norm": 1.0,
                 "placement": "distributed" if secagg else "central",
-                "insecure_seed": 7,  # reproducible audit only (warns); never in production
             },
             "secure_aggregation": {"protocol": "secagg" if secagg else "none"},
             "eval": {"every": 0},
-            "run": {"threads": 1},
+            # Reproducible audit only (warns loudly); never in production.
+            "run": {"threads": 1, "insecure_seed": 7},
         }
     )
 

@@ -284,6 +284,7 @@ class Simulation:
         self._train = {c.client_id: c for c in self.split.train}
         self._batches: dict[str, Batch] = {}
         self._keys: dict[str, Ed25519PrivateKey] = {}
+        self._identities: dict[str, Identity] = {}
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.clock = ManualClock()
         self.transport = transport or InMemoryTransport(
@@ -329,8 +330,11 @@ class Simulation:
         return key
 
     def identity(self, name: str) -> Identity:
-        pub = self._identity_key(name).public_key()
-        return Identity(pub.public_bytes_raw(), pub)
+        ident = self._identities.get(name)
+        if ident is None:
+            pub = self._identity_key(name).public_key()
+            ident = self._identities[name] = Identity(pub.public_bytes_raw(), pub)
+        return ident
 
     def batch(self, client_id: str) -> Batch:
         if client_id not in self._batches:
