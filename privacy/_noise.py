@@ -47,7 +47,7 @@ import numpy.typing as npt
 import torch
 
 from privacy._clipping import as_flat_float32
-from privacy._random import Csprng
+from privacy._random import INSECURE_SEED_WARNING, Csprng
 from privacy._validation import require_int, require_positive
 from privacy.errors import ConfigError, DropoutThresholdNotMet, InsecureModeError
 
@@ -74,14 +74,6 @@ _N_SUMMED = 4
 # Samples per block of standard_normal (the float64 temporaries stay in cache).
 _BLOCK = 1 << 15
 _MASK53 = (1 << 53) - 1
-
-INSECURE_SEED_WARNING = (
-    "GaussianNoiseSource is running in INSECURE TEST MODE with a user-supplied seed: "
-    "the differential-privacy noise is reproducible by anyone who knows or guesses the "
-    "seed, who can then subtract it and recover client updates. Never use this in "
-    "production or for any run whose privacy guarantee is reported."
-)
-
 
 class GaussianNoiseSource:
     """Standard-normal samples from the project's CSPRNG (:class:`privacy.Csprng`).
