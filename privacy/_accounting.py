@@ -486,12 +486,9 @@ class PLDAccountant(Accountant):
         return max(float(p.get_epsilon_for_delta(delta)) for p in pairs if p is not None)
 
 
-@register_accountant
-class PRVAccountant(Accountant):
-    name = "prv"
-    description = (
-        "Privacy random variables (Opacus PRVAccountant, Gopi et al. 2021), eps_error 0.01"
-    )
+class _GaussianOnlyAccountant(Accountant):
+    """An accountant that composes (Poisson-subsampled) Gaussians only: fixed-size
+    sampling and RDP-curve releases are refused with the accountant that can."""
 
     def supports(self, mechanism: Mechanism) -> bool:
         return isinstance(
@@ -510,6 +507,14 @@ class PRVAccountant(Accountant):
                 "(distributed discrete Gaussian); use 'rdp'"
             )
         return super()._unsupported(mechanism)
+
+
+@register_accountant
+class PRVAccountant(_GaussianOnlyAccountant):
+    name = "prv"
+    description = (
+        "Privacy random variables (Opacus PRVAccountant, Gopi et al. 2021), eps_error 0.01"
+    )
 
     def _epsilon(self, delta: float) -> float:
         from opacus.accountants import PRVAccountant as OpacusPRV
@@ -528,7 +533,7 @@ class PRVAccountant(Accountant):
 
 
 @register_accountant
-class GDPAccountant(Accountant):
+class GDPAccountant(_GaussianOnlyAccountant):
     name = "gdp"
     description = (
         "Gaussian DP: exact μ-GDP for full participation; Opacus' CLT approximation "
@@ -536,24 +541,6 @@ class GDPAccountant(Accountant):
         "An approximation: never used to calibrate or to gate a budget"
     )
     upper_bound = False
-
-    def supports(self, mechanism: Mechanism) -> bool:
-        return isinstance(
-            mechanism, GaussianMechanism | PoissonGaussianMechanism | NonPrivateMechanism
-        )
-
-    def _unsupported(self, mechanism: Mechanism) -> str:
-        if isinstance(mechanism, FixedSizeGaussianMechanism):
-            return (
-                f"accountant {self.name!r} cannot account FIXED_SIZE sampling without "
-                "replacement; use 'rdp'"
-            )
-        if isinstance(mechanism, RdpCurveMechanism):
-            return (
-                f"accountant {self.name!r} cannot compose RDP-curve releases "
-                "(distributed discrete Gaussian); use 'rdp'"
-            )
-        return super()._unsupported(mechanism)
 
     def _epsilon(self, delta: float) -> float:
         grouped = self._grouped()
