@@ -8,11 +8,11 @@ to, with the noise multiplier rebuilt from the recorded noise. The ledger-wide
 sampling-amplified figure (what the project reported before issue 12) is shown
 for comparison.
 
-The ledgers are generated now with the real event constructors and the real
-ledger (``--source synthetic``, 8 shapes: central / distributed / DDGauss;
-Poisson / fixed / all; dropouts; adaptive clipping; resume); the round engine
-switches this to engine runs (``--source runs --runs DIR...``: any run
-directories with a ``privacy_ledger.jsonl``).
+The ledgers come from 8 real runs through the round engine (default
+``--source engine``: central / local-DP distributed / DDGauss in SecAgg and
+SecAgg+; Poisson / fixed / all; dropouts; adaptive clipping; stop and resume),
+or from the real event constructors without training (``--source synthetic``),
+or from any run directories with a ``privacy_ledger.jsonl`` (``--source runs``).
 
     python -m benchmarks.epsilon_crosscheck                 # the committed result
     python -m benchmarks.epsilon_crosscheck --source runs --runs runs/a runs/b
@@ -256,6 +256,95 @@ SHAPES = {
 }
 
 
+# --------------------------------------------------------------------------- engine runs
+
+
+def _engine_config(run_dir: str, name: str, **over: Any) -> Any:
+    from secure_fml.config import config_from_dict
+
+    raw: dict[str, Any] = {
+        "data": {"preset": "synthetic", "options": {"num_clients": over.pop("clients", 125)}},
+        "model": {"kind": "mlp", "hidden": [16]},
+        "algorithm": {"name": "fedavg", "local_epochs": 1},
+        "server": {"rounds": 40, **over.pop("server", {})},
+        "privacy": {"enabled": True, "clip_norm": 1.0, "delta": DELTA, **over.pop("privacy")},
+        "secure_aggregation": over.pop("secure_aggregation", {"protocol": "none"}),
+        "eval": {"every": 0},
+        "run": {"name": name, "out_dir": run_dir, "threads": 1},
+    }
+    assert not over, over
+    return config_from_dict(raw)
+
+
+ENGINE_SHAPES: dict[str, dict[str, Any]] = {
+    "central, Poisson q=0.1": {
+        "server": {"sampling": "poisson", "sampling_rate": 0.1},
+        "privacy": {"noise_multiplier": 1.0, "placement": "central"},
+    },
+    "central, fixed m=10 of 100": {
+        "server": {"sampling": "fixed", "clients_per_round": 10},
+        "privacy": {"noise_multiplier": 1.0, "placement": "central"},
+    },
+    "central, all 20": {
+        "clients": 25,
+        "server": {"sampling": "all", "clients_per_round": None},
+        "privacy": {"noise_multiplier": 1.0, "placement": "central"},
+    },
+    "distributed Gaussian without SecAgg (local DP), Poisson q=0.2": {
+        "server": {"sampling": "poisson", "sampling_rate": 0.2},
+        "privacy": {"noise_multiplier": 1.0, "placement": "distributed"},
+    },
+    "DDGauss in SecAgg, Poisson q=0.2": {
+        "server": {"sampling": "poisson", "sampling_rate": 0.2, "rounds": 30},
+        "privacy": {"noise_multiplier": 1.0, "placement": "distributed"},
+        "secure_aggregation": {"protocol": "secagg"},
+    },
+    "DDGauss in SecAgg+, all 30, 20% dropouts": {
+        "clients": 38,
+        "server": {"sampling": "all", "clients_per_round": None, "rounds": 20},
+        "privacy": {"noise_multiplier": 1.0, "placement": "distributed"},
+        "secure_aggregation": {
+            "protocol": "secagg+",
+            "dropout_fraction": 0.2,
+            "max_dropout_fraction": 0.3,
+        },
+    },
+    "central + adaptive clipping, Poisson q=0.1": {
+        "server": {"sampling": "poisson", "sampling_rate": 0.1},
+        "privacy": {"noise_multiplier": 1.0, "placement": "central", "adaptive_clipping": True},
+    },
+    "central, Poisson, stopped at round 25 and resumed": {
+        "server": {"sampling": "poisson", "sampling_rate": 0.1},
+        "privacy": {"noise_multiplier": 1.0, "placement": "central"},
+    },
+}
+
+
+def _engine_events(tmp: str, name: str, spec: dict[str, Any]) -> list[Any]:
+    """Run one shape through the round engine (``Simulation``) and read its ledger."""
+    import copy
+    import warnings
+
+    from secure_fml.simulation import Simulation
+
+    run_name = f"run{len(list(Path(tmp).iterdir()))}"
+    cfg = _engine_config(tmp, run_name, **copy.deepcopy(spec))
+    run_dir = Path(tmp) / run_name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if "resumed" in name:
+            sim = Simulation(cfg, run_dir=run_dir)
+            sim.open()
+            for _ in range(25):
+                sim.run_round()
+            sim.close()  # the process stops here; a new one resumes from the checkpoint
+            sim = Simulation(cfg, run_dir=run_dir)
+            sim.run(progress=False, resume=True)
+        else:
+            Simulation(cfg, run_dir=run_dir).run(progress=False)
+    return [e.event for e in privacy.read_ledger(run_dir / privacy.LEDGER_FILENAME)]
+
+
 # --------------------------------------------------------------------------- independent
 
 
@@ -265,6 +354,10 @@ def _sigma_for(ev: Any, adversary: Adversary) -> float | None:
         return float(ev.noise_multiplier)
     if ev.placement is privacy.NoisePlacement.CENTRAL:
         return None
+    if not ev.secure_aggregation:
+        # Without secure aggregation the coordinator sees each update with only its own
+        # noise share: local DP at that share (the bit, if any, is noised alike).
+        return float(ev.per_client_noise_std / ev.clip_norm)
     n, k = ev.clients_surviving, ev.assumed_colluding_clients
     zv = math.sqrt(n - k) * ev.per_client_noise_std / ev.clip_norm
     if ev.clipped_count_stddev is None:
@@ -310,9 +403,16 @@ def independent_ddgauss(events: Sequence[Any]) -> dict[str, Any]:
         if isinstance(ev, DistributedDiscreteGaussianRelease):
             for cid in ev.client_ids or ():
                 per.setdefault(cid, []).append(ev)
-    worst = max(per, key=lambda c: (len(per[c]), c))
-    curve = sum(e.rdp(sample_rate=1.0) for e in per[worst])
-    eps_curve = rdp_to_epsilon(np.asarray(curve), DELTA)
+    # Releases differ (survivors, noise per release): the worst client is the maximum of
+    # each client's own composition, not the one with the most participations.
+    eps_of: dict[tuple[int, ...], float] = {}
+    for evs in per.values():
+        key = tuple(sorted(id(e) for e in evs))
+        if key not in eps_of:
+            curve = sum(e.rdp(sample_rate=1.0) for e in evs)
+            eps_of[key] = float(rdp_to_epsilon(np.asarray(curve), DELTA))
+    worst = max(per, key=lambda c: (eps_of[tuple(sorted(id(e) for e in per[c]))], c))
+    eps_curve = eps_of[tuple(sorted(id(e) for e in per[worst]))]
     acc = dp_accounting.pld.PLDAccountant()
     for e in per[worst]:
         acc.compose(dp_accounting.GaussianDpEvent(e.noise_multiplier))
@@ -405,13 +505,20 @@ def _rel(a: Any, b: Any) -> str:
     return f"{100 * (a / b - 1):+.2f}%"
 
 
+_SOURCES = {
+    "engine": "ledgers of real runs through the round engine (`Simulation` on the embedded "
+    "synthetic task, MLP, FedAvg; production randomness)",
+    "synthetic": "synthetic ledgers (the real event constructors and ledger, no training)",
+    "runs": "the ledgers of the run directories given",
+}
+
+
 def render_md(payload: dict[str, Any]) -> str:
     lines = [
         "# ε per adversary vs an independent dp_accounting computation",
         "",
         f"Command: `{payload['command']}`  ",
-        f"Source: {payload['source']} ledgers (the real event constructors and ledger; the "
-        "engine will switch this to engine runs). δ = 1e-5. Independent column: dp_accounting "
+        f"Source: {_SOURCES[payload['source']]}. δ = 1e-5. Independent column: dp_accounting "
         "PLD composed per client from the raw ledger fields (one Gaussian per release the "
         "worst client contributed to, σ rebuilt from the recorded noise, survivors and "
         "colluders). Runtime "
@@ -446,7 +553,8 @@ def render_md(payload: dict[str, Any]) -> str:
         "discrete-Gaussian event); the continuous Gaussian at the same noise, "
         f"{_fmt(payload['ddgauss_floor'])}, is a floor it must stay above.",
         "",
-        f"Resume: the run killed at round 25 and restored with fresh randomness records the same "
+        "Resume, at the ledger level (synthetic events: a ledger closed after 25 of 40 "
+        "releases, as by kill -9, and reopened by a new process): it records the same "
         f"releases; coordinator/observer ε uninterrupted {_fmt(res['uninterrupted'])}, resumed "
         f"{_fmt(res['resumed'])} (identical: {res['identical']}).",
         "",
@@ -463,13 +571,16 @@ def render_md(payload: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--source", choices=["synthetic", "runs"], default="synthetic")
+    ap.add_argument("--source", choices=["engine", "synthetic", "runs"], default="engine")
     ap.add_argument("--runs", nargs="*", default=[], help="run directories (--source runs)")
     ap.add_argument("--name", default="epsilon_crosscheck")
     args = ap.parse_args()
     t0 = time.perf_counter()
     rows = []
-    if args.source == "synthetic":
+    if args.source == "engine":
+        with tempfile.TemporaryDirectory() as tmp:
+            shapes = {k: _engine_events(tmp, k, spec) for k, spec in ENGINE_SHAPES.items()}
+    elif args.source == "synthetic":
         shapes = {k: f() for k, f in SHAPES.items()}
     else:
         shapes = {
@@ -490,7 +601,8 @@ def main() -> None:
     ddg_rows = [r for r in rows if "DDGauss" in r["shape"]]
     payload = {
         "command": "python -m benchmarks.epsilon_crosscheck"
-        + (f" --source runs --runs {' '.join(args.runs)}" if args.source == "runs" else ""),
+        + (f" --source {args.source}" if args.source != "engine" else "")
+        + (f" --runs {' '.join(args.runs)}" if args.source == "runs" else ""),
         "source": args.source,
         "environment": environment(),
         "rows": rows,
