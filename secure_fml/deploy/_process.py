@@ -58,7 +58,23 @@ def _ca(pki_dir: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(_read(pki_dir / CA_CERT))
 
 
+def refuse_unsupported(config: Config) -> None:
+    """Refuse what deployment does not run yet, rather than silently run without it.
+
+    Record-level DP runs inside each site's local training in simulations; deployed
+    sites do not run it yet, so a deployment with ``privacy.unit = "record"`` or
+    ``"both"`` would release updates without the record-level guarantee it names.
+    """
+    pc = config.privacy
+    if pc.enabled and pc.unit != "client":
+        raise ConfigError(
+            f"privacy.unit = {pc.unit!r}: record-level DP is not available in deployment yet "
+            "(it runs in simulations); use privacy.unit = 'client' to deploy"
+        )
+
+
 def build_coordinator(settings: CoordinatorSettings, config: Config) -> Coordinator:
+    refuse_unsupported(config)
     return Coordinator(
         config,
         sites=settings.sites,
@@ -116,6 +132,7 @@ def run_server(
 
 def build_site(settings: SiteSettings, config: Config) -> tuple[Site, bytes]:
     """The site's state machine on its own data, and its certificate (DER)."""
+    refuse_unsupported(config)
     from secure_fml._functional import FunctionalModel
     from secure_fml.algorithms import make_algorithm
     from secure_fml.data import load_preset

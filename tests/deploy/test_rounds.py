@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import privacy
+from privacy.errors import ConfigError
 from secure_fml.checkpoint import load_checkpoint
 from secure_fml.deploy import Site
 from tests.deploy import _harness as H
@@ -138,3 +139,30 @@ def test_spent_budget_stops_training_without_release(pki: Path, tmp_path: Path) 
     assert np.array_equal(coord.state.numpy(), theta0.numpy())
     assert privacy.read_ledger(tmp_path / privacy.LEDGER_FILENAME) == ()
     coord.close()
+
+
+@pytest.mark.parametrize("unit", ["record", "both"])
+def test_deployment_refuses_record_level_dp_it_does_not_run(tmp_path: Path, unit: str) -> None:
+    """A deployment never runs a config whose privacy unit it would silently drop."""
+    from secure_fml.config import config_from_dict
+    from secure_fml.deploy import CoordinatorSettings, SiteSettings, build_coordinator, build_site
+
+    config = config_from_dict(
+        {
+            "algorithm": {"name": "fomaml"},
+            "privacy": {
+                "enabled": True,
+                "unit": unit,
+                "record_noise_multiplier": 1.0,
+                **({"noise_multiplier": 1.0} if unit == "both" else {}),
+            },
+        }
+    )
+    coord = CoordinatorSettings(
+        sites=("a", "b", "c"), sample_shape=(60,), num_classes=10, run_dir=tmp_path / "run"
+    )
+    with pytest.raises(ConfigError, match="record-level DP is not available in deployment"):
+        build_coordinator(coord, config)
+    with pytest.raises(ConfigError, match="record-level DP is not available in deployment"):
+        build_site(SiteSettings(name="a", client="client_00", pki_dir=tmp_path), config)
+    assert not (tmp_path / "run").exists()
