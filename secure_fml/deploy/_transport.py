@@ -198,7 +198,9 @@ class InProcessTransport(Transport):
     def poll(self, conn: bytes, *, wait_s: float) -> EngineMessage:
         msg = self.service.poll(conn, wait_s=wait_s)
         frames = list(server_message_to_proto(msg))
-        return server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
+        return _site_reads(
+            lambda: server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
+        )
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
         frames = list(stage_reply_to_proto(reply, connection_id=conn))
@@ -213,6 +215,24 @@ class InProcessTransport(Transport):
     def download_checkpoint(self, conn: bytes) -> bytes:
         self.service.site_of(conn)
         return self.service.checkpoint_bytes()
+
+
+def _site_reads(
+    read: Callable[[], EngineMessage], cancel: Callable[[], object] | None = None
+) -> EngineMessage:
+    """Run a site-side conversion; a stream the site refuses (oversize, another version
+    inside it, malformed) is a :class:`ProtocolError` of that message -- the site drops
+    it and keeps serving -- and the call is cancelled at the first refused frame."""
+    try:
+        return read()
+    except Refused as e:
+        if cancel is not None:
+            cancel()
+        raise InvalidMessage(f"coordinator message refused ({e.reason.value}): {e}") from None
+    except InvalidMessage:
+        if cancel is not None:
+            cancel()
+        raise
 
 
 # ---------------------------------------------------------------------- gRPC server
@@ -481,12 +501,23 @@ class GrpcTransport(Transport):
         req = pb.PollRequest(
             protocol_version=PROTOCOL_VERSION, connection_id=conn, wait_ms=int(wait_s * 1000)
         )
+        call = self.stub.Poll(req, timeout=wait_s + self.timeout)
+
+        def counted() -> Iterator[pb.Frame]:
+            # Lazily, frame by frame: the size checks run as the stream arrives, and a
+            # stream beyond its declared or allowed size is cancelled at that frame
+            # instead of being buffered whole.
+            for frame in call:
+                self.bytes_received += frame.ByteSize()
+                yield frame
+
         try:
-            frames = list(self.stub.Poll(req, timeout=wait_s + self.timeout))
+            return _site_reads(
+                lambda: server_message_from_proto(counted(), max_model_bytes=self.max_model_bytes),
+                call.cancel,
+            )
         except grpc.RpcError as e:
             raise _transport_error(e) from None
-        self.bytes_received += sum(f.ByteSize() for f in frames)
-        return server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
         frames = list(stage_reply_to_proto(reply, connection_id=conn))
