@@ -37,7 +37,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 import privacy
-from privacy import Adversary, Csprng, PrivacyLedger
+from privacy import Adversary, Csprng, EpsilonCache, PrivacyEvent, PrivacyLedger
 from privacy.errors import (
     CheckpointError,
     InsecureModeError,
@@ -146,7 +146,18 @@ class Site(ClientPipeline):
             # Recorded in the ledger, not yet in the round record (a crash in between).
             self._joined = _Joined(last, "", True, self._joined.contributions + 1)
         self._admitted: AdmittedRound | None = None
+        self._epsilon_after: float | None = None
+        self._eps_cache = EpsilonCache()
         log.info("site %s policy: %s", name, policy.describe())
+        # Computed once now (it loads the accountant), so no later release waits on it.
+        log.info(
+            "site %s ledger %s: %d release(s), epsilon %.4g against the coordinator (delta %g)",
+            name,
+            self.ledger.path,
+            len(self.ledger.entries),
+            self.epsilon(),
+            policy.delta,
+        )
 
     def close(self) -> None:
         self.ledger.close()
@@ -168,10 +179,13 @@ class Site(ClientPipeline):
         """Rounds this site released an update in (across restarts)."""
         return self._joined.contributions
 
-    def epsilon(self) -> float:
-        """This site's epsilon against the coordinator, from its own ledger."""
-        return self.ledger.adversary_epsilon(
-            adversary=Adversary.COORDINATOR, delta=self.policy.delta
+    def epsilon(self, events: tuple[PrivacyEvent, ...] | None = None) -> float:
+        """This site's epsilon against the coordinator, from its own ledger (or ``events``)."""
+        return privacy.adversary_epsilon(
+            self.ledger.events if events is None else events,
+            adversary=Adversary.COORDINATOR,
+            delta=self.policy.delta,
+            cache=self._eps_cache,
         ).epsilon
 
     # ------------------------------------------------------------------ hooks
@@ -211,6 +225,13 @@ class Site(ClientPipeline):
                 ) from None
         self._persist(_Joined(msg.round, sid, False, j.contributions))
         self._admitted = admitted
+        # The epsilon after this release, computed now (during local training, not inside
+        # a stage deadline).
+        self._epsilon_after = (
+            self.epsilon((*self.ledger.events, admitted.event))
+            if admitted.event is not None
+            else None
+        )
         log.info(
             "site %s accepted round %d (%d peers, noise multiplier %s against the coordinator)",
             self.name,
@@ -228,11 +249,11 @@ class Site(ClientPipeline):
             # Durable (fsync'ed, budget-checked) before the update leaves.
             self.ledger.record(a.event)
         self._persist(_Joined(j.round, j.session, True, j.contributions + 1))
-        if a.event is not None:
+        if a.event is not None and self._epsilon_after is not None:
             log.info(
                 "site %s released round %d: epsilon %.4g against the coordinator (delta %g)",
                 self.name,
                 msg.round,
-                self.epsilon(),
+                self._epsilon_after,
                 self.policy.delta,
             )
