@@ -10,7 +10,8 @@ runs. What a deployment adds:
 - the site's own :class:`~secure_fml.deploy.SitePolicy`: every round start is
   checked against it before anything is computed, and the site's secure-aggregation
   sessions run under the site's own :class:`aggregation.ClientPolicy`;
-- the site's own durable state in ``state_dir``: ``site_rounds.json`` (the last
+- the site's own durable state in ``state_dir`` (``secure-fml report STATE_DIR``
+  renders it; ``config.json`` there records the policy): ``site_rounds.json`` (the last
   round it joined, the session, whether it released its update there) and its own
   hash-chained, fsync'ed privacy ledger (``privacy_ledger.jsonl``) with the epsilon
   it computed itself against the coordinator. Both are written before the update
@@ -27,6 +28,7 @@ round index ever leaves a site.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -136,6 +138,24 @@ class Site(ClientPipeline):
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._rounds_path = self.state_dir / ROUNDS_FILE
+        # What ``secure-fml report STATE_DIR`` needs (delta, accountant), plus the policy
+        # the site ran with: its privacy officer reads this directory alone.
+        atomic_write_bytes(
+            self.state_dir / "config.json",
+            json.dumps(
+                {
+                    "privacy": {
+                        "enabled": True,
+                        "delta": policy.delta,
+                        "accountant": "rdp",
+                        "max_epsilon": policy.max_epsilon,
+                    },
+                    "site": {"name": name, "policy": dataclasses.asdict(policy)},
+                },
+                indent=2,
+            ).encode()
+            + b"\n",
+        )
         self._joined = _load_joined(self._rounds_path)
         #: The site's own privacy ledger (what it released, the epsilon it computed).
         self.ledger = PrivacyLedger.open(
