@@ -445,3 +445,15 @@ def test_zz_property_examples_included_accepted_rounds() -> None:
     if not ACCEPTED:
         pytest.skip("the property test did not run in this session")
     assert len(ACCEPTED) >= 1, ACCEPTED
+
+
+def test_readme_policy_block_is_a_valid_policy() -> None:
+    import re
+    import tomllib
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text.split("### A site's own policy", 1)[1]
+    m = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert m
+    policy = policy_from_dict(tomllib.loads(m.group(1))["policy"])
+    assert policy.max_epsilon == 8.0 and policy.protocols == ("secagg", "secagg+")
