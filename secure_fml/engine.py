@@ -833,6 +833,43 @@ class RoundEngine:
         )
         return True
 
+    def abandon_round(self, round_: int, participants: Sequence[str], *, reason: str) -> None:
+        """Spend round ``round_``, which was started before a crash and never finished.
+
+        Its participants may have released their inputs to the lost process, and an
+        honest site never contributes to one round index twice, so the round is not
+        run again: it is recorded as lost (a :class:`~privacy.SkippedRound` in the
+        ledger, nothing was unmasked; a ``lost`` metrics line) and training continues
+        with the next index. A round that was charged is already past (no-op).
+        """
+        if self._round is not None:
+            raise OutOfOrder(f"round {self._round.number} is open")
+        if round_ <= self.round:
+            return
+        if round_ != self.round + 1:
+            raise CheckpointError(
+                f"round {round_} was started but the run resumes at round {self.round}"
+            )
+        sampled = SampledRound(round_, tuple(participants), self.sampler.accounting)
+        self._record_skip(
+            sampled,
+            participants,
+            reason=SkipReason.TOO_FEW_SURVIVORS,
+            required=max(1, len(participants)),
+            surviving=0,
+        )
+        self.round = round_
+        self.sampler.resume_after(round_)
+        log.warning("round %d lost: %s", round_, reason)
+        line = {
+            **sampled.as_dict(),
+            "participants": len(participants),
+            "status": "lost",
+            "reason": reason,
+            "contributors": 0,
+        }
+        self._emit(line, checkpoint=True)
+
     def _min_participants(self) -> int:
         """Fewest participants a round runs with (fewer: the round is skipped)."""
         return MIN_SECURE_PARTICIPANTS if self.protocol.secure else 1

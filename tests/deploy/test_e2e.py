@@ -140,7 +140,7 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(300)  # + one train deadline: sites refuse the restarted round 3
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("dataset", ["synthetic", pytest.param("femnist", marks=pytest.mark.data)])
 def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
     dataset: str, tmp_path: Path, procs: Procs, request: pytest.FixtureRequest
