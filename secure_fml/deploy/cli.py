@@ -19,7 +19,13 @@ def _out(text: str, *, err: bool = False) -> None:
 
 
 class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: easy to grep, ship and parse."""
+    """One JSON object per line: easy to grep, ship and parse. Every record names the
+    process's party (``site``: the site name, or ``coordinator``) unless the record
+    names a site itself (``extra={"site": ...}``)."""
+
+    def __init__(self, party: str | None = None) -> None:
+        super().__init__()
+        self.party = party
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -28,15 +34,18 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        site = getattr(record, "site", None) or self.party
+        if site is not None:
+            out["site"] = site
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
+def _setup_logging(args: argparse.Namespace, *, party: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if args.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(_JsonFormatter(party))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -69,7 +78,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, address=args.address)
     if settings.insecure:
         _out(f"WARNING: {INSECURE_WARNING}", err=True)
-    _setup_logging(args)
+    _setup_logging(args, party="coordinator")
     coord = run_server(settings, config)
     last = coord.status()["last"]
     _out(json.dumps({"finished": coord.finished, "round": coord.round, "last": last}))
@@ -87,7 +96,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, server=args.server)
     if settings.insecure:
         _out(f"WARNING: {INSECURE_WARNING}", err=True)
-    _setup_logging(args)
+    _setup_logging(args, party=settings.name)
     rounds = run_client(settings, config)
     _out(json.dumps({"site": settings.name, "rounds": rounds, "model": str(settings.download)}))
     return 0

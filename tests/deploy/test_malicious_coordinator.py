@@ -140,6 +140,8 @@ def test_malicious_coordinator_is_refused_and_honest_sites_survive(
         log = procs.log(name)
         for attack, error in ATTACKS.values():
             assert f"leaves this round ({error})" in log, (name, attack, log[-2000:])
+        records = [json.loads(x) for x in log.splitlines() if x.startswith("{")]
+        assert records and all(r.get("site") == name for r in records)  # names its site
         entries = privacy.read_ledger(tmp_path / f"state-{name}" / privacy.LEDGER_FILENAME)
         assert [e.round for e in entries] == list(HONEST_ROUNDS), name
         rounds = json.loads((tmp_path / f"state-{name}" / "site_rounds.json").read_text())
