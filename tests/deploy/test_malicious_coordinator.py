@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -44,8 +44,10 @@ class MaliciousService(CoordinatorService):
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self.seen: dict[tuple[int, str], RoundStart] = {}
 
-    def poll(self, conn: bytes, *, wait_s: float) -> EngineMessage:
-        msg = super().poll(conn, wait_s=wait_s)
+    def poll(
+        self, conn: bytes, *, wait_s: float, alive: Callable[[], bool] | None = None
+    ) -> EngineMessage:
+        msg = super().poll(conn, wait_s=wait_s, alive=alive)
         if not isinstance(msg, RoundStart):
             return msg
         me = msg.peers[msg.client_index].name
