@@ -11,7 +11,9 @@ peers; only the transport differs. Layout:
 - ``_transport``: the thread-safe service, the site-side :class:`Transport`
   (in-process and gRPC) and the thin gRPC servicer; ``_convert`` holds every
   protobuf conversion; ``secure_fml/proto`` the versioned ``.proto``;
-- ``_pki``: consortium CA and certificates; ``_config`` / ``_process``: the
+- ``_limits``: what keeps abusive peers from exhausting the coordinator's workers
+  (allowlist before reading, per-identity limits, stream deadlines, throttled logs);
+- ``_pki``: consortium CA, certificates and site startup kits; ``_config`` / ``_process``: the
   ``coordinator.toml`` / ``site.toml`` processes; ``cli``: ``secure-fml pki |
   server | client | status``.
 """
