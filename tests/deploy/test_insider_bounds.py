@@ -27,6 +27,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return H.make_pki(tmp_path_factory.mktemp("pki"), H.SITES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("insider", [False, True])
 def test_unclipped_insider_input_is_not_applied(pki: Path, tmp_path: Path, insider: bool) -> None:
     raw = config_to_dict(H.small_config(dp=True, rounds=1))
