@@ -80,7 +80,7 @@ def _site_main(
 
     from secure_fml._functional import FunctionalModel
     from secure_fml.algorithms import make_algorithm
-    from secure_fml.deploy import GrpcTransport, Site, run_site
+    from secure_fml.deploy import GrpcTransport, Site, SitePolicy, run_site
     from secure_fml.deploy._pki import load_identity_key, site_paths
     from secure_fml.evaluation import to_batch
     from secure_fml.simulation import build_model, model_spec_for
@@ -98,7 +98,8 @@ def _site_main(
         data=to_batch(ds.client(client), ds.input_kind),
         identity_key=load_identity_key(ident),
         ca_certificate=ca,
-        require_noise=args.dp,
+        policy=SitePolicy(require_noise=args.dp),
+        state_dir=Path(tempfile.mkdtemp(prefix=f"site-{name}-")),
     )
     creds = grpc.ssl_channel_credentials(
         (d / "ca.pem").read_bytes(), key.read_bytes(), cert.read_bytes()

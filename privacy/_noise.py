@@ -75,6 +75,7 @@ _N_SUMMED = 4
 _BLOCK = 1 << 15
 _MASK53 = (1 << 53) - 1
 
+
 class GaussianNoiseSource:
     """Standard-normal samples from the project's CSPRNG (:class:`privacy.Csprng`).
 

@@ -144,6 +144,8 @@ class RefusalReason(enum.Enum):
     UNAUTHENTICATED = "unauthenticated"
     DUPLICATE_CONNECTION = "duplicate_connection"
     OVERSIZE = "oversize"
+    #: Too many requests of one identity in flight (a long-poll or stream flood).
+    BUSY = "busy"
 
 
 class Refused(TransportError):  # noqa: N818 - a refusal, not a bug

@@ -124,7 +124,7 @@ from secure_fml.messages import (
     StageRequest,
 )
 from secure_fml.observability import JsonlSink, MetricsSink, MultiSink, timestamped
-from secure_fml.pipeline import VERIFIED_MODELS, codec_for
+from secure_fml.pipeline import VERIFIED_MODELS, codec_for, secure_clip_range
 from secure_fml.rounds import ClientSampler, SampledRound, ServerOptimizer
 
 __all__ = [
@@ -833,6 +833,43 @@ class RoundEngine:
         )
         return True
 
+    def abandon_round(self, round_: int, participants: Sequence[str], *, reason: str) -> None:
+        """Spend round ``round_``, which was started before a crash and never finished.
+
+        Its participants may have released their inputs to the lost process, and an
+        honest site never contributes to one round index twice, so the round is not
+        run again: it is recorded as lost (a :class:`~privacy.SkippedRound` in the
+        ledger, nothing was unmasked; a ``lost`` metrics line) and training continues
+        with the next index. A round that was charged is already past (no-op).
+        """
+        if self._round is not None:
+            raise OutOfOrder(f"round {self._round.number} is open")
+        if round_ <= self.round:
+            return
+        if round_ != self.round + 1:
+            raise CheckpointError(
+                f"round {round_} was started but the run resumes at round {self.round}"
+            )
+        sampled = SampledRound(round_, tuple(participants), self.sampler.accounting)
+        self._record_skip(
+            sampled,
+            participants,
+            reason=SkipReason.TOO_FEW_SURVIVORS,
+            required=max(1, len(participants)),
+            surviving=0,
+        )
+        self.round = round_
+        self.sampler.resume_after(round_)
+        log.warning("round %d lost: %s", round_, reason)
+        line = {
+            **sampled.as_dict(),
+            "participants": len(participants),
+            "status": "lost",
+            "reason": reason,
+            "contributors": 0,
+        }
+        self._emit(line, checkpoint=True)
+
     def _min_participants(self) -> int:
         """Fewest participants a round runs with (fewer: the round is skipped)."""
         return MIN_SECURE_PARTICIPANTS if self.protocol.secure else 1
@@ -1067,6 +1104,38 @@ class RoundEngine:
             self.ledger.record(self._event(rd, contributors))
         rd.charged = True
 
+    @staticmethod
+    def _check_aggregate_norm(plan: RoundPlan, total: np.ndarray, count: int) -> None:
+        """Refuse a decoded sum no ``count`` clipped inputs could produce.
+
+        Each input has norm <= C (the clip bit included); the noise the clients added
+        is Gaussian with a known total std per coordinate, so its norm exceeds
+        std * (sqrt(D) + 10) with probability below e^-50; stochastic rounding moves
+        the sum by less than count / scale per coordinate. An insider's unclipped input
+        or forged unmasking shares (a random point of the modular group) land far
+        outside this bound and never reach theta. Weighted rounds are not bounded here.
+        """
+        s = plan.settings
+        if s.clip_norm is None or s.weighted or count <= 0:
+            return
+        dim = int(total.shape[0])
+        bound = count * secure_clip_range(s)
+        if s.noise is ClientNoise.GAUSSIAN:
+            per = math.hypot(s.noise_std, s.bit_noise_std or 0.0)
+            bound += math.sqrt(count) * per * (math.sqrt(dim) + 10.0)
+        elif s.noise is ClientNoise.DISCRETE_GAUSSIAN:
+            assert s.scale is not None
+            bound += math.sqrt(count) * s.noise_std / s.scale * (math.sqrt(dim) + 10.0)
+        if plan.codec is not None:
+            bound += math.sqrt(plan.codec.padded_dimension) * count / plan.codec.scale
+        norm = float(np.linalg.norm(total))
+        if not math.isfinite(norm) or norm > bound * (1 + 1e-6):
+            raise InvalidMessage(
+                f"round {plan.round}: the decoded sum has norm {norm:.4g}, more than "
+                f"{count} clipped inputs plus their noise can have ({bound:.4g}); "
+                "an input was not clipped or the unmasking was forged: not applied"
+            )
+
     def _apply(self, rd: _Round, agg: Aggregate) -> None:
         plan = rd.plan
         s = plan.settings
@@ -1077,6 +1146,7 @@ class RoundEngine:
             total = np.asarray(agg.total, dtype=np.float64)
         d = plan.dimension
         count = len(agg.contributors)
+        self._check_aggregate_norm(plan, total, count)
         if plan.central_noise_std is not None:
             noise_rng = self.central_noise_source(rd.number)
             total = total.copy()

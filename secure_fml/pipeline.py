@@ -40,6 +40,8 @@ from aggregation import (
     ClientPolicy,
     ClientSession,
     FixedPointCodec,
+    MaskedInput,
+    PlainInput,
     PlainSumClient,
     Stage,
     all_finite,
@@ -161,7 +163,9 @@ class _Session:
     round: int
     session_id: bytes
     client: AggregationClient
+    start: RoundStart
     stages: set[Stage] = field(default_factory=set)
+    released: bool = False
 
 
 def raw_ed25519_peer(peer: Peer) -> Ed25519PublicKey:
@@ -289,13 +293,35 @@ class ClientPipeline:
         """The noise this client adds (kind, std): what the round asks for."""
         return settings.noise, settings.noise_std
 
+    # Two hooks for a client with its own policy and ledger (a deployed site): ``admit``
+    # may refuse a verified round start before anything is computed; ``before_release``
+    # runs right before the first message derived from this round's update leaves the
+    # client (plain: the round start's reply; SecAgg: the masked input), and may refuse.
+
+    def admit(self, msg: RoundStart) -> None:
+        """Raise a typed error to refuse ``msg`` (model and roster already verified)."""
+        return None
+
+    def before_release(self, msg: RoundStart) -> None:
+        """Raise to withhold this round's update; return once its release may happen."""
+        return None
+
     def _start(self, msg: RoundStart) -> StageReply:
         self._session = None  # a new round always replaces an unfinished one
+        try:
+            return self._start_round(msg)
+        except ConfigError as e:
+            # Parameters chosen by the coordinator that this client's code cannot use
+            # (codec, sampler, session): the round is refused, the client stays up.
+            raise InvalidMessage(f"round {msg.round} refused: {e}") from None
+
+    def _start_round(self, msg: RoundStart) -> StageReply:
         s = msg.settings
         if self.require_noise and s.noise is ClientNoise.NONE:
             raise InvalidMessage("coordinator asked for a round without DP noise; refused")
         state = self._check_model(msg)
         keys = self._check_roster(msg)
+        self.admit(msg)
         rl = self.record_level
         if rl is not None and not rl.admit(
             self.algorithm, round=msg.round, site_id=self.name, data=self.data
@@ -310,6 +336,10 @@ class ClientPipeline:
             rl.charge(upd.receipt, round=msg.round, site_id=self.name)
         vec = upd.vector.detach().cpu().numpy().astype(np.float32, copy=False)
         compute_s = time.perf_counter() - t0
+        if not all_finite(vec):
+            raise InvalidMessage(
+                f"round {msg.round}: the local update is not finite (unusable global model)"
+            )
         clipped = False
         # The update's norm before clipping (float32 BLAS): the adaptive clipping bit and
         # the diagnostics use it; clipping itself measures the norm in float64.
@@ -371,7 +401,11 @@ class ClientPipeline:
             session.set_input(codec.encode(vec, rng.child("encode")))
             client = session
         first = client.start()
-        self._session = _Session(msg.round, msg.session_id, client, {msg.first_stage})
+        current = _Session(msg.round, msg.session_id, client, msg, {msg.first_stage})
+        if isinstance(first, MaskedInput | PlainInput):
+            self.before_release(msg)
+            current.released = True
+        self._session = current
         if not s.protocol.secure:
             # The plain protocol has one stage: this client's part of the round is done.
             self.rounds_done.append(msg.round)
@@ -393,7 +427,13 @@ class ClientPipeline:
             raise StaleMessage(f"stage request for round {msg.round} of an unknown session")
         if msg.stage in s.stages:
             raise StaleMessage(f"{msg.stage.name} was already answered (replay)")
-        reply = s.client.handle(msg.message)
+        try:
+            reply = s.client.handle(msg.message)
+        except ConfigError as e:
+            raise InvalidMessage(f"{msg.stage.name} refused: {e}") from None
+        if isinstance(reply, MaskedInput | PlainInput) and not s.released:
+            self.before_release(s.start)
+            s.released = True
         s.stages.add(msg.stage)
         if msg.stage is Stage.UNMASKING:
             self.rounds_done.append(msg.round)

@@ -6,10 +6,14 @@ engine's client pipeline (:mod:`secure_fml.pipeline`) with certificate-checked
 peers; only the transport differs. Layout:
 
 - ``_coordinator`` / ``_site``: the engine and the pipeline with network identity;
+  ``_policy``: a site's own privacy policy (:class:`SitePolicy`), checked against
+  every round start, with the site's own ledger;
 - ``_transport``: the thread-safe service, the site-side :class:`Transport`
   (in-process and gRPC) and the thin gRPC servicer; ``_convert`` holds every
   protobuf conversion; ``secure_fml/proto`` the versioned ``.proto``;
-- ``_pki``: consortium CA and certificates; ``_config`` / ``_process``: the
+- ``_limits``: what keeps abusive peers from exhausting the coordinator's workers
+  (allowlist before reading, per-identity limits, stream deadlines, throttled logs);
+- ``_pki``: consortium CA, certificates and site startup kits; ``_config`` / ``_process``: the
   ``coordinator.toml`` / ``site.toml`` processes; ``cli``: ``secure-fml pki |
   server | client | status``.
 """
@@ -23,6 +27,7 @@ from secure_fml.deploy._config import (
 )
 from secure_fml.deploy._coordinator import Coordinator, Deadlines
 from secure_fml.deploy._pki import init_ca, issue_server, issue_site
+from secure_fml.deploy._policy import AdmittedRound, SitePolicy
 from secure_fml.deploy._process import build_coordinator, build_site, run_client, run_server
 from secure_fml.deploy._runner import run_site
 from secure_fml.deploy._site import Site
@@ -47,6 +52,7 @@ from secure_fml.pipeline import model_hash
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "AdmittedRound",
     "Coordinator",
     "CoordinatorService",
     "CoordinatorSettings",
@@ -60,6 +66,7 @@ __all__ = [
     "Refused",
     "RoundStart",
     "Site",
+    "SitePolicy",
     "SiteSettings",
     "StageReply",
     "StageRequest",

@@ -1,18 +1,21 @@
 """``coordinator.toml`` / ``site.toml``: a ``[deploy]`` or ``[site]`` table plus the
 usual config sections (``[algorithm]``, ``[server]``, ``[privacy]``, ...), which
 are validated by :func:`secure_fml.config.config_from_dict` exactly as for the
-simulation."""
+simulation. A site config may carry a ``[policy]`` table: the site's own privacy
+policy (:class:`~secure_fml.deploy.SitePolicy`; absent, its defaults)."""
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from privacy.errors import ConfigError
 from secure_fml.config import Config, config_from_dict
+from secure_fml.deploy._policy import SitePolicy, policy_from_dict
 
 __all__ = ["CoordinatorSettings", "SiteSettings", "load_coordinator_config", "load_site_config"]
 
@@ -25,7 +28,7 @@ def _build(cls: type, where: str, raw: Mapping[str, Any], base: Path) -> Any:
             f"{where}.{unknown[0]} is not a known field (valid: {', '.join(sorted(known))})"
         )
     values = dict(raw)
-    for k in ("pki_dir", "run_dir", "download"):
+    for k in ("pki_dir", "run_dir", "download", "state_dir"):
         if k in values and values[k] is not None:
             p = Path(values[k])
             values[k] = p if p.is_absolute() else base / p
@@ -87,17 +90,27 @@ class SiteSettings:
     server: str = "127.0.0.1:50051"
     pki_dir: Path = Path("pki")
     insecure: bool = False
-    require_noise: bool = True
     download: Path | None = None
+    #: The site's own round record and privacy ledger (default: ``state-<name>`` next
+    #: to the config file).
+    state_dir: Path | None = None
+    #: Mini-batch seed: the insecure test mode only (with run.insecure_seed).
     seed: int | None = None
     poll_wait_s: float = 5.0
     reconnect_timeout_s: float = 120.0
+    #: The ``[policy]`` table (not part of ``[site]``).
+    policy: SitePolicy = field(default_factory=SitePolicy)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pki_dir", Path(self.pki_dir))
-        for k in ("insecure", "require_noise"):
-            if not isinstance(getattr(self, k), bool):
-                raise ConfigError(f"site.{k} must be true or false")
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ConfigError("site.name must be a plain site name")
+        if self.state_dir is not None:
+            object.__setattr__(self, "state_dir", Path(self.state_dir))
+        if not isinstance(self.insecure, bool):
+            raise ConfigError("site.insecure must be true or false")
+        if not isinstance(self.policy, SitePolicy):
+            raise ConfigError("site.policy must be a SitePolicy")
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -125,4 +138,10 @@ def load_site_config(path: Path | str) -> tuple[SiteSettings, Config]:
     site = raw.pop("site", None)
     if site is None:
         raise ConfigError(f"{p}: missing [site] table")
-    return _build(SiteSettings, "site", site, p.parent), config_from_dict(raw)
+    policy = policy_from_dict(raw.pop("policy", None))
+    if "policy" in site:
+        raise ConfigError("site.policy: the policy is its own [policy] table")
+    settings = _build(SiteSettings, "site", site, p.parent)
+    state = settings.state_dir or p.parent / f"state-{settings.name}"
+    settings = dataclasses.replace(settings, state_dir=state, policy=policy)
+    return settings, config_from_dict(raw)

@@ -130,23 +130,23 @@ def read_stream(
         raise Refused(
             RefusalReason.OVERSIZE, f"payload of {size} bytes exceeds the limit of {limit}"
         )
-    chunks: list[bytes] = []
-    got = 0
+    # Grown as chunks arrive (never allocated from the declared size up front), and
+    # refused at the first chunk beyond the declared size.
+    buf = bytearray()
     digest = hashlib.sha256()
     for frame in it:
         if frame.WhichOneof("body") != "chunk":
             raise InvalidMessage("only chunk frames may follow the header")
         chunk = frame.chunk
-        if len(chunk) > MAX_CHUNK_BYTES or got + len(chunk) > size:
+        if len(chunk) > MAX_CHUNK_BYTES or len(buf) + len(chunk) > size:
             raise Refused(RefusalReason.OVERSIZE, "chunks exceed the declared payload size")
-        got += len(chunk)
         digest.update(chunk)
-        chunks.append(chunk)
-    if got != size:
-        raise InvalidMessage(f"payload truncated: {got} of {size} bytes")
+        buf += chunk
+    if len(buf) != size:
+        raise InvalidMessage(f"payload truncated: {len(buf)} of {size} bytes")
     if not hmac.compare_digest(digest.digest(), header.payload_sha256):
         raise InvalidMessage("payload does not match its SHA-256")
-    return header, b"".join(chunks)
+    return header, bytes(buf)
 
 
 def _stage(value: int) -> Stage:

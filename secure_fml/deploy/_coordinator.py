@@ -13,6 +13,7 @@ Transports (in-process or gRPC) only decode, validate sizes and delegate here.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import math
 import secrets
@@ -27,7 +28,9 @@ import torch
 from cryptography import x509
 
 from aggregation import Stage
+from privacy import atomic_write_bytes
 from privacy.errors import (
+    CheckpointError,
     ConfigError,
     ProtocolError,
     RefusalReason,
@@ -42,6 +45,9 @@ from secure_fml.simulation import build_model
 __all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "Coordinator", "Deadlines"]
 
 log = logging.getLogger(__name__)
+
+#: The last round this coordinator started (so a restart never runs it again).
+STARTED_FILE = "round_started.json"
 
 TRUSTED_COORDINATOR_WARNING = (
     "secure_aggregation.protocol = none: every site sends its update to the coordinator in "
@@ -123,8 +129,25 @@ class Coordinator:
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
-        """Create or resume the run in ``run_dir`` (checkpoint + privacy ledger)."""
+        """Create or resume the run in ``run_dir`` (checkpoint + privacy ledger).
+
+        A round that was started when the previous process died is never run again
+        (its sites may have released their inputs to it, and refuse a second start of
+        that round index): it is recorded as lost and training goes on with the next.
+        """
         self.engine.open(resume=True)
+        marker = self.run_dir / STARTED_FILE
+        if marker.exists():
+            try:
+                raw = json.loads(marker.read_text(encoding="utf-8"))
+                started, participants = int(raw["round"]), [str(x) for x in raw["participants"]]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{marker}: unreadable ({e})") from None
+            self.engine.abandon_round(
+                started,
+                participants,
+                reason="the coordinator restarted during this round",
+            )
 
     def close(self) -> None:
         self.engine.close()
@@ -252,7 +275,17 @@ class Coordinator:
             self._quorum_since = now
         if len(live) == len(self.sites) or now - self._quorum_since >= self.deadlines.start_grace_s:
             self._quorum_since = None
-            eng.start_round(live)
+            if eng.start_round(live):
+                plan = eng.last_plan
+                assert plan is not None
+                # Durable before any site can receive the round start (the caller holds
+                # the service lock until this returns).
+                atomic_write_bytes(
+                    self.run_dir / STARTED_FILE,
+                    json.dumps(
+                        {"round": plan.round, "participants": list(plan.participants)}
+                    ).encode(),
+                )
 
     def status(self) -> dict[str, Any]:
         return {

@@ -283,3 +283,60 @@ def identity_public_key(cert: x509.Certificate) -> Ed25519PublicKey:
     if len(raw) != 32:
         raise InvalidSignature("SecAgg identity key extension must hold 32 bytes")
     return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def make_kit(
+    directory: Path,
+    name: str,
+    out: Path,
+    *,
+    server: str,
+    client: str,
+    shared_config: str = "",
+) -> Path:
+    """One directory to hand to site ``name`` (as NVIDIA FLARE's startup kits):
+    ``pki/`` with the CA certificate and the site's certificate, TLS key and SecAgg
+    identity key (issued now if missing; never the CA key), and ``site.toml`` with
+    its ``[site]`` table, its own ``[policy]`` (the defaults, to be reviewed by the
+    site) and ``shared_config`` (the consortium's ``[model]`` / ``[algorithm]`` ...)."""
+    import dataclasses as _dc
+    import json as _json
+    import shutil
+
+    from secure_fml.deploy._policy import SitePolicy
+
+    d = Path(directory)
+    cert_path, key_path, identity_path = site_paths(d, name)
+    if not cert_path.exists():
+        issue_site(d, name)
+    target = Path(out)
+    (target / "pki").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(d / CA_CERT, target / "pki" / CA_CERT)
+    for p in (cert_path, key_path, identity_path):
+        shutil.copyfile(p, target / "pki" / p.name)
+        if p.suffix == ".key":
+            os.chmod(target / "pki" / p.name, 0o600)
+    lines = [
+        "[site]",
+        f"name = {_json.dumps(name)}",
+        f"client = {_json.dumps(client)}",
+        f"server = {_json.dumps(server)}",
+        'pki_dir = "pki"',
+        "",
+        "[policy]  # this site's own requirements of every round: review before joining",
+    ]
+    for f in _dc.fields(SitePolicy):
+        v = getattr(SitePolicy(), f.name)
+        if v is None:
+            lines.append(f"# {f.name} = ...")
+        elif isinstance(v, bool):
+            lines.append(f"{f.name} = {'true' if v else 'false'}")
+        elif isinstance(v, tuple):
+            lines.append(f"{f.name} = {_json.dumps(list(v))}")
+        else:
+            lines.append(f"{f.name} = {v!r}")
+    text = "\n".join(lines) + "\n"
+    if shared_config:
+        text += "\n" + shared_config.strip() + "\n"
+    (target / "site.toml").write_text(text, encoding="utf-8")
+    return target

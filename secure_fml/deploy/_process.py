@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from privacy import INSECURE_SEED_WARNING
-from privacy.errors import ConfigError
+from privacy.errors import ConfigError, InsecureModeError
 from secure_fml.config import Config
 from secure_fml.deploy._config import CoordinatorSettings, SiteSettings
 from secure_fml.deploy._coordinator import Coordinator, Deadlines
@@ -26,7 +26,12 @@ from secure_fml.deploy._pki import (
 )
 from secure_fml.deploy._runner import run_site
 from secure_fml.deploy._site import Site
-from secure_fml.deploy._transport import CoordinatorService, GrpcTransport, serve
+from secure_fml.deploy._transport import (
+    DEFAULT_MAX_MODEL_BYTES,
+    CoordinatorService,
+    GrpcTransport,
+    serve,
+)
 from secure_fml.pipeline import seeded_randomness
 
 __all__ = [
@@ -148,38 +153,48 @@ def build_site(settings: SiteSettings, config: Config) -> tuple[Site, bytes]:
     if insecure is not None:
         warnings.warn(INSECURE_SEED_WARNING, RuntimeWarning, stacklevel=2)
         log.warning(INSECURE_SEED_WARNING)
+    elif settings.seed is not None:
+        raise InsecureModeError(
+            "site.seed makes the training randomness reproducible from (seed, round); "
+            "it needs the insecure test mode (run.insecure_seed)"
+        )
     site = Site(
         name=settings.name,
         algorithm=make_algorithm(config.algorithm, fm),
         data=to_batch(client, ds.input_kind),
         identity_key=load_identity_key(identity_path),
         ca_certificate=_ca(settings.pki_dir),
-        require_noise=settings.require_noise,
-        seed=settings.seed,
+        policy=settings.policy,
+        state_dir=settings.state_dir or Path(f"state-{settings.name}"),
+        seed=settings.seed if insecure is not None else None,
         randomness=seeded_randomness(insecure, settings.name) if insecure is not None else None,
     )
     return site, cert.public_bytes(Encoding.DER)
 
 
-def site_transport(settings: SiteSettings) -> GrpcTransport:
+def site_transport(
+    settings: SiteSettings, *, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+) -> GrpcTransport:
     if settings.insecure:
         warnings.warn(INSECURE_WARNING, stacklevel=2)
         log.warning(INSECURE_WARNING)
-        return GrpcTransport(settings.server, credentials=None)
+        return GrpcTransport(settings.server, credentials=None, max_model_bytes=max_model_bytes)
     cert_path, key_path, _ = site_paths(settings.pki_dir, settings.name)
     creds = grpc.ssl_channel_credentials(
         root_certificates=_read(settings.pki_dir / CA_CERT),
         private_key=_read(key_path),
         certificate_chain=_read(cert_path),
     )
-    return GrpcTransport(settings.server, credentials=creds)
+    return GrpcTransport(settings.server, credentials=creds, max_model_bytes=max_model_bytes)
 
 
 def run_client(
     settings: SiteSettings, config: Config, *, stop: threading.Event | None = None
 ) -> int:
     site, cert = build_site(settings, config)
-    transport = site_transport(settings)
+    # The largest message this site accepts: its own model (float32) plus headroom for
+    # the aggregation messages of a large roster; a longer stream is cut at that frame.
+    transport = site_transport(settings, max_model_bytes=4 * site.dim + (16 << 20))
     try:
         return run_site(
             site,
@@ -192,3 +207,4 @@ def run_client(
         )
     finally:
         transport.close()
+        site.close()

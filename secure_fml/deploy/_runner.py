@@ -1,8 +1,10 @@
 """The site's event loop: join, long-poll, hand messages to the :class:`Site`, reply.
 
 Transport failures (the coordinator restarting, a network blip) lead to a
-re-join with exponential backoff until ``reconnect_timeout_s`` passes; a
-protocol error in one round ends this site's part in that round only.
+re-join with exponential backoff until ``reconnect_timeout_s`` passes. Whatever
+the coordinator sends -- a malformed or oversize message, a round start the
+site's policy refuses, a replay, a round past the site's own budget -- ends this
+site's part in that round only: the reason is logged and the site keeps serving.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ import time
 from pathlib import Path
 
 from privacy import atomic_write_bytes
-from privacy.errors import ProtocolError, RefusalReason, Refused, SecureFMLError, TransportError
+from privacy.errors import (
+    PrivacyBudgetExhausted,
+    ProtocolError,
+    RefusalReason,
+    Refused,
+    SecureFMLError,
+    TransportError,
+)
 from secure_fml.deploy._site import Site
 from secure_fml.deploy._transport import Transport
 from secure_fml.messages import Finished
@@ -44,7 +53,14 @@ def run_site(
                 conn = transport.join(site.name, certificate)
                 log.info("site %s joined", site.name)
                 backoff, lost_since = 0.1, None
-            msg = transport.poll(conn, wait_s=poll_wait_s)
+            try:
+                msg = transport.poll(conn, wait_s=poll_wait_s)
+            except ProtocolError as e:
+                # The coordinator's message itself was unusable (malformed, oversize,
+                # another version inside the stream): refuse it, keep serving.
+                log.warning("site %s refused a coordinator message: %s", site.name, e)
+                stop.wait(0.2)
+                continue
             if isinstance(msg, Finished):
                 site.handle(msg)
                 if download_to is not None:
@@ -53,8 +69,8 @@ def run_site(
                 break
             try:
                 reply = site.handle(msg)
-            except ProtocolError as e:
-                log.warning("site %s leaves this round: %s", site.name, e)
+            except (ProtocolError, PrivacyBudgetExhausted) as e:
+                log.warning("site %s leaves this round (%s): %s", site.name, type(e).__name__, e)
                 continue
             if reply is not None:
                 try:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -49,6 +50,7 @@ from secure_fml.deploy._convert import (
     write_stream,
 )
 from secure_fml.deploy._coordinator import CHECKPOINT_FILE, Coordinator
+from secure_fml.deploy._limits import LogThrottle, PerIdentityLimiter, Watchdog
 from secure_fml.messages import PROTOCOL_VERSION, EngineMessage, StageReply, Wait
 from secure_fml.proto import secure_fml_v1_pb2 as pb
 from secure_fml.proto import secure_fml_v1_pb2_grpc as pbg
@@ -84,6 +86,7 @@ def status_code_for(err: BaseException) -> grpc.StatusCode:
             RefusalReason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
             RefusalReason.DUPLICATE_CONNECTION: grpc.StatusCode.ALREADY_EXISTS,
             RefusalReason.OVERSIZE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            RefusalReason.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
         }[err.reason]
     if isinstance(err, StaleMessage):
         return grpc.StatusCode.ABORTED
@@ -126,13 +129,19 @@ class CoordinatorService:
         with self._cond:
             return self.coordinator.join(site, certificate)
 
-    def poll(self, conn: bytes, *, wait_s: float) -> EngineMessage:
+    def poll(
+        self, conn: bytes, *, wait_s: float, alive: Callable[[], bool] | None = None
+    ) -> EngineMessage:
+        """The next message for ``conn``, waiting up to ``wait_s`` (30 s at most) while
+        ``alive()`` (the caller is still connected)."""
         deadline = time.monotonic() + max(0.0, min(wait_s, 30.0))
         with self._cond:
             while True:
                 msg = self.coordinator.poll(conn)
                 left = deadline - time.monotonic()
                 if not isinstance(msg, Wait) or left <= 0 or self._stop.is_set():
+                    return msg
+                if alive is not None and not alive():
                     return msg
                 self._cond.wait(min(left, self._tick_s))
 
@@ -198,7 +207,9 @@ class InProcessTransport(Transport):
     def poll(self, conn: bytes, *, wait_s: float) -> EngineMessage:
         msg = self.service.poll(conn, wait_s=wait_s)
         frames = list(server_message_to_proto(msg))
-        return server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
+        return _site_reads(
+            lambda: server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
+        )
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
         frames = list(stage_reply_to_proto(reply, connection_id=conn))
@@ -213,6 +224,24 @@ class InProcessTransport(Transport):
     def download_checkpoint(self, conn: bytes) -> bytes:
         self.service.site_of(conn)
         return self.service.checkpoint_bytes()
+
+
+def _site_reads(
+    read: Callable[[], EngineMessage], cancel: Callable[[], object] | None = None
+) -> EngineMessage:
+    """Run a site-side conversion; a stream the site refuses (oversize, another version
+    inside it, malformed) is a :class:`ProtocolError` of that message -- the site drops
+    it and keeps serving -- and the call is cancelled at the first refused frame."""
+    try:
+        return read()
+    except Refused as e:
+        if cancel is not None:
+            cancel()
+        raise InvalidMessage(f"coordinator message refused ({e.reason.value}): {e}") from None
+    except InvalidMessage:
+        if cancel is not None:
+            cancel()
+        raise
 
 
 # ---------------------------------------------------------------------- gRPC server
@@ -237,16 +266,69 @@ def _peer_identity(
 
 
 class CoordinatorServicer(pbg.CoordinatorServicer):
-    """Decode, validate sizes and shapes, delegate to the service, map errors."""
+    """Decode, validate sizes and shapes, delegate to the service, map errors.
 
-    def __init__(self, service: CoordinatorService, *, insecure: bool = False) -> None:
+    Every RPC first checks the peer's certificate against the allowlist (before it
+    reads any of a request stream), then takes a slot of the identity's in-flight
+    limit (:class:`~secure_fml.deploy._limits.PerIdentityLimiter`: one poll each);
+    a stream still being read or written after ``stream_s`` is cancelled.
+    """
+
+    def __init__(
+        self,
+        service: CoordinatorService,
+        *,
+        insecure: bool = False,
+        limiter: PerIdentityLimiter | None = None,
+        stream_s: float = 30.0,
+    ) -> None:
         self.service = service
         self.insecure = insecure
+        self.limiter = limiter or PerIdentityLimiter()
+        self.stream_s = stream_s
+        self.watchdog = Watchdog()
+        self._log = LogThrottle(log)
 
     def _fail(self, context: grpc.ServicerContext, err: BaseException, what: str) -> None:
         code = status_code_for(err)
-        log.warning("%s refused (%s): %s [peer %s]", what, code.name, err, context.peer())
+        self._log.warning(
+            f"{what}/{code.name}",
+            "%s refused (%s): %s [peer %s]",
+            what,
+            code.name,
+            err,
+            context.peer(),
+        )
         context.abort(code, f"{type(err).__name__}: {err}")
+
+    def _who(self, context: grpc.ServicerContext) -> str:
+        """The caller's identity, refused unless allowlisted (nothing read yet)."""
+        cn, _ = _peer_identity(context, insecure=self.insecure)
+        if cn is None:
+            return str(context.peer())  # insecure mode: the address is all there is
+        if cn not in self.service.coordinator.sites:
+            raise Refused(RefusalReason.UNKNOWN_SITE, f"site {cn!r} is not on the allowlist")
+        return cn
+
+    @contextlib.contextmanager
+    def _slot(self, context: grpc.ServicerContext, *, poll: bool = False) -> Iterator[str]:
+        who = self._who(context)
+        self.limiter.acquire(who, poll=poll)
+        try:
+            yield who
+        finally:
+            self.limiter.release(who, poll=poll)
+
+    @contextlib.contextmanager
+    def _deadline(self, context: grpc.ServicerContext) -> Iterator[None]:
+        token = self.watchdog.arm(self.stream_s, context.cancel)
+        try:
+            yield
+        finally:
+            self.watchdog.disarm(token)
+
+    def stop(self) -> None:
+        self.watchdog.stop()
 
     def _check_conn(self, context: grpc.ServicerContext, conn: bytes) -> str:
         site = self.service.site_of(conn)
@@ -260,51 +342,80 @@ class CoordinatorServicer(pbg.CoordinatorServicer):
         self, request: pb.JoinRequest, context: grpc.ServicerContext
     ) -> pb.JoinReply:
         try:
-            _require(request)
-            check_version(request.protocol_version)
-            cn, der = _peer_identity(context, insecure=self.insecure)
-            if cn is not None:
-                if request.site != cn:
-                    raise Refused(
-                        RefusalReason.UNAUTHENTICATED,
-                        f"site name {request.site!r} does not match its certificate ({cn!r})",
-                    )
-                assert der is not None
-                cert = der
-            else:
-                cert = bytes(request.certificate)  # insecure mode: unauthenticated claim
-            conn = self.service.join(request.site, cert)
-            return pb.JoinReply(connection_id=conn, max_chunk_bytes=MAX_FRAME_BYTES)
+            with self._slot(context):
+                return self._join(request, context)
         except SecureFMLError as e:
             self._fail(context, e, "join")
             raise AssertionError("unreachable") from e
+
+    def _join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        _require(request)
+        check_version(request.protocol_version)
+        cn, der = _peer_identity(context, insecure=self.insecure)
+        if cn is not None:
+            if request.site != cn:
+                raise Refused(
+                    RefusalReason.UNAUTHENTICATED,
+                    f"site name {request.site!r} does not match its certificate ({cn!r})",
+                )
+            assert der is not None
+            cert = der
+        else:
+            cert = bytes(request.certificate)  # insecure mode: unauthenticated claim
+        conn = self.service.join(request.site, cert)
+        return pb.JoinReply(connection_id=conn, max_chunk_bytes=MAX_FRAME_BYTES)
 
     def Poll(  # noqa: N802 - gRPC method name
         self, request: pb.PollRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Frame]:
         try:
-            _require(request)
-            check_version(request.protocol_version)
-            self._check_conn(context, request.connection_id)
-            msg = self.service.poll(request.connection_id, wait_s=request.wait_ms / 1000.0)
+            slot = self._slot(context, poll=True)
+            slot.__enter__()
         except SecureFMLError as e:
             self._fail(context, e, "poll")
             return
-        yield from server_message_to_proto(msg)
+        try:
+            try:
+                _require(request)
+                check_version(request.protocol_version)
+                self._check_conn(context, request.connection_id)
+                msg = self.service.poll(
+                    request.connection_id,
+                    wait_s=request.wait_ms / 1000.0,
+                    alive=context.is_active,
+                )
+            except SecureFMLError as e:
+                self._fail(context, e, "poll")
+                return
+            # The reply stream to a reader that stops reading is cancelled at the deadline
+            # (the slot is held until then).
+            with self._deadline(context):
+                yield from server_message_to_proto(msg)
+        finally:
+            slot.__exit__(None, None, None)
 
     def Submit(  # noqa: N802 - gRPC method name
         self, request_iterator: Iterable[pb.Frame], context: grpc.ServicerContext
     ) -> pb.SubmitReply:
         svc = self.service
         try:
-            conn, reply = stage_reply_from_proto(
-                _checked(request_iterator),
-                max_payload=lambda s: svc.limits(s)[0],
-                expected_tensor=lambda s: svc.limits(s)[1],
-            )
-            self._check_conn(context, conn)
-            svc.submit(conn, reply)
-            return pb.SubmitReply(accepted=True)
+            with self._slot(context):
+                try:
+                    with self._deadline(context):
+                        conn, reply = stage_reply_from_proto(
+                            _checked(request_iterator),
+                            max_payload=lambda s: svc.limits(s)[0],
+                            expected_tensor=lambda s: svc.limits(s)[1],
+                        )
+                except grpc.RpcError:
+                    # Cancelled by the watchdog (or by the peer) while still sending.
+                    context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"request stream not complete within {self.stream_s:g}s",
+                    )
+                self._check_conn(context, conn)
+                svc.submit(conn, reply)
+                return pb.SubmitReply(accepted=True)
         except SecureFMLError as e:
             self._fail(context, e, "submit")
             raise AssertionError("unreachable") from e
@@ -313,12 +424,10 @@ class CoordinatorServicer(pbg.CoordinatorServicer):
         self, request: pb.StatusRequest, context: grpc.ServicerContext
     ) -> pb.StatusReply:
         try:
-            _require(request)
-            check_version(request.protocol_version)
-            cn, _ = _peer_identity(context, insecure=self.insecure)
-            if cn is not None and cn not in self.service.coordinator.sites:
-                raise Refused(RefusalReason.UNKNOWN_SITE, f"site {cn!r} is not on the allowlist")
-            return pb.StatusReply(json=json.dumps(self.service.status()))
+            with self._slot(context):
+                _require(request)
+                check_version(request.protocol_version)
+                return pb.StatusReply(json=json.dumps(self.service.status()))
         except SecureFMLError as e:
             self._fail(context, e, "status")
             raise AssertionError("unreachable") from e
@@ -327,14 +436,24 @@ class CoordinatorServicer(pbg.CoordinatorServicer):
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Frame]:
         try:
-            _require(request)
-            check_version(request.protocol_version)
-            self._check_conn(context, request.connection_id)
-            data = self.service.checkpoint_bytes()
+            slot = self._slot(context)
+            slot.__enter__()
         except SecureFMLError as e:
             self._fail(context, e, "download")
             return
-        yield from write_stream(pb.Header(kind=pb.CHECKPOINT), data)
+        try:
+            try:
+                _require(request)
+                check_version(request.protocol_version)
+                self._check_conn(context, request.connection_id)
+                data = self.service.checkpoint_bytes()
+            except SecureFMLError as e:
+                self._fail(context, e, "download")
+                return
+            with self._deadline(context):
+                yield from write_stream(pb.Header(kind=pb.CHECKPOINT), data)
+        finally:
+            slot.__exit__(None, None, None)
 
 
 SERVICE_NAME = "secure_fml.v1.Coordinator"
@@ -375,12 +494,24 @@ def serve(
     address: str,
     server_credentials: grpc.ServerCredentials | None,
     max_workers: int = 32,
+    max_rpcs_per_site: int = 4,
+    stream_s: float = 30.0,
 ) -> tuple[grpc.Server, int]:
-    """Start a gRPC server (mutual TLS unless ``server_credentials`` is None)."""
+    """Start a gRPC server (mutual TLS unless ``server_credentials`` is None).
+
+    ``max_rpcs_per_site``: requests one identity may have in flight (one poll);
+    ``stream_s``: a request or reply stream still open after this long is cancelled.
+    With n allowlisted sites, n * max_rpcs_per_site should stay below ``max_workers``.
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS
     )
-    servicer = CoordinatorServicer(service, insecure=server_credentials is None)
+    servicer = CoordinatorServicer(
+        service,
+        insecure=server_credentials is None,
+        limiter=PerIdentityLimiter(max_rpcs=max_rpcs_per_site),
+        stream_s=stream_s,
+    )
     handlers = {
         "Join": grpc.unary_unary_rpc_method_handler(
             servicer.Join,
@@ -481,12 +612,23 @@ class GrpcTransport(Transport):
         req = pb.PollRequest(
             protocol_version=PROTOCOL_VERSION, connection_id=conn, wait_ms=int(wait_s * 1000)
         )
+        call = self.stub.Poll(req, timeout=wait_s + self.timeout)
+
+        def counted() -> Iterator[pb.Frame]:
+            # Lazily, frame by frame: the size checks run as the stream arrives, and a
+            # stream beyond its declared or allowed size is cancelled at that frame
+            # instead of being buffered whole.
+            for frame in call:
+                self.bytes_received += frame.ByteSize()
+                yield frame
+
         try:
-            frames = list(self.stub.Poll(req, timeout=wait_s + self.timeout))
+            return _site_reads(
+                lambda: server_message_from_proto(counted(), max_model_bytes=self.max_model_bytes),
+                call.cancel,
+            )
         except grpc.RpcError as e:
             raise _transport_error(e) from None
-        self.bytes_received += sum(f.ByteSize() for f in frames)
-        return server_message_from_proto(frames, max_model_bytes=self.max_model_bytes)
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
         frames = list(stage_reply_to_proto(reply, connection_id=conn))

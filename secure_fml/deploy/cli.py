@@ -19,7 +19,13 @@ def _out(text: str, *, err: bool = False) -> None:
 
 
 class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: easy to grep, ship and parse."""
+    """One JSON object per line: easy to grep, ship and parse. Every record names the
+    process's party (``site``: the site name, or ``coordinator``) unless the record
+    names a site itself (``extra={"site": ...}``)."""
+
+    def __init__(self, party: str | None = None) -> None:
+        super().__init__()
+        self.party = party
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -28,15 +34,18 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        site = getattr(record, "site", None) or self.party
+        if site is not None:
+            out["site"] = site
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
+def _setup_logging(args: argparse.Namespace, *, party: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if args.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(_JsonFormatter(party))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -53,6 +62,29 @@ def _cmd_pki(args: argparse.Namespace) -> int:
         _out(f"CA written to {init_ca(d)} (keep {d / 'ca.key'} offline)")
     elif args.pki_command == "issue-server":
         _out(f"server certificate written to {issue_server(d, hosts=tuple(args.host))}")
+    elif args.pki_command == "kit":
+        from secure_fml.deploy._pki import make_kit
+
+        shared = ""
+        if args.coordinator_config:
+            # The consortium's model and algorithm, as the coordinator runs them.
+            import tomllib
+
+            raw = tomllib.loads(Path(args.coordinator_config).read_text(encoding="utf-8"))
+            keep = {k: raw[k] for k in ("model", "algorithm") if k in raw}
+            shared = "\n".join(
+                f"[{k}]\n" + "\n".join(f"{kk} = {json.dumps(vv)}" for kk, vv in v.items())
+                for k, v in keep.items()
+            )
+        out = make_kit(
+            d,
+            args.name,
+            Path(args.out or f"kit-{args.name}"),
+            server=args.server,
+            client=args.client,
+            shared_config=shared,
+        )
+        _out(f"startup kit for {args.name} written to {out} (hand it to the site)")
     else:
         _out(f"site certificate written to {issue_site(d, args.name)}")
     return 0
@@ -69,7 +101,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, address=args.address)
     if settings.insecure:
         _out(f"WARNING: {INSECURE_WARNING}", err=True)
-    _setup_logging(args)
+    _setup_logging(args, party="coordinator")
     coord = run_server(settings, config)
     last = coord.status()["last"]
     _out(json.dumps({"finished": coord.finished, "round": coord.round, "last": last}))
@@ -87,7 +119,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, server=args.server)
     if settings.insecure:
         _out(f"WARNING: {INSECURE_WARNING}", err=True)
-    _setup_logging(args)
+    _setup_logging(args, party=settings.name)
     rounds = run_client(settings, config)
     _out(json.dumps({"site": settings.name, "rounds": rounds, "model": str(settings.download)}))
     return 0
@@ -178,6 +210,7 @@ def register(sub: Any) -> None:
         ("init", "create the consortium CA (ca.pem, ca.key)"),
         ("issue-server", "issue the coordinator's certificate"),
         ("issue-site", "issue a site's certificate and SecAgg identity key"),
+        ("kit", "write a site's startup kit (certificates, keys, site.toml with its policy)"),
     ):
         q = psub.add_parser(name, help=helptext)
         q.add_argument("--dir", default="pki", help="PKI directory (default: pki)")
@@ -185,8 +218,13 @@ def register(sub: Any) -> None:
             q.add_argument(
                 "--host", action="append", default=None, help="DNS name or IP (repeatable)"
             )
-        if name == "issue-site":
+        if name in ("issue-site", "kit"):
             q.add_argument("name", help="site name (the certificate CN)")
+        if name == "kit":
+            q.add_argument("--out", help="kit directory (default: kit-NAME)")
+            q.add_argument("--server", default="127.0.0.1:50051", help="coordinator address")
+            q.add_argument("--client", default="CHANGE-ME", help="the site's data client id")
+            q.add_argument("--coordinator-config", help="copy [model]/[algorithm] from it")
     p.set_defaults(func=_cmd_pki_defaults)
 
     s = sub.add_parser("server", parents=[common], help="run the coordinator (gRPC, mTLS)")

@@ -177,7 +177,8 @@ def test_vectorized_parse_matches_python_float_cell_by_cell(
     tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[str, list[str]]]
 ) -> None:
     """The column-wise parser agrees with the reference (Python's float per cell),
-    including forms numpy's reader refuses ("1_000"); clients in order of first appearance, rows in file order."""
+    including forms numpy's reader refuses ("1_000"); clients in order of first
+    appearance, rows in file order."""
     path = tmp_path_factory.mktemp("csv") / "x.csv"
     lines = ["site,f0,f1,f2,label"] + [
         f"{s},{','.join(c)},{i % 2}" for i, (s, c) in enumerate(rows)
@@ -188,11 +189,7 @@ def test_vectorized_parse_matches_python_float_cell_by_cell(
     assert [c.client_id for c in ds.clients] == order
     for client in ds.clients:
         want = np.asarray(
-            [
-                [float(v) for v in c]
-                for s, c in rows
-                if s == client.client_id
-            ],
+            [[float(v) for v in c] for s, c in rows if s == client.client_id],
             dtype=np.float32,
         )
         np.testing.assert_array_equal(client.x, want)

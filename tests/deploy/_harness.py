@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from secure_fml.deploy import (
     GrpcTransport,
     InProcessTransport,
     Site,
+    SitePolicy,
     Transport,
     init_ca,
     issue_server,
@@ -100,9 +102,14 @@ def make_site(
     name: str,
     client: str,
     *,
-    seed: int = 7,
+    seed: int | None = None,
     randomness: Callable[[int], Csprng] | None = None,
+    policy: SitePolicy | None = None,
+    state_dir: Path | None = None,
 ) -> Site:
+    """A site on the synthetic client ``client``; its own state in a fresh temporary
+    directory unless ``state_dir``; the default policy (noise required iff the config
+    has DP) unless ``policy``."""
     ds = dataset()
     fm = FunctionalModel(build_model(model_spec_for(config, ds)))
     return Site(
@@ -111,7 +118,8 @@ def make_site(
         data=to_batch(ds.client(client), ds.input_kind),
         identity_key=load_identity_key(site_paths(pki, name)[2]),
         ca_certificate=ca_of(pki),
-        require_noise=config.privacy.enabled,
+        policy=policy or SitePolicy(require_noise=config.privacy.enabled),
+        state_dir=state_dir or Path(tempfile.mkdtemp(prefix=f"site-{name}-")),
         seed=seed,
         randomness=randomness,
     )

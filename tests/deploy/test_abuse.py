@@ -18,6 +18,7 @@ from aggregation import ClientSession, ConsistencyResponse, Stage
 from secure_fml.deploy import PROTOCOL_VERSION, Finished, RoundStart, Site, StaleMessage, Wait
 from secure_fml.deploy._convert import server_message_from_proto
 from secure_fml.deploy._pki import identity_public_key, load_identity_key, site_paths
+from secure_fml.pipeline import seeded_randomness
 from secure_fml.proto import secure_fml_v1_pb2 as pb
 from secure_fml.proto import secure_fml_v1_pb2_grpc as pbg
 from tests.deploy import _harness as H
@@ -68,7 +69,12 @@ def _frames(header: pb.Header, payload: bytes) -> list[pb.Frame]:
 def _run_round(pki: Path, tmp: Path, names: tuple[str, ...], abuse=None):  # type: ignore[no-untyped-def]
     cfg = H.small_config(dp=False, rounds=1)
     coord = H.make_coordinator(cfg, pki, tmp, names=names, train_s=30.0, stage_s=3.0)
-    sites = [H.make_site(cfg, pki, n, f"client_0{i}") for i, n in enumerate(HONEST)]
+    # Insecure test mode (seeded training and masks): the abused round can then be
+    # compared with the clean one coordinate by coordinate.
+    sites = [
+        H.make_site(cfg, pki, n, f"client_0{i}", seed=7, randomness=seeded_randomness(1, n))
+        for i, n in enumerate(HONEST)
+    ]
     with H.endpoint("grpc", coord, pki) as ep:
         if abuse is None:
             done = H.run_sites(ep, sites, pki)
@@ -335,7 +341,8 @@ def _round_start(pki: Path, site: Site, model: np.ndarray) -> RoundStart:
             protocol=AggregationProtocol.SECAGG,
             clip_norm=1.0,
             noise=ClientNoise.DISCRETE_GAUSSIAN,
-            noise_std=1.0,
+            # Enough for the site's policy: sqrt(2) * 50 / (1 + sqrt(d)) > 0.5.
+            noise_std=50.0,
             min_survivors=2,
             secagg=SecAggConfig(num_clients=3),
             scale=1.0,
