@@ -114,7 +114,13 @@ class ServerConfig:
     lr: float | None = None  # None: 1e-3 for Adam, 1.0 for SGD (plain model averaging)
     momentum: float = 0.0
     #: uniform: mean over contributors; samples: weighted by each client's sample count
-    #: (as FedMeta/FedAvg do; non-private plain aggregation only).
+    #: (as FedMeta/FedAvg do). The count travels as one extra coordinate of the update
+    #: (inside the aggregated vector, never beside it), and the server divides the summed
+    #: weighted updates by the summed counts. Plain aggregation only: under client-level
+    #: DP the denominator must be fixed and public (a client's weight would scale its
+    #: sensitivity), and under SecAgg the fixed-point range is sized for an update of norm
+    #: C, which a count-multiplied update exceeds; both are refused with a ConfigError
+    #: (the privacy path keeps its fixed-denominator uniform mean).
     weighting: str = "uniform"
     #: Meta-SGD: the server optimizer's learning rate for log alpha (its own parameter
     #: group); None: server.lr, as for theta.
