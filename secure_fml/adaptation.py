@@ -34,7 +34,15 @@ from secure_fml._functional import FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
 from secure_fml.checkpoint import Checkpoint, load_checkpoint
 from secure_fml.config import Config, config_from_dict
-from secure_fml.data import ClientData, FederatedDataset, Impute, InputKind, load_csv
+from secure_fml.data import (
+    ClientData,
+    FederatedDataset,
+    Impute,
+    InputKind,
+    PixelTransform,
+    align_preprocessing,
+    load_csv,
+)
 from secure_fml.evaluation import to_batch
 from secure_fml.models import check_output_size, default_model, parameter_layout
 
@@ -69,6 +77,11 @@ class LoadedModel:
             "input_kind", "tabular"
         )
         return InputKind(kind)
+
+    @property
+    def pixel_transform(self) -> PixelTransform:
+        """The transform the training images went through (``none`` for older checkpoints)."""
+        return PixelTransform.parse((self.data_spec or {}).get("pixel_transform", "none"))
 
 
 def _checkpoint_path(path: str | Path) -> Path:
@@ -229,8 +242,13 @@ class Personalized:
     client_id: str | None
     checkpoint_round: int
     input_kind: InputKind
+    #: The training data's pixel transform: :meth:`predict` applies it to raw pixels.
+    pixel_transform: PixelTransform = PixelTransform.NONE
 
     def _x(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if self.pixel_transform is not PixelTransform.NONE:
+            raw = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+            x = self.pixel_transform.apply(raw, where="predict")
         t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
         return t.long() if self.input_kind is InputKind.SEQUENCE else t.float()
 
@@ -244,10 +262,15 @@ class Personalized:
         return out
 
 
-def _as_client(data: Any, client: str | None) -> ClientData:
+def _as_client(data: Any, client: str | None, transform: PixelTransform) -> ClientData:
+    if isinstance(data, ClientData | tuple) and transform is not PixelTransform.NONE:
+        # Raw site data (the training data's stored encoding): the model's transform.
+        c = _as_client(data, client, PixelTransform.NONE)
+        return ClientData(c.client_id, transform.apply(c.x, where=f"site {c.client_id!r}"), c.y)
     if isinstance(data, ClientData):
         return data
     if isinstance(data, FederatedDataset):
+        data, _ = align_preprocessing(data, {"pixel_transform": transform.value})
         if client is None:
             if len(data.clients) != 1:
                 raise ConfigError(
@@ -277,11 +300,16 @@ def personalize(
     ``steps`` defaults to the run's adaptation steps; the step size is the run's
     (Meta-SGD: its learned per-parameter rates). The labels must fit the
     model's outputs and the samples its input shape.
+
+    Images go through the checkpoint's recorded pixel transform (e.g. FEMNIST's
+    ``invert``): a ``ClientData`` or ``(x, y)`` pair holds the site's raw pixels, a
+    ``FederatedDataset`` says by its metadata whether it is raw or already
+    transformed; :meth:`Personalized.predict` takes raw pixels too.
     """
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
     loaded = load_for_adaptation(checkpoint, module=module)
-    site = _as_client(data, client)
+    site = _as_client(data, client, loaded.pixel_transform)
     spec = loaded.checkpoint.model_spec
     if list(site.x.shape[1:]) != list(spec["sample_shape"]):
         raise DataError(
@@ -311,4 +339,5 @@ def personalize(
         client_id=site.client_id,
         checkpoint_round=loaded.checkpoint.round,
         input_kind=loaded.input_kind,
+        pixel_transform=loaded.pixel_transform,
     )

@@ -34,6 +34,7 @@ mini-batch gradient and split, exactly as before.
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ __all__ = [
     "ClientUpdate",
     "GradientOracle",
     "LocalOptimizer",
+    "SplitMode",
     "UpdateKind",
     "make_algorithm",
 ]
@@ -81,6 +83,15 @@ class LocalOptimizer(enum.Enum):
     ADAM = "adam"
 
 
+class SplitMode(enum.Enum):
+    """How a client divides its data into support and query sets each round."""
+
+    PER_ROUND = "per-round"  # a fresh random split every round
+    #: The same split every round (FedMeta: "the division of support/query sets remains
+    #: the same"): a function of the client's data alone, so it survives restarts.
+    FIXED = "fixed"
+
+
 @dataclass(frozen=True, kw_only=True)
 class AlgorithmConfig:
     """Hyper-parameters of the client-side algorithm.
@@ -104,6 +115,7 @@ class AlgorithmConfig:
     adapt_steps: int | None = None
     adapt_lr: float | None = None
     hf_delta: float = 1e-3
+    split: SplitMode = SplitMode.PER_ROUND
 
     def __post_init__(self) -> None:
         def positive(field: str, value: float) -> None:
@@ -112,6 +124,8 @@ class AlgorithmConfig:
 
         if not isinstance(self.name, AlgorithmName):
             raise ConfigError(f"algorithm.name must be an AlgorithmName, got {self.name!r}")
+        if not isinstance(self.split, SplitMode):
+            raise ConfigError(f"algorithm.split must be a SplitMode, got {self.split!r}")
         positive("inner_lr", self.inner_lr)
         positive("local_lr", self.local_lr)
         positive("hf_delta", self.hf_delta)
@@ -165,6 +179,13 @@ def _sample(batch: Batch, size: int | None, gen: torch.Generator) -> Batch:
     if size is None or size >= len(batch):
         return batch
     return batch.take(torch.randperm(len(batch), generator=gen)[:size])
+
+
+def _data_seed(data: Batch) -> int:
+    """A seed that is a function of the client's labels and size (a fixed split's draw)."""
+    h = hashlib.sha256(data.y.detach().cpu().numpy().tobytes())
+    h.update(str(len(data)).encode())
+    return int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1)
 
 
 def split_support_query(
@@ -222,8 +243,16 @@ class Algorithm(ABC):
         return sum(((x * gi).sum() for x, gi in zip(params, g, strict=True)), torch.zeros(()))
 
     def support_query(self, data: Batch, gen: torch.Generator) -> tuple[Batch, Batch]:
+        fixed = self.config.split is SplitMode.FIXED
         if self.oracle is None:
+            if fixed:
+                gen = torch.Generator().manual_seed(_data_seed(data))
             return split_support_query(data, self.config.support_fraction, gen)
+        if fixed:
+            raise ConfigError(
+                "algorithm.split = fixed is not available under record-level DP: its "
+                "support/query split is part of the private sampling"
+            )
         return self.oracle.split(data, self.config.support_fraction)
 
     @property

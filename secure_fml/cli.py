@@ -299,7 +299,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _load_adapt_data(args: argparse.Namespace, loaded: Any) -> Any:
     from secure_fml.adaptation import load_site_csv
-    from secure_fml.data import Impute, InputKind, load_npz, load_preset
+    from secure_fml.data import Impute, InputKind, describe_presets, load_npz, load_preset
 
     src = args.data
     p = Path(src)
@@ -334,10 +334,15 @@ def _load_adapt_data(args: argparse.Namespace, loaded: Any) -> Any:
             ),
         )
     dc = loaded.config.data
+    # A preset with a pixel transform option loads in the checkpoint's encoding (an
+    # older checkpoint records none: LEAF's raw pixels).
+    takes_pixels = any(i.name == src and "pixels" in i.options for i in describe_presets())
+    pixels = {"pixels": (loaded.data_spec or {}).get("pixel_transform", "none")}
     if src == dc.preset:
         # The training preset: the same options (e.g. a generated family's seed and size).
-        return load_preset(src, root=args.data_root or dc.root, **dc.options)
-    return load_preset(src, root=args.data_root)
+        opts = {**(pixels if takes_pixels else {}), **dc.options}
+        return load_preset(src, root=args.data_root or dc.root, **opts)
+    return load_preset(src, root=args.data_root, **(pixels if takes_pixels else {}))
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
@@ -351,9 +356,13 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         raise ConfigError(f"--support-fraction must be in (0, 1), got {args.support_fraction}")
     if args.seed < 0:
         raise ConfigError(f"--seed must be an integer >= 0, got {args.seed}")
+    from secure_fml.data import align_preprocessing
+
     loaded = load_for_adaptation(args.checkpoint)
     config = loaded.config
-    ds = _load_adapt_data(args, loaded)
+    ds, notices = align_preprocessing(_load_adapt_data(args, loaded), loaded.data_spec)
+    for n in notices:
+        _notice(n)
     spec = loaded.checkpoint.model_spec
     if list(ds.sample_shape) != list(spec["sample_shape"]) or ds.num_classes > spec["num_classes"]:
         raise ConfigError(

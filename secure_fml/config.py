@@ -114,10 +114,21 @@ class ServerConfig:
     lr: float | None = None  # None: 1e-3 for Adam, 1.0 for SGD (plain model averaging)
     momentum: float = 0.0
     #: uniform: mean over contributors; samples: weighted by each client's sample count
-    #: (as FedMeta/FedAvg do; non-private plain aggregation only).
+    #: (as FedMeta/FedAvg do). The count travels as one extra coordinate of the update
+    #: (inside the aggregated vector, never beside it), and the server divides the summed
+    #: weighted updates by the summed counts. Plain aggregation only: under client-level
+    #: DP the denominator must be fixed and public (a client's weight would scale its
+    #: sensitivity), and under SecAgg the fixed-point range is sized for an update of norm
+    #: C, which a count-multiplied update exceeds; both are refused with a ConfigError
+    #: (the privacy path keeps its fixed-denominator uniform mean).
     weighting: str = "uniform"
+    #: Meta-SGD: the server optimizer's learning rate for log alpha (its own parameter
+    #: group); None: server.lr, as for theta.
+    alpha_lr: float | None = None
 
     def __post_init__(self) -> None:
+        if self.alpha_lr is not None:
+            _finite("server.alpha_lr", self.alpha_lr, low=0.0)
         if not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"server.rounds must be an integer >= 1, got {self.rounds!r}")
         if self.weighting not in ("uniform", "samples"):
@@ -138,7 +149,9 @@ class ServerConfig:
             else ServerOptimizerKind.SGD
         )
         lr = self.lr if self.lr is not None else (1e-3 if kind is ServerOptimizerKind.ADAM else 1.0)
-        return ServerOptimizerConfig(kind=kind, lr=lr, momentum=self.momentum)
+        return ServerOptimizerConfig(
+            kind=kind, lr=lr, momentum=self.momentum, alpha_lr=self.alpha_lr
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

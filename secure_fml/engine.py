@@ -532,7 +532,9 @@ class RoundEngine:
         self.algorithm: Algorithm = make_algorithm(config.algorithm, self.fmodel)
         self.state = self.algorithm.initial_state(self.fmodel.initial_parameters())
         self.optimizer = ServerOptimizer(
-            self.state, config.server.optimizer_config(self.algorithm.update_kind)
+            self.state,
+            config.server.optimizer_config(self.algorithm.update_kind),
+            alpha_offset=self.fmodel.dim if self.algorithm.learns_alpha else None,
         )
         self.insecure_seed = config.run.insecure_seed
         if self.insecure_seed is not None:

@@ -62,6 +62,7 @@ from secure_fml.algorithms import (
     MetaSGDFO,
     PerFedAvg,
     Reptile,
+    SplitMode,
     _LocalTraining,
     _MetaGradient,
 )
@@ -487,6 +488,12 @@ def wrap_for_config(config: Config, algorithm: Algorithm, dataset: FederatedData
     has_units = any(c.units is not None for c in dataset.clients)
     if dp is None:
         return algorithm
+    if config.algorithm.split is SplitMode.FIXED:
+        raise ConfigError(
+            "algorithm.split = fixed is not available under record-level DP: the "
+            "support/query split is part of the private sampling; use algorithm.split = "
+            "per-round"
+        )
     if column is not None and (grouped != column or not has_units):
         raise ConfigError(
             f"privacy.unit_column={column!r} but the dataset's records are "

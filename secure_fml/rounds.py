@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from privacy import INSECURE_SEED_WARNING, Csprng, Sampling, SamplingMode
-from privacy.errors import ConfigError, DataError
+from privacy.errors import CheckpointError, ConfigError, DataError
 
 __all__ = [
     "ClientSampler",
@@ -212,48 +212,103 @@ class ServerOptimizerConfig:
     momentum: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    #: Learning rate of the second block of the state (Meta-SGD's log alpha), in its own
+    #: parameter group; None: the same as ``lr`` (one group).
+    alpha_lr: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"server.lr must be a positive number, got {self.lr!r}")
+        if self.alpha_lr is not None and not (
+            isinstance(self.alpha_lr, int | float)
+            and not isinstance(self.alpha_lr, bool)
+            and math.isfinite(self.alpha_lr)
+            and self.alpha_lr > 0
+        ):
+            raise ConfigError(f"server.alpha_lr must be a positive number, got {self.alpha_lr!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"server.momentum must be in [0, 1), got {self.momentum!r}")
 
 
 class ServerOptimizer:
-    """Applies the mean update to the packed global state (torch's own SGD/Adam)."""
+    """Applies the mean update to the packed global state (torch's own SGD/Adam).
 
-    def __init__(self, state: torch.Tensor, config: ServerOptimizerConfig) -> None:
+    With ``alpha_offset`` (Meta-SGD: the length of theta) and ``config.alpha_lr``, the
+    coordinates from ``alpha_offset`` on (log alpha) are a second parameter group at
+    ``alpha_lr``: with Adam every coordinate moves by about its lr per round, so at
+    theta's lr 1e-3 log alpha could move only about 0.15 (a factor 1.16) in 150 rounds.
+    """
+
+    def __init__(
+        self,
+        state: torch.Tensor,
+        config: ServerOptimizerConfig,
+        *,
+        alpha_offset: int | None = None,
+    ) -> None:
         self.config = config
-        self.param = torch.nn.Parameter(state.detach().clone().float())
+        flat = state.detach().clone().float()
+        if config.alpha_lr is not None:
+            if alpha_offset is None or not 0 < alpha_offset < flat.numel():
+                raise ConfigError(
+                    "server.alpha_lr applies to an algorithm that learns its inner learning "
+                    "rates (metasgd, metasgd-fo)"
+                )
+            parts = [flat[:alpha_offset], flat[alpha_offset:]]
+            lrs = [config.lr, config.alpha_lr]
+        else:
+            parts, lrs = [flat], [config.lr]
+        self.params = [torch.nn.Parameter(p.clone()) for p in parts]
+        groups: list[dict[str, Any]] = [
+            {"params": [p], "lr": lr} for p, lr in zip(self.params, lrs, strict=True)
+        ]
         self.opt: torch.optim.Optimizer
         if config.kind is ServerOptimizerKind.ADAM:
-            self.opt = torch.optim.Adam(
-                [self.param], lr=config.lr, betas=config.betas, eps=config.eps
-            )
+            self.opt = torch.optim.Adam(groups, lr=config.lr, betas=config.betas, eps=config.eps)
         else:
-            self.opt = torch.optim.SGD([self.param], lr=config.lr, momentum=config.momentum)
+            self.opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+
+    @property
+    def param(self) -> torch.Tensor:
+        return torch.cat([p.detach() for p in self.params])
 
     @property
     def state(self) -> torch.Tensor:
-        return self.param.detach()
+        if len(self.params) == 1:
+            return self.params[0].detach()
+        return self.param
 
     def step(self, mean_update: torch.Tensor) -> torch.Tensor:
-        if mean_update.shape != self.param.shape:
-            raise ValueError(
-                f"update has shape {tuple(mean_update.shape)}, state {tuple(self.param.shape)}"
-            )
+        dim = sum(p.numel() for p in self.params)
+        if mean_update.shape != (dim,):
+            raise ValueError(f"update has shape {tuple(mean_update.shape)}, state ({dim},)")
         if not bool(torch.isfinite(mean_update).all()):
             raise DataError("aggregated update contains NaN or Inf; refusing to apply it")
-        self.param.grad = mean_update.to(self.param.dtype).clone()
+        g = mean_update.to(torch.float32)
+        k = 0
+        for p in self.params:
+            p.grad = g[k : k + p.numel()].clone()
+            k += p.numel()
         self.opt.step()
-        self.param.grad = None
+        for p in self.params:
+            p.grad = None
         return self.state
 
     def state_dict(self) -> dict[str, Any]:
-        return {"param": self.param.detach().clone(), "opt": self.opt.state_dict()}
+        return {"param": self.param.clone(), "opt": self.opt.state_dict()}
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+        opt = dict(sd["opt"])
+        if len(opt.get("param_groups", ())) != len(self.params):
+            raise CheckpointError(
+                f"the checkpoint's server optimizer has {len(opt.get('param_groups', ()))} "
+                f"parameter group(s), this run's has {len(self.params)} (server.alpha_lr "
+                "changed?): resume with the run's own config"
+            )
+        flat = torch.as_tensor(sd["param"]).float()
         with torch.no_grad():
-            self.param.copy_(sd["param"])
-        self.opt.load_state_dict(dict(sd["opt"]))
+            k = 0
+            for p in self.params:
+                p.copy_(flat[k : k + p.numel()])
+                k += p.numel()
+        self.opt.load_state_dict(opt)

@@ -40,6 +40,8 @@ __all__ = [
     "DEFAULT_MISSING_VALUES",
     "LEAF_SHAKESPEARE_VOCAB",
     "Impute",
+    "PixelTransform",
+    "align_preprocessing",
     "impute_and_standardize",
     "load_csv",
     "load_leaf_json",
@@ -78,6 +80,78 @@ class Impute(enum.Enum):
         except ValueError:
             valid = ", ".join(m.value for m in cls)
             raise ConfigError(f"impute must be one of {valid}; got {value!r}") from None
+
+
+class PixelTransform(enum.Enum):
+    """A named, stateless transform of IMAGE pixels, recorded in the preprocessing spec.
+
+    ``INVERT`` maps ``x -> 1 - x``: LEAF's FEMNIST encodes ink as dark on a white
+    background (1.0), so about 98% of the input energy is the constant background and
+    a CNN spends its first rounds predicting label frequencies; inverted, the
+    background is 0 and the ink carries the signal (a deviation from LEAF's encoding).
+    It needs no statistics, so nothing is pooled across sites. Every path that feeds
+    the model (training, evaluation, a new site's personalization and prediction)
+    applies it through :meth:`apply`.
+    """
+
+    NONE = "none"
+    INVERT = "invert"
+
+    @classmethod
+    def parse(cls, value: PixelTransform | str) -> PixelTransform:
+        if isinstance(value, PixelTransform):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            valid = ", ".join(m.value for m in cls)
+            raise ConfigError(f"pixels must be one of {valid}; got {value!r}") from None
+
+    def apply(self, x: np.ndarray, *, where: str = "images") -> np.ndarray:
+        """The transformed float32 copy of raw pixels ``x`` (values in [0, 1]).
+
+        INVERT refuses input that is not in the raw encoding (background 1.0, so the
+        median pixel is above 0.5): inverting twice would silently feed the model
+        the encoding it was not trained on.
+        """
+        if self is PixelTransform.NONE:
+            return np.asarray(x, dtype=np.float32)
+        out = np.asarray(x, dtype=np.float32)
+        if out.size and (float(out.min()) < 0.0 or float(out.max()) > 1.0):
+            raise DataError(f"{where}: pixels must be in [0, 1] to invert")
+        if out.size and float(np.median(out)) <= 0.5:
+            raise DataError(
+                f"{where}: pixels look already inverted (median {float(np.median(out)):.2f}; "
+                "raw LEAF images have a white background, 1.0): pass the site's raw pixels"
+            )
+        return (np.float32(1.0) - out).astype(np.float32)
+
+
+def align_preprocessing(
+    dataset: FederatedDataset, spec: dict[str, Any] | None
+) -> tuple[FederatedDataset, list[str]]:
+    """``dataset`` in the encoding that ``spec`` (a checkpoint's preprocessing spec) records.
+
+    A dataset whose recorded ``pixel_transform`` already equals the spec's is returned
+    as is; a raw one (``none``) gets the spec's transform; any other mismatch is refused.
+    Returns the dataset and notices.
+    """
+    want = PixelTransform.parse((spec or {}).get("pixel_transform", "none"))
+    have = PixelTransform.parse(dataset.metadata.get("pixel_transform", "none"))
+    if want is have:
+        return dataset, []
+    if have is not PixelTransform.NONE:
+        raise ConfigError(
+            f"dataset {dataset.name!r} was loaded with pixels={have.value}; the model was "
+            f"trained with pixels={want.value}: load the raw data"
+        )
+    clients = [
+        ClientData(c.client_id, want.apply(c.x, where=f"client {c.client_id!r}"), c.y, c.units)
+        for c in dataset.clients
+    ]
+    out = dataset.with_clients(clients)
+    out.metadata["pixel_transform"] = want.value
+    return out, [f"applied the model's pixel transform ({want.value}) to {dataset.name!r}"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,7 +287,9 @@ def preprocessing_spec(dataset: FederatedDataset) -> dict[str, Any]:
     ``feature_names`` (TABULAR columns in model order, or None), ``impute`` and
     ``standardize`` (per-site statistics, as the training sites computed them:
     each site computes its own, so they are not stored, only the method), the
-    label set (``num_classes``, ``class_names``), ``input_kind`` and ``sample_shape``.
+    label set (``num_classes``, ``class_names``), ``input_kind``, ``sample_shape`` and
+    ``pixel_transform`` (a :class:`PixelTransform` the training images went through;
+    a new site's raw images get the same one).
     """
     md = dataset.metadata
     return {
@@ -225,6 +301,7 @@ def preprocessing_spec(dataset: FederatedDataset) -> dict[str, Any]:
         "feature_names": list(dataset.feature_names) if dataset.feature_names else None,
         "impute": md.get("impute", Impute.NONE.value),
         "standardize": md.get("standardize", "False") == "True",
+        "pixel_transform": md.get("pixel_transform", PixelTransform.NONE.value),
     }
 
 

@@ -28,7 +28,7 @@ from privacy.errors import ConfigError, DataError
 
 from ._core import ClientData, ClientSplit, FederatedDataset, InputKind
 from ._fewshot import make_fewshot
-from ._loaders import Impute, _npz_array, impute_and_standardize, load_npz
+from ._loaders import Impute, PixelTransform, _npz_array, impute_and_standardize, load_npz
 from ._synthetic import make_synthetic
 
 __all__ = [
@@ -82,8 +82,27 @@ def resolve_data_root(root: str | Path | None = None) -> Path | None:
 # ---------------------------------------------------------------------------------------
 
 
-def _femnist(root: Path, *, include_partial: bool = False) -> FederatedDataset:
-    """396 complete writers; optionally + 314 partial writers marked as held out."""
+def _femnist(
+    root: Path, *, include_partial: bool = False, pixels: PixelTransform | str = "invert"
+) -> FederatedDataset:
+    """396 complete writers; optionally + 314 partial writers marked as held out.
+
+    ``pixels`` (default ``invert``: ``1 - x``, background 0; ``none``: LEAF's encoding,
+    background 1.0) is recorded as ``metadata['pixel_transform']`` and hence in the
+    checkpoint's preprocessing spec.
+    """
+    transform = PixelTransform.parse(pixels)
+    ds = _femnist_raw(root, include_partial=include_partial)
+    clients = [
+        ClientData(c.client_id, transform.apply(c.x, where=f"writer {c.client_id!r}"), c.y)
+        for c in ds.clients
+    ]
+    out = ds.with_clients(clients)
+    out.metadata["pixel_transform"] = transform.value
+    return out
+
+
+def _femnist_raw(root: Path, *, include_partial: bool) -> FederatedDataset:
     ds = load_npz(
         root / FEMNIST_FILE,
         name="femnist",
@@ -291,7 +310,9 @@ _PRESETS: dict[str, _Preset] = {
         _Preset(
             "femnist",
             "FEMNIST (LEAF), 396 writers, 60,378 28x28 images in [0,1], 62 classes; "
-            "include_partial adds 314 test-shard-only writers as held-out clients",
+            "pixels = invert (default: 1 - x, background 0, a deviation from LEAF's "
+            "encoding) or none; include_partial adds 314 test-shard-only writers as "
+            "held-out clients",
             (FEMNIST_FILE,),
             _femnist,
             _options_of(_femnist),
