@@ -76,6 +76,8 @@ _FLAG_FIELDS = {
     "out": "run.out_dir",
     "threads": "run.threads",
     "secure_aggregation": "secure_aggregation.protocol",
+    "executor": "simulation.executor",
+    "workers": "simulation.workers",
 }
 
 # With --resume the run's own config.json is the config: these flags would change what the
@@ -139,6 +141,9 @@ def _resume_config(args: argparse.Namespace) -> tuple[Any, Path, int]:
         overrides["data.root"] = args.data_root
     if args.threads is not None:
         overrides["run.threads"] = args.threads
+    for flag in ("executor", "workers"):  # where clients run; not what the run is
+        if getattr(args, flag, None) is not None:
+            overrides[_FLAG_FIELDS[flag]] = getattr(args, flag)
     if overrides:
         config = with_overrides(config, overrides)
     return config, run_dir, done
@@ -627,6 +632,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--name", help="run name: the directory under --out [run.name]")
     sim.add_argument("--out", help="parent directory of run directories [run.out_dir]")
     sim.add_argument("--threads", type=int, help="torch threads >= 1 [run.threads]")
+    sim.add_argument(
+        "--executor",
+        choices=["auto", "sequential", "pool"],
+        help="where clients run: in this process, or a process pool with one worker per "
+        "core (auto: the pool for rounds of 64+ clients) [simulation.executor]",
+    )
+    sim.add_argument(
+        "--workers",
+        type=int,
+        help="pool worker processes >= 1 (default: one per core) [simulation.workers]",
+    )
     sim.add_argument(
         "--secure-aggregation",
         choices=["none", "secagg", "secagg+"],

@@ -35,6 +35,7 @@ __all__ = [
     "RunConfig",
     "SecureAggregationConfig",
     "ServerConfig",
+    "SimulationConfig",
     "config_from_dict",
     "config_to_dict",
     "dump_toml",
@@ -340,6 +341,29 @@ class RunConfig:
         _int_at_least("run.insecure_seed", self.insecure_seed, 0, optional=True)
 
 
+#: Client executors of a simulation (``simulation.executor``); see secure_fml.executors.
+EXECUTORS = ("auto", "sequential", "pool")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationConfig:
+    """How a simulation runs its clients (not part of any guarantee: every executor runs
+    the same client pipelines and gives the same result under ``run.insecure_seed``)."""
+
+    #: sequential: every client in the driver process; pool: worker processes (one per
+    #: core); auto: pool for large rounds on a machine with more than one core.
+    executor: str = "auto"
+    #: Worker processes of the pool (None: one per available core).
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"simulation.executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}"
+            )
+        _int_at_least("simulation.workers", self.workers, 1, optional=True)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -350,6 +374,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
 
 _SECTION_TYPES: dict[str, type] = {
@@ -361,6 +386,7 @@ _SECTION_TYPES: dict[str, type] = {
     "privacy": PrivacyConfig,
     "secure_aggregation": SecureAggregationConfig,
     "run": RunConfig,
+    "simulation": SimulationConfig,
 }
 
 

@@ -1,0 +1,462 @@
+"""Client executors of a simulation: where the client pipelines of a round run.
+
+The round engine sees only protocol messages; an executor takes the round's jobs
+(client name, engine message) and returns each client's reply, None, or the typed
+error that made the client leave the round. Every executor runs the same
+:class:`~secure_fml.pipeline.ClientPipeline` (local update, clipping, noise, the
+SecAgg / SecAgg+ :class:`~aggregation.ClientSession`), so with the insecure test
+seed (``run.insecure_seed``) they give the same state and the same ledger.
+
+- :class:`SequentialExecutor`: every client in the driver process, one after the
+  other. No start-up cost: the choice for small rounds and tests.
+- :class:`PoolExecutor`: one worker process per core. A worker receives, once when it
+  starts, a :class:`ClientRecipe` (config, model, where the data comes from); a
+  client is a descriptor (name -> its data partition, identity key, seeds derived
+  from the config) sent with the first job of that client to that worker, which
+  builds and keeps the client's pipeline and data partition from then on. Each stage
+  of a round is one message per worker holding all of its clients' jobs: the model,
+  roster and round settings inside the round's :class:`~secure_fml.messages.RoundStart`
+  messages are one object each, so they are pickled (broadcast) once per worker per
+  round, never once per client. Masking runs in the workers; the driver sees only
+  the masked vectors and protocol messages, like any coordinator.
+
+  A worker that dies turns the clients it held into dropouts: its jobs of the open
+  stage come back as :class:`~privacy.errors.TransportError`, a fresh worker takes
+  its place, and the clients' later stages of that round are refused there (their
+  session died with the worker), so the protocol recovers them as it recovers any
+  dropout. A client is pinned to its worker (round-robin on first sight).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from torch import nn
+
+import privacy.errors as errors
+from privacy.errors import ConfigError, SecureFMLError, TransportError
+from secure_fml._functional import Batch, FunctionalModel
+from secure_fml.algorithms import make_algorithm
+from secure_fml.config import Config
+from secure_fml.data import FederatedDataset
+from secure_fml.evaluation import to_batch
+from secure_fml.messages import EngineMessage, RoundStart, StageReply
+from secure_fml.pipeline import ClientPipeline, UpdateInfo, seeded_generator, seeded_randomness
+
+__all__ = [
+    "ClientExecutor",
+    "ClientRecipe",
+    "JobResult",
+    "PoolExecutor",
+    "SequentialExecutor",
+    "available_cores",
+    "pool_refuses",
+]
+
+log = logging.getLogger(__name__)
+
+JobResult = StageReply | SecureFMLError | None
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ClientExecutor(ABC):
+    """Runs client work: each job is (client name, engine message); returns, per job, the
+    client's reply, None (nothing to send) or the typed error that made it leave the
+    round. Owns the client pipelines."""
+
+    @abstractmethod
+    def handle(self, jobs: Sequence[tuple[str, EngineMessage]]) -> list[JobResult]: ...
+
+    def last_update(self, name: str) -> UpdateInfo | None:
+        """What client ``name`` knows of its last update (diagnostics), if anything."""
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class SequentialExecutor(ClientExecutor):
+    """Every client in this process, one after another."""
+
+    def __init__(self, factory: Callable[[str], ClientPipeline]) -> None:
+        self.factory = factory
+        self.pipelines: dict[str, ClientPipeline] = {}
+
+    def pipeline(self, name: str) -> ClientPipeline:
+        p = self.pipelines.get(name)
+        if p is None:
+            p = self.pipelines[name] = self.factory(name)
+        return p
+
+    def handle(self, jobs: Sequence[tuple[str, EngineMessage]]) -> list[JobResult]:
+        out: list[JobResult] = []
+        for name, msg in jobs:
+            try:
+                out.append(self.pipeline(name).handle(msg))
+            except SecureFMLError as e:  # the client leaves this round; others go on
+                out.append(e)
+        return out
+
+    def last_update(self, name: str) -> UpdateInfo | None:
+        p = self.pipelines.get(name)
+        return p.last_update if p is not None else None
+
+
+# ------------------------------------------------------------------------------ the pool
+
+
+@dataclass(frozen=True)
+class ClientRecipe:
+    """What a worker needs to build any client's pipeline; sent once per worker.
+
+    ``load_data``: the worker loads the dataset itself from ``config.data`` (its files;
+    a synthetic preset is generated) and keeps only the partitions of the clients it
+    is given. Otherwise (the driver was handed an in-memory dataset) the dataset is
+    never shipped whole: each client's partition travels once, with its descriptor,
+    to its worker, which caches it.
+    """
+
+    config: Config
+    module: nn.Module
+    load_data: bool
+
+    def check(self) -> None:
+        """Refuse what the pool cannot run with the same meaning as the driver."""
+        why = pool_refuses(self.config)
+        if why is not None:
+            raise ConfigError(why)
+
+
+def pool_refuses(config: Config) -> str | None:
+    """Why the pool cannot run this config as the sequential executor would (None: it can)."""
+    pc = config.privacy
+    if pc.enabled and pc.unit in ("record", "both"):
+        return (
+            "simulation.executor = pool does not run record-level DP (privacy.unit = "
+            f"{pc.unit}): its receipts are charged to the driver's ledger; use "
+            "simulation.executor = sequential"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class _Descriptor:
+    """A client, as its worker first hears of it."""
+
+    name: str
+    identity_key: bytes  # raw Ed25519 private key (the simulation holds every client's)
+    data: Batch | None  # None: the worker's own copy of the dataset holds it
+
+
+class _WorkerClients:
+    """The pipelines of the clients one worker holds."""
+
+    def __init__(self, recipe: ClientRecipe) -> None:
+        config = recipe.config
+        self.config = config
+        self.fmodel = FunctionalModel(recipe.module)
+        self.algorithm = make_algorithm(config.algorithm, self.fmodel)
+        self.partitions: dict[str, Any] = {}
+        self.input_kind: Any = None
+        if recipe.load_data:
+            from secure_fml.simulation import load_dataset, split_dataset
+
+            ds: FederatedDataset = load_dataset(config)
+            self.input_kind = ds.input_kind
+            self.partitions = {c.client_id: c for c in split_dataset(config, ds).train}
+        self.pipelines: dict[str, ClientPipeline] = {}
+
+    def add(self, d: _Descriptor) -> None:
+        if d.data is not None:
+            data = d.data
+        else:
+            part = self.partitions.pop(d.name, None)
+            if part is None:
+                raise ConfigError(f"client {d.name!r} is not a training client of this dataset")
+            data = to_batch(part, self.input_kind)
+        insecure = self.config.run.insecure_seed
+        self.pipelines[d.name] = ClientPipeline(
+            name=d.name,
+            algorithm=self.algorithm,
+            data=data,
+            identity_key=Ed25519PrivateKey.from_private_bytes(d.identity_key),
+            training_generator=seeded_generator(self.config.run.seed, d.name),
+            randomness=seeded_randomness(insecure, d.name) if insecure is not None else None,
+        )
+
+    def handle(self, name: str, msg: EngineMessage) -> tuple[Any, UpdateInfo | None]:
+        p = self.pipelines.get(name)
+        if p is None:
+            # Its pipeline died with an earlier worker: the session is gone.
+            return _wire(TransportError(f"client {name!r} lost its worker this round")), None
+        try:
+            reply = p.handle(msg)
+        except SecureFMLError as e:
+            return _wire(e), None
+        info = p.last_update if isinstance(msg, RoundStart) else None
+        return reply, info
+
+
+@dataclass(frozen=True)
+class _WireError:
+    """A typed error, as it crosses the process boundary (name and message)."""
+
+    kind: str
+    message: str
+
+
+def _wire(e: SecureFMLError) -> _WireError:
+    return _WireError(type(e).__name__, str(e))
+
+
+def _unwire(w: _WireError) -> SecureFMLError:
+    cls = getattr(errors, w.kind, None)
+    if isinstance(cls, type) and issubclass(cls, SecureFMLError):
+        try:
+            return cls(w.message)
+        except TypeError:
+            pass
+    return TransportError(f"{w.kind}: {w.message}")
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, recipe: ClientRecipe) -> None:
+    """A worker process: build the clients it is sent, answer each batch of jobs."""
+    torch.set_num_threads(recipe.config.run.threads or 1)
+    try:
+        clients = _WorkerClients(recipe)
+    except BaseException:
+        conn.send(("crash", traceback.format_exc()))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] == "close":
+            return
+        descriptors, jobs = msg[1], msg[2]
+        try:
+            for d in descriptors:
+                clients.add(d)
+            out = []
+            for name, m in jobs:
+                if isinstance(m, RoundStart) and m.model.flags.writeable:
+                    # One array per batch (pickled once): read-only, so every client of
+                    # this worker shares one model check (pipeline.VERIFIED_MODELS).
+                    m.model.setflags(write=False)
+                out.append(clients.handle(name, m))
+        except BaseException:
+            conn.send(("crash", traceback.format_exc()))
+            return
+        conn.send(("ok", out))
+
+
+class _Worker:
+    def __init__(self, ctx: Any, recipe: ClientRecipe, index: int) -> None:
+        parent, child = ctx.Pipe(duplex=True)
+        self.index = index
+        self.process = ctx.Process(
+            target=_worker_main, args=(child, recipe), name=f"secure-fml-worker-{index}"
+        )
+        self.process.daemon = True
+        self.process.start()
+        child.close()
+        self.conn: multiprocessing.connection.Connection = parent
+        #: Clients whose descriptor this worker has (built their pipelines).
+        self.known: set[str] = set()
+        self.ready = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def stop(self, *, timeout: float = 5.0) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("close",))
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout)
+        self.conn.close()
+
+
+class PoolExecutor(ClientExecutor):
+    """Client pipelines in ``workers`` processes (see module docstring).
+
+    ``identity_key(name)`` gives a client's Ed25519 key (the simulation's, so that the
+    engine's roster and the client agree); ``partition(name)`` its data when the
+    recipe does not load the dataset in the workers.
+    """
+
+    def __init__(
+        self,
+        recipe: ClientRecipe,
+        *,
+        workers: int,
+        identity_key: Callable[[str], Ed25519PrivateKey],
+        partition: Callable[[str], Batch] | None = None,
+        start_method: str = "forkserver",
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"simulation.workers must be an integer >= 1, got {workers!r}")
+        if not recipe.load_data and partition is None:
+            raise ConfigError("a pool without load_data needs the clients' partitions")
+        recipe.check()
+        self.recipe = recipe
+        self.identity_key = identity_key
+        self.partition = partition
+        self._ctx = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # The fork server imports the library once; workers fork from it (fast).
+            self._ctx.set_forkserver_preload(["secure_fml.executors", "secure_fml.simulation"])
+        self._workers: list[_Worker | None] = [None] * workers
+        self._worker_of: dict[str, int] = {}
+        self._next = 0
+        self._updates: dict[str, UpdateInfo] = {}
+        #: Workers replaced after they died (diagnostics).
+        self.replaced = 0
+        self._closed = False
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    def pids(self) -> list[int | None]:
+        """Process ids of the live workers (None: not started yet)."""
+        return [w.pid if w is not None else None for w in self._workers]
+
+    def worker_of(self, name: str) -> int | None:
+        """The worker a client is pinned to (None: not assigned yet)."""
+        return self._worker_of.get(name)
+
+    def start(self) -> None:
+        """Start every worker now (otherwise on first use)."""
+        for i in range(self.workers):
+            self._worker(i)
+
+    def _worker(self, i: int) -> _Worker:
+        if self._closed:
+            raise ConfigError("the executor is closed")
+        w = self._workers[i]
+        if w is None:
+            w = self._workers[i] = _Worker(self._ctx, self.recipe, i)
+        if not w.ready:
+            self._await_ready(w)
+        return w
+
+    def _await_ready(self, w: _Worker) -> None:
+        try:
+            kind, payload = w.conn.recv()
+        except (EOFError, OSError):
+            kind, payload = "crash", f"worker exited with code {w.process.exitcode}"
+        if kind != "ready":
+            self._workers[w.index] = None
+            w.stop()
+            raise ConfigError(f"a simulation worker could not start: {payload}")
+        w.ready = True
+
+    def _assign(self, name: str) -> int:
+        i = self._worker_of.get(name)
+        if i is None:
+            i = self._worker_of[name] = self._next % self.workers
+            self._next += 1
+        return i
+
+    def _descriptor(self, name: str) -> _Descriptor:
+        key = self.identity_key(name).private_bytes_raw()
+        data = None if self.recipe.load_data else self.partition(name)  # type: ignore[misc]
+        return _Descriptor(name, key, data)
+
+    def handle(self, jobs: Sequence[tuple[str, EngineMessage]]) -> list[JobResult]:
+        by_worker: dict[int, list[int]] = {}
+        for pos, (name, _) in enumerate(jobs):
+            by_worker.setdefault(self._assign(name), []).append(pos)
+        out: list[JobResult] = [None] * len(jobs)
+        pending: dict[Any, tuple[_Worker, list[int]]] = {}
+        for i, positions in by_worker.items():
+            w = self._worker(i)
+            names = {jobs[p][0] for p in positions}
+            new = sorted(names - w.known)
+            batch = [jobs[p] for p in positions]
+            try:
+                w.conn.send(("jobs", [self._descriptor(n) for n in new], batch))
+            except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+                self._lost(w, positions, out, jobs)
+                continue
+            w.known.update(new)
+            pending[w.conn] = (w, positions)
+        while pending:
+            for conn in multiprocessing.connection.wait(list(pending)):
+                w, positions = pending.pop(conn)
+                try:
+                    kind, payload = w.conn.recv()
+                except (EOFError, OSError, ConnectionResetError):
+                    self._lost(w, positions, out, jobs)
+                    continue
+                if kind != "ok":
+                    self._lost(w, positions, out, jobs)
+                    raise RuntimeError(f"simulation worker {w.index} failed:\n{payload}")
+                for p, (result, info) in zip(positions, payload, strict=True):
+                    out[p] = _unwire(result) if isinstance(result, _WireError) else result
+                    if info is not None:
+                        self._updates[jobs[p][0]] = info
+        return out
+
+    def _lost(
+        self,
+        w: _Worker,
+        positions: list[int],
+        out: list[JobResult],
+        jobs: Sequence[tuple[str, EngineMessage]],
+    ) -> None:
+        """Worker ``w`` died: its jobs fail, a fresh worker (no sessions) replaces it."""
+        code = w.process.exitcode
+        w.process.join(1.0)
+        log.warning(
+            "simulation worker %d (pid %s) died (exit code %s); its %d clients of this "
+            "stage drop out",
+            w.index,
+            w.pid,
+            w.process.exitcode if code is None else code,
+            len(positions),
+        )
+        for p in positions:
+            out[p] = TransportError(f"client {jobs[p][0]!r}: its worker process died")
+        self._workers[w.index] = None
+        w.stop(timeout=1.0)
+        self.replaced += 1
+
+    def last_update(self, name: str) -> UpdateInfo | None:
+        return self._updates.get(name)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for w in self._workers:
+            if w is not None:
+                w.stop()
+        self._workers = [None] * len(self._workers)
+        self._closed = True
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        with contextlib.suppress(Exception):
+            self.close()
