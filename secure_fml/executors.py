@@ -34,6 +34,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -254,6 +255,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, recipe: ClientReci
         if msg[0] == "close":
             return
         descriptors, jobs = msg[1], msg[2]
+        cpu0 = time.process_time()
         try:
             for d in descriptors:
                 clients.add(d)
@@ -267,7 +269,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, recipe: ClientReci
         except BaseException:
             conn.send(("crash", traceback.format_exc()))
             return
-        conn.send(("ok", out))
+        conn.send(("ok", (out, time.process_time() - cpu0)))
 
 
 class _Worker:
@@ -334,6 +336,8 @@ class PoolExecutor(ClientExecutor):
         self._updates: dict[str, UpdateInfo] = {}
         #: Workers replaced after they died (diagnostics).
         self.replaced = 0
+        #: CPU seconds the workers spent on jobs (diagnostics).
+        self.worker_cpu_s = 0.0
         self._closed = False
 
     @property
@@ -415,7 +419,9 @@ class PoolExecutor(ClientExecutor):
                 if kind != "ok":
                     self._lost(w, positions, out, jobs)
                     raise RuntimeError(f"simulation worker {w.index} failed:\n{payload}")
-                for p, (result, info) in zip(positions, payload, strict=True):
+                results, cpu_s = payload
+                self.worker_cpu_s += cpu_s
+                for p, (result, info) in zip(positions, results, strict=True):
                     out[p] = _unwire(result) if isinstance(result, _WireError) else result
                     if info is not None:
                         self._updates[jobs[p][0]] = info
