@@ -78,6 +78,7 @@ _FLAG_FIELDS = {
     "secure_aggregation": "secure_aggregation.protocol",
     "executor": "simulation.executor",
     "workers": "simulation.workers",
+    "ray_address": "simulation.ray_address",
 }
 
 # With --resume the run's own config.json is the config: these flags would change what the
@@ -141,7 +142,7 @@ def _resume_config(args: argparse.Namespace) -> tuple[Any, Path, int]:
         overrides["data.root"] = args.data_root
     if args.threads is not None:
         overrides["run.threads"] = args.threads
-    for flag in ("executor", "workers"):  # where clients run; not what the run is
+    for flag in ("executor", "workers", "ray_address"):  # where clients run, not what
         if getattr(args, flag, None) is not None:
             overrides[_FLAG_FIELDS[flag]] = getattr(args, flag)
     if overrides:
@@ -634,9 +635,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--threads", type=int, help="torch threads >= 1 [run.threads]")
     sim.add_argument(
         "--executor",
-        choices=["auto", "sequential", "pool"],
-        help="where clients run: in this process, or a process pool with one worker per "
-        "core (auto: the pool for rounds of 64+ clients) [simulation.executor]",
+        choices=["auto", "sequential", "pool", "ray"],
+        help="where clients run: in this process, a process pool with one worker per "
+        "core, or Ray actors (pip install 'secure-fml[ray]'); auto: the pool for rounds "
+        "of 64+ clients [simulation.executor]",
+    )
+    sim.add_argument(
+        "--ray-address",
+        help="with --executor ray: auto or HOST:PORT of an existing Ray cluster "
+        "(default: a local Ray instance) [simulation.ray_address]",
     )
     sim.add_argument(
         "--workers",

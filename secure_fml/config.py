@@ -342,7 +342,7 @@ class RunConfig:
 
 
 #: Client executors of a simulation (``simulation.executor``); see secure_fml.executors.
-EXECUTORS = ("auto", "sequential", "pool")
+EXECUTORS = ("auto", "sequential", "pool", "ray")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -351,10 +351,16 @@ class SimulationConfig:
     the same client pipelines and gives the same result under ``run.insecure_seed``)."""
 
     #: sequential: every client in the driver process; pool: worker processes (one per
-    #: core); auto: pool for large rounds on a machine with more than one core.
+    #: core); ray: Ray actors (``pip install 'secure-fml[ray]'``), locally or on the
+    #: cluster at ``ray_address``; auto: pool for large rounds on a machine with more
+    #: than one core, else sequential.
     executor: str = "auto"
-    #: Worker processes of the pool (None: one per available core).
+    #: Worker processes of the pool, or Ray actors (None: one per available core, or
+    #: per CPU of the Ray cluster).
     workers: int | None = None
+    #: executor = ray: ``auto`` (the cluster this machine belongs to) or HOST:PORT of an
+    #: existing cluster's head; None: start a local Ray instance.
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -362,6 +368,15 @@ class SimulationConfig:
                 f"simulation.executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}"
             )
         _int_at_least("simulation.workers", self.workers, 1, optional=True)
+        if self.ray_address is not None:
+            if self.executor != "ray":
+                raise ConfigError("simulation.ray_address needs simulation.executor = ray")
+            a = self.ray_address
+            host, _, port = a.rpartition(":")
+            if a != "auto" and not a.startswith("ray://") and not (host and port.isdigit()):
+                raise ConfigError(
+                    f"simulation.ray_address must be auto, HOST:PORT or ray://HOST:PORT; got {a!r}"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,6 +25,12 @@ seed (``run.insecure_seed``) they give the same state and the same ledger.
   its place, and the clients' later stages of that round are refused there (their
   session died with the worker), so the protocol recovers them as it recovers any
   dropout. A client is pinned to its worker (round-robin on first sight).
+- :class:`RayExecutor` (``pip install 'secure-fml[ray]'``): the same workers as Ray
+  actors, on this machine or an existing Ray cluster (``simulation.ray_address``).
+
+Not yet: the coordinator's aggregation sessions still hold every masked (or clear)
+vector of a round until the round closes (SecAgg needs them until exclusions settle;
+the clear sum is kept order-independent), so driver memory grows with n * d.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ __all__ = [
     "ClientRecipe",
     "JobResult",
     "PoolExecutor",
+    "RayExecutor",
     "SequentialExecutor",
     "available_cores",
     "pool_refuses",
@@ -203,6 +210,22 @@ class _WorkerClients:
             randomness=seeded_randomness(insecure, d.name) if insecure is not None else None,
         )
 
+    def batch(
+        self, descriptors: Sequence[_Descriptor], jobs: Sequence[tuple[str, EngineMessage]]
+    ) -> tuple[list[tuple[Any, UpdateInfo | None]], float]:
+        """Add the new clients, answer every job; (results, CPU seconds spent)."""
+        cpu0 = time.process_time()
+        for d in descriptors:
+            self.add(d)
+        out = []
+        for name, m in jobs:
+            if isinstance(m, RoundStart) and m.model.flags.writeable:
+                # One array per batch (pickled once): read-only, so every client of this
+                # worker shares one model check (pipeline.VERIFIED_MODELS).
+                m.model.setflags(write=False)
+            out.append(self.handle(name, m))
+        return out, time.process_time() - cpu0
+
     def handle(self, name: str, msg: EngineMessage) -> tuple[Any, UpdateInfo | None]:
         p = self.pipelines.get(name)
         if p is None:
@@ -254,22 +277,12 @@ def _worker_main(conn: multiprocessing.connection.Connection, recipe: ClientReci
             return
         if msg[0] == "close":
             return
-        descriptors, jobs = msg[1], msg[2]
-        cpu0 = time.process_time()
         try:
-            for d in descriptors:
-                clients.add(d)
-            out = []
-            for name, m in jobs:
-                if isinstance(m, RoundStart) and m.model.flags.writeable:
-                    # One array per batch (pickled once): read-only, so every client of
-                    # this worker shares one model check (pipeline.VERIFIED_MODELS).
-                    m.model.setflags(write=False)
-                out.append(clients.handle(name, m))
+            result = clients.batch(msg[1], msg[2])
         except BaseException:
             conn.send(("crash", traceback.format_exc()))
             return
-        conn.send(("ok", (out, time.process_time() - cpu0)))
+        conn.send(("ok", result))
 
 
 class _Worker:
@@ -283,8 +296,6 @@ class _Worker:
         self.process.start()
         child.close()
         self.conn: multiprocessing.connection.Connection = parent
-        #: Clients whose descriptor this worker has (built their pipelines).
-        self.known: set[str] = set()
         self.ready = False
 
     @property
@@ -301,12 +312,120 @@ class _Worker:
         self.conn.close()
 
 
-class PoolExecutor(ClientExecutor):
-    """Client pipelines in ``workers`` processes (see module docstring).
+class _PinnedExecutor(ClientExecutor):
+    """Shared by the pool and Ray: clients pinned to workers, descriptors sent once."""
+
+    def __init__(
+        self,
+        recipe: ClientRecipe,
+        *,
+        workers: int,
+        identity_key: Callable[[str], Ed25519PrivateKey],
+        partition: Callable[[str], Batch] | None,
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"simulation.workers must be an integer >= 1, got {workers!r}")
+        if not recipe.load_data and partition is None:
+            raise ConfigError("workers that do not load the dataset need the clients' partitions")
+        recipe.check()
+        self.recipe = recipe
+        self.identity_key = identity_key
+        self.partition = partition
+        self._n = workers
+        self._worker_of: dict[str, int] = {}
+        self._known: list[set[str]] = [set() for _ in range(workers)]
+        self._next = 0
+        self._updates: dict[str, UpdateInfo] = {}
+        #: Workers replaced after they died (diagnostics).
+        self.replaced = 0
+        #: CPU seconds the workers spent on jobs (diagnostics).
+        self.worker_cpu_s = 0.0
+        self._closed = False
+
+    @property
+    def workers(self) -> int:
+        return self._n
+
+    def worker_of(self, name: str) -> int | None:
+        """The worker a client is pinned to (None: not assigned yet)."""
+        return self._worker_of.get(name)
+
+    def _assign(self, name: str) -> int:
+        i = self._worker_of.get(name)
+        if i is None:
+            i = self._worker_of[name] = self._next % self._n
+            self._next += 1
+        return i
+
+    def _descriptor(self, name: str) -> _Descriptor:
+        key = self.identity_key(name).private_bytes_raw()
+        data = None if self.recipe.load_data else self.partition(name)  # type: ignore[misc]
+        return _Descriptor(name, key, data)
+
+    def _batches(
+        self, jobs: Sequence[tuple[str, EngineMessage]]
+    ) -> dict[int, tuple[list[int], list[_Descriptor], list[tuple[str, EngineMessage]]]]:
+        """Per worker: job positions, descriptors of clients new to it, its jobs."""
+        by_worker: dict[int, list[int]] = {}
+        for pos, (name, _) in enumerate(jobs):
+            by_worker.setdefault(self._assign(name), []).append(pos)
+        out = {}
+        for i, positions in by_worker.items():
+            new = sorted({jobs[p][0] for p in positions} - self._known[i])
+            out[i] = (positions, [self._descriptor(n) for n in new], [jobs[p] for p in positions])
+        return out
+
+    def _accept(
+        self,
+        i: int,
+        positions: list[int],
+        payload: tuple[list[tuple[Any, UpdateInfo | None]], float],
+        out: list[JobResult],
+        jobs: Sequence[tuple[str, EngineMessage]],
+    ) -> None:
+        results, cpu_s = payload
+        self.worker_cpu_s += cpu_s
+        self._known[i].update(jobs[p][0] for p in positions)
+        for p, (result, info) in zip(positions, results, strict=True):
+            out[p] = _unwire(result) if isinstance(result, _WireError) else result
+            if info is not None:
+                self._updates[jobs[p][0]] = info
+
+    def _fail(
+        self,
+        i: int,
+        positions: list[int],
+        out: list[JobResult],
+        jobs: Sequence[tuple[str, EngineMessage]],
+        why: str,
+    ) -> None:
+        """Worker ``i`` died: its jobs fail; its replacement knows none of its clients."""
+        log.warning(
+            "simulation worker %d died (%s); its %d clients of this stage drop out",
+            i,
+            why,
+            len(positions),
+        )
+        for p in positions:
+            out[p] = TransportError(f"client {jobs[p][0]!r}: its worker died ({why})")
+        self._known[i] = set()
+        self.replaced += 1
+
+    def last_update(self, name: str) -> UpdateInfo | None:
+        return self._updates.get(name)
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class PoolExecutor(_PinnedExecutor):
+    """Client pipelines in ``workers`` local processes (see module docstring).
 
     ``identity_key(name)`` gives a client's Ed25519 key (the simulation's, so that the
     engine's roster and the client agree); ``partition(name)`` its data when the
-    recipe does not load the dataset in the workers.
+    recipe does not load the dataset in the workers. Scripts that use it need the
+    usual ``if __name__ == "__main__":`` guard (workers start from a fork server).
     """
 
     def __init__(
@@ -318,39 +437,16 @@ class PoolExecutor(ClientExecutor):
         partition: Callable[[str], Batch] | None = None,
         start_method: str = "forkserver",
     ) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ConfigError(f"simulation.workers must be an integer >= 1, got {workers!r}")
-        if not recipe.load_data and partition is None:
-            raise ConfigError("a pool without load_data needs the clients' partitions")
-        recipe.check()
-        self.recipe = recipe
-        self.identity_key = identity_key
-        self.partition = partition
+        super().__init__(recipe, workers=workers, identity_key=identity_key, partition=partition)
         self._ctx = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             # The fork server imports the library once; workers fork from it (fast).
             self._ctx.set_forkserver_preload(["secure_fml.executors", "secure_fml.simulation"])
         self._workers: list[_Worker | None] = [None] * workers
-        self._worker_of: dict[str, int] = {}
-        self._next = 0
-        self._updates: dict[str, UpdateInfo] = {}
-        #: Workers replaced after they died (diagnostics).
-        self.replaced = 0
-        #: CPU seconds the workers spent on jobs (diagnostics).
-        self.worker_cpu_s = 0.0
-        self._closed = False
-
-    @property
-    def workers(self) -> int:
-        return len(self._workers)
 
     def pids(self) -> list[int | None]:
         """Process ids of the live workers (None: not started yet)."""
         return [w.pid if w is not None else None for w in self._workers]
-
-    def worker_of(self, name: str) -> int | None:
-        """The worker a client is pinned to (None: not assigned yet)."""
-        return self._worker_of.get(name)
 
     def start(self) -> None:
         """Start every worker now (otherwise on first use)."""
@@ -364,49 +460,27 @@ class PoolExecutor(ClientExecutor):
         if w is None:
             w = self._workers[i] = _Worker(self._ctx, self.recipe, i)
         if not w.ready:
-            self._await_ready(w)
+            try:
+                kind, payload = w.conn.recv()
+            except (EOFError, OSError):
+                kind, payload = "crash", f"worker exited with code {w.process.exitcode}"
+            if kind != "ready":
+                self._workers[i] = None
+                w.stop()
+                raise ConfigError(f"a simulation worker could not start: {payload}")
+            w.ready = True
         return w
 
-    def _await_ready(self, w: _Worker) -> None:
-        try:
-            kind, payload = w.conn.recv()
-        except (EOFError, OSError):
-            kind, payload = "crash", f"worker exited with code {w.process.exitcode}"
-        if kind != "ready":
-            self._workers[w.index] = None
-            w.stop()
-            raise ConfigError(f"a simulation worker could not start: {payload}")
-        w.ready = True
-
-    def _assign(self, name: str) -> int:
-        i = self._worker_of.get(name)
-        if i is None:
-            i = self._worker_of[name] = self._next % self.workers
-            self._next += 1
-        return i
-
-    def _descriptor(self, name: str) -> _Descriptor:
-        key = self.identity_key(name).private_bytes_raw()
-        data = None if self.recipe.load_data else self.partition(name)  # type: ignore[misc]
-        return _Descriptor(name, key, data)
-
     def handle(self, jobs: Sequence[tuple[str, EngineMessage]]) -> list[JobResult]:
-        by_worker: dict[int, list[int]] = {}
-        for pos, (name, _) in enumerate(jobs):
-            by_worker.setdefault(self._assign(name), []).append(pos)
         out: list[JobResult] = [None] * len(jobs)
         pending: dict[Any, tuple[_Worker, list[int]]] = {}
-        for i, positions in by_worker.items():
+        for i, (positions, descriptors, batch) in self._batches(jobs).items():
             w = self._worker(i)
-            names = {jobs[p][0] for p in positions}
-            new = sorted(names - w.known)
-            batch = [jobs[p] for p in positions]
             try:
-                w.conn.send(("jobs", [self._descriptor(n) for n in new], batch))
+                w.conn.send(("jobs", descriptors, batch))
             except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
                 self._lost(w, positions, out, jobs)
                 continue
-            w.known.update(new)
             pending[w.conn] = (w, positions)
         while pending:
             for conn in multiprocessing.connection.wait(list(pending)):
@@ -419,12 +493,7 @@ class PoolExecutor(ClientExecutor):
                 if kind != "ok":
                     self._lost(w, positions, out, jobs)
                     raise RuntimeError(f"simulation worker {w.index} failed:\n{payload}")
-                results, cpu_s = payload
-                self.worker_cpu_s += cpu_s
-                for p, (result, info) in zip(positions, results, strict=True):
-                    out[p] = _unwire(result) if isinstance(result, _WireError) else result
-                    if info is not None:
-                        self._updates[jobs[p][0]] = info
+                self._accept(w.index, positions, payload, out, jobs)
         return out
 
     def _lost(
@@ -434,25 +503,10 @@ class PoolExecutor(ClientExecutor):
         out: list[JobResult],
         jobs: Sequence[tuple[str, EngineMessage]],
     ) -> None:
-        """Worker ``w`` died: its jobs fail, a fresh worker (no sessions) replaces it."""
-        code = w.process.exitcode
         w.process.join(1.0)
-        log.warning(
-            "simulation worker %d (pid %s) died (exit code %s); its %d clients of this "
-            "stage drop out",
-            w.index,
-            w.pid,
-            w.process.exitcode if code is None else code,
-            len(positions),
-        )
-        for p in positions:
-            out[p] = TransportError(f"client {jobs[p][0]!r}: its worker process died")
+        self._fail(w.index, positions, out, jobs, f"pid {w.pid}, exit code {w.process.exitcode}")
         self._workers[w.index] = None
         w.stop(timeout=1.0)
-        self.replaced += 1
-
-    def last_update(self, name: str) -> UpdateInfo | None:
-        return self._updates.get(name)
 
     def close(self) -> None:
         if self._closed:
@@ -463,6 +517,113 @@ class PoolExecutor(ClientExecutor):
         self._workers = [None] * len(self._workers)
         self._closed = True
 
-    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        with contextlib.suppress(Exception):
-            self.close()
+
+# ------------------------------------------------------------------------------ Ray
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "simulation.executor = ray needs Ray: pip install 'secure-fml[ray]'"
+        ) from None
+    return ray
+
+
+class _RayWorker:
+    """A Ray actor: one model copy and the pipelines of the clients pinned to it."""
+
+    def __init__(self, recipe: ClientRecipe) -> None:
+        torch.set_num_threads(recipe.config.run.threads or 1)
+        self.clients = _WorkerClients(recipe)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def batch(
+        self, descriptors: Sequence[_Descriptor], jobs: Sequence[tuple[str, EngineMessage]]
+    ) -> tuple[list[tuple[Any, UpdateInfo | None]], float]:
+        return self.clients.batch(descriptors, jobs)
+
+
+class RayExecutor(_PinnedExecutor):
+    """Client pipelines in Ray actors (``pip install 'secure-fml[ray]'``).
+
+    ``address`` None starts (or reuses) a local Ray instance with ``workers`` CPUs;
+    ``auto`` or HOST:PORT joins an existing cluster, whose nodes must have
+    ``secure-fml`` installed and, unless the driver was handed an in-memory dataset,
+    the dataset at ``data.root``. One actor per worker (default: the cluster's CPUs)
+    keeps one model copy and its clients' partitions; a dead actor's clients drop out
+    as with the pool, and a fresh actor replaces it.
+    """
+
+    def __init__(
+        self,
+        recipe: ClientRecipe,
+        *,
+        workers: int | None,
+        identity_key: Callable[[str], Ed25519PrivateKey],
+        partition: Callable[[str], Batch] | None = None,
+        address: str | None = None,
+    ) -> None:
+        ray = _import_ray()
+        self._ray = ray
+        self._owns_ray = False
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address is None:
+                ray.init(num_cpus=workers or available_cores(), **kw)
+            else:
+                ray.init(address=address, **kw)
+            self._owns_ray = True
+        n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        super().__init__(recipe, workers=n, identity_key=identity_key, partition=partition)
+        self._actor_cls = ray.remote(num_cpus=1, max_restarts=0)(_RayWorker)
+        self._actors: list[Any] = [None] * n
+
+    def _actor(self, i: int) -> Any:
+        if self._closed:
+            raise ConfigError("the executor is closed")
+        a = self._actors[i]
+        if a is None:
+            a = self._actors[i] = self._actor_cls.remote(self.recipe)
+        return a
+
+    def actor(self, i: int) -> Any:
+        """Actor ``i`` (started on first use)."""
+        return self._actor(i)
+
+    def start(self) -> None:
+        self._ray.get([self._actor(i).pid.remote() for i in range(self.workers)])
+
+    def handle(self, jobs: Sequence[tuple[str, EngineMessage]]) -> list[JobResult]:
+        ray = self._ray
+        out: list[JobResult] = [None] * len(jobs)
+        pending: dict[Any, tuple[int, list[int]]] = {}
+        for i, (positions, descriptors, batch) in self._batches(jobs).items():
+            pending[self._actor(i).batch.remote(descriptors, batch)] = (i, positions)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            i, positions = pending.pop(ref)
+            try:
+                payload = ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                self._fail(i, positions, out, jobs, type(e).__name__)
+                self._actors[i] = None
+                continue
+            self._accept(i, positions, payload, out, jobs)
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for a in self._actors:
+            if a is not None:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(a)
+        self._actors = [None] * len(self._actors)
+        self._closed = True
+        if self._owns_ray:
+            self._ray.shutdown()

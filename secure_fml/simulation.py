@@ -310,15 +310,24 @@ class Simulation:
             return SequentialExecutor(factory)
         if self._custom_clients:
             raise ConfigError(
-                "simulation.executor = pool runs the library's client pipeline only; custom "
+                f"simulation.executor = {kind} runs the library's client pipeline only; custom "
                 "client factories and extra clients need simulation.executor = sequential"
             )
         recipe = executors.ClientRecipe(
             config=self.config, module=self.module, load_data=not self._dataset_given
         )
+        sc = self.config.simulation
+        if kind == "ray":
+            return executors.RayExecutor(
+                recipe,
+                workers=sc.workers,
+                identity_key=self._identity_key,
+                partition=self.batch,
+                address=sc.ray_address,
+            )
         return executors.PoolExecutor(
             recipe,
-            workers=self.config.simulation.workers or executors.available_cores(),
+            workers=sc.workers or executors.available_cores(),
             identity_key=self._identity_key,
             partition=self.batch,
         )

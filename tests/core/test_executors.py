@@ -84,6 +84,30 @@ def test_pool_and_sequential_give_the_same_state_ledger_and_rounds(tmp_path: Pat
     assert s_rounds == p_rounds
 
 
+@pytest.mark.slow
+def test_ray_gives_the_same_state_ledger_and_rounds_as_sequential(tmp_path: Path) -> None:
+    ray = pytest.importorskip(
+        "ray", reason="Ray is the optional extra secure-fml[ray] (an ~80 MB wheel); not installed"
+    )
+    from secure_fml.executors import RayExecutor
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        runs = {}
+        for kind in ("sequential", "ray"):
+            sim = Simulation(_cfg(kind), run_dir=tmp_path / kind)
+            assert isinstance(sim.executor, RayExecutor if kind == "ray" else SequentialExecutor)
+            res = sim.run(progress=False)
+            runs[kind] = (res.state.numpy().copy(), _ledger(tmp_path / kind), _rounds(sim))
+        (s_state, s_ledger, s_rounds), (r_state, r_ledger, r_rounds) = runs.values()
+        assert any(r[3] < 12 for r in s_rounds)
+        assert np.array_equal(s_state, r_state)
+        assert s_ledger == r_ledger
+        assert s_rounds == r_rounds
+    finally:
+        ray.shutdown()
+
+
 class _KillWorkerMidRound(InMemoryTransport):
     """Kills (SIGKILL) one pool worker when round 2's first stage request is delivered:
     the worker holds sessions of that round's clients, which have answered a stage."""
@@ -150,6 +174,12 @@ def test_executor_config_is_validated_and_auto_picks_by_round_size() -> None:
         config_from_dict({"simulation": {"executor": "threads"}})
     with pytest.raises(ConfigError, match=r"simulation\.workers"):
         config_from_dict({"simulation": {"workers": 0}})
+    with pytest.raises(ConfigError, match=r"simulation\.ray_address needs"):
+        config_from_dict({"simulation": {"ray_address": "auto"}})
+    with pytest.raises(ConfigError, match=r"simulation\.ray_address must be"):
+        config_from_dict({"simulation": {"executor": "ray", "ray_address": "head-node"}})
+    ok = config_from_dict({"simulation": {"executor": "ray", "ray_address": "10.0.0.1:6379"}})
+    assert ok.simulation.ray_address == "10.0.0.1:6379"
     small = Simulation(_cfg("auto", clients=8))
     assert small.executor_kind() == "sequential"
     assert isinstance(small.executor, SequentialExecutor)
