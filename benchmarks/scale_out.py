@@ -52,7 +52,7 @@ def _config(n: int, protocol: str, executor: str, workers: int | None) -> Any:
         },
         "model": {"kind": "mlp", "hidden": [64]},
         "algorithm": {"name": "fedavg"},
-        "server": {"rounds": 1, "sampling": "all", "clients_per_round": None},
+        "server": {"rounds": 2, "sampling": "all", "clients_per_round": None},
         "eval": {"every": 0},
         "run": {"threads": 1},
         "simulation": {"executor": executor, "workers": workers},
@@ -105,6 +105,11 @@ def run_one(n: int, protocol: str, executor: str, workers: int | None, client_co
         sim.executor.start()
         start_s = time.perf_counter() - t0
     sim.open()
+    t0 = time.perf_counter()
+    sim.run_round()  # the first round also builds every client's pipeline and partition
+    first_s = time.perf_counter() - t0
+    cost.clear()
+    worker0 = getattr(sim.executor, "worker_cpu_s", 0.0)
     c0 = time.process_time()
     t0 = time.perf_counter()
     line = sim.run_round()
@@ -120,9 +125,10 @@ def run_one(n: int, protocol: str, executor: str, workers: int | None, client_co
         "contributors": line.get("contributors"),
         "build_s": build_s,
         "pool_start_s": start_s,
+        "first_round_s": first_s,
         "round_s": round_s,
         "driver_cpu_s": driver_cpu_s,
-        "worker_cpu_s": getattr(sim.executor, "worker_cpu_s", 0.0),
+        "worker_cpu_s": getattr(sim.executor, "worker_cpu_s", 0.0) - worker0,
         "load_average": list(os.getloadavg()),
         "updates_per_s": (line.get("contributors") or 0) / round_s,
         "peak_driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -164,29 +170,37 @@ def _markdown(payload: dict[str, Any]) -> str:
         f"d = {rows[0]['dimension'] if rows else '?'}), FedAvg, every client in the round, "
         "no dropouts, torch threads 1 per process. `plain`: clear sum at the coordinator; "
         "`secagg+`: SecAgg+ with distributed discrete Gaussian noise (client-level DP, "
-        "noise multiplier 1). Each row is one fresh process: `round s` is the wall time "
-        "of one `Simulation.run_round()` (every client's update, clipping, encoding, "
-        "noise, masking, the server's unmasking, ledger charge, server step); `start s` "
-        "is starting the pool's workers (once per run, not per round); `peak MB` is the "
+        "noise multiplier 1). Each row is one fresh process running two rounds: `round s` "
+        "is the wall time of the second `Simulation.run_round()` (every client's update, "
+        "clipping, encoding, noise, masking, the server's unmasking, ledger charge, server "
+        "step); `1st round s` the first, which also builds every client's pipeline and "
+        "data partition (in the workers, for the pool); `start s` is starting the pool's "
+        "workers (once per run); `driver CPU s` / `worker CPU s` the CPU time of the "
+        "second round in the driver and summed over the workers; `peak MB` is the "
         "driver process's peak RSS (workers not counted). `updates/s` = contributions / "
-        "round s. Flower's Ray simulation was not run (not installed here).",
+        "round s. `load` is the machine's 1-minute load average when the row finished "
+        "(2 cores: above 2, other jobs competed for them). Flower's Ray simulation was "
+        "not run.",
         "",
-        "| n | protocol | executor | workers | round s | updates/s | start s | driver CPU s "
-        "| peak driver MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| n | protocol | executor | workers | round s | updates/s | 1st round s | start s "
+        "| driver CPU s | worker CPU s | peak driver MB | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r['n']} | {r['protocol']} | {r['executor']} | {r['workers']} | "
-            f"{r['round_s']:.2f} | {r['updates_per_s']:.0f} | {r['pool_start_s']:.2f} | "
-            f"{r['driver_cpu_s']:.2f} | {r['peak_driver_rss_mb']:.0f} |"
+            f"{r['round_s']:.2f} | {r['updates_per_s']:.0f} | {r['first_round_s']:.2f} | "
+            f"{r['pool_start_s']:.2f} | {r['driver_cpu_s']:.2f} | {r['worker_cpu_s']:.2f} | "
+            f"{r['peak_driver_rss_mb']:.0f} | {r['load_average'][0]:.1f} |"
         )
     cc = [r for r in payload.get("client_cost", [])]
     if cc:
         out += [
             "",
-            "Per-client SecAgg+ protocol cost (sequential executor, CPU ms per client: its "
-            "stage requests plus its round start minus its local update; mean and p90):",
+            "Per-client SecAgg+ protocol cost (sequential executor, second round, CPU ms per "
+            "client: its stage requests plus its round start minus its local update, so "
+            "roster check, encoding, discrete Gaussian noise, keys, shares and masking; "
+            "mean and p90):",
             "",
             "| n | client protocol CPU ms | p90 |",
             "|---|---|---|",
@@ -209,6 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--executors", nargs="+", default=list(EXECUTORS), choices=EXECUTORS)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
     ap.add_argument("--client-cost", action="store_true", help="per-client SecAgg+ cost too")
+    ap.add_argument(
+        "--plain-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="further sizes run with the plain protocol only (e.g. 10000)",
+    )
     ap.add_argument("--quick", action="store_true", help="sizes 20 and 100 only")
     ap.add_argument("--one", nargs=5, metavar=("N", "PROTOCOL", "EXECUTOR", "WORKERS", "COST"))
     args = ap.parse_args(argv)
@@ -231,8 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "client_cost": [],
         "partial": True,
     }
-    for n in sizes:
-        for proto in args.protocols:
+    plan = [(n, list(args.protocols)) for n in sizes] + [(n, ["plain"]) for n in args.plain_sizes]
+    for n, protocols in plan:
+        for proto in protocols:
             for ex in args.executors:
                 print(f"n = {n}, {proto}, {ex} ...", flush=True)
                 row = _subprocess(
@@ -246,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"peak driver {row['peak_driver_rss_mb']:.0f} MB",
                         flush=True,
                     )
-        if args.client_cost and "secagg+" in args.protocols:
+        if args.client_cost and "secagg+" in protocols:
             row = _subprocess([str(n), "secagg+", "sequential", "0", "1"], timeout=args.timeout)
             if row is not None:
                 payload["client_cost"].append(row)
