@@ -40,10 +40,11 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,6 +286,35 @@ def _worker_main(conn: multiprocessing.connection.Connection, recipe: ClientReci
         conn.send(("ok", result))
 
 
+def _uses_main(recipe: ClientRecipe) -> bool:
+    """Whether unpickling the recipe needs the driver's ``__main__`` (a model class
+    defined in the script)."""
+    return any(type(m).__module__ == "__main__" for m in recipe.module.modules())
+
+
+@contextlib.contextmanager
+def _main_not_reimported(recipe: ClientRecipe) -> Iterator[None]:
+    """Start a worker without re-running the driver's script in it.
+
+    A worker runs library code only, so (unless the model class lives in the script)
+    the child need not import ``__main__``: hiding it while the process starts lets a
+    script without an ``if __name__ == "__main__":`` guard use the pool, instead of
+    re-executing the script in every worker.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or _uses_main(recipe):
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__["__spec__"] = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 class _Worker:
     def __init__(self, ctx: Any, recipe: ClientRecipe, index: int) -> None:
         parent, child = ctx.Pipe(duplex=True)
@@ -293,7 +323,8 @@ class _Worker:
             target=_worker_main, args=(child, recipe), name=f"secure-fml-worker-{index}"
         )
         self.process.daemon = True
-        self.process.start()
+        with _main_not_reimported(recipe):
+            self.process.start()
         child.close()
         self.conn: multiprocessing.connection.Connection = parent
         self.ready = False
@@ -424,8 +455,10 @@ class PoolExecutor(_PinnedExecutor):
 
     ``identity_key(name)`` gives a client's Ed25519 key (the simulation's, so that the
     engine's roster and the client agree); ``partition(name)`` its data when the
-    recipe does not load the dataset in the workers. Scripts that use it need the
-    usual ``if __name__ == "__main__":`` guard (workers start from a fork server).
+    recipe does not load the dataset in the workers. Workers fork from a fork server
+    that has imported the library; they do not re-run the driver's script (which then
+    needs no ``if __name__ == "__main__":`` guard) unless the model class is defined
+    in it.
     """
 
     def __init__(
@@ -467,7 +500,11 @@ class PoolExecutor(_PinnedExecutor):
             if kind != "ready":
                 self._workers[i] = None
                 w.stop()
-                raise ConfigError(f"a simulation worker could not start: {payload}")
+                raise ConfigError(
+                    f"a simulation worker could not start ({payload}); a script whose model "
+                    "class it defines needs an if __name__ == '__main__': guard, or use "
+                    "simulation.executor = sequential"
+                )
             w.ready = True
         return w
 
