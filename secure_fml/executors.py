@@ -305,7 +305,9 @@ def _main_not_reimported(recipe: ClientRecipe) -> Iterator[None]:
     if main is None or _uses_main(recipe):
         yield
         return
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    saved: dict[str, Any] = {
+        k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__
+    }
     main.__dict__["__spec__"] = None
     main.__dict__.pop("__file__", None)
     try:
