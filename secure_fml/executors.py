@@ -70,6 +70,7 @@ __all__ = [
     "RayExecutor",
     "SequentialExecutor",
     "available_cores",
+    "idle_cores",
     "pool_refuses",
 ]
 
@@ -84,6 +85,15 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def idle_cores() -> float:
+    """Cores not busy right now: available cores minus the 1-minute load average."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average on this platform
+        return float(available_cores())
+    return max(0.0, available_cores() - load)
 
 
 class ClientExecutor(ABC):

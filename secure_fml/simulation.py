@@ -288,11 +288,15 @@ class Simulation:
     def executor_kind(self) -> str:
         """The executor ``simulation.executor`` names, with ``auto`` resolved.
 
-        ``auto`` is the pool when this machine has more than one core and a round is
-        expected to have at least :data:`POOL_MIN_CLIENTS` clients, else sequential
-        (measured, benchmarks/results/scale_out.md: below that the workers' start-up
-        and per-stage messaging cost more than the parallel local updates save).
-        Custom client factories, extra clients and record-level DP run sequentially.
+        ``auto`` is the pool when a round is expected to have at least
+        :data:`POOL_MIN_CLIENTS` clients and this machine has at least one more idle core
+        than the driver needs (cores minus the 1-minute load average >= 1, and more than
+        one worker), else sequential. Measured (benchmarks/results/scale_out.md): the
+        pool adds little CPU per client, but costs seconds to start and a message per
+        worker per stage, and on a machine whose cores are already busy it gains nothing
+        (every process just gets a smaller share). Every executor gives the same result
+        under the insecure test seed, so the choice is about speed only. Custom client
+        factories, extra clients and record-level DP always run sequentially.
         """
         sc = self.config.simulation
         kind = sc.executor
@@ -302,7 +306,9 @@ class Simulation:
             return "sequential"
         workers = sc.workers or executors.available_cores()
         expected = self.config.server.sampling_config().expected_clients(len(self.split.train))
-        return "pool" if workers > 1 and expected >= POOL_MIN_CLIENTS else "sequential"
+        if workers > 1 and expected >= POOL_MIN_CLIENTS and executors.idle_cores() >= 1:
+            return "pool"
+        return "sequential"
 
     def _make_executor(self, factory: Callable[[str], ClientPipeline]) -> ClientExecutor:
         kind = self.executor_kind()

@@ -6,6 +6,7 @@ SIGKILL of a worker in the middle of a round.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from aggregation import Stage
+from privacy import SamplingMode
 from privacy.errors import ConfigError
 from secure_fml.config import Config, config_from_dict
 from secure_fml.executors import PoolExecutor, SequentialExecutor
@@ -169,7 +171,7 @@ def test_a_killed_worker_turns_its_clients_into_recovered_dropouts(tmp_path: Pat
     assert np.isfinite(res.state.numpy()).all()
 
 
-def test_executor_config_is_validated_and_auto_picks_by_round_size() -> None:
+def test_executor_config_is_validated(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConfigError, match=r"simulation\.executor"):
         config_from_dict({"simulation": {"executor": "threads"}})
     with pytest.raises(ConfigError, match=r"simulation\.workers"):
@@ -180,15 +182,36 @@ def test_executor_config_is_validated_and_auto_picks_by_round_size() -> None:
         config_from_dict({"simulation": {"executor": "ray", "ray_address": "head-node"}})
     ok = config_from_dict({"simulation": {"executor": "ray", "ray_address": "10.0.0.1:6379"}})
     assert ok.simulation.ray_address == "10.0.0.1:6379"
+
+
+def test_auto_picks_the_pool_for_large_rounds_on_idle_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from secure_fml import executors
+    from secure_fml.simulation import POOL_MIN_CLIENTS
+
+    big = POOL_MIN_CLIENTS
+    quiet = SequentialExecutor(lambda name: None)  # type: ignore[arg-type, return-value]
+    sim = Simulation(_cfg("auto", clients=big, workers=2), executor=quiet)
+    base = sim.config
+
+    def kind(per_round: int | None, workers: int, idle: float) -> str:
+        monkeypatch.setattr(executors, "idle_cores", lambda: idle)
+        server = dataclasses.replace(
+            base.server,
+            sampling=SamplingMode.FULL if per_round is None else SamplingMode.FIXED_SIZE,
+            clients_per_round=per_round,
+        )
+        simulation = dataclasses.replace(base.simulation, workers=workers)
+        sim.config = dataclasses.replace(base, server=server, simulation=simulation)
+        return sim.executor_kind()
+
+    assert kind(None, 2, idle=1.5) == "pool"
+    assert kind(big - 1, 2, idle=1.5) == "sequential"  # small rounds: no start-up cost
+    assert kind(None, 1, idle=1.5) == "sequential"  # one worker is no pool
+    assert kind(None, 2, idle=0.5) == "sequential"  # busy cores: nothing to gain
     small = Simulation(_cfg("auto", clients=8))
-    assert small.executor_kind() == "sequential"
     assert isinstance(small.executor, SequentialExecutor)
-    big = _cfg("auto", clients=80, workers=2)
-    assert Simulation(big, executor=SequentialExecutor(lambda n: None)).executor_kind() == (  # type: ignore[arg-type, return-value]
-        "pool"
-    )
-    one = _cfg("auto", clients=80, workers=1)
-    assert Simulation(one).executor_kind() == "sequential"
 
 
 def test_pool_refuses_what_it_cannot_run_like_the_driver() -> None:
