@@ -155,6 +155,21 @@ def _subprocess(args: list[str], timeout: float) -> dict | None:
     return line
 
 
+def _scheduler() -> dict[str, str]:
+    """How this machine shares its CPUs (autogroup: per session, not per process)."""
+    out = {}
+    for key, path in (
+        ("sched_autogroup_enabled", "/proc/sys/kernel/sched_autogroup_enabled"),
+        ("cpu_pressure", "/proc/pressure/cpu"),
+    ):
+        try:
+            with open(path, encoding="utf-8") as f:
+                out[key] = f.read().strip().splitlines()[0]
+        except OSError:
+            out[key] = "unavailable"
+    return out
+
+
 def _markdown(payload: dict[str, Any]) -> str:
     env = payload["environment"]
     rows = payload["rows"]
@@ -231,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="further sizes run with the plain protocol only (e.g. 10000)",
     )
     ap.add_argument("--quick", action="store_true", help="sizes 20 and 100 only")
+    ap.add_argument(
+        "--render", action="store_true", help="rewrite scale_out.md from scale_out.json only"
+    )
     ap.add_argument("--one", nargs=5, metavar=("N", "PROTOCOL", "EXECUTOR", "WORKERS", "COST"))
     args = ap.parse_args(argv)
     if args.one:
@@ -238,12 +256,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = run_one(int(n), proto, ex, int(workers) or None, cost == "1")
         print(json.dumps(res))
         return 0
+    if args.render:
+        payload = json.loads((RESULTS / "scale_out.json").read_text(encoding="utf-8"))
+        (RESULTS / "scale_out.md").write_text(_markdown(payload), encoding="utf-8")
+        return 0
     sizes = [20, 100] if args.quick else args.sizes
     command = "python -m benchmarks.scale_out " + " ".join(argv or sys.argv[1:])
     env = {
         **environment(),
         "platform": platform.platform(),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "scheduler": _scheduler(),
     }
     payload: dict[str, Any] = {
         "command": command.strip(),

@@ -889,7 +889,7 @@ class RoundEngine:
         rd = self._round
         if rd is None or client not in rd.index_of:
             return None
-        if rd.index_of[client] not in rd.server.expected:
+        if not rd.server.awaits(rd.index_of[client]):
             return None
         return rd.stage, rd.number
 
@@ -937,7 +937,7 @@ class RoundEngine:
             )
         if reply.stage is not rd.stage:
             raise OutOfOrder(f"{reply.stage.name} reply while stage {rd.stage.name} is open")
-        if idx not in rd.server.expected:
+        if not rd.server.awaits(idx):
             raise StaleMessage(f"duplicate or unexpected {reply.stage.name} reply from {client!r}")
         try:
             sender = reply.message.sender_id()
@@ -962,7 +962,7 @@ class RoundEngine:
 
     def _maybe_advance(self) -> None:
         rd = self._round
-        if rd is not None and not rd.server.expected:
+        if rd is not None and rd.server.awaiting() == 0:
             self._advance(rd)
 
     def _advance(self, rd: _Round) -> None:
@@ -1232,7 +1232,7 @@ class RoundEngine:
             else {
                 "round": rd.number,
                 "stage": rd.stage.name,
-                "waiting_for": len(rd.server.expected),
+                "waiting_for": rd.server.awaiting(),
             },
             "last": self.history[-1] if self.history else None,
         }
