@@ -185,8 +185,9 @@ class InMemoryTransport:
                 if message.settings.protocol.secure
                 else (Stage.MASKED_INPUT,)
             )
-            names = [p.name for p in sorted(message.peers, key=lambda p: p.index)]
             if self._plan[0] != message.round:
+                # Once per round, not per participant (an O(n log n) sort per client).
+                names = [p.name for p in sorted(message.peers, key=lambda p: p.index)]
                 self._plan = (message.round, self.silent_from(message.round, names, stages))
             stage = message.first_stage
         elif isinstance(message, StageRequest):
