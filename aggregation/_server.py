@@ -191,6 +191,12 @@ class ServerSession(AggregationServer):
     def expected(self) -> frozenset[int]:
         return frozenset(self._awaiting)
 
+    def awaits(self, client: int) -> bool:
+        return client in self._awaiting
+
+    def awaiting(self) -> int:
+        return len(self._awaiting)
+
     @property
     def survivors(self) -> tuple[int, ...]:
         return self._alive

@@ -95,6 +95,15 @@ class AggregationServer(abc.ABC):
     def expected(self) -> frozenset[int]:
         """Clients that may still reply in the open stage."""
 
+    def awaits(self, client: int) -> bool:
+        """Whether ``client`` may still reply in the open stage (``client in expected``,
+        without copying the set: a coordinator asks once per reply)."""
+        return client in self.expected
+
+    def awaiting(self) -> int:
+        """How many clients may still reply in the open stage (``len(expected)``)."""
+        return len(self.expected)
+
     @abc.abstractmethod
     def receive(self, message: _Message) -> None:
         """Ingest one client reply. Raises :class:`~privacy.errors.InvalidMessage` (and
@@ -159,6 +168,18 @@ class PlainSumServer(AggregationServer):
         if self._stage is not Stage.MASKED_INPUT:
             return frozenset()
         return self._participants - set(self._inputs)
+
+    def awaits(self, client: int) -> bool:
+        return (
+            self._stage is Stage.MASKED_INPUT
+            and client in self._participants
+            and client not in self._inputs
+        )
+
+    def awaiting(self) -> int:
+        if self._stage is not Stage.MASKED_INPUT:
+            return 0
+        return len(self._participants) - len(self._inputs)
 
     def receive(self, message: _Message) -> None:
         if not isinstance(message, PlainInput):

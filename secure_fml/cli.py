@@ -76,6 +76,9 @@ _FLAG_FIELDS = {
     "out": "run.out_dir",
     "threads": "run.threads",
     "secure_aggregation": "secure_aggregation.protocol",
+    "executor": "simulation.executor",
+    "workers": "simulation.workers",
+    "ray_address": "simulation.ray_address",
 }
 
 # With --resume the run's own config.json is the config: these flags would change what the
@@ -139,6 +142,9 @@ def _resume_config(args: argparse.Namespace) -> tuple[Any, Path, int]:
         overrides["data.root"] = args.data_root
     if args.threads is not None:
         overrides["run.threads"] = args.threads
+    for flag in ("executor", "workers", "ray_address"):  # where clients run, not what
+        if getattr(args, flag, None) is not None:
+            overrides[_FLAG_FIELDS[flag]] = getattr(args, flag)
     if overrides:
         config = with_overrides(config, overrides)
     return config, run_dir, done
@@ -636,6 +642,23 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--name", help="run name: the directory under --out [run.name]")
     sim.add_argument("--out", help="parent directory of run directories [run.out_dir]")
     sim.add_argument("--threads", type=int, help="torch threads >= 1 [run.threads]")
+    sim.add_argument(
+        "--executor",
+        choices=["auto", "sequential", "pool", "ray"],
+        help="where clients run: in this process, a process pool with one worker per "
+        "core, or Ray actors (pip install 'secure-fml[ray]'); auto: the pool for rounds "
+        "of 64+ clients [simulation.executor]",
+    )
+    sim.add_argument(
+        "--ray-address",
+        help="with --executor ray: auto or HOST:PORT of an existing Ray cluster "
+        "(default: a local Ray instance) [simulation.ray_address]",
+    )
+    sim.add_argument(
+        "--workers",
+        type=int,
+        help="pool worker processes >= 1 (default: one per core) [simulation.workers]",
+    )
     sim.add_argument(
         "--secure-aggregation",
         choices=["none", "secagg", "secagg+"],

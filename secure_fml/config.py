@@ -35,6 +35,7 @@ __all__ = [
     "RunConfig",
     "SecureAggregationConfig",
     "ServerConfig",
+    "SimulationConfig",
     "config_from_dict",
     "config_to_dict",
     "dump_toml",
@@ -353,6 +354,44 @@ class RunConfig:
         _int_at_least("run.insecure_seed", self.insecure_seed, 0, optional=True)
 
 
+#: Client executors of a simulation (``simulation.executor``); see secure_fml.executors.
+EXECUTORS = ("auto", "sequential", "pool", "ray")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationConfig:
+    """How a simulation runs its clients (not part of any guarantee: every executor runs
+    the same client pipelines and gives the same result under ``run.insecure_seed``)."""
+
+    #: sequential: every client in the driver process; pool: worker processes (one per
+    #: core); ray: Ray actors (``pip install 'secure-fml[ray]'``), locally or on the
+    #: cluster at ``ray_address``; auto: pool for large rounds on a machine with more
+    #: than one core, else sequential.
+    executor: str = "auto"
+    #: Worker processes of the pool, or Ray actors (None: one per available core, or
+    #: per CPU of the Ray cluster).
+    workers: int | None = None
+    #: executor = ray: ``auto`` (the cluster this machine belongs to) or HOST:PORT of an
+    #: existing cluster's head; None: start a local Ray instance.
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"simulation.executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}"
+            )
+        _int_at_least("simulation.workers", self.workers, 1, optional=True)
+        if self.ray_address is not None:
+            if self.executor != "ray":
+                raise ConfigError("simulation.ray_address needs simulation.executor = ray")
+            a = self.ray_address
+            host, _, port = a.rpartition(":")
+            if a != "auto" and not a.startswith("ray://") and not (host and port.isdigit()):
+                raise ConfigError(
+                    f"simulation.ray_address must be auto, HOST:PORT or ray://HOST:PORT; got {a!r}"
+                )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -363,6 +402,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
 
 _SECTION_TYPES: dict[str, type] = {
@@ -374,6 +414,7 @@ _SECTION_TYPES: dict[str, type] = {
     "privacy": PrivacyConfig,
     "secure_aggregation": SecureAggregationConfig,
     "run": RunConfig,
+    "simulation": SimulationConfig,
 }
 
 

@@ -467,10 +467,12 @@ class _Round:
         return self.plan.round
 
     def name_of(self, index: int) -> str:
-        for name, i in self.index_of.items():
-            if i == index:
-                return name
-        raise KeyError(index)
+        # The roster is sorted and indexed 0..n-1 (plan.participants): O(1), not a scan
+        # per contributor (which made charging a 10,000-client round quadratic).
+        name = self.plan.participants[index]
+        if self.index_of.get(name) != index:
+            raise KeyError(index)
+        return name
 
 
 class RoundEngine:
@@ -926,7 +928,7 @@ class RoundEngine:
         rd = self._round
         if rd is None or client not in rd.index_of:
             return None
-        if rd.index_of[client] not in rd.server.expected:
+        if not rd.server.awaits(rd.index_of[client]):
             return None
         return rd.stage, rd.number
 
@@ -974,7 +976,7 @@ class RoundEngine:
             )
         if reply.stage is not rd.stage:
             raise OutOfOrder(f"{reply.stage.name} reply while stage {rd.stage.name} is open")
-        if idx not in rd.server.expected:
+        if not rd.server.awaits(idx):
             raise StaleMessage(f"duplicate or unexpected {reply.stage.name} reply from {client!r}")
         try:
             sender = reply.message.sender_id()
@@ -999,7 +1001,7 @@ class RoundEngine:
 
     def _maybe_advance(self) -> None:
         rd = self._round
-        if rd is not None and not rd.server.expected:
+        if rd is not None and rd.server.awaiting() == 0:
             self._advance(rd)
 
     def _advance(self, rd: _Round) -> None:
@@ -1025,9 +1027,8 @@ class RoundEngine:
         raise ProtocolError("this protocol has no survivor set before its sum")
 
     def _send(self, rd: _Round, out: Outbox) -> None:
-        names = {i: n for n, i in rd.index_of.items()}
         for i, msg in out.messages.items():
-            self._outbox.setdefault(names[i], collections.deque()).append(
+            self._outbox.setdefault(rd.name_of(i), collections.deque()).append(
                 StageRequest(
                     round=rd.number, session_id=rd.session_id, stage=out.stage, message=msg
                 )
@@ -1303,7 +1304,7 @@ class RoundEngine:
             else {
                 "round": rd.number,
                 "stage": rd.stage.name,
-                "waiting_for": len(rd.server.expected),
+                "waiting_for": rd.server.awaiting(),
             },
             "last": self.history[-1] if self.history else None,
         }

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import nn
 from aggregation import Stage
 from privacy import Csprng
 from privacy.errors import ConfigError, ProtocolError, SecureFMLError
+from secure_fml import executors
 from secure_fml._functional import Batch, FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
 from secure_fml.baselines import summary_fields
@@ -50,6 +50,7 @@ from secure_fml.data import (
 )
 from secure_fml.engine import Identity, RoundEngine
 from secure_fml.evaluation import EvalResult, evaluate, to_batch
+from secure_fml.executors import ClientExecutor, SequentialExecutor
 from secure_fml.messages import EngineMessage, RoundStart, StageReply, StageRequest
 from secure_fml.models import check_output_size, default_model, describe_module
 from secure_fml.observability import MetricsSink, Progress
@@ -57,6 +58,7 @@ from secure_fml.pipeline import ClientPipeline, seeded_generator, seeded_randomn
 from secure_fml.record_dp import RecordDPAlgorithm, RecordLevelLedger, wrap_for_config
 
 __all__ = [
+    "POOL_MIN_CLIENTS",
     "ClientExecutor",
     "InMemoryTransport",
     "ManualClock",
@@ -69,6 +71,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: ``simulation.executor = auto`` picks the pool from this many expected clients per
+#: round on (see :meth:`Simulation.executor_kind`).
+POOL_MIN_CLIENTS = 64
 
 
 def load_dataset(config: Config) -> FederatedDataset:
@@ -145,45 +151,6 @@ class ManualClock:
         self.now = max(self.now, float(t))
 
 
-class ClientExecutor(ABC):
-    """Runs client work: each job is (client name, engine message); returns, per job, the
-    client's reply, None (nothing to send) or the typed error that made it leave the
-    round. Owns the client pipelines (built from a factory by name)."""
-
-    @abstractmethod
-    def handle(
-        self, jobs: Sequence[tuple[str, EngineMessage]]
-    ) -> list[StageReply | SecureFMLError | None]: ...
-
-    def close(self) -> None:
-        return None
-
-
-class SequentialExecutor(ClientExecutor):
-    """Every client in this process, one after another (the default)."""
-
-    def __init__(self, factory: Callable[[str], ClientPipeline]) -> None:
-        self.factory = factory
-        self.pipelines: dict[str, ClientPipeline] = {}
-
-    def pipeline(self, name: str) -> ClientPipeline:
-        p = self.pipelines.get(name)
-        if p is None:
-            p = self.pipelines[name] = self.factory(name)
-        return p
-
-    def handle(
-        self, jobs: Sequence[tuple[str, EngineMessage]]
-    ) -> list[StageReply | SecureFMLError | None]:
-        out: list[StageReply | SecureFMLError | None] = []
-        for name, msg in jobs:
-            try:
-                out.append(self.pipeline(name).handle(msg))
-            except SecureFMLError as e:  # the client leaves this round; others go on
-                out.append(e)
-        return out
-
-
 class InMemoryTransport:
     """Hands engine messages to clients and replies back, without a network.
 
@@ -218,8 +185,9 @@ class InMemoryTransport:
                 if message.settings.protocol.secure
                 else (Stage.MASKED_INPUT,)
             )
-            names = [p.name for p in sorted(message.peers, key=lambda p: p.index)]
             if self._plan[0] != message.round:
+                # Once per round, not per participant (an O(n log n) sort per client).
+                names = [p.name for p in sorted(message.peers, key=lambda p: p.index)]
                 self._plan = (message.round, self.silent_from(message.round, names, stages))
             stage = message.first_stage
         elif isinstance(message, StageRequest):
@@ -300,7 +268,9 @@ class Simulation:
             extra = self.extra_clients.get(name)
             return extra(name) if extra is not None else base(name)
 
-        self.executor = executor or SequentialExecutor(factory)
+        self._dataset_given = dataset is not None
+        self._custom_clients = client_factory is not None or bool(self.extra_clients)
+        self.executor = executor or self._make_executor(factory)
         self.engine = RoundEngine(
             config,
             population=[c.client_id for c in self.split.train] + sorted(self.extra_clients),
@@ -317,6 +287,59 @@ class Simulation:
         self._opened = False
 
     # -- clients ---------------------------------------------------------------------------
+    def executor_kind(self) -> str:
+        """The executor ``simulation.executor`` names, with ``auto`` resolved.
+
+        ``auto`` is the pool when a round is expected to have at least
+        :data:`POOL_MIN_CLIENTS` clients and this machine has at least one more idle core
+        than the driver needs (cores minus the 1-minute load average >= 1, and more than
+        one worker), else sequential. Measured (benchmarks/results/scale_out.md): the
+        pool adds little CPU per client, but costs seconds to start and a message per
+        worker per stage, and on a machine whose cores are already busy it gains nothing
+        (every process just gets a smaller share). Every executor gives the same result
+        under the insecure test seed, so the choice is about speed only. Custom client
+        factories, extra clients and record-level DP always run sequentially.
+        """
+        sc = self.config.simulation
+        kind = sc.executor
+        if kind != "auto":
+            return kind
+        if self._custom_clients or executors.pool_refuses(self.config) is not None:
+            return "sequential"
+        workers = sc.workers or executors.available_cores()
+        expected = self.config.server.sampling_config().expected_clients(len(self.split.train))
+        if workers > 1 and expected >= POOL_MIN_CLIENTS and executors.idle_cores() >= 1:
+            return "pool"
+        return "sequential"
+
+    def _make_executor(self, factory: Callable[[str], ClientPipeline]) -> ClientExecutor:
+        kind = self.executor_kind()
+        if kind == "sequential":
+            return SequentialExecutor(factory)
+        if self._custom_clients:
+            raise ConfigError(
+                f"simulation.executor = {kind} runs the library's client pipeline only; custom "
+                "client factories and extra clients need simulation.executor = sequential"
+            )
+        recipe = executors.ClientRecipe(
+            config=self.config, module=self.module, load_data=not self._dataset_given
+        )
+        sc = self.config.simulation
+        if kind == "ray":
+            return executors.RayExecutor(
+                recipe,
+                workers=sc.workers,
+                identity_key=self._identity_key,
+                partition=self.batch,
+                address=sc.ray_address,
+            )
+        return executors.PoolExecutor(
+            recipe,
+            workers=sc.workers or executors.available_cores(),
+            identity_key=self._identity_key,
+            partition=self.batch,
+        )
+
     def _identity_key(self, name: str) -> Ed25519PrivateKey:
         key = self._keys.get(name)
         if key is None:
@@ -418,8 +441,7 @@ class Simulation:
     def _on_round_end(self, line: dict[str, Any]) -> None:
         infos = []
         for name in line.get("clients", ()):
-            p = getattr(self.executor, "pipelines", {}).get(name)
-            info = p.last_update if p is not None else None
+            info = self.executor.last_update(name)
             if info is not None and info.round == line["round"]:
                 infos.append(info)
         line["update_norm_mean"] = float(np.mean([i.norm for i in infos])) if infos else None

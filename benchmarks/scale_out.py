@@ -1,0 +1,313 @@
+"""Scale-out: one simulated round vs clients per round, sequential executor vs process pool.
+
+Task: the synthetic preset (``num_clients`` = n, every client trains), an MLP with one
+hidden layer of 64, FedAvg (local SGD), every client every round (``server.sampling =
+all``), no dropouts. Protocols: ``plain`` (the coordinator sums clear updates) and
+``secagg+`` (SecAgg+ with client-level DP: distributed discrete Gaussian noise,
+noise multiplier 1). Each (n, protocol, executor) runs in a fresh subprocess so that
+its peak driver memory (``ru_maxrss`` of the driver process; pool workers excluded) is
+its own. A run times, separately: building the simulation (dataset, model), starting
+the pool's workers (pool only), and one round (``Simulation.run_round``: sampling,
+plan, every client's local update, clipping, encoding, noise, SecAgg+ masking in the
+executor, the server's unmasking, the ledger charge and the server step).
+
+With ``--client-cost`` (sequential executor only) the per-client SecAgg+ protocol cost
+is measured too: CPU time (``time.process_time``) of every client's handling of the
+stage requests, plus its round-start handling minus its local update.
+
+    python -m benchmarks.scale_out [--sizes 100 1000 3000] [--workers N] [--quick]
+
+Writes benchmarks/results/scale_out.json and .md (after every size, so a partial run
+leaves its rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks._common import RESULTS, environment, write_json
+
+EXECUTORS = ("sequential", "pool")
+PROTOCOLS = ("plain", "secagg+")
+
+
+def _config(n: int, protocol: str, executor: str, workers: int | None) -> Any:
+    from secure_fml.config import config_from_dict
+
+    raw: dict[str, Any] = {
+        "data": {
+            "preset": "synthetic",
+            "options": {"num_clients": n, "max_samples": 60},
+            "client_fractions": [1.0, 0.0, 0.0],
+        },
+        "model": {"kind": "mlp", "hidden": [64]},
+        "algorithm": {"name": "fedavg"},
+        "server": {"rounds": 2, "sampling": "all", "clients_per_round": None},
+        "eval": {"every": 0},
+        "run": {"threads": 1},
+        "simulation": {"executor": executor, "workers": workers},
+    }
+    if protocol == "secagg+":
+        raw["secure_aggregation"] = {"protocol": "secagg+"}
+        raw["privacy"] = {
+            "enabled": True,
+            "noise_multiplier": 1.0,
+            "clip_norm": 1.0,
+            "delta": 0.1 / n,
+        }
+    return config_from_dict(raw)
+
+
+def run_one(n: int, protocol: str, executor: str, workers: int | None, client_cost: bool) -> dict:
+    """One configuration, in this (fresh) process."""
+    warnings.simplefilter("ignore")
+    from secure_fml.executors import PoolExecutor, SequentialExecutor
+    from secure_fml.messages import RoundStart, StageRequest
+    from secure_fml.simulation import Simulation
+
+    cfg = _config(n, protocol, executor, workers)
+    t0 = time.perf_counter()
+    sim = Simulation(cfg)
+    build_s = time.perf_counter() - t0
+    cost: dict[str, float] = {}
+    if client_cost:
+        assert isinstance(sim.executor, SequentialExecutor)
+        inner = sim.executor.handle
+
+        def timed(jobs: Sequence[tuple[str, Any]]) -> list[Any]:
+            out = []
+            for job in jobs:
+                c0 = time.process_time()
+                out.extend(inner([job]))
+                dt = time.process_time() - c0
+                name, msg = job
+                if isinstance(msg, RoundStart):
+                    info = sim.executor.last_update(name)
+                    dt -= info.compute_s if info is not None else 0.0
+                if isinstance(msg, RoundStart | StageRequest):
+                    cost[name] = cost.get(name, 0.0) + max(0.0, dt)
+            return out
+
+        sim.executor.handle = timed  # type: ignore[method-assign]
+    start_s = 0.0
+    if isinstance(sim.executor, PoolExecutor):
+        t0 = time.perf_counter()
+        sim.executor.start()
+        start_s = time.perf_counter() - t0
+    sim.open()
+    t0 = time.perf_counter()
+    sim.run_round()  # the first round also builds every client's pipeline and partition
+    first_s = time.perf_counter() - t0
+    cost.clear()
+    worker0 = getattr(sim.executor, "worker_cpu_s", 0.0)
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    line = sim.run_round()
+    round_s = time.perf_counter() - t0
+    driver_cpu_s = time.process_time() - c0
+    sim.close()
+    out: dict[str, Any] = {
+        "n": n,
+        "protocol": protocol,
+        "executor": executor,
+        "workers": getattr(sim.executor, "workers", 1),
+        "status": line.get("status"),
+        "contributors": line.get("contributors"),
+        "build_s": build_s,
+        "pool_start_s": start_s,
+        "first_round_s": first_s,
+        "round_s": round_s,
+        "driver_cpu_s": driver_cpu_s,
+        "worker_cpu_s": getattr(sim.executor, "worker_cpu_s", 0.0) - worker0,
+        "load_average": list(os.getloadavg()),
+        "updates_per_s": (line.get("contributors") or 0) / round_s,
+        "peak_driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "dimension": int(sim.state.numel()),
+    }
+    if cost:
+        vals = sorted(cost.values())
+        out["client_protocol_cpu_ms_mean"] = 1000 * sum(vals) / len(vals)
+        out["client_protocol_cpu_ms_p90"] = 1000 * vals[int(0.9 * (len(vals) - 1))]
+    return out
+
+
+def _subprocess(args: list[str], timeout: float) -> dict | None:
+    cmd = [sys.executable, "-m", "benchmarks.scale_out", "--one", *args]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        print(f"  timed out after {timeout:.0f} s: {' '.join(args)}", flush=True)
+        return None
+    if res.returncode != 0:
+        print(f"  failed: {' '.join(args)}\n{res.stderr[-2000:]}", flush=True)
+        return None
+    line: dict = json.loads(res.stdout.strip().splitlines()[-1])
+    return line
+
+
+def _scheduler() -> dict[str, str]:
+    """How this machine shares its CPUs (autogroup: per session, not per process)."""
+    out = {}
+    for key, path in (
+        ("sched_autogroup_enabled", "/proc/sys/kernel/sched_autogroup_enabled"),
+        ("cpu_pressure", "/proc/pressure/cpu"),
+    ):
+        try:
+            with open(path, encoding="utf-8") as f:
+                out[key] = f.read().strip().splitlines()[0]
+        except OSError:
+            out[key] = "unavailable"
+    return out
+
+
+def _markdown(payload: dict[str, Any]) -> str:
+    env = payload["environment"]
+    rows = payload["rows"]
+    out = [
+        "# Scale-out: one round vs clients per round, sequential vs process pool",
+        "",
+        f"Command: `{payload['command']}` on {env['platform']}, {env['cpus']} CPUs "
+        "(shared with other engineers' jobs, so wall times are inflated by their load), "
+        f"Python {env['python']}, torch {env['torch']}, {env['when']}. "
+        + ("PARTIAL run. " if payload.get("partial") else ""),
+        "",
+        "Task: synthetic preset with n clients (all training), MLP (hidden 64, "
+        f"d = {rows[0]['dimension'] if rows else '?'}), FedAvg, every client in the round, "
+        "no dropouts, torch threads 1 per process. `plain`: clear sum at the coordinator; "
+        "`secagg+`: SecAgg+ with distributed discrete Gaussian noise (client-level DP, "
+        "noise multiplier 1). Each row is one fresh process running two rounds: `round s` "
+        "is the wall time of the second `Simulation.run_round()` (every client's update, "
+        "clipping, encoding, noise, masking, the server's unmasking, ledger charge, server "
+        "step); `1st round s` the first, which also builds every client's pipeline and "
+        "data partition (in the workers, for the pool); `start s` is starting the pool's "
+        "workers (once per run); `driver CPU s` / `worker CPU s` the CPU time of the "
+        "second round in the driver and summed over the workers; `peak MB` is the "
+        "driver process's peak RSS (workers not counted). `updates/s` = contributions / "
+        "round s. `load` is the machine's 1-minute load average when the row finished "
+        "(2 cores: above 2, other jobs competed for them). Flower's Ray simulation was "
+        "not run.",
+        "",
+        "| n | protocol | executor | workers | round s | updates/s | 1st round s | start s "
+        "| driver CPU s | worker CPU s | peak driver MB | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['n']} | {r['protocol']} | {r['executor']} | {r['workers']} | "
+            f"{r['round_s']:.2f} | {r['updates_per_s']:.0f} | {r['first_round_s']:.2f} | "
+            f"{r['pool_start_s']:.2f} | {r['driver_cpu_s']:.2f} | {r['worker_cpu_s']:.2f} | "
+            f"{r['peak_driver_rss_mb']:.0f} | {r['load_average'][0]:.1f} |"
+        )
+    cc = [r for r in payload.get("client_cost", [])]
+    if cc:
+        out += [
+            "",
+            "Per-client SecAgg+ protocol cost (sequential executor, second round, CPU ms per "
+            "client: its stage requests plus its round start minus its local update, so "
+            "roster check, encoding, discrete Gaussian noise, keys, shares and masking; "
+            "mean and p90):",
+            "",
+            "| n | client protocol CPU ms | p90 |",
+            "|---|---|---|",
+        ]
+        for r in cc:
+            out.append(
+                f"| {r['n']} | {r['client_protocol_cpu_ms_mean']:.1f} | "
+                f"{r['client_protocol_cpu_ms_p90']:.1f} |"
+            )
+    if payload.get("notes"):
+        out += ["", *payload["notes"]]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 3000])
+    ap.add_argument("--workers", type=int, default=None, help="pool workers (default: cores)")
+    ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    ap.add_argument("--executors", nargs="+", default=list(EXECUTORS), choices=EXECUTORS)
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
+    ap.add_argument("--client-cost", action="store_true", help="per-client SecAgg+ cost too")
+    ap.add_argument(
+        "--plain-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="further sizes run with the plain protocol only (e.g. 10000)",
+    )
+    ap.add_argument("--quick", action="store_true", help="sizes 20 and 100 only")
+    ap.add_argument(
+        "--render", action="store_true", help="rewrite scale_out.md from scale_out.json only"
+    )
+    ap.add_argument("--one", nargs=5, metavar=("N", "PROTOCOL", "EXECUTOR", "WORKERS", "COST"))
+    args = ap.parse_args(argv)
+    if args.one:
+        n, proto, ex, workers, cost = args.one
+        res = run_one(int(n), proto, ex, int(workers) or None, cost == "1")
+        print(json.dumps(res))
+        return 0
+    if args.render:
+        payload = json.loads((RESULTS / "scale_out.json").read_text(encoding="utf-8"))
+        (RESULTS / "scale_out.md").write_text(_markdown(payload), encoding="utf-8")
+        return 0
+    sizes = [20, 100] if args.quick else args.sizes
+    command = "python -m benchmarks.scale_out " + " ".join(argv or sys.argv[1:])
+    env = {
+        **environment(),
+        "platform": platform.platform(),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "scheduler": _scheduler(),
+    }
+    payload: dict[str, Any] = {
+        "command": command.strip(),
+        "environment": env,
+        "rows": [],
+        "client_cost": [],
+        "partial": True,
+    }
+    plan = [(n, list(args.protocols)) for n in sizes] + [(n, ["plain"]) for n in args.plain_sizes]
+    for n, protocols in plan:
+        for proto in protocols:
+            for ex in args.executors:
+                print(f"n = {n}, {proto}, {ex} ...", flush=True)
+                row = _subprocess(
+                    [str(n), proto, ex, str(args.workers or 0), "0"], timeout=args.timeout
+                )
+                if row is not None:
+                    payload["rows"].append(row)
+                    print(
+                        f"  round {row['round_s']:.2f} s, {row['updates_per_s']:.0f} updates/s, "
+                        f"pool start {row['pool_start_s']:.2f} s, "
+                        f"peak driver {row['peak_driver_rss_mb']:.0f} MB",
+                        flush=True,
+                    )
+        if args.client_cost and "secagg+" in protocols:
+            row = _subprocess([str(n), "secagg+", "sequential", "0", "1"], timeout=args.timeout)
+            if row is not None:
+                payload["client_cost"].append(row)
+                print(
+                    f"  per-client SecAgg+ protocol CPU {row['client_protocol_cpu_ms_mean']:.1f} "
+                    f"ms (p90 {row['client_protocol_cpu_ms_p90']:.1f})",
+                    flush=True,
+                )
+        write_json("scale_out.json", payload)
+        (RESULTS / "scale_out.md").write_text(_markdown(payload), encoding="utf-8")
+    payload["partial"] = False
+    write_json("scale_out.json", payload)
+    (RESULTS / "scale_out.md").write_text(_markdown(payload), encoding="utf-8")
+    print(f"wrote {RESULTS / 'scale_out.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,678 @@
+"""Client executors of a simulation: where the client pipelines of a round run.
+
+The round engine sees only protocol messages; an executor takes the round's jobs
+(client name, engine message) and returns each client's reply, None, or the typed
+error that made the client leave the round. Every executor runs the same
+:class:`~secure_fml.pipeline.ClientPipeline` (local update, clipping, noise, the
+SecAgg / SecAgg+ :class:`~aggregation.ClientSession`), so with the insecure test
+seed (``run.insecure_seed``) they give the same state and the same ledger.
+
+- :class:`SequentialExecutor`: every client in the driver process, one after the
+  other. No start-up cost: the choice for small rounds and tests.
+- :class:`PoolExecutor`: one worker process per core. A worker receives, once when it
+  starts, a :class:`ClientRecipe` (config, model, where the data comes from); a
+  client is a descriptor (name -> its data partition, identity key, seeds derived
+  from the config) sent with the first job of that client to that worker, which
+  builds and keeps the client's pipeline and data partition from then on. Each stage
+  of a round is one message per worker holding all of its clients' jobs: the model,
+  roster and round settings inside the round's :class:`~secure_fml.messages.RoundStart`
+  messages are one object each, so they are pickled (broadcast) once per worker per
+  round, never once per client. Masking runs in the workers; the driver sees only
+  the masked vectors and protocol messages, like any coordinator.
+
+  A worker that dies turns the clients it held into dropouts: its jobs of the open
+  stage come back as :class:`~privacy.errors.TransportError`, a fresh worker takes
+  its place, and the clients' later stages of that round are refused there (their
+  session died with the worker), so the protocol recovers them as it recovers any
+  dropout. A client is pinned to its worker (round-robin on first sight).
+- :class:`RayExecutor` (``pip install 'secure-fml[ray]'``): the same workers as Ray
+  actors, on this machine or an existing Ray cluster (``simulation.ray_address``).
+
+Not yet: the coordinator's aggregation sessions still hold every masked (or clear)
+vector of a round until the round closes (SecAgg needs them until exclusions settle;
+the clear sum is kept order-independent), so driver memory grows with n * d.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import sys
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from torch import nn
+
+import privacy.errors as errors
+from privacy.errors import ConfigError, SecureFMLError, TransportError
+from secure_fml._functional import Batch, FunctionalModel
+from secure_fml.algorithms import make_algorithm
+from secure_fml.config import Config
+from secure_fml.data import FederatedDataset
+from secure_fml.evaluation import to_batch
+from secure_fml.messages import EngineMessage, RoundStart, StageReply
+from secure_fml.pipeline import ClientPipeline, UpdateInfo, seeded_generator, seeded_randomness
+
+__all__ = [
+    "ClientExecutor",
+    "ClientRecipe",
+    "JobResult",
+    "PoolExecutor",
+    "RayExecutor",
+    "SequentialExecutor",
+    "available_cores",
+    "idle_cores",
+    "pool_refuses",
+]
+
+log = logging.getLogger(__name__)
+
+JobResult = StageReply | SecureFMLError | None
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def idle_cores() -> float:
+    """Cores not busy right now: available cores minus the 1-minute load average."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average on this platform
+        return float(available_cores())
+    return max(0.0, available_cores() - load)
+
+
+class ClientExecutor(ABC):
+    """Runs client work: each job is (client name, engine message); returns, per job, the
+    client's reply, None (nothing to send) or the typed error that made it leave the
+    round. Owns the client pipelines."""
+
+    @abstractmethod
+    def handle(self, jobs: Sequence[tuple[str, EngineMessage]]) -> list[JobResult]: ...
+
+    def last_update(self, name: str) -> UpdateInfo | None:
+        """What client ``name`` knows of its last update (diagnostics), if anything."""
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class SequentialExecutor(ClientExecutor):
+    """Every client in this process, one after another."""
+
+    def __init__(self, factory: Callable[[str], ClientPipeline]) -> None:
+        self.factory = factory
+        self.pipelines: dict[str, ClientPipeline] = {}
+
+    def pipeline(self, name: str) -> ClientPipeline:
+        p = self.pipelines.get(name)
+        if p is None:
+            p = self.pipelines[name] = self.factory(name)
+        return p
+
+    def handle(self, jobs: Sequence[tuple[str, EngineMessage]]) -> list[JobResult]:
+        out: list[JobResult] = []
+        for name, msg in jobs:
+            try:
+                out.append(self.pipeline(name).handle(msg))
+            except SecureFMLError as e:  # the client leaves this round; others go on
+                out.append(e)
+        return out
+
+    def last_update(self, name: str) -> UpdateInfo | None:
+        p = self.pipelines.get(name)
+        return p.last_update if p is not None else None
+
+
+# ------------------------------------------------------------------------------ the pool
+
+
+@dataclass(frozen=True)
+class ClientRecipe:
+    """What a worker needs to build any client's pipeline; sent once per worker.
+
+    ``load_data``: the worker loads the dataset itself from ``config.data`` (its files;
+    a synthetic preset is generated) and keeps only the partitions of the clients it
+    is given. Otherwise (the driver was handed an in-memory dataset) the dataset is
+    never shipped whole: each client's partition travels once, with its descriptor,
+    to its worker, which caches it.
+    """
+
+    config: Config
+    module: nn.Module
+    load_data: bool
+
+    def check(self) -> None:
+        """Refuse what the pool cannot run with the same meaning as the driver."""
+        why = pool_refuses(self.config)
+        if why is not None:
+            raise ConfigError(why)
+
+
+def pool_refuses(config: Config) -> str | None:
+    """Why the pool cannot run this config as the sequential executor would (None: it can)."""
+    pc = config.privacy
+    if pc.enabled and pc.unit in ("record", "both"):
+        return (
+            "simulation.executor = pool does not run record-level DP (privacy.unit = "
+            f"{pc.unit}): its receipts are charged to the driver's ledger; use "
+            "simulation.executor = sequential"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class _Descriptor:
+    """A client, as its worker first hears of it."""
+
+    name: str
+    identity_key: bytes  # raw Ed25519 private key (the simulation holds every client's)
+    data: Batch | None  # None: the worker's own copy of the dataset holds it
+
+
+class _WorkerClients:
+    """The pipelines of the clients one worker holds."""
+
+    def __init__(self, recipe: ClientRecipe) -> None:
+        config = recipe.config
+        self.config = config
+        self.fmodel = FunctionalModel(recipe.module)
+        self.algorithm = make_algorithm(config.algorithm, self.fmodel)
+        self.partitions: dict[str, Any] = {}
+        self.input_kind: Any = None
+        if recipe.load_data:
+            from secure_fml.simulation import load_dataset, split_dataset
+
+            ds: FederatedDataset = load_dataset(config)
+            self.input_kind = ds.input_kind
+            self.partitions = {c.client_id: c for c in split_dataset(config, ds).train}
+        self.pipelines: dict[str, ClientPipeline] = {}
+
+    def add(self, d: _Descriptor) -> None:
+        if d.data is not None:
+            data = d.data
+        else:
+            part = self.partitions.pop(d.name, None)
+            if part is None:
+                raise ConfigError(f"client {d.name!r} is not a training client of this dataset")
+            data = to_batch(part, self.input_kind)
+        insecure = self.config.run.insecure_seed
+        self.pipelines[d.name] = ClientPipeline(
+            name=d.name,
+            algorithm=self.algorithm,
+            data=data,
+            identity_key=Ed25519PrivateKey.from_private_bytes(d.identity_key),
+            training_generator=seeded_generator(self.config.run.seed, d.name),
+            randomness=seeded_randomness(insecure, d.name) if insecure is not None else None,
+        )
+
+    def batch(
+        self, descriptors: Sequence[_Descriptor], jobs: Sequence[tuple[str, EngineMessage]]
+    ) -> tuple[list[tuple[Any, UpdateInfo | None]], float]:
+        """Add the new clients, answer every job; (results, CPU seconds spent)."""
+        cpu0 = time.process_time()
+        for d in descriptors:
+            self.add(d)
+        out = []
+        for name, m in jobs:
+            if isinstance(m, RoundStart) and m.model.flags.writeable:
+                # One array per batch (pickled once): read-only, so every client of this
+                # worker shares one model check (pipeline.VERIFIED_MODELS).
+                m.model.setflags(write=False)
+            out.append(self.handle(name, m))
+        return out, time.process_time() - cpu0
+
+    def handle(self, name: str, msg: EngineMessage) -> tuple[Any, UpdateInfo | None]:
+        p = self.pipelines.get(name)
+        if p is None:
+            # Its pipeline died with an earlier worker: the session is gone.
+            return _wire(TransportError(f"client {name!r} lost its worker this round")), None
+        try:
+            reply = p.handle(msg)
+        except SecureFMLError as e:
+            return _wire(e), None
+        info = p.last_update if isinstance(msg, RoundStart) else None
+        return reply, info
+
+
+@dataclass(frozen=True)
+class _WireError:
+    """A typed error, as it crosses the process boundary (name and message)."""
+
+    kind: str
+    message: str
+
+
+def _wire(e: SecureFMLError) -> _WireError:
+    return _WireError(type(e).__name__, str(e))
+
+
+def _unwire(w: _WireError) -> SecureFMLError:
+    cls = getattr(errors, w.kind, None)
+    if isinstance(cls, type) and issubclass(cls, SecureFMLError):
+        try:
+            return cls(w.message)
+        except TypeError:
+            pass
+    return TransportError(f"{w.kind}: {w.message}")
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, recipe: ClientRecipe) -> None:
+    """A worker process: build the clients it is sent, answer each batch of jobs."""
+    torch.set_num_threads(recipe.config.run.threads or 1)
+    try:
+        clients = _WorkerClients(recipe)
+    except BaseException:
+        conn.send(("crash", traceback.format_exc()))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] == "close":
+            return
+        try:
+            result = clients.batch(msg[1], msg[2])
+        except BaseException:
+            conn.send(("crash", traceback.format_exc()))
+            return
+        conn.send(("ok", result))
+
+
+def _uses_main(recipe: ClientRecipe) -> bool:
+    """Whether unpickling the recipe needs the driver's ``__main__`` (a model class
+    defined in the script)."""
+    return any(type(m).__module__ == "__main__" for m in recipe.module.modules())
+
+
+@contextlib.contextmanager
+def _main_not_reimported(recipe: ClientRecipe) -> Iterator[None]:
+    """Start a worker without re-running the driver's script in it.
+
+    A worker runs library code only, so (unless the model class lives in the script)
+    the child need not import ``__main__``: hiding it while the process starts lets a
+    script without an ``if __name__ == "__main__":`` guard use the pool, instead of
+    re-executing the script in every worker.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or _uses_main(recipe):
+        yield
+        return
+    saved: dict[str, Any] = {
+        k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__
+    }
+    main.__dict__["__spec__"] = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+class _Worker:
+    def __init__(self, ctx: Any, recipe: ClientRecipe, index: int) -> None:
+        parent, child = ctx.Pipe(duplex=True)
+        self.index = index
+        self.process = ctx.Process(
+            target=_worker_main, args=(child, recipe), name=f"secure-fml-worker-{index}"
+        )
+        self.process.daemon = True
+        with _main_not_reimported(recipe):
+            self.process.start()
+        child.close()
+        self.conn: multiprocessing.connection.Connection = parent
+        self.ready = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def stop(self, *, timeout: float = 5.0) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("close",))
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout)
+        self.conn.close()
+
+
+class _PinnedExecutor(ClientExecutor):
+    """Shared by the pool and Ray: clients pinned to workers, descriptors sent once."""
+
+    def __init__(
+        self,
+        recipe: ClientRecipe,
+        *,
+        workers: int,
+        identity_key: Callable[[str], Ed25519PrivateKey],
+        partition: Callable[[str], Batch] | None,
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"simulation.workers must be an integer >= 1, got {workers!r}")
+        if not recipe.load_data and partition is None:
+            raise ConfigError("workers that do not load the dataset need the clients' partitions")
+        recipe.check()
+        self.recipe = recipe
+        self.identity_key = identity_key
+        self.partition = partition
+        self._n = workers
+        self._worker_of: dict[str, int] = {}
+        self._known: list[set[str]] = [set() for _ in range(workers)]
+        self._next = 0
+        self._updates: dict[str, UpdateInfo] = {}
+        #: Workers replaced after they died (diagnostics).
+        self.replaced = 0
+        #: CPU seconds the workers spent on jobs (diagnostics).
+        self.worker_cpu_s = 0.0
+        self._closed = False
+
+    @property
+    def workers(self) -> int:
+        return self._n
+
+    def worker_of(self, name: str) -> int | None:
+        """The worker a client is pinned to (None: not assigned yet)."""
+        return self._worker_of.get(name)
+
+    def _assign(self, name: str) -> int:
+        i = self._worker_of.get(name)
+        if i is None:
+            i = self._worker_of[name] = self._next % self._n
+            self._next += 1
+        return i
+
+    def _descriptor(self, name: str) -> _Descriptor:
+        key = self.identity_key(name).private_bytes_raw()
+        data = None if self.recipe.load_data else self.partition(name)  # type: ignore[misc]
+        return _Descriptor(name, key, data)
+
+    def _batches(
+        self, jobs: Sequence[tuple[str, EngineMessage]]
+    ) -> dict[int, tuple[list[int], list[_Descriptor], list[tuple[str, EngineMessage]]]]:
+        """Per worker: job positions, descriptors of clients new to it, its jobs."""
+        by_worker: dict[int, list[int]] = {}
+        for pos, (name, _) in enumerate(jobs):
+            by_worker.setdefault(self._assign(name), []).append(pos)
+        out = {}
+        for i, positions in by_worker.items():
+            new = sorted({jobs[p][0] for p in positions} - self._known[i])
+            out[i] = (positions, [self._descriptor(n) for n in new], [jobs[p] for p in positions])
+        return out
+
+    def _accept(
+        self,
+        i: int,
+        positions: list[int],
+        payload: tuple[list[tuple[Any, UpdateInfo | None]], float],
+        out: list[JobResult],
+        jobs: Sequence[tuple[str, EngineMessage]],
+    ) -> None:
+        results, cpu_s = payload
+        self.worker_cpu_s += cpu_s
+        self._known[i].update(jobs[p][0] for p in positions)
+        for p, (result, info) in zip(positions, results, strict=True):
+            out[p] = _unwire(result) if isinstance(result, _WireError) else result
+            if info is not None:
+                self._updates[jobs[p][0]] = info
+
+    def _fail(
+        self,
+        i: int,
+        positions: list[int],
+        out: list[JobResult],
+        jobs: Sequence[tuple[str, EngineMessage]],
+        why: str,
+    ) -> None:
+        """Worker ``i`` died: its jobs fail; its replacement knows none of its clients."""
+        log.warning(
+            "simulation worker %d died (%s); its %d clients of this stage drop out",
+            i,
+            why,
+            len(positions),
+        )
+        for p in positions:
+            out[p] = TransportError(f"client {jobs[p][0]!r}: its worker died ({why})")
+        self._known[i] = set()
+        self.replaced += 1
+
+    def last_update(self, name: str) -> UpdateInfo | None:
+        return self._updates.get(name)
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class PoolExecutor(_PinnedExecutor):
+    """Client pipelines in ``workers`` local processes (see module docstring).
+
+    ``identity_key(name)`` gives a client's Ed25519 key (the simulation's, so that the
+    engine's roster and the client agree); ``partition(name)`` its data when the
+    recipe does not load the dataset in the workers. Workers fork from a fork server
+    that has imported the library; they do not re-run the driver's script (which then
+    needs no ``if __name__ == "__main__":`` guard) unless the model class is defined
+    in it.
+    """
+
+    def __init__(
+        self,
+        recipe: ClientRecipe,
+        *,
+        workers: int,
+        identity_key: Callable[[str], Ed25519PrivateKey],
+        partition: Callable[[str], Batch] | None = None,
+        start_method: str = "forkserver",
+    ) -> None:
+        super().__init__(recipe, workers=workers, identity_key=identity_key, partition=partition)
+        self._ctx = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # The fork server imports the library once; workers fork from it (fast).
+            self._ctx.set_forkserver_preload(["secure_fml.executors", "secure_fml.simulation"])
+        self._workers: list[_Worker | None] = [None] * workers
+
+    def pids(self) -> list[int | None]:
+        """Process ids of the live workers (None: not started yet)."""
+        return [w.pid if w is not None else None for w in self._workers]
+
+    def start(self) -> None:
+        """Start every worker now (otherwise on first use)."""
+        for i in range(self.workers):
+            self._worker(i)
+
+    def _worker(self, i: int) -> _Worker:
+        if self._closed:
+            raise ConfigError("the executor is closed")
+        w = self._workers[i]
+        if w is None:
+            w = self._workers[i] = _Worker(self._ctx, self.recipe, i)
+        if not w.ready:
+            try:
+                kind, payload = w.conn.recv()
+            except (EOFError, OSError):
+                kind, payload = "crash", f"worker exited with code {w.process.exitcode}"
+            if kind != "ready":
+                self._workers[i] = None
+                w.stop()
+                raise ConfigError(
+                    f"a simulation worker could not start ({payload}); a script whose model "
+                    "class it defines needs an if __name__ == '__main__': guard, or use "
+                    "simulation.executor = sequential"
+                )
+            w.ready = True
+        return w
+
+    def handle(self, jobs: Sequence[tuple[str, EngineMessage]]) -> list[JobResult]:
+        out: list[JobResult] = [None] * len(jobs)
+        pending: dict[Any, tuple[_Worker, list[int]]] = {}
+        for i, (positions, descriptors, batch) in self._batches(jobs).items():
+            w = self._worker(i)
+            try:
+                w.conn.send(("jobs", descriptors, batch))
+            except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+                self._lost(w, positions, out, jobs)
+                continue
+            pending[w.conn] = (w, positions)
+        while pending:
+            for conn in multiprocessing.connection.wait(list(pending)):
+                w, positions = pending.pop(conn)
+                try:
+                    kind, payload = w.conn.recv()
+                except (EOFError, OSError, ConnectionResetError):
+                    self._lost(w, positions, out, jobs)
+                    continue
+                if kind != "ok":
+                    self._lost(w, positions, out, jobs)
+                    raise RuntimeError(f"simulation worker {w.index} failed:\n{payload}")
+                self._accept(w.index, positions, payload, out, jobs)
+        return out
+
+    def _lost(
+        self,
+        w: _Worker,
+        positions: list[int],
+        out: list[JobResult],
+        jobs: Sequence[tuple[str, EngineMessage]],
+    ) -> None:
+        w.process.join(1.0)
+        self._fail(w.index, positions, out, jobs, f"pid {w.pid}, exit code {w.process.exitcode}")
+        self._workers[w.index] = None
+        w.stop(timeout=1.0)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for w in self._workers:
+            if w is not None:
+                w.stop()
+        self._workers = [None] * len(self._workers)
+        self._closed = True
+
+
+# ------------------------------------------------------------------------------ Ray
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "simulation.executor = ray needs Ray: pip install 'secure-fml[ray]'"
+        ) from None
+    return ray
+
+
+class _RayWorker:
+    """A Ray actor: one model copy and the pipelines of the clients pinned to it."""
+
+    def __init__(self, recipe: ClientRecipe) -> None:
+        torch.set_num_threads(recipe.config.run.threads or 1)
+        self.clients = _WorkerClients(recipe)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def batch(
+        self, descriptors: Sequence[_Descriptor], jobs: Sequence[tuple[str, EngineMessage]]
+    ) -> tuple[list[tuple[Any, UpdateInfo | None]], float]:
+        return self.clients.batch(descriptors, jobs)
+
+
+class RayExecutor(_PinnedExecutor):
+    """Client pipelines in Ray actors (``pip install 'secure-fml[ray]'``).
+
+    ``address`` None starts (or reuses) a local Ray instance with ``workers`` CPUs;
+    ``auto`` or HOST:PORT joins an existing cluster, whose nodes must have
+    ``secure-fml`` installed and, unless the driver was handed an in-memory dataset,
+    the dataset at ``data.root``. One actor per worker (default: the cluster's CPUs)
+    keeps one model copy and its clients' partitions; a dead actor's clients drop out
+    as with the pool, and a fresh actor replaces it.
+    """
+
+    def __init__(
+        self,
+        recipe: ClientRecipe,
+        *,
+        workers: int | None,
+        identity_key: Callable[[str], Ed25519PrivateKey],
+        partition: Callable[[str], Batch] | None = None,
+        address: str | None = None,
+    ) -> None:
+        ray = _import_ray()
+        self._ray = ray
+        self._owns_ray = False
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address is None:
+                ray.init(num_cpus=workers or available_cores(), **kw)
+            else:
+                ray.init(address=address, **kw)
+            self._owns_ray = True
+        n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        super().__init__(recipe, workers=n, identity_key=identity_key, partition=partition)
+        self._actor_cls = ray.remote(num_cpus=1, max_restarts=0)(_RayWorker)
+        self._actors: list[Any] = [None] * n
+
+    def _actor(self, i: int) -> Any:
+        if self._closed:
+            raise ConfigError("the executor is closed")
+        a = self._actors[i]
+        if a is None:
+            a = self._actors[i] = self._actor_cls.remote(self.recipe)
+        return a
+
+    def actor(self, i: int) -> Any:
+        """Actor ``i`` (started on first use)."""
+        return self._actor(i)
+
+    def start(self) -> None:
+        self._ray.get([self._actor(i).pid.remote() for i in range(self.workers)])
+
+    def handle(self, jobs: Sequence[tuple[str, EngineMessage]]) -> list[JobResult]:
+        ray = self._ray
+        out: list[JobResult] = [None] * len(jobs)
+        pending: dict[Any, tuple[int, list[int]]] = {}
+        for i, (positions, descriptors, batch) in self._batches(jobs).items():
+            pending[self._actor(i).batch.remote(descriptors, batch)] = (i, positions)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            i, positions = pending.pop(ref)
+            try:
+                payload = ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                self._fail(i, positions, out, jobs, type(e).__name__)
+                self._actors[i] = None
+                continue
+            self._accept(i, positions, payload, out, jobs)
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for a in self._actors:
+            if a is not None:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(a)
+        self._actors = [None] * len(self._actors)
+        self._closed = True
+        if self._owns_ray:
+            self._ray.shutdown()
