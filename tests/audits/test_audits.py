@@ -241,6 +241,7 @@ def mia_config() -> Config:
     )
 
 
+@pytest.mark.slow  # ~3 s each: shadow models are trained
 @pytest.mark.parametrize("control", [Control.NONE, Control.NOISE_OFF])
 def test_membership_inference_fires_only_without_noise(control: Control) -> None:
     r = MembershipInferenceAudit(

@@ -311,6 +311,7 @@ def test_adaptive_clipping_tracks_the_quantile_and_charges_the_bit(
         assert r.value_noise_multiplier > r.noise_multiplier
 
 
+@pytest.mark.slow  # ~3.5 s each: a CLI run with SecAgg and DDGauss, then a report
 @pytest.mark.parametrize("protocol", ["secagg", "secagg+"])
 def test_cli_simulate_with_secure_aggregation_and_distributed_noise(
     tmp_path: Path, protocol: str, capsys: pytest.CaptureFixture[str]

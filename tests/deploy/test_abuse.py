@@ -89,6 +89,7 @@ def _run_round(pki: Path, tmp: Path, names: tuple[str, ...], abuse=None):  # typ
     return coord, done
 
 
+@pytest.mark.slow  # ~4.5 s: many abusive clients against a live coordinator
 def test_abuse_is_refused_with_typed_status_and_round_equals_clean_run(
     pki: Path, tmp_path: Path
 ) -> None:

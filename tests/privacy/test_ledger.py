@@ -102,6 +102,7 @@ _CRASH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # ~4 s: a real child process killed with SIGKILL
 def test_survives_sigkill_between_record_and_apply(tmp_path: Path) -> None:
     ledger_path, applied = tmp_path / "ledger.jsonl", tmp_path / "applied.txt"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
