@@ -125,7 +125,7 @@ from secure_fml.messages import (
 )
 from secure_fml.observability import JsonlSink, MetricsSink, MultiSink, timestamped
 from secure_fml.pipeline import VERIFIED_MODELS, codec_for, secure_clip_range
-from secure_fml.rounds import ClientSampler, SampledRound, ServerOptimizer
+from secure_fml.rounds import ClientSampler, SampledRound, ServerOptimizer, participation_bound
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -176,26 +176,6 @@ class PrivacySetup:
     adaptive: bool
     target_quantile: float
     clip_lr: float
-
-
-def participation_bound(sampling: Sampling, *, rounds: int, miss: float = 0.01) -> int:
-    """Rounds a client joins, at most, with probability 1 - ``miss`` for every client.
-
-    The coordinator knows the sample, so against it a client's epsilon composes the
-    rounds it joined, without amplification. A client joins Binomial(rounds, q) rounds;
-    this is the smallest k with N * P[Binomial(rounds, q) > k] <= miss (a union bound
-    over the population). A client that joins more is caught by the budget gate.
-    """
-    q = sampling.sample_rate
-    if q >= 1.0:
-        return rounds
-    from scipy.stats import binom
-
-    n = sampling.population
-    for k in range(1, rounds + 1):
-        if n * float(binom.sf(k, rounds, q)) <= miss:
-            return k
-    return rounds
 
 
 def _resolve_noise_multiplier(config: Config, *, population: int) -> float:

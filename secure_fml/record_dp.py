@@ -66,6 +66,7 @@ from secure_fml.algorithms import (
     _LocalTraining,
     _MetaGradient,
 )
+from secure_fml.rounds import participation_bound
 
 __all__ = [
     "RecordDPAlgorithm",
@@ -73,6 +74,7 @@ __all__ = [
     "RecordLevelDP",
     "RecordLevelLedger",
     "record_level_from_config",
+    "record_level_rounds",
     "refuse_unsupported",
     "wrap_for_config",
 ]
@@ -459,8 +461,32 @@ def _num_units(data: Batch) -> int:
     return int(torch.unique(data.unit).numel())
 
 
-def record_level_from_config(config: Config) -> RecordLevelDP | None:
-    """The :class:`RecordLevelDP` a run config asks for (None: no record-level DP)."""
+def record_level_rounds(config: Config, *, population: int | None) -> int:
+    """The rounds a site's record-level σ is calibrated for.
+
+    A site spends record-level privacy only in the rounds it joins. When every site joins
+    every round (cross-silo: ``server.sampling = all``), or the population is unknown,
+    that is ``server.rounds``. Under client sampling it is the participation bound the
+    client-level calibration uses (:func:`secure_fml.rounds.participation_bound`: every
+    site joins at most that many rounds with probability 0.99), so a writer sampled in a
+    few of many rounds is not calibrated as if it joined all of them. A site that joins
+    more is refused by its budget, ``privacy.record_max_epsilon``.
+    """
+    rounds = config.server.rounds
+    if population is None:
+        return rounds
+    sampling = config.server.sampling_config().accounting(population)
+    return participation_bound(sampling, rounds=rounds)
+
+
+def record_level_from_config(
+    config: Config, *, population: int | None = None
+) -> RecordLevelDP | None:
+    """The :class:`RecordLevelDP` a run config asks for (None: no record-level DP).
+
+    ``population``: the number of training sites, for the participation bound of
+    :func:`record_level_rounds` (None: calibrate for every round).
+    """
     pc = config.privacy
     if not pc.enabled or pc.unit == "client":
         return None
@@ -468,7 +494,11 @@ def record_level_from_config(config: Config) -> RecordLevelDP | None:
         clip_norm=pc.record_clip_norm,
         noise_multiplier=pc.record_noise_multiplier,
         target_epsilon=pc.record_target_epsilon,
-        rounds=config.server.rounds if pc.record_target_epsilon is not None else None,
+        rounds=(
+            record_level_rounds(config, population=population)
+            if pc.record_target_epsilon is not None
+            else None
+        ),
         delta=pc.delta,
         accountant=pc.accountant,
         unit=pc.unit_column or "record",
@@ -476,13 +506,20 @@ def record_level_from_config(config: Config) -> RecordLevelDP | None:
     )
 
 
-def wrap_for_config(config: Config, algorithm: Algorithm, dataset: FederatedDataset) -> Algorithm:
+def wrap_for_config(
+    config: Config,
+    algorithm: Algorithm,
+    dataset: FederatedDataset,
+    *,
+    population: int | None = None,
+) -> Algorithm:
     """``algorithm`` wrapped for record-level DP when the config asks for it.
 
     The dataset's person grouping must match ``privacy.unit_column``: records grouped
-    by a person column are never silently treated as independent units.
+    by a person column are never silently treated as independent units. ``population``
+    (training sites) sizes the calibration (:func:`record_level_rounds`).
     """
-    dp = record_level_from_config(config)
+    dp = record_level_from_config(config, population=population)
     column = config.privacy.unit_column
     grouped = dataset.metadata.get("unit_column")
     has_units = any(c.units is not None for c in dataset.clients)

@@ -32,6 +32,7 @@ __all__ = [
     "ServerOptimizer",
     "ServerOptimizerConfig",
     "ServerOptimizerKind",
+    "participation_bound",
 ]
 
 
@@ -312,3 +313,23 @@ class ServerOptimizer:
                 p.copy_(flat[k : k + p.numel()])
                 k += p.numel()
         self.opt.load_state_dict(opt)
+
+
+def participation_bound(sampling: Sampling, *, rounds: int, miss: float = 0.01) -> int:
+    """Rounds a client joins, at most, with probability 1 - ``miss`` for every client.
+
+    The coordinator knows the sample, so against it a client's epsilon composes the
+    rounds it joined, without amplification. A client joins Binomial(rounds, q) rounds;
+    this is the smallest k with N * P[Binomial(rounds, q) > k] <= miss (a union bound
+    over the population). A client that joins more is caught by the budget gate.
+    """
+    q = sampling.sample_rate
+    if q >= 1.0:
+        return rounds
+    from scipy.stats import binom
+
+    n = sampling.population
+    for k in range(1, rounds + 1):
+        if n * float(binom.sf(k, rounds, q)) <= miss:
+            return k
+    return rounds

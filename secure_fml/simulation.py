@@ -247,7 +247,9 @@ class Simulation:
         self.algorithm: Algorithm = make_algorithm(config.algorithm, self.fmodel)
         # Record-level DP (privacy.unit = record | both): every client's local steps are
         # DP-SGD; the clients run the wrapped algorithm, the engine needs only its shape.
-        self.client_algorithm: Algorithm = wrap_for_config(config, self.algorithm, self.dataset)
+        self.client_algorithm: Algorithm = wrap_for_config(
+            config, self.algorithm, self.dataset, population=len(self.split.train)
+        )
         self._record: RecordLevelLedger | None = None
         self._train = {c.client_id: c for c in self.split.train}
         self._batches: dict[str, Batch] = {}

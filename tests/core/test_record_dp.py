@@ -326,3 +326,41 @@ def test_cli_privacy_plan_record_unit(capsys: pytest.CaptureFixture[str]) -> Non
     assert main([*args, "--epsilon", "3"]) == 2
     err = capsys.readouterr().err
     assert "--site-sizes" in err and err.count("\n") == 1
+
+
+def test_record_level_calibration_counts_the_rounds_a_sampled_site_can_join() -> None:
+    """Under client sampling a site is calibrated for the rounds it may join (the
+    union-bound participation quantile the client-level calibration uses), not for every
+    round; cross-silo (every site every round) keeps every round."""
+    from scipy.stats import binom
+
+    from secure_fml.config import Config, config_from_dict
+    from secure_fml.record_dp import record_level_from_config
+
+    def cfg(server: dict[str, object]) -> Config:
+        return config_from_dict(
+            {
+                "algorithm": {"name": "fomaml"},
+                "server": {"rounds": 150, **server},
+                "privacy": {"enabled": True, "unit": "record", "record_target_epsilon": 8.0},
+            }
+        )
+
+    n, q = 311, 10 / 311
+    sampled = record_level_from_config(
+        cfg({"sampling": "poisson", "sampling_rate": q, "clients_per_round": None}),
+        population=n,
+    )
+    assert sampled is not None and sampled.rounds is not None
+    k = sampled.rounds
+    # The smallest k that every one of the n sites exceeds with total probability <= 1%.
+    assert n * binom.sf(k, 150, q) <= 0.01 < n * binom.sf(k - 1, 150, q)
+    assert k < 150
+    every = record_level_from_config(
+        cfg({"sampling": "all", "clients_per_round": None}), population=n
+    )
+    assert every is not None and every.rounds == 150
+    unknown = record_level_from_config(
+        cfg({"sampling": "poisson", "sampling_rate": q, "clients_per_round": None})
+    )
+    assert unknown is not None and unknown.rounds == 150
