@@ -11,8 +11,8 @@ Poisson sampling of an expected ``--clients`` training writers per round, ``--ro
   coordinator (no amplification: it knows the sample) is ``--epsilon`` at δ;
 - **record-level**: every local DP-SGD step samples the writer's images at
   q = B / n, clips each image's gradient to C_r and adds Gaussian noise, each writer
-  calibrated to ``--epsilon`` over all rounds at δ (holds against the coordinator and
-  every other writer, with or without secure aggregation).
+  calibrated to ``--epsilon`` at δ for the rounds it may join (holds against the
+  coordinator and every other writer, with or without secure aggregation).
 
 The two guarantees protect different things (a whole writer vs one image of a writer);
 the table shows what each costs in accuracy at the same ε.
@@ -137,7 +137,8 @@ def markdown(payload: dict[str, Any]) -> str:
         "adapting on their support sets. Client-level: clip C = "
         f"{a['clip']}, distributed discrete Gaussian noise in SecAgg, ε against the "
         f"coordinator. Record-level: DP-SGD in every local step (B = {a['batch_size']}, "
-        f"C_r = {a['record_clip']}), each writer calibrated over all {a['rounds']} rounds.",
+        f"C_r = {a['record_clip']}), each writer calibrated for the rounds it may join "
+        "(the union-bound participation quantile the client-level calibration uses).",
         "",
         "| privacy | ε | global acc | personalized acc | p10 writer | wall s |",
         "|---|---|---|---|---|---|",
@@ -182,12 +183,14 @@ def main() -> None:
     args.sampling_rate = 1.0
     population = len(Simulation(_config(args, "none"), dataset=ds).split.train)
     args.sampling_rate = args.clients / population
+    # Notes written by hand after a run are kept when the file is rewritten.
+    note_path = RESULTS / f"{args.name}.note.md"
     payload: dict[str, Any] = {
         "command": cmd,
         "args": vars(args),
         "environment": environment(),
         "runs": done,
-        "note": "",
+        "note": note_path.read_text(encoding="utf-8") if note_path.exists() else "",
     }
     for variant in args.variants:
         if any(r["variant"] == variant for r in done):
