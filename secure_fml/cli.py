@@ -471,10 +471,33 @@ def _privacy_plan_record(args: argparse.Namespace) -> int:
         raise ConfigError(
             "privacy plan --unit record: --support-fraction and --inner-steps go together"
         )
+    rounds = args.rounds
+    if args.population is not None and args.sampling != "all":
+        # Under client sampling a site spends record-level privacy only in the rounds it
+        # joins: plan for the participation bound, exactly as `simulate` calibrates.
+        from secure_fml.rounds import participation_bound
+
+        m = args.clients_per_round
+        if m < 1 or m > args.population:
+            raise ConfigError(
+                f"--clients-per-round must be in [1, --population {args.population}], got {m}"
+            )
+        sampling = (
+            privacy.Sampling.poisson(sample_rate=m / args.population, population=args.population)
+            if args.sampling == "poisson"
+            else privacy.Sampling.fixed_size(clients_per_round=m, population=args.population)
+        )
+        rounds = participation_bound(sampling, rounds=args.rounds)
+        print(
+            f"notice: {m} of {args.population} sites per round ({args.sampling}): each site is "
+            f"planned for the {rounds} of {args.rounds} rounds it joins at most (every site, "
+            "with probability 0.99); a site that joins more stops at its budget",
+            file=sys.stderr,
+        )
     p = privacy.plan_record_level(
         site_sizes=args.site_sizes,
         site_names=args.site_names,
-        rounds=args.rounds,
+        rounds=rounds,
         delta=args.delta,
         local_steps=args.local_steps or 1,
         batch_size=args.batch_size,
@@ -768,7 +791,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("--delta", type=float, default=1e-5, help="delta, below 1/population")
     pl.add_argument("--rounds", type=int, required=True, help="training rounds")
-    pl.add_argument("--population", type=int, help="eligible clients N (--unit client)")
+    pl.add_argument(
+        "--population",
+        type=int,
+        help="eligible clients N (--unit record: with --sampling fixed|poisson, each "
+        "site is planned for the rounds it may join)",
+    )
     pl.add_argument(
         "--clients-per-round", type=int, default=4, help="m (the expected m for Poisson)"
     )

@@ -364,3 +364,41 @@ def test_record_level_calibration_counts_the_rounds_a_sampled_site_can_join() ->
         cfg({"sampling": "poisson", "sampling_rate": q, "clients_per_round": None})
     )
     assert unknown is not None and unknown.rounds == 150
+
+
+def test_cli_privacy_plan_record_unit_under_sampling_matches_simulate(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With a population and client sampling, `privacy plan --unit record` plans each site
+    for the rounds it may join, as `simulate` calibrates (less noise than every round)."""
+    from secure_fml.cli import main
+    from secure_fml.config import config_from_dict
+    from secure_fml.record_dp import record_level_rounds
+
+    base = ["privacy", "plan", "--unit", "record", "--rounds", "150", "--local-steps", "4"]
+    sizes = ["--epsilon", "8", "--site-sizes", "160", "--batch-size", "16"]
+
+    def sigma(extra: list[str]) -> tuple[float, str]:
+        assert main([*base, *sizes, *extra]) == 0
+        out, err = capsys.readouterr()
+        row = [r for r in (line.split() for line in out.splitlines()) if r[:1] == ["site"]][1]
+        return float(row[5]), err
+
+    every, _ = sigma([])
+    sampled, notice = sigma(
+        ["--population", "311", "--clients-per-round", "10", "--sampling", "poisson"]
+    )
+    cfg = config_from_dict(
+        {
+            "algorithm": {"name": "fedavg"},
+            "server": {
+                "rounds": 150,
+                "sampling": "poisson",
+                "sampling_rate": 10 / 311,
+                "clients_per_round": None,
+            },
+        }
+    )
+    k = record_level_rounds(cfg, population=311)
+    assert f"planned for the {k} of 150 rounds" in notice
+    assert sampled < every
