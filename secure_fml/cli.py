@@ -491,7 +491,7 @@ def _privacy_plan_record(args: argparse.Namespace) -> int:
         print(
             f"notice: {m} of {args.population} sites per round ({args.sampling}): each site is "
             f"planned for the {rounds} of {args.rounds} rounds it joins at most (every site, "
-            "with probability 0.99); a site that joins more stops at its budget",
+            "with probability 0.99); set record_max_epsilon to stop a site that joins more",
             file=sys.stderr,
         )
     p = privacy.plan_record_level(

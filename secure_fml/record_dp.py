@@ -470,7 +470,8 @@ def record_level_rounds(config: Config, *, population: int | None) -> int:
     client-level calibration uses (:func:`secure_fml.rounds.participation_bound`: every
     site joins at most that many rounds with probability 0.99), so a writer sampled in a
     few of many rounds is not calibrated as if it joined all of them. A site that joins
-    more is refused by its budget, ``privacy.record_max_epsilon``.
+    more spends more than the target unless its budget, ``privacy.record_max_epsilon``,
+    stops it; the ledger always records what was spent.
     """
     rounds = config.server.rounds
     if population is None:
