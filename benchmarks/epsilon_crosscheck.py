@@ -320,14 +320,13 @@ ENGINE_SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def _engine_events(tmp: str, name: str, spec: dict[str, Any]) -> list[Any]:
+def _engine_events(tmp: str, run_name: str, name: str, spec: dict[str, Any]) -> list[Any]:
     """Run one shape through the round engine (``Simulation``) and read its ledger."""
     import copy
     import warnings
 
     from secure_fml.simulation import Simulation
 
-    run_name = f"run{len(list(Path(tmp).iterdir()))}"
     cfg = _engine_config(tmp, run_name, **copy.deepcopy(spec))
     run_dir = Path(tmp) / run_name
     with warnings.catch_warnings():
@@ -579,7 +578,10 @@ def main() -> None:
     rows = []
     if args.source == "engine":
         with tempfile.TemporaryDirectory() as tmp:
-            shapes = {k: _engine_events(tmp, k, spec) for k, spec in ENGINE_SHAPES.items()}
+            shapes = {
+                k: _engine_events(tmp, f"run{i}", k, spec)
+                for i, (k, spec) in enumerate(ENGINE_SHAPES.items())
+            }
     elif args.source == "synthetic":
         shapes = {k: f() for k, f in SHAPES.items()}
     else:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -95,14 +96,9 @@ def main() -> None:
         _write_csv(path, args.rows)
         ours = _time(lambda: load_csv(path, client_column="site", label_column="label"), args.reps)
         theirs = _time(lambda: _pandas_load(path), args.reps) if have_pandas else None
-    cfg_path = Path(__file__).resolve().parents[1] / "configs"
-    raw = None
-    for p in sorted(cfg_path.glob("*.toml")):
-        import tomllib
-
-        raw = tomllib.loads(p.read_text())
-        break
-    cfg_s = _time(lambda: config_from_dict(raw or {}), 50)
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "femnist_dp_secagg.toml"
+    raw = tomllib.loads(shipped.read_text())
+    cfg_s = _time(lambda: config_from_dict(raw), 50)
     rows = {
         "csv_rows": args.rows,
         "load_csv_s": ours,

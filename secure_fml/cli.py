@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from privacy import Sampling
 from privacy.errors import ConfigError, SecureFMLError
 
 __all__ = ["build_parser", "main"]
@@ -456,6 +457,19 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_sampling(args: argparse.Namespace) -> Sampling:
+    """The client sampling ``privacy plan`` describes (--sampling, --clients-per-round,
+    --population), validated."""
+    m, n = args.clients_per_round, args.population
+    if args.sampling != "all" and (m < 1 or m > n):
+        raise ConfigError(f"--clients-per-round must be in [1, --population {n}], got {m}")
+    if args.sampling == "poisson":
+        return Sampling.poisson(sample_rate=m / n, population=n)
+    if args.sampling == "fixed":
+        return Sampling.fixed_size(clients_per_round=m, population=n)
+    return Sampling.full(population=n)
+
+
 def _privacy_plan_record(args: argparse.Namespace) -> int:
     """``privacy plan --unit record``: σ per site (and one common σ) for record-level DP."""
     import privacy
@@ -478,16 +492,7 @@ def _privacy_plan_record(args: argparse.Namespace) -> int:
         from secure_fml.rounds import participation_bound
 
         m = args.clients_per_round
-        if m < 1 or m > args.population:
-            raise ConfigError(
-                f"--clients-per-round must be in [1, --population {args.population}], got {m}"
-            )
-        sampling = (
-            privacy.Sampling.poisson(sample_rate=m / args.population, population=args.population)
-            if args.sampling == "poisson"
-            else privacy.Sampling.fixed_size(clients_per_round=m, population=args.population)
-        )
-        rounds = participation_bound(sampling, rounds=args.rounds)
+        rounds = participation_bound(_plan_sampling(args), rounds=args.rounds)
         print(
             f"notice: {m} of {args.population} sites per round ({args.sampling}): each site is "
             f"planned for the {rounds} of {args.rounds} rounds it joins at most (every site, "
@@ -534,18 +539,7 @@ def _cmd_privacy_plan(args: argparse.Namespace) -> int:
             f"--population {args.population}"
         )
     m = args.clients_per_round
-    if args.sampling != "all" and (m < 1 or m > args.population):
-        raise ConfigError(
-            f"--clients-per-round must be in [1, --population {args.population}], got {m}"
-        )
-    if args.sampling == "poisson":
-        sampling = privacy.Sampling.poisson(
-            sample_rate=m / args.population, population=args.population
-        )
-    elif args.sampling == "fixed":
-        sampling = privacy.Sampling.fixed_size(clients_per_round=m, population=args.population)
-    else:
-        sampling = privacy.Sampling.full(population=args.population)
+    sampling = _plan_sampling(args)
     from secure_fml.observability import stage
 
     with stage("calibrating the noise multiplier"):

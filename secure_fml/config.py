@@ -223,6 +223,16 @@ class PrivacyConfig:
     clip_lr: float = 0.2
     clipped_count_stddev: float | None = None  # adaptive clipping bit noise (None: m/20)
 
+    @property
+    def client_level(self) -> bool:
+        """Client-level DP is on (unit client or both)."""
+        return self.enabled and self.unit != "record"
+
+    @property
+    def record_level(self) -> bool:
+        """Record-level DP is on (unit record or both)."""
+        return self.enabled and self.unit != "client"
+
     def __post_init__(self) -> None:
         _finite("privacy.clip_norm", self.clip_norm, low=0.0)
         d = self.delta
@@ -256,10 +266,9 @@ class PrivacyConfig:
         _int_at_least("privacy.colluding_sites", self.colluding_sites, 0, optional=True)
         if self.unit not in ("client", "record", "both"):
             raise ConfigError(f"privacy.unit must be client, record or both; got {self.unit!r}")
-        client_level = self.enabled and self.unit != "record"
-        if client_level and self.noise_multiplier is None and self.target_epsilon is None:
+        if self.client_level and self.noise_multiplier is None and self.target_epsilon is None:
             raise ConfigError("privacy: set privacy.noise_multiplier or privacy.target_epsilon")
-        if self.enabled and self.unit != "client":
+        if self.record_level:
             if (self.record_noise_multiplier is None) == (self.record_target_epsilon is None):
                 raise ConfigError(
                     "privacy.unit = record: set exactly one of privacy.record_noise_multiplier "

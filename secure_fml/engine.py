@@ -209,7 +209,7 @@ def privacy_setup(config: Config, *, population: int) -> PrivacySetup | None:
     """The run's DP mechanism, validated; None when privacy is off."""
     pc = config.privacy
     sa = config.secure_aggregation
-    if not pc.enabled or pc.unit == "record":
+    if not pc.client_level:
         return None  # no client-level noise (record-level DP lives in the client pipelines)
     name = pc.placement
     if name == "auto":

@@ -167,7 +167,7 @@ class ClientRecipe:
 def pool_refuses(config: Config) -> str | None:
     """Why the pool cannot run this config as the sequential executor would (None: it can)."""
     pc = config.privacy
-    if pc.enabled and pc.unit in ("record", "both"):
+    if pc.record_level:
         return (
             "simulation.executor = pool does not run record-level DP (privacy.unit = "
             f"{pc.unit}): its receipts are charged to the driver's ledger; use "

@@ -489,7 +489,7 @@ def record_level_from_config(
     :func:`record_level_rounds` (None: calibrate for every round).
     """
     pc = config.privacy
-    if not pc.enabled or pc.unit == "client":
+    if not pc.record_level:
         return None
     return RecordLevelDP(
         clip_norm=pc.record_clip_norm,

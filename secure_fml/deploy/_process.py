@@ -71,7 +71,7 @@ def refuse_unsupported(config: Config) -> None:
     ``"both"`` would release updates without the record-level guarantee it names.
     """
     pc = config.privacy
-    if pc.enabled and pc.unit != "client":
+    if pc.record_level:
         raise ConfigError(
             f"privacy.unit = {pc.unit!r}: record-level DP is not available in deployment yet "
             "(it runs in simulations); use privacy.unit = 'client' to deploy"
