@@ -186,10 +186,13 @@ def _choose(rng: Csprng, n: int, m: int) -> np.ndarray:
     """m of range(n) uniformly without replacement (partial Fisher-Yates), sorted.
 
     Step i swaps position i with a uniform position in [i, n): an unbiased draw below
-    n - i by rejection of the 2^64 mod (n - i) lowest words (arc4random_uniform).
+    n - i by rejection of the 2^64 mod (n - i) lowest words (arc4random_uniform). The
+    permutation is kept sparse (only the positions swapped so far), so a draw costs
+    O(m), not O(n), for a large population.
     """
-    perm = list(range(n))
+    moved: dict[int, int] = {}  # position -> value, where it differs from the identity
     words = [int(w) for w in rng.uint64(m)]
+    out = []
     for i in range(m):
         bound = n - i
         threshold = (1 << 64) % bound
@@ -197,8 +200,10 @@ def _choose(rng: Csprng, n: int, m: int) -> np.ndarray:
         while r < threshold:
             r = int(rng.uint64(1)[0])
         j = i + r % bound
-        perm[i], perm[j] = perm[j], perm[i]
-    return np.sort(np.asarray(perm[:m], dtype=np.int64))
+        vi, vj = moved.get(i, i), moved.get(j, j)
+        moved[j] = vi
+        out.append(vj)
+    return np.sort(np.asarray(out, dtype=np.int64))
 
 
 class ServerOptimizerKind(enum.Enum):

@@ -446,14 +446,15 @@ class Simulation:
             info = self.executor.last_update(name)
             if info is not None and info.round == line["round"]:
                 infos.append(info)
-        line["update_norm_mean"] = float(np.mean([i.norm for i in infos])) if infos else None
+        # Plain Python means: a handful of floats per round (np.mean costs ~15 us each).
+        line["update_norm_mean"] = math.fsum(i.norm for i in infos) / len(infos) if infos else None
         line["client_compute_s"] = float(sum(i.compute_s for i in infos))
         if self.config.privacy.enabled:
             line["dp_fraction_clipped"] = (
-                float(np.mean([i.clipped for i in infos])) if infos else 0.0
+                sum(1 for i in infos if i.clipped) / len(infos) if infos else 0.0
             )
         losses = [i.loss for i in infos if math.isfinite(i.loss)]
-        line["train_loss"] = float(np.mean(losses)) if losses else None
+        line["train_loss"] = math.fsum(losses) / len(losses) if losses else None
         record = self._record
         if record is not None:
             eps = record.epsilons()

@@ -274,3 +274,31 @@ def test_cli_sets_preset_options_as_inline_table(tmp_path: Path) -> None:
     assert cfg.data.options == {"num_clients": 12, "max_samples": 60}
     with pytest.raises(ConfigError, match=r"data\.options must be a table"):
         with_overrides(Config(), {"data.options": "num_clients=12"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_sparse_fixed_size_draw_equals_the_textbook_fisher_yates(
+    n: int, data: st.DataObject, seed: int
+) -> None:
+    # Known-answer cross-check: the sampler's O(m) sparse partial Fisher-Yates makes
+    # exactly the draws of the dense O(n) textbook version from the same CSPRNG words.
+    from privacy import Csprng
+    from secure_fml.rounds import _choose
+
+    m = data.draw(st.integers(1, n))
+
+    def textbook(rng: Csprng) -> list[int]:
+        perm = list(range(n))
+        words = [int(w) for w in rng.uint64(m)]
+        for i in range(m):
+            bound = n - i
+            r = words[i]
+            while r < (1 << 64) % bound:
+                r = int(rng.uint64(1)[0])
+            j = i + r % bound
+            perm[i], perm[j] = perm[j], perm[i]
+        return sorted(perm[:m])
+
+    got = _choose(Csprng.insecure_from_seed(seed, "t"), n, m).tolist()
+    assert got == textbook(Csprng.insecure_from_seed(seed, "t"))
