@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +111,27 @@ def test_ray_gives_the_same_state_ledger_and_rounds_as_sequential(tmp_path: Path
         ray.shutdown()
 
 
-class _KillWorkerMidRound(InMemoryTransport):
-    """Kills (SIGKILL) one pool worker when round 2's first stage request is delivered:
-    the worker holds sessions of that round's clients, which have answered a stage."""
+def _pool_worker_pid(ex: Any) -> int:
+    assert isinstance(ex, PoolExecutor)
+    pid = ex.pids()[0]
+    assert pid is not None
+    return pid
 
-    def __init__(self, sim_ref: dict[str, Simulation], **kw: Any) -> None:
+
+class _KillWorkerMidRound(InMemoryTransport):
+    """Kills (SIGKILL) worker 0 (a pool process or a Ray actor's process) when round 2's
+    first stage request is delivered: the worker holds sessions of that round's clients,
+    which have answered a stage."""
+
+    def __init__(
+        self,
+        sim_ref: dict[str, Simulation],
+        worker_pid: Callable[[Any], int] = _pool_worker_pid,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.sim_ref = sim_ref
+        self.worker_pid = worker_pid
         self.killed: tuple[int, list[str]] | None = None
 
     def delivers(self, client: str, message: EngineMessage) -> bool:
@@ -127,10 +142,8 @@ class _KillWorkerMidRound(InMemoryTransport):
             and message.stage is Stage.SHARE_KEYS
         ):
             sim = self.sim_ref["sim"]
-            ex = sim.executor
-            assert isinstance(ex, PoolExecutor)
-            pid = ex.pids()[0]
-            assert pid is not None
+            ex: Any = sim.executor
+            pid = self.worker_pid(ex)  # checks the executor's kind
             plan = sim.engine.last_plan
             assert plan is not None
             victims = [c for c in plan.participants if ex.worker_of(c) == 0]
@@ -169,6 +182,47 @@ def test_a_killed_worker_turns_its_clients_into_recovered_dropouts(tmp_path: Pat
     assert len(events) == 1
     assert set(events[0]["client_ids"]) == set(r2["clients"]) - set(victims)
     assert np.isfinite(res.state.numpy()).all()
+
+
+@pytest.mark.slow
+def test_a_killed_ray_actor_turns_its_clients_into_recovered_dropouts(tmp_path: Path) -> None:
+    # The Ray fault path: the same kill as for the pool, of actor 0's process.
+    ray = pytest.importorskip(
+        "ray", reason="Ray is the optional extra secure-fml[ray] (an ~80 MB wheel); not installed"
+    )
+    from secure_fml.executors import RayExecutor
+
+    def actor_pid(ex: Any) -> int:
+        assert isinstance(ex, RayExecutor)
+        return int(ray.get(ex.actor(0).pid.remote()))
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        cfg = _cfg(
+            "ray",
+            workers=4,
+            secure_aggregation={"dropout_fraction": 0.0, "max_dropout_fraction": 0.3},
+        )
+        ref: dict[str, Simulation] = {}
+        transport = _KillWorkerMidRound(ref, actor_pid)
+        sim = Simulation(cfg, run_dir=tmp_path, transport=transport)
+        ref["sim"] = sim
+        res = sim.run(progress=False)
+        assert transport.killed is not None
+        _pid, victims = transport.killed
+        assert len(victims) == 3
+        ex = sim.executor
+        assert isinstance(ex, RayExecutor) and ex.replaced == 1
+        r1, r2, r3 = sim.history
+        assert r1["status"] == r2["status"] == r3["status"] == "complete"
+        assert r1["contributors"] == 12 and r3["contributors"] == 12  # a fresh actor serves
+        assert r2["contributors"] == 9 and r2["dropped"] == 3
+        events = [e for t, e in _ledger(tmp_path) if e.get("round") == 2 and "client_ids" in e]
+        assert len(events) == 1
+        assert set(events[0]["client_ids"]) == set(r2["clients"]) - set(victims)
+        assert np.isfinite(res.state.numpy()).all()
+    finally:
+        ray.shutdown()
 
 
 def test_executor_config_is_validated(capsys: pytest.CaptureFixture[str]) -> None:
