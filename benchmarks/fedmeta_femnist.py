@@ -81,7 +81,9 @@ RUNS = RESULTS / "fedmeta_femnist_runs"
 PER_RUN = RESULTS / "fedmeta_femnist"
 
 
-def make_config(method: str, seed: int, rounds: int, eval_every: int, threads: int) -> Config:
+def make_config(
+    method: str, seed: int, rounds: int, eval_every: int, threads: int, device: str = "cpu"
+) -> Config:
     alg, server = METHODS[method]
     return config_from_dict(
         {
@@ -94,7 +96,12 @@ def make_config(method: str, seed: int, rounds: int, eval_every: int, threads: i
                 **server,
             },
             "eval": {"every": eval_every, "max_val_clients": None, "local_only_steps": 0},
-            "run": {"seed": seed, "threads": threads, "checkpoint_every": eval_every},
+            "run": {
+                "seed": seed,
+                "threads": threads,
+                "checkpoint_every": eval_every,
+                "device": device,
+            },
         }
     )
 
@@ -137,13 +144,13 @@ def finetune_selection(sim: Simulation) -> dict[str, Any]:
         support, query = support_query_for_eval(
             client, support_fraction=base.support_fraction, seed=sim.config.data.split_seed, index=i
         )
-        sb, qb = to_batch(support, kind), to_batch(query, kind)
+        sb, qb = to_batch(support, kind).to(sim.device), to_batch(query, kind).to(sim.device)
         total += len(qb)
         for lr, alg in algs.items():
             for k in FINETUNE_STEPS:
                 theta = alg.adapt(sim.state, sb, steps=k).detach()
                 pred, _ = predict(sim.fmodel, theta, qb.x)
-                correct[(k, lr)] += int((pred == qb.y.numpy()).sum())
+                correct[(k, lr)] += int((pred == qb.y.cpu().numpy()).sum())
     grid: list[dict[str, Any]] = [
         {"steps": k, "lr": lr, "val_accuracy": c / total} for (k, lr), c in correct.items()
     ]
@@ -158,6 +165,7 @@ def finetune_selection(sim: Simulation) -> dict[str, Any]:
         support_fraction=cfg.support_fraction,
         seed=sim.config.data.split_seed,
         adapt_steps=steps,
+        device=sim.device,
     )
     return {"grid": grid, "chosen": best, "test": test.as_dict(per_client=True)}
 
@@ -169,7 +177,7 @@ def sitting(
     dataset: FederatedDataset,
 ) -> dict[str, Any]:
     """Train one run for at most ``args.minutes`` (resuming its checkpoint), then evaluate."""
-    cfg = make_config(method, seed, args.rounds, args.eval_every, args.threads)
+    cfg = make_config(method, seed, args.rounds, args.eval_every, args.threads, args.device)
     run_dir = RUNS / f"{method}_s{seed}"
     out_path = PER_RUN / f"{method}_s{seed}.json"
     prev: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
@@ -381,6 +389,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=12.0, help="wall budget per run, per sitting")
     ap.add_argument("--to-accuracy", type=float, default=74.0, help="Figure 3's target (%%)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:N or auto (run.device; no GPU needed)"
+    )
     ap.add_argument("--report-only", action="store_true", help="rebuild the .md/.json only")
     args = ap.parse_args()
     command = (
@@ -388,6 +399,7 @@ def main() -> None:
         f"--rounds {args.rounds} --seeds {' '.join(map(str, args.seeds))} "
         f"--methods {' '.join(args.methods)} --eval-every {args.eval_every} "
         f"--minutes {args.minutes:g} --to-accuracy {args.to_accuracy:g} --threads {args.threads}"
+        + (f" --device {args.device}" if args.device != "cpu" else "")
     )
     if not args.report_only:
         dataset = load_preset("femnist", root=data_root()).filter_min_samples(10)

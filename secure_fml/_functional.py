@@ -33,7 +33,16 @@ class Batch:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def to(self, device: torch.device) -> Batch:
+        """This batch on ``device`` (itself when it is there already)."""
+        if self.x.device == device and self.y.device == device:
+            return self
+        unit = None if self.unit is None else self.unit.to(device)
+        return Batch(self.x.to(device), self.y.to(device), unit)
+
     def take(self, idx: torch.Tensor) -> Batch:
+        if idx.device != self.x.device:  # CPU-drawn indices of a batch on an accelerator
+            idx = idx.to(self.x.device)
         return Batch(self.x[idx], self.y[idx], None if self.unit is None else self.unit[idx])
 
 
@@ -47,6 +56,16 @@ class FunctionalModel:
         self.numels = [p.numel() for _, p in module.named_parameters()]
         self.buffers = dict(module.named_buffers())
         self.dim = int(sum(self.numels))
+        self._device_buffers: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def _buffers_on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The module's buffers on ``device`` (copied once per device)."""
+        if not self.buffers or all(b.device == device for b in self.buffers.values()):
+            return self.buffers
+        out = self._device_buffers.get(device)
+        if out is None:
+            out = self._device_buffers[device] = {k: b.to(device) for k, b in self.buffers.items()}
+        return out
 
     def initial_parameters(self) -> torch.Tensor:
         """The module's own initialization as a flat float32 vector (a copy)."""
@@ -60,7 +79,7 @@ class FunctionalModel:
     def logits_params(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Logits with parameters given as a per-parameter list (see :meth:`split`)."""
         full = dict(zip(self.names, params, strict=True))
-        full.update(self.buffers)
+        full.update(self._buffers_on(params[0].device) if params else self.buffers)
         out: torch.Tensor = functional_call(self.module, full, (x,))
         return out
 

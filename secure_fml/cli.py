@@ -76,6 +76,7 @@ _FLAG_FIELDS = {
     "name": "run.name",
     "out": "run.out_dir",
     "threads": "run.threads",
+    "device": "run.device",
     "secure_aggregation": "secure_aggregation.protocol",
     "executor": "simulation.executor",
     "workers": "simulation.workers",
@@ -143,7 +144,7 @@ def _resume_config(args: argparse.Namespace) -> tuple[Any, Path, int]:
         overrides["data.root"] = args.data_root
     if args.threads is not None:
         overrides["run.threads"] = args.threads
-    for flag in ("executor", "workers", "ray_address"):  # where clients run, not what
+    for flag in ("executor", "workers", "ray_address", "device"):  # where clients run
         if getattr(args, flag, None) is not None:
             overrides[_FLAG_FIELDS[flag]] = getattr(args, flag)
     if overrides:
@@ -659,6 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--name", help="run name: the directory under --out [run.name]")
     sim.add_argument("--out", help="parent directory of run directories [run.out_dir]")
     sim.add_argument("--threads", type=int, help="torch threads >= 1 [run.threads]")
+    sim.add_argument(
+        "--device",
+        help="where clients train and evaluation runs: cpu, cuda, cuda:N, auto [run.device]",
+    )
     sim.add_argument(
         "--executor",
         choices=["auto", "sequential", "pool", "ray"],

@@ -11,6 +11,7 @@ import enum
 import json
 import logging
 import math
+import re
 import tomllib
 import types
 import typing
@@ -18,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from privacy import SamplingMode
 from privacy.errors import ConfigError
@@ -40,6 +43,7 @@ __all__ = [
     "config_to_dict",
     "dump_toml",
     "load_config",
+    "resolve_device",
     "resolve_for_population",
     "with_overrides",
 ]
@@ -343,6 +347,28 @@ class SecureAggregationConfig:
         return max(0.1, min(0.4, self.dropout_fraction + 0.05))
 
 
+_DEVICE = re.compile(r"cpu|auto|cuda(:[0-9]+)?")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """The torch device ``run.device`` names; a clear error when it is not available."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"run.device = {spec}, but this torch build sees no CUDA device "
+                f"(torch {torch.__version__}); use cpu or auto"
+            )
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"run.device = {spec}: only {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return dev
+    return torch.device("cpu")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     name: str = "run"
@@ -353,8 +379,15 @@ class RunConfig:
     #: INSECURE TEST MODE: derive sampling, session ids, keys, masks and noise from this
     #: seed (reproducible runs for tests); warns loudly. Never for a reported guarantee.
     insecure_seed: int | None = None
+    #: Where client computation (local training, adaptation, evaluation) runs: cpu,
+    #: cuda, cuda:N, or auto (cuda when available, else cpu). The engine's state, the
+    #: server step, secure aggregation and DP noise stay on the CPU; results do not
+    #: depend on it beyond floating-point rounding.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"run.device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"run.name must be a plain directory name, got {self.name!r}")
         _int_at_least("run.seed", self.seed, 0)

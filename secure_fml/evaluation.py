@@ -88,8 +88,8 @@ def predict(
         preds.append(logits.argmax(dim=1))
         if logits.shape[1] == 2:
             pos.append(torch.softmax(logits.double(), dim=1)[:, 1])
-    pred = torch.cat(preds).numpy()
-    return pred, (torch.cat(pos).numpy() if pos else None)
+    pred = torch.cat(preds).cpu().numpy()
+    return pred, (torch.cat(pos).cpu().numpy() if pos else None)
 
 
 def evaluate(
@@ -102,11 +102,15 @@ def evaluate(
     seed: int = 0,
     adapt_steps: int | None = None,
     on_client: Callable[[int, int], None] | None = None,
+    device: torch.device | None = None,
 ) -> EvalResult:
     """Global and personalized accuracy of ``state`` on ``clients`` (never trained on).
 
     ``on_client(done, total)`` is called after each client (e.g. ``Progress.update``).
+    ``device``: where adaptation and prediction run (None: where ``state`` is).
     """
+    if device is not None:
+        state = state.to(device)
     if not clients:
         raise ValueError("evaluate() needs at least one client")
     model = algorithm.model
@@ -123,8 +127,10 @@ def evaluate(
             client, support_fraction=support_fraction, seed=seed, index=i
         )
         s, q = to_batch(support, input_kind), to_batch(query, input_kind)
+        if device is not None:
+            s, q = s.to(device), q.to(device)
         adapted = algorithm.adapt(state, s, steps=adapt_steps).detach()
-        y = q.y.numpy()
+        y = q.y.cpu().numpy()
         ys.append(y)
         for key, flat in (("g", theta), ("p", adapted)):
             pred, pos = predict(model, flat, q.x)

@@ -166,6 +166,11 @@ class ClientRecipe:
 
 def pool_refuses(config: Config) -> str | None:
     """Why the pool cannot run this config as the sequential executor would (None: it can)."""
+    if config.run.device != "cpu":
+        return (
+            f"simulation.executor = pool/ray runs its clients on the workers' CPUs; "
+            f"run.device = {config.run.device} needs simulation.executor = sequential"
+        )
     pc = config.privacy
     if pc.record_level:
         return (

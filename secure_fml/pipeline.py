@@ -281,8 +281,11 @@ class ClientPipeline:
     # positive control replaces ``clip`` or ``noise``), never the protocol around it.
 
     def local_update(self, state: torch.Tensor, round_: int) -> ClientUpdate:
-        """This client's update of the global ``state`` on its own data."""
-        return self.algorithm.client_update(state, self.data, self._generator(round_))
+        """This client's update of the global ``state`` on its own data (computed on the
+        device its data is on; the update comes back to the CPU to be encoded)."""
+        return self.algorithm.client_update(
+            state.to(self.data.x.device), self.data, self._generator(round_)
+        )
 
     def clip(self, vector: np.ndarray, clip_norm: float) -> tuple[np.ndarray, bool]:
         """The update clipped to L2 norm ``clip_norm``, and whether it was clipped."""

@@ -305,7 +305,9 @@ class _PrivateOracle:
         )
         self.units_seen += res.units
         self.units_clipped += res.clipped
-        noise = torch.from_numpy(self.source.normal(res.total.numel(), std=self.sigma * self.clip))
+        noise = torch.from_numpy(
+            self.source.normal(res.total.numel(), std=self.sigma * self.clip)
+        ).to(res.total.device)
         denominator = q * entry.expected_units
         self.counts[q] = self.counts.get(q, 0) + 1
         # Noise added in float64; only the noisy sum is rounded back.

@@ -39,7 +39,7 @@ from secure_fml._functional import Batch, FunctionalModel
 from secure_fml.algorithms import Algorithm, make_algorithm
 from secure_fml.baselines import summary_fields
 from secure_fml.checkpoint import Checkpoint
-from secure_fml.config import Config
+from secure_fml.config import Config, resolve_device
 from secure_fml.data import (
     ClientData,
     ClientSplit,
@@ -229,6 +229,8 @@ class Simulation:
         sinks: Sequence[MetricsSink] = (),
     ) -> None:
         self.config = config
+        #: Where the clients' local training and the evaluation run (run.device).
+        self.device = resolve_device(config.run.device)
         if config.run.threads is not None:
             torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed)
@@ -363,7 +365,9 @@ class Simulation:
 
     def batch(self, client_id: str) -> Batch:
         if client_id not in self._batches:
-            self._batches[client_id] = to_batch(self._train[client_id], self.dataset.input_kind)
+            self._batches[client_id] = to_batch(self._train[client_id], self.dataset.input_kind).to(
+                self.device
+            )
         return self._batches[client_id]
 
     def client_pipeline(self, name: str) -> ClientPipeline:
@@ -424,6 +428,7 @@ class Simulation:
             support_fraction=self.config.algorithm.support_fraction,
             seed=self.config.data.split_seed,
             adapt_steps=self.config.eval.adapt_steps,
+            device=self.device,
         )
 
     def checkpoint(self) -> Checkpoint:
