@@ -20,7 +20,7 @@ runs. What a deployment adds:
   local gradient step is DP-SGD (:class:`~secure_fml.record_dp.RecordDPAlgorithm`)
   with the sigma its own policy decides (:meth:`SitePolicy.record_sigma`:
   a round start asking for less is refused), its
-  :class:`privacy.RecordLevelRelease` is charged to its own ledger (within its own
+  :class:`RecordLevelRelease` is charged to its own ledger (within its own
   ``record_max_epsilon``) before the update leaves, and travels with the update so
   the coordinator's ledger keeps a copy. That epsilon holds against the coordinator
   and every other site together: the update itself is the output of the mechanism.
@@ -48,7 +48,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 import privacy
-from privacy import Adversary, Csprng, EpsilonCache, PrivacyEvent, PrivacyLedger, atomic_write_bytes
+from privacy import (
+    Adversary,
+    Csprng,
+    EpsilonCache,
+    PrivacyEvent,
+    PrivacyLedger,
+    RecordLevelRelease,
+    atomic_write_bytes,
+)
 from privacy.errors import (
     CheckpointError,
     ConfigError,
@@ -181,15 +189,20 @@ class Site(ClientPipeline):
             budget=policy.budget(),
             record_budget=policy.record_budget(),
         )
-        last = self.ledger.last_round
-        if last is not None and last > self._joined.round:
+        # The last round this site released anything in: a client-level release, or its
+        # patients' record-level release (recorded first, and with no round order of
+        # its own in the ledger).
+        rounds = [e.round for e in self.ledger.entries if isinstance(e.event, RecordLevelRelease)]
+        last = max([r for r in (self.ledger.last_round, *rounds) if r is not None], default=None)
+        j = self._joined
+        if last is not None and (last > j.round or (last == j.round and not j.released)):
             # Recorded in the ledger, not yet in the round record (a crash in between).
-            self._joined = _Joined(last, "", True, self._joined.contributions + 1)
+            self._joined = _Joined(last, "", True, j.contributions + 1)
         self._admitted: AdmittedRound | None = None
         #: This round's record-level DP-SGD (sigma from the site's own policy), and the
         #: release it planned (charged before the update leaves).
         self._record_algorithms: dict[float, RecordDPAlgorithm] = {}
-        self._record_round: tuple[RecordDPAlgorithm, privacy.RecordLevelRelease] | None = None
+        self._record_round: tuple[RecordDPAlgorithm, RecordLevelRelease] | None = None
         self._epsilon_after: float | None = None
         self._eps_cache = EpsilonCache()
         log.info("site %s policy: %s", name, policy.describe())
@@ -289,7 +302,7 @@ class Site(ClientPipeline):
 
     def _admit_record_level(
         self, msg: RoundStart
-    ) -> tuple[RecordDPAlgorithm, privacy.RecordLevelRelease] | None:
+    ) -> tuple[RecordDPAlgorithm, RecordLevelRelease] | None:
         """The round's DP-SGD and the release it will cost, or a typed refusal."""
         pol = self.policy
         sigma = pol.record_sigma(
@@ -300,7 +313,7 @@ class Site(ClientPipeline):
         if sigma is None:
             return None
         assert pol.record_clip_norm is not None and self.record_schedule is not None
-        event = privacy.RecordLevelRelease(
+        event = RecordLevelRelease(
             round=msg.round,
             site_id=self.name,
             unit=pol.record_unit,

@@ -32,6 +32,7 @@ from privacy.errors import (
     InvalidMessage,
     PolicyViolation,
     PrivacyBudgetExhausted,
+    StaleMessage,
 )
 from secure_fml.algorithms import AlgorithmName
 from secure_fml.config import Config, config_from_dict
@@ -345,6 +346,28 @@ def test_the_site_stops_at_its_own_record_level_budget(pki: Path, tmp_path: Path
         site.handle(plain_start(pki, site, round_=2))
     assert len(record_events(site.ledger.entries)) == 1 and site.contributions == 1
     site.close()
+
+
+def test_a_site_restarted_after_charging_never_releases_that_round_again(
+    pki: Path, tmp_path: Path
+) -> None:
+    """A crash after the record-level release was charged but before the round record
+    said so: the restarted site treats the round as released (record-level releases
+    have no round order in the ledger that would refuse a second one)."""
+    site = make_record_site(pki, tmp_path)
+    rounds_file = site.state_dir / "site_rounds.json"
+    assert site.handle(plain_start(pki, site, round_=1)) is not None
+    site.close()
+    # The round record as it was between the charge and the end of the release.
+    raw = json.loads(rounds_file.read_text())
+    rounds_file.write_text(json.dumps({**raw, "released": False, "contributions": 0}))
+    again = make_record_site(pki, tmp_path)
+    retry = dataclasses.replace(plain_start(pki, again, round_=1), session_id=b"\x07" * 16)
+    with pytest.raises(StaleMessage, match="already released"):
+        again.handle(retry)
+    assert len(record_events(again.ledger.entries)) == 1 and again.contributions == 1
+    assert again.handle(plain_start(pki, again, round_=2)) is not None
+    again.close()
 
 
 def test_site_setup_refuses_what_record_level_dp_cannot_run(pki: Path, tmp_path: Path) -> None:
