@@ -510,3 +510,47 @@ def test_a_record_level_request_is_validated_on_arrival() -> None:
             RecordLevelRequest(algorithm="fomaml", **bad)
     with pytest.raises(InvalidMessage):
         RecordLevelRequest(algorithm="", noise_multiplier=1.0)
+
+
+# ------------------------------------------------------------------ the wire
+
+
+def test_the_request_and_the_release_survive_the_wire_and_malformed_ones_are_refused(
+    pki: Path, tmp_path: Path
+) -> None:
+    from secure_fml.deploy._convert import (
+        server_message_from_proto,
+        server_message_to_proto,
+        stage_reply_from_proto,
+        stage_reply_to_proto,
+    )
+
+    site = make_record_site(pki, tmp_path)
+    msg = plain_start(pki, site, round_=3)
+    got = server_message_from_proto(list(server_message_to_proto(msg)), max_model_bytes=1 << 20)
+    assert isinstance(got, RoundStart) and got.settings == msg.settings
+    target = dataclasses.replace(
+        msg.settings,
+        record_level=RecordLevelRequest(
+            algorithm="fomaml", unit="pid", target_epsilon=3.0, rounds=7, delta=1e-6
+        ),
+    )
+    msg_t = dataclasses.replace(msg, settings=target)
+    got = server_message_from_proto(list(server_message_to_proto(msg_t)), max_model_bytes=1 << 20)
+    assert isinstance(got, RoundStart) and got.settings == target
+    reply = site.handle(msg)
+    assert reply is not None and reply.record_release is not None
+
+    def roundtrip(r: StageReply) -> StageReply:
+        frames = list(stage_reply_to_proto(r, connection_id=b"c" * 16))
+        return stage_reply_from_proto(
+            frames, max_payload=lambda _s: 1 << 20, expected_tensor=lambda _s: None
+        )[1]
+
+    assert roundtrip(reply).record_release == reply.record_release
+    bad = object.__new__(RecordLevelRelease)  # bypasses validation, as a hostile site would
+    for k, v in {**dataclasses.asdict(reply.record_release), "noise_multiplier": -1.0}.items():
+        object.__setattr__(bad, k, v)
+    with pytest.raises(InvalidMessage, match="malformed record-level release"):
+        roundtrip(dataclasses.replace(reply, record_release=bad))
+    site.close()
