@@ -1028,6 +1028,8 @@ class RoundEngine:
                 f"{want.noise_multiplier:g} the round asked for"
             )
         assert self.ledger is not None
+        # Recorded even if the update itself is then refused: it left the site, which
+        # charged it too, so the copy matches the site's own ledger.
         self.ledger.record(ev)
 
     def tick(self) -> None:

@@ -335,8 +335,11 @@ def test_the_site_stops_at_its_own_record_level_budget(pki: Path, tmp_path: Path
     probe = make_record_site(pki, tmp_path, name="alpha")
     one = probe.handle(plain_start(pki, probe, round_=1))
     assert one is not None and one.record_release is not None
-    e1 = dp_accounting_epsilon([one.record_release], probe.policy.delta)
-    e2 = dp_accounting_epsilon([one.record_release] * 2, probe.policy.delta)
+    acc = probe.ledger.record_accountant("alpha")
+    e1 = acc.get_epsilon(probe.policy.delta)
+    one.record_release.apply_to(acc)
+    e2 = acc.get_epsilon(probe.policy.delta)
+    assert 0 < e1 < e2
     probe.close()
     site = make_record_site(
         pki, tmp_path, name="beta", client="client_01", record_max_epsilon=(e1 + e2) / 2
@@ -439,6 +442,15 @@ def test_in_process_deployment_both_units_coordinator_keeps_a_copy(
         assert rows[site.name]["epsilon"]["rdp"] == pytest.approx(want, rel=0.01)
     # Beside the client-level epsilon of the same run (unit = both).
     assert data["headline"]["coordinator"]["epsilon"] > 0
+    # A site's privacy officer reads the site's own directory alone.
+    alpha = tmp_path / "alpha"
+    own = privacy.write_report(
+        alpha, json.loads((alpha / "config.json").read_text()), tmp_path / "alpha-report"
+    )
+    own_rows = json.loads(Path(own.json).read_text())["record_level"]["sites"]
+    assert [(r["site"], r["epsilon"]["rdp"]) for r in own_rows] == [
+        ("alpha", rows["alpha"]["epsilon"]["rdp"])
+    ]
 
 
 class _FaultySite(Site):
