@@ -1308,6 +1308,10 @@ class RoundEngine:
         if self.ledger is not None:
             line["epsilon"] = self.epsilon()
             line["ledger_entries"] = self.ledger.head.entries
+            if self.record_receipts and plan.settings.record_level is not None:
+                # The sites' own releases, copied here (a simulation adds the same field).
+                eps = self.ledger.record_epsilons(delta=self.config.privacy.delta)
+                line["record_dp_epsilon_worst_site"] = max(eps.values()) if eps else 0.0
         self._emit(line, checkpoint=spent)
 
     def _emit(self, line: dict[str, Any], *, checkpoint: bool) -> None:

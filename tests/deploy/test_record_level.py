@@ -417,6 +417,8 @@ def test_in_process_deployment_both_units_coordinator_keeps_a_copy(
     assert [ln["status"] for ln in coord.history] == ["complete", "complete"]
     assert coord.engine.ledger is not None
     coord_events = record_events(coord.engine.ledger.entries)
+    worst = max(coord.engine.ledger.record_epsilons(delta=1e-5).values())
+    assert coord.history[-1]["record_dp_epsilon_worst_site"] == pytest.approx(worst)
     client_level = (privacy.GaussianRelease, privacy.DistributedDiscreteGaussianRelease)
     for site in sites:
         mine = record_events(site.ledger.entries)
