@@ -68,7 +68,9 @@ from aggregation import (
     AggregationServer,
     ClientPolicy,
     FixedPointCodec,
+    MaskedInput,
     Outbox,
+    PlainInput,
     PlainSumServer,
     SecAggConfig,
     ServerSession,
@@ -118,6 +120,7 @@ from secure_fml.messages import (
     ClientNoise,
     EngineMessage,
     Peer,
+    RecordLevelRequest,
     RoundSettings,
     RoundStart,
     StageReply,
@@ -125,6 +128,7 @@ from secure_fml.messages import (
 )
 from secure_fml.observability import JsonlSink, MetricsSink, MultiSink, timestamped
 from secure_fml.pipeline import VERIFIED_MODELS, codec_for, secure_clip_range
+from secure_fml.record_dp import record_level_rounds
 from secure_fml.rounds import ClientSampler, SampledRound, ServerOptimizer, participation_bound
 
 __all__ = [
@@ -293,6 +297,22 @@ def _protocol(config: Config) -> AggregationProtocol:
     )
 
 
+def record_level_request(config: Config, *, population: int) -> RecordLevelRequest | None:
+    """The record-level DP a round asks its participants for (None: the config has none)."""
+    pc = config.privacy
+    if not pc.record_level:
+        return None
+    target = pc.record_target_epsilon
+    return RecordLevelRequest(
+        algorithm=config.algorithm.name.value,
+        unit=pc.unit_column or "record",
+        noise_multiplier=pc.record_noise_multiplier,
+        target_epsilon=target,
+        rounds=record_level_rounds(config, population=population) if target is not None else None,
+        delta=pc.delta,
+    )
+
+
 def _modulus_bits(config: Config) -> int:
     return config.secure_aggregation.bits or (48 if config.privacy.enabled else 32)
 
@@ -411,6 +431,7 @@ def plan_round(
         assumed_colluding=colluding,
         secagg=secagg,
         scale=scale,
+        record_level=record_level_request(config, population=sampled.sampling.population),
     )
     codec = codec_for(settings, dimension=d_agg) if protocol.secure else None
     return RoundPlan(
@@ -506,6 +527,10 @@ class RoundEngine:
         self.on_round_end = on_round_end
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.run_kind = run_kind
+        #: Deployed sites keep their own ledgers and send the record-level release they
+        #: charged with their update; the coordinator's ledger records a copy. (Simulated
+        #: clients charge the run's ledger directly, secure_fml.record_dp.RecordLevelLedger.)
+        self.record_receipts = run_kind == "deployment"
         #: Extra metrics sinks (TensorBoard, MLflow, JSON log lines); metrics.jsonl is
         #: always written (when there is a run directory) and is the record of the run.
         self._extra_sinks = list(sinks)
@@ -962,6 +987,8 @@ class RoundEngine:
             sender = reply.message.sender_id()
             if sender != idx:
                 raise InvalidMessage(f"message claims to be from client {sender}")
+            if self.record_receipts and isinstance(reply.message, MaskedInput | PlainInput):
+                self._record_release(rd, client, reply)
             rd.server.receive(reply.message)
         except ProtocolError as e:
             # A client that sends an invalid message for its open stage is out of this
@@ -971,6 +998,39 @@ class RoundEngine:
             raise
         rd.replies[rd.stage] = rd.replies.get(rd.stage, 0) + 1
         self._maybe_advance()
+
+    def _record_release(self, rd: _Round, client: str, reply: StageReply) -> None:
+        """Copy a site's record-level release into this ledger before its update is used.
+
+        The site charged it to its own ledger first (its own budget, against this
+        coordinator); a release below what the round asked for is refused.
+        """
+        want = rd.plan.settings.record_level
+        ev = reply.record_release
+        if want is None:
+            if ev is not None:
+                raise InvalidMessage("a record-level release in a round that asked for none")
+            return
+        if ev is None:
+            raise InvalidMessage(
+                f"round {rd.number} asks for record-level DP; the update carries no release"
+            )
+        if ev.site_id != client or ev.round != rd.number:
+            raise InvalidMessage(
+                f"record-level release names {ev.site_id!r} in round {ev.round}, not "
+                f"{client!r} in round {rd.number}"
+            )
+        if want.unit != "record" and ev.unit != want.unit:
+            raise InvalidMessage(f"record-level release per {ev.unit!r}, asked per {want.unit!r}")
+        if want.noise_multiplier is not None and not ev.noise_multiplier >= want.noise_multiplier:
+            raise InvalidMessage(
+                f"record-level noise multiplier {ev.noise_multiplier:g} is below the "
+                f"{want.noise_multiplier:g} the round asked for"
+            )
+        assert self.ledger is not None
+        # Recorded even if the update itself is then refused: it left the site, which
+        # charged it too, so the copy matches the site's own ledger.
+        self.ledger.record(ev)
 
     def tick(self) -> None:
         """Close the open stage if its deadline passed."""
@@ -1248,6 +1308,10 @@ class RoundEngine:
         if self.ledger is not None:
             line["epsilon"] = self.epsilon()
             line["ledger_entries"] = self.ledger.head.entries
+            if self.record_receipts and plan.settings.record_level is not None:
+                # The sites' own releases, copied here (a simulation adds the same field).
+                eps = self.ledger.record_epsilons(delta=self.config.privacy.delta)
+                line["record_dp_epsilon_worst_site"] = max(eps.values()) if eps else 0.0
         self._emit(line, checkpoint=spent)
 
     def _emit(self, line: dict[str, Any], *, checkpoint: bool) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from aggregation import PROTOCOL_VERSION as AGGREGATION_VERSION
 from aggregation import Message, SecAggConfig, SecAggMode, Stage
+from privacy import RecordLevelRelease
 from privacy.errors import InvalidMessage
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "EngineMessage",
     "Finished",
     "Peer",
+    "RecordLevelRequest",
     "RoundSettings",
     "RoundStart",
     "StageReply",
@@ -86,6 +88,51 @@ class Peer:
     identity: bytes
 
 
+def _positive(name: str, v: object) -> None:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v > 0):
+        raise InvalidMessage(f"record_level.{name} must be a finite number > 0, got {v!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordLevelRequest:
+    """The record-level (patient-level) DP a round asks every site to run locally.
+
+    A site runs DP-SGD in every local step with the parameters of its *own* policy
+    and refuses a request below them (``secure_fml.deploy.SitePolicy``); what it ran
+    travels back with its update as a :class:`privacy.RecordLevelRelease`.
+    ``noise_multiplier`` (sigma) or ``target_epsilon`` over ``rounds`` at ``delta``
+    (each site calibrates its own sigma from its size); ``unit``: ``"record"`` or
+    the person column; ``algorithm``: the algorithm whose local steps are private.
+    """
+
+    algorithm: str
+    unit: str = "record"
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    rounds: int | None = None
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("algorithm", "unit"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v:
+                raise InvalidMessage(f"record_level.{name} must be a non-empty string")
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise InvalidMessage(
+                "record_level needs exactly one of a noise multiplier and a target epsilon"
+            )
+        if self.noise_multiplier is not None:
+            _positive("noise_multiplier", self.noise_multiplier)
+        if self.target_epsilon is not None:
+            _positive("target_epsilon", self.target_epsilon)
+            r = self.rounds
+            if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+                raise InvalidMessage("record_level.rounds must be an int >= 1 with a target")
+        d = self.delta
+        if isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d < 1:
+            raise InvalidMessage(f"record_level.delta must be in (0, 1), got {d!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RoundSettings:
     """How the client must process its update this round (the client-visible plan).
@@ -114,6 +161,8 @@ class RoundSettings:
     #: Fixed-point scale of the SecAgg encoding.
     scale: float | None = None
     wrap_probability: float = 1e-9
+    #: Record-level DP every participant runs in its local steps (None: none).
+    record_level: RecordLevelRequest | None = None
 
     def __post_init__(self) -> None:
         for name in ("noise_std", "wrap_probability"):
@@ -187,12 +236,17 @@ class StageRequest:
 
 @dataclass(frozen=True, kw_only=True)
 class StageReply:
-    """Participant -> engine: its aggregation message for ``stage``."""
+    """Participant -> engine: its aggregation message for ``stage``.
+
+    ``record_release``: with the message that carries the participant's update, under
+    record-level DP, the release it charged to its own ledger before sending it.
+    """
 
     round: int
     session_id: bytes
     stage: Stage
     message: Message
+    record_release: RecordLevelRelease | None = None
 
 
 @dataclass(frozen=True)

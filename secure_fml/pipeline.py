@@ -166,6 +166,8 @@ class _Session:
     start: RoundStart
     stages: set[Stage] = field(default_factory=set)
     released: bool = False
+    #: Under record-level DP: what the update cost, sent with the message carrying it.
+    record_release: privacy.RecordLevelRelease | None = None
 
 
 def raw_ed25519_peer(peer: Peer) -> Ed25519PublicKey:
@@ -280,11 +282,15 @@ class ClientPipeline:
     # a client is (an audit's canary client replaces ``local_update``; an audit's
     # positive control replaces ``clip`` or ``noise``), never the protocol around it.
 
+    def training_generator(self, round_: int) -> torch.Generator:
+        """The generator that picks this round's mini-batches and support/query split."""
+        return self._generator(round_)
+
     def local_update(self, state: torch.Tensor, round_: int) -> ClientUpdate:
         """This client's update of the global ``state`` on its own data (computed on the
         device its data is on; the update comes back to the CPU to be encoded)."""
         return self.algorithm.client_update(
-            state.to(self.data.x.device), self.data, self._generator(round_)
+            state.to(self.data.x.device), self.data, self.training_generator(round_)
         )
 
     def clip(self, vector: np.ndarray, clip_norm: float) -> tuple[np.ndarray, bool]:
@@ -409,9 +415,13 @@ class ClientPipeline:
             client = session
         first = client.start()
         current = _Session(msg.round, msg.session_id, client, msg, {msg.first_stage})
+        if upd.receipt is not None:
+            current.record_release = upd.receipt.event(round=msg.round, site_id=self.name)
+        released = None
         if isinstance(first, MaskedInput | PlainInput):
             self.before_release(msg)
             current.released = True
+            released = current.record_release
         self._session = current
         if not s.protocol.secure:
             # The plain protocol has one stage: this client's part of the round is done.
@@ -419,7 +429,11 @@ class ClientPipeline:
             self._session = None
         log.debug("client %s round %d: update computed and sent", self.name, msg.round)
         return StageReply(
-            round=msg.round, session_id=msg.session_id, stage=msg.first_stage, message=first
+            round=msg.round,
+            session_id=msg.session_id,
+            stage=msg.first_stage,
+            message=first,
+            record_release=released,
         )
 
     # ------------------------------------------------------------------ later stages
@@ -438,15 +452,21 @@ class ClientPipeline:
             reply = s.client.handle(msg.message)
         except ConfigError as e:
             raise InvalidMessage(f"{msg.stage.name} refused: {e}") from None
+        released = None
         if isinstance(reply, MaskedInput | PlainInput) and not s.released:
             self.before_release(s.start)
             s.released = True
+            released = s.record_release
         s.stages.add(msg.stage)
         if msg.stage is Stage.UNMASKING:
             self.rounds_done.append(msg.round)
             self._session = None
         return StageReply(
-            round=msg.round, session_id=msg.session_id, stage=msg.stage, message=reply
+            round=msg.round,
+            session_id=msg.session_id,
+            stage=msg.stage,
+            message=reply,
+            record_release=released,
         )
 
     def summary(self) -> dict[str, Any]:

@@ -73,9 +73,12 @@ __all__ = [
     "RecordDPReceipt",
     "RecordLevelDP",
     "RecordLevelLedger",
+    "num_units",
     "record_level_from_config",
     "record_level_rounds",
     "refuse_unsupported",
+    "site_schedule",
+    "unsupported_reason",
     "wrap_for_config",
 ]
 
@@ -101,20 +104,40 @@ _ALTERNATIVE = {
 }
 
 
+_SUPPORTED_NAMES = "fedavg, fedavg-meta, reptile, fomaml, metasgd-fo, perfedavg-fo"
+
+
+def unsupported_reason(name: str) -> str | None:
+    """Why the algorithm named ``name`` cannot run under record-level DP (None: it can).
+
+    A deployed site checks the algorithm a round start names with this one line.
+    """
+    try:
+        algo = AlgorithmName(name)
+    except ValueError:
+        return (
+            f"algorithm {name!r} is unknown (supported under record-level DP: {_SUPPORTED_NAMES})"
+        )
+    known = _ALTERNATIVE.get(algo)
+    if known is None:
+        return None
+    alt, why = known
+    return (
+        f"algorithm.name={algo.value!r} has no per-record sensitivity bound under "
+        f"record-level DP ({why}); use {alt!r}"
+    )
+
+
 def refuse_unsupported(algorithm: Algorithm) -> None:
     """Raise a one-line :class:`ConfigError` unless ``algorithm`` can run under record-level DP."""
     if type(algorithm) in _SUPPORTED:
         return
-    known = _ALTERNATIVE.get(algorithm.name)
-    if known is not None:
-        alt, why = known
-        raise ConfigError(
-            f"algorithm.name={algorithm.name.value!r} has no per-record sensitivity bound under "
-            f"record-level DP ({why}); use {alt!r}"
-        )
+    reason = unsupported_reason(algorithm.name.value)
+    if reason is not None:
+        raise ConfigError(reason)
     raise ConfigError(
         f"algorithm {type(algorithm).__name__} is not supported under record-level DP "
-        "(supported: fedavg, fedavg-meta, reptile, fomaml, metasgd-fo, perfedavg-fo)"
+        f"(supported: {_SUPPORTED_NAMES})"
     )
 
 
@@ -314,6 +337,39 @@ class _PrivateOracle:
         return ((res.total.double() + noise) / denominator).to(flat.dtype)
 
 
+def site_schedule(algorithm: Algorithm, *, num_records: int, num_units: int) -> Schedule:
+    """The (rate, steps) schedule one round of ``algorithm`` (unwrapped) takes at a site
+    of this size under record-level DP (a function of the configuration and the public
+    site size only)."""
+    refuse_unsupported(algorithm)
+    cfg = algorithm.config
+    n = num_records
+
+    def rate(b: int | None, pool: float) -> float:
+        return 1.0 if b is None else min(1.0, b / pool)
+
+    if isinstance(algorithm, _LocalTraining):
+        if cfg.local_steps is not None:
+            k = cfg.local_steps
+        else:
+            per_epoch = 1 if cfg.batch_size is None else math.ceil(n / cfg.batch_size)
+            k = cfg.local_epochs * per_epoch
+        return ((rate(cfg.batch_size, num_units), k),)
+    if isinstance(algorithm, PerFedAvg):
+        k = cfg.local_steps or max(1, math.ceil(n / (cfg.batch_size or n)))
+        return ((rate(cfg.batch_size, num_units), 2 * k),)
+    if isinstance(algorithm, _MetaGradient):
+        return privacy.record_level_schedule(
+            site_size=num_units,
+            local_steps=1,
+            batch_size=cfg.batch_size,
+            support_fraction=cfg.support_fraction,
+            inner_steps=cfg.inner_steps,
+            query_batch_size=cfg.query_batch_size,
+        )
+    raise ConfigError(f"no record-level schedule for {type(algorithm).__name__}")  # unreachable
+
+
 class RecordDPAlgorithm(Algorithm):
     """A first-order algorithm whose every local gradient step is DP-SGD at record level.
 
@@ -361,33 +417,7 @@ class RecordDPAlgorithm(Algorithm):
     # -- planning ------------------------------------------------------------------------
     def schedule(self, *, num_records: int, num_units: int) -> Schedule:
         """The (rate, steps) schedule one round at a site of this size takes."""
-        cfg = self.config
-        n = num_records
-
-        def rate(b: int | None, pool: float) -> float:
-            return 1.0 if b is None else min(1.0, b / pool)
-
-        inner = self.inner
-        if isinstance(inner, _LocalTraining):
-            if cfg.local_steps is not None:
-                k = cfg.local_steps
-            else:
-                per_epoch = 1 if cfg.batch_size is None else math.ceil(n / cfg.batch_size)
-                k = cfg.local_epochs * per_epoch
-            return ((rate(cfg.batch_size, num_units), k),)
-        if isinstance(inner, PerFedAvg):
-            k = cfg.local_steps or max(1, math.ceil(n / (cfg.batch_size or n)))
-            return ((rate(cfg.batch_size, num_units), 2 * k),)
-        if isinstance(inner, _MetaGradient):
-            return privacy.record_level_schedule(
-                site_size=num_units,
-                local_steps=1,
-                batch_size=cfg.batch_size,
-                support_fraction=cfg.support_fraction,
-                inner_steps=cfg.inner_steps,
-                query_batch_size=cfg.query_batch_size,
-            )
-        raise ConfigError(f"no record-level schedule for {type(inner).__name__}")  # unreachable
+        return site_schedule(self.inner, num_records=num_records, num_units=num_units)
 
     def noise_multiplier_for(self, schedule: Schedule) -> float:
         """σ for a site with this schedule: the configured one, or calibrated to the target."""
@@ -408,7 +438,7 @@ class RecordDPAlgorithm(Algorithm):
 
     def planned_receipt(self, data: Batch) -> RecordDPReceipt:
         """The receipt ``client_update(data)`` will return (check a budget before computing)."""
-        n_units = _num_units(data)
+        n_units = num_units(data)
         sched = self.schedule(num_records=len(data), num_units=n_units)
         return RecordDPReceipt(
             noise_multiplier=self.noise_multiplier_for(sched),
@@ -457,7 +487,8 @@ class RecordDPAlgorithm(Algorithm):
         return ClientUpdate(upd.vector, math.nan, upd.num_samples, receipt=receipt)
 
 
-def _num_units(data: Batch) -> int:
+def num_units(data: Batch) -> int:
+    """The privacy units in ``data``: its records, or its distinct persons."""
     if data.unit is None:
         return len(data)
     return int(torch.unique(data.unit).numel())

@@ -36,6 +36,7 @@ from aggregation import (
     UnmaskResponse,
     parse_message,
 )
+from privacy import RecordLevelRelease
 from privacy.errors import ConfigError, InvalidMessage, RefusalReason, Refused
 from secure_fml.messages import (
     PROTOCOL_VERSION,
@@ -44,6 +45,7 @@ from secure_fml.messages import (
     EngineMessage,
     Finished,
     Peer,
+    RecordLevelRequest,
     RoundSettings,
     RoundStart,
     StageReply,
@@ -193,6 +195,31 @@ def _settings_to_proto(rs: pb.RoundStart, st: RoundSettings) -> None:
     rs.min_survivors = st.min_survivors
     rs.assumed_colluding = st.assumed_colluding
     rs.wrap_probability = st.wrap_probability
+    r = st.record_level
+    if r is not None:
+        rl = rs.record_level
+        rl.algorithm = r.algorithm
+        rl.unit = r.unit
+        if r.noise_multiplier is not None:
+            rl.noise_multiplier = r.noise_multiplier
+        if r.target_epsilon is not None:
+            rl.target_epsilon = r.target_epsilon
+        rl.rounds = r.rounds or 0
+        rl.delta = r.delta
+
+
+def _record_level_from_proto(rs: pb.RoundStart) -> RecordLevelRequest | None:
+    if not rs.HasField("record_level"):
+        return None
+    rl = rs.record_level
+    return RecordLevelRequest(
+        algorithm=str(rl.algorithm),
+        unit=str(rl.unit),
+        noise_multiplier=float(rl.noise_multiplier) if rl.HasField("noise_multiplier") else None,
+        target_epsilon=float(rl.target_epsilon) if rl.HasField("target_epsilon") else None,
+        rounds=int(rl.rounds) or None,
+        delta=float(rl.delta),
+    )
 
 
 def _settings_from_proto(rs: pb.RoundStart, n_peers: int) -> RoundSettings:
@@ -235,6 +262,7 @@ def _settings_from_proto(rs: pb.RoundStart, n_peers: int) -> RoundSettings:
         secagg=secagg,
         scale=float(rs.scale) if rs.HasField("scale") else None,
         wrap_probability=float(rs.wrap_probability),
+        record_level=_record_level_from_proto(rs),
     )
 
 
@@ -336,7 +364,36 @@ def stage_reply_to_proto(reply: StageReply, *, connection_id: bytes) -> Iterator
     if tensor is not None:
         h.tensor.dtype = tensor[0]
         h.tensor.shape.append(tensor[1])
+    ev = reply.record_release
+    if ev is not None:
+        rr = h.record_release
+        rr.site = ev.site_id
+        rr.unit = ev.unit
+        rr.noise_multiplier = ev.noise_multiplier
+        rr.clip_norm = ev.clip_norm
+        rr.sample_rates.extend(ev.sample_rates)
+        rr.steps.extend(ev.steps)
     return write_stream(h, reply.message.to_bytes())
+
+
+def _record_release_from_proto(h: pb.Header) -> RecordLevelRelease | None:
+    if not h.HasField("record_release"):
+        return None
+    rr = h.record_release
+    if len(rr.steps) > 64:
+        raise InvalidMessage("record-level release lists too many step groups")
+    try:
+        return RecordLevelRelease(
+            round=int(h.round),
+            site_id=str(rr.site),
+            unit=str(rr.unit),
+            noise_multiplier=float(rr.noise_multiplier),
+            clip_norm=float(rr.clip_norm),
+            sample_rates=tuple(float(q) for q in rr.sample_rates),
+            steps=tuple(int(k) for k in rr.steps),
+        )
+    except (ConfigError, TypeError, ValueError) as e:
+        raise InvalidMessage(f"malformed record-level release: {e}") from None
 
 
 def stage_reply_from_proto(
@@ -369,4 +426,5 @@ def stage_reply_from_proto(
         session_id=_session(header.session_id),
         stage=stage,
         message=parse_message(payload, allowed=allowed),
+        record_release=_record_release_from_proto(header),
     )

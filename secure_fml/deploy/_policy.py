@@ -18,7 +18,10 @@ therefore never takes its privacy parameters on trust. Its :class:`SitePolicy`
 - the protocols it accepts (the plain protocol trusts the coordinator with each
   update and is refused unless listed);
 - its own budget: ``max_epsilon`` at ``delta`` against the coordinator (no
-  amplification), and ``max_rounds``.
+  amplification), and ``max_rounds``;
+- its record-level (patient-level) DP, run inside its own local training
+  (``record_clip_norm``, ``record_noise_multiplier`` or ``record_max_epsilon`` over
+  ``max_rounds`` at ``delta``, ``unit_column``): see :meth:`SitePolicy.record_sigma`.
 
 **The property** (tested over arbitrary round starts in
 ``tests/deploy/test_site_policy.py``): a site releases an update only for a round
@@ -38,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+import privacy
 from aggregation import DISCRETE_GAUSSIAN_MAX_SIGMA, ClientPolicy
 from privacy import (
     DistributedDiscreteGaussianRelease,
@@ -47,7 +51,8 @@ from privacy import (
     rounded_l2_norm_bound,
 )
 from privacy.errors import ConfigError, PolicyViolation
-from secure_fml.messages import AggregationProtocol, ClientNoise, RoundStart
+from secure_fml.messages import AggregationProtocol, ClientNoise, RecordLevelRequest, RoundStart
+from secure_fml.record_dp import unsupported_reason
 
 __all__ = ["AdmittedRound", "SitePolicy", "policy_from_dict"]
 
@@ -122,6 +127,17 @@ class SitePolicy:
     delta: float = 1e-5
     #: Contribute to at most this many rounds (None: no limit).
     max_rounds: int | None = None
+    # -- record-level (patient-level) DP inside the site's own training ----------------
+    #: Per-unit clip norm C_r of the site's DP-SGD (None: no record-level DP; a round
+    #: that asks for it is refused).
+    record_clip_norm: float | None = None
+    #: The least sigma the site's DP-SGD runs with; unset, calibrated from
+    #: ``record_max_epsilon`` over ``max_rounds`` at ``delta`` for the site's own size.
+    record_noise_multiplier: float | None = None
+    #: The site's own record-level budget: it stops contributing before exceeding it.
+    record_max_epsilon: float | None = None
+    #: The person column of the site's data (None: every record is a unit).
+    unit_column: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.require_noise, bool):
@@ -145,12 +161,59 @@ class SitePolicy:
                 raise ConfigError("policy.max_epsilon needs policy.require_noise = true")
         if self.max_rounds is not None:
             _integer("max_rounds", self.max_rounds, low=1)
+        self._check_record_level()
         try:
             self.secagg_policy()
         except (ConfigError, TypeError) as e:
             raise ConfigError(f"policy: {e}") from None
 
+    def _check_record_level(self) -> None:
+        on = self.record_clip_norm is not None
+        if not on:
+            for name in ("record_noise_multiplier", "record_max_epsilon", "unit_column"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"policy.{name} needs policy.record_clip_norm")
+            return
+        _number("record_clip_norm", self.record_clip_norm, low=0.0)
+        if self.record_noise_multiplier is not None:
+            _number(
+                "record_noise_multiplier",
+                self.record_noise_multiplier,
+                low=0.0,
+                high=self.max_noise_multiplier,
+            )
+        if self.record_max_epsilon is not None:
+            _number("record_max_epsilon", self.record_max_epsilon, low=0.0)
+        if self.record_noise_multiplier is None and (
+            self.record_max_epsilon is None or self.max_rounds is None
+        ):
+            raise ConfigError(
+                "policy.record_clip_norm: set policy.record_noise_multiplier, or "
+                "policy.record_max_epsilon and policy.max_rounds to calibrate it"
+            )
+        if self.unit_column is not None and (
+            not isinstance(self.unit_column, str) or not self.unit_column
+        ):
+            raise ConfigError("policy.unit_column must be a non-empty string")
+
     # ------------------------------------------------------------------ derived
+
+    @property
+    def record_level(self) -> bool:
+        """This site runs record-level DP-SGD in its local training."""
+        return self.record_clip_norm is not None
+
+    @property
+    def record_unit(self) -> str:
+        """The privacy unit of this site's record-level receipts."""
+        return self.unit_column or "record"
+
+    def record_budget(self) -> PrivacyBudget | None:
+        if self.record_max_epsilon is None:
+            return None
+        return PrivacyBudget(
+            max_epsilon=self.record_max_epsilon, delta=self.delta, accountant="rdp"
+        )
 
     def secagg_policy(self) -> ClientPolicy:
         """The site's secure-aggregation policy: every session is checked against it."""
@@ -303,6 +366,79 @@ class SitePolicy:
             )
         return AdmittedRound(
             round=msg.round, peers=n, honest_survivors=honest, noise_multiplier=z, event=event
+        )
+
+    def record_sigma(
+        self,
+        request: RecordLevelRequest | None,
+        *,
+        algorithm: str,
+        schedule: tuple[tuple[float, int], ...],
+    ) -> float | None:
+        """The sigma this site's DP-SGD runs with in a round that asks for ``request``
+        (None: no record-level DP), or :class:`PolicyViolation`.
+
+        The site's own sigma is ``record_noise_multiplier`` or, unset, calibrated for
+        its ``schedule`` (its size, its algorithm) so that ``max_rounds`` rounds cost at
+        most ``record_max_epsilon`` at ``delta``. A request for less noise than that, for
+        another unit or algorithm, for an algorithm without a per-record sensitivity
+        bound, or for no record-level DP at all, is refused; a request for more noise
+        (up to ``max_noise_multiplier``) is honoured -- the coordinator never lowers it.
+        """
+        if not self.record_level:
+            if request is not None:
+                raise PolicyViolation(
+                    "round asks for record-level DP; this site's policy does not run it "
+                    "(policy.record_clip_norm)"
+                )
+            return None
+        if request is None:
+            raise PolicyViolation(
+                "round without record-level DP; this site's policy requires it for its records"
+            )
+        reason = unsupported_reason(request.algorithm)
+        if reason is not None:
+            raise PolicyViolation(f"round refused: {reason}")
+        if request.algorithm != algorithm:
+            raise PolicyViolation(
+                f"round runs algorithm {request.algorithm!r}; this site trains with {algorithm!r}"
+            )
+        if request.unit not in ("record", self.record_unit):
+            raise PolicyViolation(
+                f"round protects unit {request.unit!r}; this site's unit is {self.record_unit!r}"
+            )
+        own = self._own_record_sigma(schedule)
+        if request.noise_multiplier is not None:
+            asked = float(request.noise_multiplier)
+        else:
+            assert request.target_epsilon is not None and request.rounds is not None
+            asked = privacy.calibrate_record_level(
+                target_epsilon=request.target_epsilon,
+                delta=request.delta,
+                rounds=request.rounds,
+                schedule=schedule,
+            )
+        if not asked >= own:
+            raise PolicyViolation(
+                f"round asks for a record-level noise multiplier of {asked:.4g}; this site's "
+                f"policy requires >= {own:.4g}"
+            )
+        if asked > self.max_noise_multiplier:
+            raise PolicyViolation(
+                f"record-level noise multiplier {asked:.4g} exceeds this site's maximum "
+                f"{self.max_noise_multiplier:g}"
+            )
+        return asked
+
+    def _own_record_sigma(self, schedule: tuple[tuple[float, int], ...]) -> float:
+        if self.record_noise_multiplier is not None:
+            return float(self.record_noise_multiplier)
+        assert self.record_max_epsilon is not None and self.max_rounds is not None
+        return privacy.calibrate_record_level(
+            target_epsilon=self.record_max_epsilon,
+            delta=self.delta,
+            rounds=self.max_rounds,
+            schedule=schedule,
         )
 
 

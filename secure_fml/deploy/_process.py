@@ -7,6 +7,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from cryptography import x509
@@ -33,6 +34,7 @@ from secure_fml.deploy._transport import (
     serve,
 )
 from secure_fml.pipeline import seeded_randomness
+from secure_fml.record_dp import unsupported_reason
 
 __all__ = [
     "INSECURE_WARNING",
@@ -42,6 +44,9 @@ __all__ = [
     "run_server",
     "site_transport",
 ]
+
+if TYPE_CHECKING:
+    from secure_fml.data import FederatedDataset
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +68,47 @@ def _ca(pki_dir: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(_read(pki_dir / CA_CERT))
 
 
-def refuse_unsupported(config: Config) -> None:
-    """Refuse what deployment does not run yet, rather than silently run without it.
+def check_record_level(config: Config) -> None:
+    """What a coordinator's record-level DP settings may ask of deployed sites.
 
-    Record-level DP runs inside each site's local training in simulations; deployed
-    sites do not run it yet, so a deployment with ``privacy.unit = "record"`` or
-    ``"both"`` would release updates without the record-level guarantee it names.
+    Each site runs record-level DP-SGD with its own policy's parameters and enforces its
+    own record-level budget (``[policy]`` of its ``site.toml``); the coordinator only asks
+    (the round start's record-level request) and keeps a copy of every site's releases.
     """
     pc = config.privacy
-    if pc.record_level:
+    if not pc.record_level:
+        return
+    reason = unsupported_reason(config.algorithm.name.value)
+    if reason is not None:
+        raise ConfigError(reason)
+    if pc.record_max_epsilon is not None:
         raise ConfigError(
-            f"privacy.unit = {pc.unit!r}: record-level DP is not available in deployment yet "
-            "(it runs in simulations); use privacy.unit = 'client' to deploy"
+            "privacy.record_max_epsilon: in a deployment each site enforces its own "
+            "record-level budget (policy.record_max_epsilon in its site.toml); remove it here"
+        )
+
+
+def check_site_record_level(
+    settings: SiteSettings, config: Config, dataset: FederatedDataset
+) -> None:
+    """A site's record-level DP is its own policy, on data grouped by its own unit column."""
+    pol = settings.policy
+    if config.privacy.record_level and not pol.record_level:
+        raise ConfigError(
+            f"privacy.unit = {config.privacy.unit!r}: a site's record-level DP is its own "
+            "policy; set policy.record_clip_norm and policy.record_noise_multiplier (or "
+            "policy.record_max_epsilon with policy.max_rounds) in [policy]"
+        )
+    grouped = dataset.metadata.get("unit_column")
+    if pol.record_level and pol.unit_column is not None and grouped != pol.unit_column:
+        raise ConfigError(
+            f"policy.unit_column = {pol.unit_column!r} but the site's records are "
+            + (f"grouped by {grouped!r}" if grouped else "not grouped by person")
         )
 
 
 def build_coordinator(settings: CoordinatorSettings, config: Config) -> Coordinator:
-    refuse_unsupported(config)
+    check_record_level(config)
     return Coordinator(
         config,
         sites=settings.sites,
@@ -137,7 +166,6 @@ def run_server(
 
 def build_site(settings: SiteSettings, config: Config) -> tuple[Site, bytes]:
     """The site's state machine on its own data, and its certificate (DER)."""
-    refuse_unsupported(config)
     from secure_fml._functional import FunctionalModel
     from secure_fml.algorithms import make_algorithm
     from secure_fml.data import load_preset
@@ -145,6 +173,7 @@ def build_site(settings: SiteSettings, config: Config) -> tuple[Site, bytes]:
     from secure_fml.simulation import build_model, model_spec_for
 
     ds = load_preset(config.data.preset, root=config.data.root, **config.data.options)
+    check_site_record_level(settings, config, ds)
     client = ds.client(settings.client)
     fm = FunctionalModel(build_model(model_spec_for(config, ds)))
     cert_path, _, identity_path = site_paths(settings.pki_dir, settings.name)

@@ -15,7 +15,15 @@ runs. What a deployment adds:
   round it joined, the session, whether it released its update there) and its own
   hash-chained, fsync'ed privacy ledger (``privacy_ledger.jsonl``) with the epsilon
   it computed itself against the coordinator. Both are written before the update
-  leaves, so a restart never reopens a round the site already contributed to.
+  leaves, so a restart never reopens a round the site already contributed to;
+- record-level (patient-level) DP when its policy sets ``record_clip_norm``: every
+  local gradient step is DP-SGD (:class:`~secure_fml.record_dp.RecordDPAlgorithm`)
+  with the sigma its own policy decides (:meth:`SitePolicy.record_sigma`:
+  a round start asking for less is refused), its
+  :class:`RecordLevelRelease` is charged to its own ledger (within its own
+  ``record_max_epsilon``) before the update leaves, and travels with the update so
+  the coordinator's ledger keeps a copy. That epsilon holds against the coordinator
+  and every other site together: the update itself is the output of the mechanism.
 
 Replays: a round start for an earlier round than one the site joined, or the same
 round start (session) again, is refused (:class:`~privacy.errors.StaleMessage`);
@@ -35,13 +43,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 import privacy
-from privacy import Adversary, Csprng, EpsilonCache, PrivacyEvent, PrivacyLedger, atomic_write_bytes
+from privacy import (
+    Adversary,
+    Csprng,
+    EpsilonCache,
+    PrivacyEvent,
+    PrivacyLedger,
+    RecordLevelRelease,
+    atomic_write_bytes,
+)
 from privacy.errors import (
     CheckpointError,
+    ConfigError,
     InsecureModeError,
     PolicyViolation,
     PrivacyBudgetExhausted,
@@ -49,11 +67,18 @@ from privacy.errors import (
     StaleMessage,
 )
 from secure_fml._functional import Batch
-from secure_fml.algorithms import Algorithm
+from secure_fml.algorithms import Algorithm, ClientUpdate, SplitMode
 from secure_fml.deploy._pki import verify_site_certificate
 from secure_fml.deploy._policy import AdmittedRound, SitePolicy
 from secure_fml.messages import Peer, RoundStart
 from secure_fml.pipeline import ClientPipeline, seeded_generator
+from secure_fml.record_dp import (
+    RecordDPAlgorithm,
+    RecordLevelDP,
+    num_units,
+    refuse_unsupported,
+    site_schedule,
+)
 
 __all__ = ["ROUNDS_FILE", "Site"]
 
@@ -122,6 +147,8 @@ class Site(ClientPipeline):
             )
         self.ca = ca_certificate
         self.policy = policy
+        #: The site's record-level step schedule (None: no record-level DP).
+        self.record_schedule = _record_schedule(policy, algorithm, data)
         generator = seeded_generator(seed, name) if seed is not None else None
         super().__init__(
             name=name,
@@ -158,13 +185,24 @@ class Site(ClientPipeline):
         self._joined = _load_joined(self._rounds_path)
         #: The site's own privacy ledger (what it released, the epsilon it computed).
         self.ledger = PrivacyLedger.open(
-            self.state_dir / privacy.LEDGER_FILENAME, budget=policy.budget()
+            self.state_dir / privacy.LEDGER_FILENAME,
+            budget=policy.budget(),
+            record_budget=policy.record_budget(),
         )
-        last = self.ledger.last_round
-        if last is not None and last > self._joined.round:
+        # The last round this site released anything in: a client-level release, or its
+        # patients' record-level release (recorded first, and with no round order of
+        # its own in the ledger).
+        rounds = [e.round for e in self.ledger.entries if isinstance(e.event, RecordLevelRelease)]
+        last = max([r for r in (self.ledger.last_round, *rounds) if r is not None], default=None)
+        j = self._joined
+        if last is not None and (last > j.round or (last == j.round and not j.released)):
             # Recorded in the ledger, not yet in the round record (a crash in between).
-            self._joined = _Joined(last, "", True, self._joined.contributions + 1)
+            self._joined = _Joined(last, "", True, j.contributions + 1)
         self._admitted: AdmittedRound | None = None
+        #: This round's record-level DP-SGD (sigma from the site's own policy), and the
+        #: release it planned (charged before the update leaves).
+        self._record_algorithms: dict[float, RecordDPAlgorithm] = {}
+        self._record_round: tuple[RecordDPAlgorithm, RecordLevelRelease] | None = None
         self._epsilon_after: float | None = None
         self._eps_cache = EpsilonCache()
         log.info("site %s policy: %s", name, policy.describe())
@@ -211,6 +249,7 @@ class Site(ClientPipeline):
 
     def admit(self, msg: RoundStart) -> None:
         self._admitted = None
+        self._record_round = None
         j = self._joined
         sid = msg.session_id.hex()
         if msg.round < j.round:
@@ -231,6 +270,7 @@ class Site(ClientPipeline):
                 f"maximum: it stops contributing"
             )
         admitted = pol.admit(msg, update_dimension=self.dim + msg.settings.extra_coordinates())
+        record = self._admit_record_level(msg)
         if admitted.event is not None:
             try:
                 self.ledger.check(admitted.event)
@@ -244,6 +284,7 @@ class Site(ClientPipeline):
                 ) from None
         self._persist(_Joined(msg.round, sid, False, j.contributions))
         self._admitted = admitted
+        self._record_round = record
         # The epsilon after this release, computed now (during local training, not inside
         # a stage deadline).
         self._epsilon_after = (
@@ -259,15 +300,87 @@ class Site(ClientPipeline):
             "none" if admitted.noise_multiplier is None else f"{admitted.noise_multiplier:.4g}",
         )
 
+    def _admit_record_level(
+        self, msg: RoundStart
+    ) -> tuple[RecordDPAlgorithm, RecordLevelRelease] | None:
+        """The round's DP-SGD and the release it will cost, or a typed refusal."""
+        pol = self.policy
+        sigma = pol.record_sigma(
+            msg.settings.record_level,
+            algorithm=self.algorithm.name.value,
+            schedule=self.record_schedule or (),
+        )
+        if sigma is None:
+            return None
+        assert pol.record_clip_norm is not None and self.record_schedule is not None
+        event = RecordLevelRelease(
+            round=msg.round,
+            site_id=self.name,
+            unit=pol.record_unit,
+            noise_multiplier=sigma,
+            clip_norm=pol.record_clip_norm,
+            sample_rates=tuple(q for q, _ in self.record_schedule),
+            steps=tuple(k for _, k in self.record_schedule),
+        )
+        try:
+            self.ledger.check(event)
+        except PrivacyBudgetExhausted as e:
+            raise PrivacyBudgetExhausted(
+                f"site {self.name} is at its own record-level budget, it stops contributing: {e}"
+            ) from None
+        alg = self._record_algorithms.get(sigma)
+        if alg is None:
+            dp = RecordLevelDP(
+                clip_norm=pol.record_clip_norm,
+                noise_multiplier=sigma,
+                delta=pol.delta,
+                unit=pol.record_unit,
+            )
+            alg = self._record_algorithms[sigma] = RecordDPAlgorithm(self.algorithm, dp)
+        return alg, event
+
+    def local_update(self, state: torch.Tensor, round_: int) -> ClientUpdate:
+        rec = self._record_round
+        if rec is None:
+            return super().local_update(state, round_)
+        alg, event = rec
+        upd = alg.client_update(state, self.data, self.training_generator(round_))
+        r = upd.receipt
+        if r is None or r.event(round=round_, site_id=self.name) != event:
+            raise PrivacyError(
+                f"round {round_}: the DP-SGD steps taken differ from the release this site "
+                "planned; withheld"
+            )
+        return upd
+
     def before_release(self, msg: RoundStart) -> None:
         a = self._admitted
         j = self._joined
         if a is None or a.round != msg.round or j.round != msg.round or j.released:
             raise StaleMessage(f"round {msg.round} was not admitted by this site; withheld")
+        rec = self._record_round
+        record = rec[1] if rec is not None and rec[1].round == msg.round else None
+        if self.policy.record_level and record is None:
+            raise StaleMessage(f"round {msg.round} has no record-level release; withheld")
+        if record is not None:
+            # The patients' release first: durable (fsync'ed, within the site's own
+            # record-level budget) before the update leaves.
+            self.ledger.record(record)
         if a.event is not None:
             # Durable (fsync'ed, budget-checked) before the update leaves.
             self.ledger.record(a.event)
         self._persist(_Joined(j.round, j.session, True, j.contributions + 1))
+        if record is not None:
+            eps = self.ledger.record_accountant(self.name).get_epsilon(self.policy.delta)
+            log.info(
+                "site %s released round %d: record-level epsilon %.4g per %s (delta %g), "
+                "against the coordinator and every other site",
+                self.name,
+                msg.round,
+                eps,
+                record.unit,
+                self.policy.delta,
+            )
         if a.event is not None and self._epsilon_after is not None:
             log.info(
                 "site %s released round %d: epsilon %.4g against the coordinator (delta %g)",
@@ -276,3 +389,24 @@ class Site(ClientPipeline):
                 self._epsilon_after,
                 self.policy.delta,
             )
+
+
+def _record_schedule(
+    policy: SitePolicy, algorithm: Algorithm, data: Batch
+) -> tuple[tuple[float, int], ...] | None:
+    """The per-round DP-SGD schedule of a site whose policy runs record-level DP."""
+    if not policy.record_level:
+        return None
+    refuse_unsupported(algorithm)
+    if algorithm.config.split is SplitMode.FIXED:
+        raise ConfigError(
+            "algorithm.split = fixed is not available under record-level DP (the "
+            "support/query split is part of the private sampling); use per-round"
+        )
+    if (policy.unit_column is not None) != (data.unit is not None):
+        raise ConfigError(
+            f"policy.unit_column = {policy.unit_column!r} but this site's records are "
+            + ("grouped by person" if data.unit is not None else "not grouped by person")
+            + " (load them with load_csv(..., unit_column=...) and name that column)"
+        )
+    return site_schedule(algorithm, num_records=len(data), num_units=num_units(data))

@@ -24,39 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$secure_fml/proto/secure_fml_v1.proto\x12\rsecure_fml.v1\"*\n\nTensorSpec\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\"8\n\x04Peer\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"\x8c\x05\n\nRoundStart\x12\x12\n\nsite_index\x18\x01 \x01(\r\x12\"\n\x05peers\x18\x02 \x03(\x0b\x32\x13.secure_fml.v1.Peer\x12\x14\n\x0cmodel_sha256\x18\x03 \x01(\x0c\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x14\n\x0cmodulus_bits\x18\x05 \x01(\r\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\x07 \x01(\r\x12\x13\n\x0bnum_clients\x18\x08 \x01(\r\x12\x16\n\tclip_norm\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05scale\x18\n \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05noise\x18\x0b \x01(\t\x12\x11\n\tnoise_std\x18\x0c \x01(\x01\x12\x1a\n\rbit_noise_std\x18\r \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x11\x61\x64\x61ptive_clip_bit\x18\x0e \x01(\x08\x12\x10\n\x08weighted\x18\x0f \x01(\x08\x12\x15\n\rmin_survivors\x18\x10 \x01(\r\x12\x19\n\x11\x61ssumed_colluding\x18\x11 \x01(\r\x12\x18\n\x10wrap_probability\x18\x12 \x01(\x01\x12\x1c\n\x14max_dropout_fraction\x18\x13 \x01(\x01\x12\x1c\n\x14max_corrupt_fraction\x18\x14 \x01(\x01\x12\x1d\n\x15min_survivor_fraction\x18\x15 \x01(\x01\x12\x1c\n\x14min_survivors_policy\x18\x16 \x01(\r\x12\x19\n\x11max_attempts_log2\x18\x17 \x01(\r\x12\x15\n\rsecurity_bits\x18\x18 \x01(\r\x12\x18\n\x10\x63orrectness_bits\x18\x19 \x01(\rB\x0c\n\n_clip_normB\x08\n\x06_scaleB\x10\n\x0e_bit_noise_std\"\xb0\x02\n\x06Header\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.secure_fml.v1.Kind\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\x12\r\n\x05stage\x18\x05 \x01(\r\x12\x15\n\rpayload_bytes\x18\x06 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x07 \x01(\x0c\x12\x15\n\rconnection_id\x18\x08 \x01(\x0c\x12\x16\n\x0eretry_after_ms\x18\t \x01(\r\x12)\n\x06tensor\x18\n \x01(\x0b\x32\x19.secure_fml.v1.TensorSpec\x12.\n\x0bround_start\x18\x0b \x01(\x0b\x32\x19.secure_fml.v1.RoundStart\"I\n\x05\x46rame\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.secure_fml.v1.HeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"J\n\x0bJoinRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\";\n\tJoinReply\x12\x15\n\rconnection_id\x18\x01 \x01(\x0c\x12\x17\n\x0fmax_chunk_bytes\x18\x02 \x01(\r\"O\n\x0bPollRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\rconnection_id\x18\x02 \x01(\x0c\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\"\x1f\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\")\n\rStatusRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"\x1b\n\x0bStatusReply\x12\x0c\n\x04json\x18\x01 \x01(\t\"B\n\x0f\x44ownloadRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\rconnection_id\x18\x02 \x01(\x0c*a\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04WAIT\x10\x01\x12\x0f\n\x0bROUND_START\x10\x02\x12\n\n\x06SECAGG\x10\x03\x12\x0c\n\x08\x46INISHED\x10\x04\x12\x0e\n\nCHECKPOINT\x10\x05\x32\xcd\x02\n\x0b\x43oordinator\x12<\n\x04Join\x12\x1a.secure_fml.v1.JoinRequest\x1a\x18.secure_fml.v1.JoinReply\x12:\n\x04Poll\x12\x1a.secure_fml.v1.PollRequest\x1a\x14.secure_fml.v1.Frame0\x01\x12<\n\x06Submit\x12\x14.secure_fml.v1.Frame\x1a\x1a.secure_fml.v1.SubmitReply(\x01\x12\x42\n\x06Status\x12\x1c.secure_fml.v1.StatusRequest\x1a\x1a.secure_fml.v1.StatusReply\x12\x42\n\x08\x44ownload\x12\x1e.secure_fml.v1.DownloadRequest\x1a\x14.secure_fml.v1.Frame0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$secure_fml/proto/secure_fml_v1.proto\x12\rsecure_fml.v1\"*\n\nTensorSpec\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\"8\n\x04Peer\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"\xc5\x05\n\nRoundStart\x12\x12\n\nsite_index\x18\x01 \x01(\r\x12\"\n\x05peers\x18\x02 \x03(\x0b\x32\x13.secure_fml.v1.Peer\x12\x14\n\x0cmodel_sha256\x18\x03 \x01(\x0c\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x14\n\x0cmodulus_bits\x18\x05 \x01(\r\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\x07 \x01(\r\x12\x13\n\x0bnum_clients\x18\x08 \x01(\r\x12\x16\n\tclip_norm\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05scale\x18\n \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05noise\x18\x0b \x01(\t\x12\x11\n\tnoise_std\x18\x0c \x01(\x01\x12\x1a\n\rbit_noise_std\x18\r \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x11\x61\x64\x61ptive_clip_bit\x18\x0e \x01(\x08\x12\x10\n\x08weighted\x18\x0f \x01(\x08\x12\x15\n\rmin_survivors\x18\x10 \x01(\r\x12\x19\n\x11\x61ssumed_colluding\x18\x11 \x01(\r\x12\x18\n\x10wrap_probability\x18\x12 \x01(\x01\x12\x1c\n\x14max_dropout_fraction\x18\x13 \x01(\x01\x12\x1c\n\x14max_corrupt_fraction\x18\x14 \x01(\x01\x12\x1d\n\x15min_survivor_fraction\x18\x15 \x01(\x01\x12\x1c\n\x14min_survivors_policy\x18\x16 \x01(\r\x12\x19\n\x11max_attempts_log2\x18\x17 \x01(\r\x12\x15\n\rsecurity_bits\x18\x18 \x01(\r\x12\x18\n\x10\x63orrectness_bits\x18\x19 \x01(\r\x12\x37\n\x0crecord_level\x18\x1a \x01(\x0b\x32!.secure_fml.v1.RecordLevelRequestB\x0c\n\n_clip_normB\x08\n\x06_scaleB\x10\n\x0e_bit_noise_std\"\xb8\x01\n\x12RecordLevelRequest\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x1d\n\x10noise_multiplier\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0etarget_epsilon\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06rounds\x18\x05 \x01(\r\x12\r\n\x05\x64\x65lta\x18\x06 \x01(\x01\x42\x13\n\x11_noise_multiplierB\x11\n\x0f_target_epsilon\"\x82\x01\n\x12RecordLevelRelease\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\x12\x11\n\tclip_norm\x18\x04 \x01(\x01\x12\x14\n\x0csample_rates\x18\x05 \x03(\x01\x12\r\n\x05steps\x18\x06 \x03(\r\"\xeb\x02\n\x06Header\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.secure_fml.v1.Kind\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\x12\r\n\x05stage\x18\x05 \x01(\r\x12\x15\n\rpayload_bytes\x18\x06 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x07 \x01(\x0c\x12\x15\n\rconnection_id\x18\x08 \x01(\x0c\x12\x16\n\x0eretry_after_ms\x18\t \x01(\r\x12)\n\x06tensor\x18\n \x01(\x0b\x32\x19.secure_fml.v1.TensorSpec\x12.\n\x0bround_start\x18\x0b \x01(\x0b\x32\x19.secure_fml.v1.RoundStart\x12\x39\n\x0erecord_release\x18\x0c \x01(\x0b\x32!.secure_fml.v1.RecordLevelRelease\"I\n\x05\x46rame\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.secure_fml.v1.HeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"J\n\x0bJoinRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\";\n\tJoinReply\x12\x15\n\rconnection_id\x18\x01 \x01(\x0c\x12\x17\n\x0fmax_chunk_bytes\x18\x02 \x01(\r\"O\n\x0bPollRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\rconnection_id\x18\x02 \x01(\x0c\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\"\x1f\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\")\n\rStatusRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"\x1b\n\x0bStatusReply\x12\x0c\n\x04json\x18\x01 \x01(\t\"B\n\x0f\x44ownloadRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\rconnection_id\x18\x02 \x01(\x0c*a\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04WAIT\x10\x01\x12\x0f\n\x0bROUND_START\x10\x02\x12\n\n\x06SECAGG\x10\x03\x12\x0c\n\x08\x46INISHED\x10\x04\x12\x0e\n\nCHECKPOINT\x10\x05\x32\xcd\x02\n\x0b\x43oordinator\x12<\n\x04Join\x12\x1a.secure_fml.v1.JoinRequest\x1a\x18.secure_fml.v1.JoinReply\x12:\n\x04Poll\x12\x1a.secure_fml.v1.PollRequest\x1a\x14.secure_fml.v1.Frame0\x01\x12<\n\x06Submit\x12\x14.secure_fml.v1.Frame\x1a\x1a.secure_fml.v1.SubmitReply(\x01\x12\x42\n\x06Status\x12\x1c.secure_fml.v1.StatusRequest\x1a\x1a.secure_fml.v1.StatusReply\x12\x42\n\x08\x44ownload\x12\x1e.secure_fml.v1.DownloadRequest\x1a\x14.secure_fml.v1.Frame0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'secure_fml.proto.secure_fml_v1_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KIND']._serialized_start=1585
-  _globals['_KIND']._serialized_end=1682
+  _globals['_KIND']._serialized_start=2021
+  _globals['_KIND']._serialized_end=2118
   _globals['_TENSORSPEC']._serialized_start=55
   _globals['_TENSORSPEC']._serialized_end=97
   _globals['_PEER']._serialized_start=99
   _globals['_PEER']._serialized_end=155
   _globals['_ROUNDSTART']._serialized_start=158
-  _globals['_ROUNDSTART']._serialized_end=810
-  _globals['_HEADER']._serialized_start=813
-  _globals['_HEADER']._serialized_end=1117
-  _globals['_FRAME']._serialized_start=1119
-  _globals['_FRAME']._serialized_end=1192
-  _globals['_JOINREQUEST']._serialized_start=1194
-  _globals['_JOINREQUEST']._serialized_end=1268
-  _globals['_JOINREPLY']._serialized_start=1270
-  _globals['_JOINREPLY']._serialized_end=1329
-  _globals['_POLLREQUEST']._serialized_start=1331
-  _globals['_POLLREQUEST']._serialized_end=1410
-  _globals['_SUBMITREPLY']._serialized_start=1412
-  _globals['_SUBMITREPLY']._serialized_end=1443
-  _globals['_STATUSREQUEST']._serialized_start=1445
-  _globals['_STATUSREQUEST']._serialized_end=1486
-  _globals['_STATUSREPLY']._serialized_start=1488
-  _globals['_STATUSREPLY']._serialized_end=1515
-  _globals['_DOWNLOADREQUEST']._serialized_start=1517
-  _globals['_DOWNLOADREQUEST']._serialized_end=1583
-  _globals['_COORDINATOR']._serialized_start=1685
-  _globals['_COORDINATOR']._serialized_end=2018
+  _globals['_ROUNDSTART']._serialized_end=867
+  _globals['_RECORDLEVELREQUEST']._serialized_start=870
+  _globals['_RECORDLEVELREQUEST']._serialized_end=1054
+  _globals['_RECORDLEVELRELEASE']._serialized_start=1057
+  _globals['_RECORDLEVELRELEASE']._serialized_end=1187
+  _globals['_HEADER']._serialized_start=1190
+  _globals['_HEADER']._serialized_end=1553
+  _globals['_FRAME']._serialized_start=1555
+  _globals['_FRAME']._serialized_end=1628
+  _globals['_JOINREQUEST']._serialized_start=1630
+  _globals['_JOINREQUEST']._serialized_end=1704
+  _globals['_JOINREPLY']._serialized_start=1706
+  _globals['_JOINREPLY']._serialized_end=1765
+  _globals['_POLLREQUEST']._serialized_start=1767
+  _globals['_POLLREQUEST']._serialized_end=1846
+  _globals['_SUBMITREPLY']._serialized_start=1848
+  _globals['_SUBMITREPLY']._serialized_end=1879
+  _globals['_STATUSREQUEST']._serialized_start=1881
+  _globals['_STATUSREQUEST']._serialized_end=1922
+  _globals['_STATUSREPLY']._serialized_start=1924
+  _globals['_STATUSREPLY']._serialized_end=1951
+  _globals['_DOWNLOADREQUEST']._serialized_start=1953
+  _globals['_DOWNLOADREQUEST']._serialized_end=2019
+  _globals['_COORDINATOR']._serialized_start=2121
+  _globals['_COORDINATOR']._serialized_end=2454
 # @@protoc_insertion_point(module_scope)

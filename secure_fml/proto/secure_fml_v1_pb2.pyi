@@ -41,7 +41,7 @@ class Peer(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("site_index", "peers", "model_sha256", "protocol", "modulus_bits", "threshold", "degree", "num_clients", "clip_norm", "scale", "noise", "noise_std", "bit_noise_std", "adaptive_clip_bit", "weighted", "min_survivors", "assumed_colluding", "wrap_probability", "max_dropout_fraction", "max_corrupt_fraction", "min_survivor_fraction", "min_survivors_policy", "max_attempts_log2", "security_bits", "correctness_bits")
+    __slots__ = ("site_index", "peers", "model_sha256", "protocol", "modulus_bits", "threshold", "degree", "num_clients", "clip_norm", "scale", "noise", "noise_std", "bit_noise_std", "adaptive_clip_bit", "weighted", "min_survivors", "assumed_colluding", "wrap_probability", "max_dropout_fraction", "max_corrupt_fraction", "min_survivor_fraction", "min_survivors_policy", "max_attempts_log2", "security_bits", "correctness_bits", "record_level")
     SITE_INDEX_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class RoundStart(_message.Message):
     MAX_ATTEMPTS_LOG2_FIELD_NUMBER: _ClassVar[int]
     SECURITY_BITS_FIELD_NUMBER: _ClassVar[int]
     CORRECTNESS_BITS_FIELD_NUMBER: _ClassVar[int]
+    RECORD_LEVEL_FIELD_NUMBER: _ClassVar[int]
     site_index: int
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
     model_sha256: bytes
@@ -92,10 +93,43 @@ class RoundStart(_message.Message):
     max_attempts_log2: int
     security_bits: int
     correctness_bits: int
-    def __init__(self, site_index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model_sha256: _Optional[bytes] = ..., protocol: _Optional[str] = ..., modulus_bits: _Optional[int] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., num_clients: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., noise: _Optional[str] = ..., noise_std: _Optional[float] = ..., bit_noise_std: _Optional[float] = ..., adaptive_clip_bit: _Optional[bool] = ..., weighted: _Optional[bool] = ..., min_survivors: _Optional[int] = ..., assumed_colluding: _Optional[int] = ..., wrap_probability: _Optional[float] = ..., max_dropout_fraction: _Optional[float] = ..., max_corrupt_fraction: _Optional[float] = ..., min_survivor_fraction: _Optional[float] = ..., min_survivors_policy: _Optional[int] = ..., max_attempts_log2: _Optional[int] = ..., security_bits: _Optional[int] = ..., correctness_bits: _Optional[int] = ...) -> None: ...
+    record_level: RecordLevelRequest
+    def __init__(self, site_index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model_sha256: _Optional[bytes] = ..., protocol: _Optional[str] = ..., modulus_bits: _Optional[int] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., num_clients: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., noise: _Optional[str] = ..., noise_std: _Optional[float] = ..., bit_noise_std: _Optional[float] = ..., adaptive_clip_bit: _Optional[bool] = ..., weighted: _Optional[bool] = ..., min_survivors: _Optional[int] = ..., assumed_colluding: _Optional[int] = ..., wrap_probability: _Optional[float] = ..., max_dropout_fraction: _Optional[float] = ..., max_corrupt_fraction: _Optional[float] = ..., min_survivor_fraction: _Optional[float] = ..., min_survivors_policy: _Optional[int] = ..., max_attempts_log2: _Optional[int] = ..., security_bits: _Optional[int] = ..., correctness_bits: _Optional[int] = ..., record_level: _Optional[_Union[RecordLevelRequest, _Mapping]] = ...) -> None: ...
+
+class RecordLevelRequest(_message.Message):
+    __slots__ = ("algorithm", "unit", "noise_multiplier", "target_epsilon", "rounds", "delta")
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    algorithm: str
+    unit: str
+    noise_multiplier: float
+    target_epsilon: float
+    rounds: int
+    delta: float
+    def __init__(self, algorithm: _Optional[str] = ..., unit: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., rounds: _Optional[int] = ..., delta: _Optional[float] = ...) -> None: ...
+
+class RecordLevelRelease(_message.Message):
+    __slots__ = ("site", "unit", "noise_multiplier", "clip_norm", "sample_rates", "steps")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    unit: str
+    noise_multiplier: float
+    clip_norm: float
+    sample_rates: _containers.RepeatedScalarFieldContainer[float]
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, site: _Optional[str] = ..., unit: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., sample_rates: _Optional[_Iterable[float]] = ..., steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("protocol_version", "kind", "round", "session_id", "stage", "payload_bytes", "payload_sha256", "connection_id", "retry_after_ms", "tensor", "round_start")
+    __slots__ = ("protocol_version", "kind", "round", "session_id", "stage", "payload_bytes", "payload_sha256", "connection_id", "retry_after_ms", "tensor", "round_start", "record_release")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +141,7 @@ class Header(_message.Message):
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     ROUND_START_FIELD_NUMBER: _ClassVar[int]
+    RECORD_RELEASE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     kind: Kind
     round: int
@@ -118,7 +153,8 @@ class Header(_message.Message):
     retry_after_ms: int
     tensor: TensorSpec
     round_start: RoundStart
-    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., session_id: _Optional[bytes] = ..., stage: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ..., connection_id: _Optional[bytes] = ..., retry_after_ms: _Optional[int] = ..., tensor: _Optional[_Union[TensorSpec, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ...) -> None: ...
+    record_release: RecordLevelRelease
+    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., session_id: _Optional[bytes] = ..., stage: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ..., connection_id: _Optional[bytes] = ..., retry_after_ms: _Optional[int] = ..., tensor: _Optional[_Union[TensorSpec, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., record_release: _Optional[_Union[RecordLevelRelease, _Mapping]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("header", "chunk")

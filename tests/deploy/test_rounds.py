@@ -142,27 +142,36 @@ def test_spent_budget_stops_training_without_release(pki: Path, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("unit", ["record", "both"])
-def test_deployment_refuses_record_level_dp_it_does_not_run(tmp_path: Path, unit: str) -> None:
-    """A deployment never runs a config whose privacy unit it would silently drop."""
-    from secure_fml.config import config_from_dict
+def test_deployment_record_level_dp_is_each_sites_own_policy(tmp_path: Path, unit: str) -> None:
+    """Record-level DP runs in deployed sites (tests/deploy/test_record_level.py): the
+    coordinator only asks, each site runs and budgets it under its own [policy]. What
+    a deployment cannot honour is refused before anything starts."""
+    from secure_fml.config import Config, config_from_dict
     from secure_fml.deploy import CoordinatorSettings, SiteSettings, build_coordinator, build_site
 
-    config = config_from_dict(
-        {
-            "algorithm": {"name": "fomaml"},
-            "privacy": {
-                "enabled": True,
-                "unit": unit,
-                "record_noise_multiplier": 1.0,
-                **({"noise_multiplier": 1.0} if unit == "both" else {}),
-            },
-        }
-    )
+    def config(**privacy: object) -> Config:
+        return config_from_dict(
+            {
+                "algorithm": {"name": privacy.pop("algorithm", "fomaml")},
+                "privacy": {
+                    "enabled": True,
+                    "unit": unit,
+                    "record_noise_multiplier": 1.0,
+                    **({"noise_multiplier": 1.0} if unit == "both" else {}),
+                    **privacy,
+                },
+            }
+        )
+
     coord = CoordinatorSettings(
         sites=("a", "b", "c"), sample_shape=(60,), num_classes=10, run_dir=tmp_path / "run"
     )
-    with pytest.raises(ConfigError, match="record-level DP is not available in deployment"):
-        build_coordinator(coord, config)
-    with pytest.raises(ConfigError, match="record-level DP is not available in deployment"):
-        build_site(SiteSettings(name="a", client="client_00", pki_dir=tmp_path), config)
+    with pytest.raises(ConfigError, match="use 'fomaml'"):
+        build_coordinator(coord, config(algorithm="maml"))
+    with pytest.raises(ConfigError, match="each site enforces its own record-level budget"):
+        build_coordinator(coord, config(record_max_epsilon=3.0))
+    # A site whose run config asks for record-level DP but whose policy does not run it.
+    site = SiteSettings(name="a", client="client_00", pki_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"its own policy; set policy\.record_clip_norm"):
+        build_site(site, config())
     assert not (tmp_path / "run").exists()

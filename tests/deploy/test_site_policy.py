@@ -450,6 +450,7 @@ def test_roundsettings_fields_are_all_considered() -> None:
         "secagg",
         "scale",
         "wrap_probability",
+        "record_level",  # SitePolicy.record_sigma (tests/deploy/test_record_level.py)
     }
     assert {f.name for f in dataclasses.fields(RoundSettings)} == judged
 
