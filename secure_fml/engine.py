@@ -75,6 +75,7 @@ from aggregation import (
     Stage,
     centered_lift,
     reply_size_limit,
+    verify_evidence,
 )
 from privacy import (
     INSECURE_SEED_WARNING,
@@ -97,6 +98,7 @@ from privacy.errors import (
     ConfigError,
     DropoutThresholdNotMet,
     InvalidMessage,
+    NoProgress,
     OutOfOrder,
     PrivacyBudgetExhausted,
     PrivacyError,
@@ -129,6 +131,7 @@ from secure_fml.rounds import ClientSampler, SampledRound, ServerOptimizer, part
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "EXCLUDED_FILE",
     "METRICS_FILE",
     "Identity",
     "PrivacySetup",
@@ -142,6 +145,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
+#: Participants excluded from later rounds for proven misbehaviour, with the evidence.
+EXCLUDED_FILE = "excluded.json"
+#: The back-off after an abort doubles at most this many times.
+_MAX_BACKOFF_DOUBLINGS = 6
 
 #: Fewest participants secure aggregation runs with (two would reveal each other).
 MIN_SECURE_PARTICIPANTS = 3
@@ -429,6 +436,17 @@ def plan_round(
 # ------------------------------------------------------------------------------ engine
 
 
+def _load_excluded(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))["excluded"]
+        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+            raise TypeError("not a table of excluded participants")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        # Never treated as empty: that would readmit a proven offender.
+        raise CheckpointError(f"{path}: unreadable exclusion record ({e})") from None
+    return {str(k): v for k, v in raw.items()}
+
+
 @dataclass
 class _Round:
     plan: RoundPlan
@@ -441,6 +459,8 @@ class _Round:
     charged: bool = False
     refused: dict[str, str] = field(default_factory=dict)
     replies: dict[Stage, int] = field(default_factory=dict)
+    #: Participants this round proved to misbehave (name -> offence), now excluded.
+    excluded: dict[str, str] = field(default_factory=dict)
 
     @property
     def number(self) -> int:
@@ -544,6 +564,12 @@ class RoundEngine:
         self.last_plan: RoundPlan | None = None
         #: The round of the newest checkpoint on disk (None: no run directory).
         self.checkpoint_round: int | None = None
+        #: Progress watchdog: round attempts aborted in a row, and when the next may start.
+        self.aborts_in_a_row = 0
+        self.ready_at: float | None = None
+        #: Participants excluded for proven misbehaviour (name -> round, offence, evidence);
+        #: persisted in ``run_dir`` (:data:`EXCLUDED_FILE`), never sampled into a round again.
+        self.excluded: dict[str, dict[str, Any]] = {}
         self._opened = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -595,6 +621,8 @@ class RoundEngine:
             self.ledger = PrivacyLedger.open(
                 ledger_dir / privacy.LEDGER_FILENAME, budget=budget, expected_head=head
             )
+        if run_dir is not None and (run_dir / EXCLUDED_FILE).exists():
+            self.excluded = _load_excluded(run_dir / EXCLUDED_FILE)
         if ckpt is not None:
             self._restore(ckpt)
         elif run_dir is not None:
@@ -735,9 +763,15 @@ class RoundEngine:
         if self.finished:
             return False
         now = self.clock()
+        if self.ready_at is not None and now < self.ready_at:
+            raise OutOfOrder(
+                f"backing off after {self.aborts_in_a_row} aborted round(s): the next round "
+                f"may start in {self.ready_at - now:.1f}s"
+            )
         r = self.round + 1
         sampled = self.sampler.sample(r)
-        live = set(available)
+        # A participant proven to misbehave is never in a round again (as if unreachable).
+        live = set(available) - set(self.excluded)
         participants = tuple(sorted(c for c in sampled.client_ids if c in live))
         plan_min = self._min_participants()
         if len(participants) < plan_min:
@@ -989,6 +1023,7 @@ class RoundEngine:
         try:
             out = rd.server.close_stage()
             if isinstance(out, Aggregate):
+                self._exclude_offenders(rd)
                 if not rd.charged:
                     self._charge(rd, out.contributors)
                 self._apply(rd, out)
@@ -997,7 +1032,59 @@ class RoundEngine:
                 self._charge(rd, self._contributors(rd))
             self._send(rd, out)
         except (ProtocolError, PrivacyError) as e:
+            self._exclude_offenders(rd)
             self._abort(rd, e)
+
+    def _exclude_offenders(self, rd: _Round) -> None:
+        """Exclude from later rounds every participant the aggregation server proved to
+        misbehave in this round (re-checked with :func:`aggregation.verify_evidence`
+        against the round's roster, so only a signed proof excludes, never a suspicion),
+        durably before the round's metrics line."""
+        srv = rd.server
+        if not isinstance(srv, ServerSession):
+            return
+        for ev in srv.evidence:
+            if not ev.proven:
+                continue
+            try:
+                name = rd.name_of(ev.offender)
+            except KeyError:
+                continue
+            if name in self.excluded:
+                continue
+            try:
+                verify_evidence(ev, srv.roster)
+            except ProtocolError as e:
+                log.warning("round %d: evidence against %s does not verify: %s", rd.number, name, e)
+                continue
+            self.excluded[name] = {
+                "round": rd.number,
+                "kind": ev.kind.value,
+                "detail": ev.detail,
+                "roster": list(rd.plan.participants),
+                "evidence": {
+                    "offender": ev.offender,
+                    "context": ev.context.hex(),
+                    "parts": [[k, v.hex()] for k, v in ev.parts],
+                },
+            }
+            rd.excluded[name] = ev.kind.value
+            log.warning(
+                "round %d: %s excluded from later rounds, proven %s (%s)",
+                rd.number,
+                name,
+                ev.kind.value,
+                ev.detail,
+            )
+        if rd.excluded and self.run_dir is not None:
+            data = json.dumps({"excluded": self.excluded}, indent=2, sort_keys=True) + "\n"
+            atomic_write_bytes(self.run_dir / EXCLUDED_FILE, data.encode())
+
+    def give_up(self, error: NoProgress) -> None:
+        """Stop the run: no round can make progress (the watchdog, or no sites left)."""
+        log.error("%s", error)
+        self.stopped = str(error)
+        self.stop_error = error
 
     @staticmethod
     def _contributors(rd: _Round) -> tuple[int, ...]:
@@ -1174,6 +1261,7 @@ class RoundEngine:
             mean = (update / denom).astype(np.float32)
             self.state = self.optimizer.step(torch.from_numpy(mean))
         self.round = rd.number
+        self.aborts_in_a_row, self.ready_at = 0, None
         if self.dp is not None:
             line_extra.update(
                 {
@@ -1204,7 +1292,32 @@ class RoundEngine:
                 surviving=0,
             )
         self.round = rd.number  # the round index is spent either way: never redrawn
+        self._watchdog(rd, err)
         self._finish(rd, status=status, contributors=0, extra={"reason": str(err)})
+
+    def _watchdog(self, rd: _Round, err: Exception) -> None:
+        """Back off after an aborted attempt; after ``server.max_aborted_rounds`` in a
+        row, stop with :class:`NoProgress` (naming the last reason) instead of retrying
+        forever."""
+        self.aborts_in_a_row += 1
+        sc = self.config.server
+        if self.aborts_in_a_row >= sc.max_aborted_rounds:
+            self.give_up(
+                NoProgress(
+                    f"no progress: {self.aborts_in_a_row} round attempts in a row aborted "
+                    f"(server.max_aborted_rounds = {sc.max_aborted_rounds}); the last, round "
+                    f"{rd.number}, in {rd.stage.name}: {type(err).__name__}: {err}"
+                )
+            )
+            return
+        wait = sc.abort_backoff_s * 2 ** min(self.aborts_in_a_row - 1, _MAX_BACKOFF_DOUBLINGS)
+        self.ready_at = self.clock() + wait
+        log.warning(
+            "round %d aborted (%d in a row): the next attempt in %.1fs",
+            rd.number,
+            self.aborts_in_a_row,
+            wait,
+        )
 
     def _skip(self, sampled: SampledRound, participants: tuple[str, ...], why: str) -> None:
         log.warning("round %d skipped: %s", sampled.round, why)
@@ -1245,6 +1358,10 @@ class RoundEngine:
             "round_s": self.clock() - rd.started,
             **(extra or {}),
         }
+        if rd.excluded:
+            line["newly_excluded"] = dict(rd.excluded)
+        if self.excluded:
+            line["excluded"] = sorted(self.excluded)
         if self.ledger is not None:
             line["epsilon"] = self.epsilon()
             line["ledger_entries"] = self.ledger.head.entries
@@ -1279,6 +1396,7 @@ class RoundEngine:
             "rounds": self.config.server.rounds,
             "finished": self.finished,
             "stopped": self.stopped,
+            "excluded": sorted(self.excluded),
             "open_round": None
             if rd is None
             else {
