@@ -282,7 +282,8 @@ class Coordinator:
             return  # backing off after an aborted round
         if self._quorum_since is None:
             self._quorum_since = now
-        if len(live) == len(self.sites) or now - self._quorum_since >= self.deadlines.start_grace_s:
+        usable = len(self.sites) - len(eng.excluded.keys() & set(self.sites))
+        if len(live) >= usable or now - self._quorum_since >= self.deadlines.start_grace_s:
             self._quorum_since = None
             if eng.start_round(live):
                 plan = eng.last_plan

@@ -80,7 +80,13 @@ def cert_der(pki: Path, name: str) -> bytes:
 
 
 def make_coordinator(
-    config: Config, pki: Path, run_dir: Path, names: Sequence[str] = SITES, **dl: float
+    config: Config,
+    pki: Path,
+    run_dir: Path,
+    names: Sequence[str] = SITES,
+    *,
+    min_sites: int | None = None,
+    **dl: float,
 ) -> Coordinator:
     ds = dataset()
     c = Coordinator(
@@ -90,7 +96,7 @@ def make_coordinator(
         model_spec=model_spec_for(config, ds),
         run_dir=run_dir,
         deadlines=Deadlines(**{"train_s": 20.0, "stage_s": 10.0, **dl}),
-        min_sites=len(names),
+        min_sites=min_sites or len(names),
     )
     c.open()
     return c

@@ -1,0 +1,125 @@
+"""A proven offender is excluded: an insider (real site code, its fault injected by a
+test subclass) forges its unmasking shares or corrupts an encrypted share. Its forgery
+never reaches theta (the released sum is bit-identical to the honest-only one), the
+aggregation layer's signed evidence is re-checked and the coordinator excludes that
+identity from every later round (persisted in its run directory, logged, in the
+metrics), and the honest rounds after it complete without it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from aggregation import Stage
+from secure_fml.config import config_from_dict, config_to_dict
+from secure_fml.deploy import Site
+from secure_fml.deploy._pki import load_identity_key, site_paths
+from secure_fml.engine import EXCLUDED_FILE
+from secure_fml.messages import EngineMessage, StageReply, StageRequest
+from secure_fml.pipeline import seeded_randomness
+from tests.deploy import _harness as H
+
+SEED = 5
+CHEAT = "epsilon"
+
+
+class _Insider(Site):
+    """A site with a valid certificate that misbehaves in round 1 (``fault``), re-signing
+    what it alters with its own identity key so the forgery passes signature checks."""
+
+    fault: str = ""
+    identity: Any = None
+
+    def handle(self, message: EngineMessage) -> StageReply | None:
+        session = self._session
+        if self.fault == "silent" and isinstance(message, StageRequest) and message.round == 1:
+            return None  # the reference run: the insider is a plain dropout instead
+        reply = super().handle(message)
+        if reply is None or reply.round != 1 or session is None:
+            return reply
+        msg: Any = reply.message
+        if self.fault == "forge" and reply.stage is Stage.UNMASKING:
+            keys = tuple(dataclasses.replace(k, key=bytes(len(k.key))) for k in msg.keys)
+            msg = dataclasses.replace(msg, keys=keys)
+        elif self.fault == "corrupt" and reply.stage is Stage.SHARE_KEYS:
+            s0 = msg.shares[0]
+            bad = dataclasses.replace(s0, self_mask=bytes([s0.self_mask[0] ^ 1]) + s0.self_mask[1:])
+            session.client.state.sent[s0.recipient] = bad  # it stands by what it sent
+            msg = dataclasses.replace(msg, shares=(bad, *msg.shares[1:]))
+        else:
+            return reply
+        ctx = session.client.ctx  # type: ignore[attr-defined]
+        msg = dataclasses.replace(msg, signature=self.identity.sign(msg.payload(ctx)))
+        return dataclasses.replace(reply, message=msg)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return H.make_pki(tmp_path_factory.mktemp("pki"), H.SITES)
+
+
+def _config() -> Any:
+    raw = config_to_dict(H.small_config(dp=False, rounds=2))
+    raw["run"]["insecure_seed"] = SEED  # reproducible, so a run can be compared bit for bit
+    return config_from_dict(raw)
+
+
+def _run(pki: Path, run_dir: Path, fault: str) -> tuple[Any, list[dict[str, Any]], list[Any]]:
+    cfg = _config()
+    sites: list[Site] = []
+    for i, name in enumerate(H.SITES):
+        s = H.make_site(
+            cfg, pki, name, f"client_0{i}", seed=i, randomness=seeded_randomness(SEED, name)
+        )
+        if name == CHEAT:
+            s.__class__ = _Insider
+            s.fault = fault  # type: ignore[attr-defined]
+            s.identity = load_identity_key(site_paths(pki, name)[2])  # type: ignore[attr-defined]
+        sites.append(s)
+    coord = H.make_coordinator(cfg, pki, run_dir, min_sites=3, stage_s=3.0, start_grace_s=1.0)
+    aggregates: list[Any] = []
+    coord.engine.on_round_end = lambda _line: aggregates.append(coord.last_aggregate)
+    with H.endpoint("inprocess", coord, pki) as ep:
+        H.run_sites(ep, sites, pki, timeout_s=90)
+    coord.close()
+    for s in sites:
+        s.close()
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return coord, lines, aggregates
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fault", "reference", "kind"),
+    [("forge", "", "bad_revealed_key"), ("corrupt", "silent", "bad_share")],
+)
+def test_a_proven_offender_never_reaches_theta_and_is_excluded(
+    pki: Path, tmp_path: Path, fault: str, reference: str, kind: str
+) -> None:
+    _, ref_lines, ref_aggs = _run(pki, tmp_path / "reference", reference)
+    assert ref_lines[0]["status"] == "complete", ref_lines[0]
+    coord, lines, aggs = _run(pki, tmp_path / "run", fault)
+    first, second = lines
+    # Round 1: the forgery never reaches theta; the sum is the honest-only one.
+    assert first["status"] == "complete", first
+    assert np.array_equal(aggs[0], ref_aggs[0])
+    assert first["contributors"] == ref_lines[0]["contributors"]
+    # ... the offender is excluded, with the offence named in the metrics ...
+    assert first["newly_excluded"] == {CHEAT: kind}
+    assert coord.engine.excluded[CHEAT]["kind"] == kind
+    # ... and round 2 runs (and completes) without it.
+    assert second["status"] == "complete", second
+    assert second["participants"] == len(H.SITES) - 1 and second["excluded"] == [CHEAT]
+    assert second["contributors"] == len(H.SITES) - 1
+    # Persisted: a restarted coordinator keeps the offender out.
+    saved = json.loads((tmp_path / "run" / EXCLUDED_FILE).read_text())["excluded"]
+    assert saved[CHEAT]["round"] == 1 and saved[CHEAT]["evidence"]["parts"]
+    again = H.make_coordinator(_config(), pki, tmp_path / "run")
+    assert list(again.engine.excluded) == [CHEAT]
+    assert again.status()["excluded"] == [CHEAT]
+    again.close()
