@@ -570,6 +570,7 @@ class RoundEngine:
         #: Participants excluded for proven misbehaviour (name -> round, offence, evidence);
         #: persisted in ``run_dir`` (:data:`EXCLUDED_FILE`), never sampled into a round again.
         self.excluded: dict[str, dict[str, Any]] = {}
+        self._checkpoint_line: dict[str, Any] | None = None
         self._opened = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -634,18 +635,76 @@ class RoundEngine:
             # run starts an empty file), so metrics never duplicate.
             required.append(JsonlSink(run_dir / METRICS_FILE, resume_after_round=self.round))
         self.metrics = MultiSink(required, optional=self._extra_sinks)
-        if ckpt is not None and self.round > ckpt.round:
-            # Charged after the last checkpoint, their updates lost in a crash: they stay
-            # spent (never charged again) and say so in the metrics.
-            self.metrics.round(
-                {
-                    "round": self.round,
-                    "status": "charged-not-applied",
-                    "lost_rounds": list(range(ckpt.round + 1, self.round + 1)),
-                    "checkpoint_round": ckpt.round,
-                }
-            )
+        if ckpt is not None and run_dir is not None:
+            self._recover_records(ckpt, run_dir / METRICS_FILE)
+            # Only now (every round since the checkpoint has its record) is the resumed
+            # round made the checkpoint's: a crash before this redoes the recovery.
+            save_checkpoint(run_dir / CHECKPOINT_FILE, self.checkpoint())
+            self.checkpoint_round = self.round
         self._opened = True
+
+    def _recover_records(self, ckpt: Checkpoint, metrics_path: Path) -> None:
+        """Give every round since the last complete record its record after a crash
+        (``kill -9`` at any point of a round; see "Crash points" in the module docstring).
+
+        - The checkpoint's own round was applied, but the process may have died before
+          its metrics line: the line stored in the checkpoint is written (``recovered``).
+        - A round charged after the checkpoint (its update lost with the process) stays
+          spent and is recorded as ``charged-not-applied`` in the metrics and, as a
+          :class:`~privacy.RoundNotApplied`, in the ledger; a round the ledger records as
+          skipped or lost gets its ``lost`` line if it had none.
+
+        Idempotent: a crash during the recovery itself repeats only what is missing.
+        """
+        seen: dict[int, set[str]] = {}
+        if metrics_path.exists():
+            for raw in metrics_path.read_text(encoding="utf-8").splitlines():
+                if raw.strip():
+                    obj = json.loads(raw)
+                    if isinstance(obj, dict) and isinstance(obj.get("round"), int):
+                        seen.setdefault(obj["round"], set()).add(str(obj.get("status")))
+        stored = ckpt.extra.get("metrics_line")
+        if (
+            isinstance(stored, dict)
+            and stored.get("round") == ckpt.round
+            and ckpt.round not in seen
+        ):
+            self.metrics.round({**stored, "recovered": True})
+            log.warning("round %d: metrics line restored from the checkpoint", ckpt.round)
+        lost = list(range(ckpt.round + 1, self.round + 1))
+        if not lost:
+            return
+        released: set[int] = set()
+        annotated: set[int] = set()
+        if self.ledger is not None:
+            for e in self.ledger.entries:
+                if isinstance(e.event, privacy.RoundNotApplied):
+                    annotated.add(e.round)
+                elif not isinstance(
+                    e.event, privacy.ClipStatistics | privacy.RecordLevelRelease | SkippedRound
+                ):
+                    released.add(e.round)
+        reason = (
+            f"the coordinator stopped after this round was charged and before its checkpoint; "
+            f"resumed from the checkpoint of round {ckpt.round}"
+        )
+        for r in lost:
+            charged = r in released
+            if charged and r not in annotated:
+                assert self.ledger is not None
+                self.ledger.record(privacy.RoundNotApplied(round=r, cause=reason))
+            status = "charged-not-applied" if charged else "lost"
+            if status not in seen.get(r, set()):
+                self.metrics.round(
+                    {
+                        "round": r,
+                        "status": status,
+                        "reason": reason if charged else "lost in a coordinator restart",
+                        "lost_rounds": lost,
+                        "checkpoint_round": ckpt.round,
+                        "contributors": 0,
+                    }
+                )
 
     def _write_run_metadata(self, *, finished: bool) -> None:
         """``run.json``: run identity for the privacy report (config hash, versions, times)."""
@@ -728,7 +787,13 @@ class RoundEngine:
             config=config_to_dict(self.config),
             algorithm=self.config.algorithm.name.value,
             ledger_head=self.ledger.head if self.ledger is not None else None,
-            extra={"clip_norm": self.clip_norm, **self.checkpoint_extra},
+            extra={
+                "clip_norm": self.clip_norm,
+                **self.checkpoint_extra,
+                # The record of the checkpoint's round, rewritten after a crash between
+                # the checkpoint and its metrics line (the sites' own errors left out).
+                "metrics_line": self._checkpoint_line,
+            },
         )
 
     def _restore(self, ckpt: Checkpoint) -> None:
@@ -743,9 +808,7 @@ class RoundEngine:
         last = self.ledger.last_round if self.ledger is not None else None
         self.round = resume_round(ckpt.round, last)
         self.sampler.resume_after(self.round)
-        if self.run_dir is not None:
-            save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.checkpoint())
-            self.checkpoint_round = self.round
+        self.checkpoint_round = ckpt.round
         log.info("resumed at round %d", self.round)
 
     # ------------------------------------------------------------------ rounds
@@ -1281,6 +1344,12 @@ class RoundEngine:
             self._finish(rd, status=f"aborted: {type(err).__name__}", contributors=0, spent=False)
             return
         status = "charged-not-applied" if rd.charged else f"aborted: {type(err).__name__}"
+        if rd.charged and self.ledger is not None and self.dp is not None:
+            # The charge stands (the sum may have been revealed); the ledger also says
+            # the round never changed the model.
+            self.ledger.record(
+                privacy.RoundNotApplied(round=rd.number, cause=f"{type(err).__name__}: {err}")
+            )
         if not rd.charged:
             # Nothing was released; the round is recorded as skipped (no survivor set
             # was released: zero of the contributions it needed).
@@ -1376,6 +1445,8 @@ class RoundEngine:
             and self.run_dir is not None
             and (self.round % self.checkpoint_every == 0 or self.finished)
         ):
+            line["checkpoint_round"] = self.round
+            self._checkpoint_line = {k: v for k, v in line.items() if k != "refused"}
             save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.checkpoint())
             self.checkpoint_round = self.round
         line["checkpoint_round"] = self.checkpoint_round

@@ -43,6 +43,7 @@ def _coordinator(pki: Path, run_dir: Path, clock: _Clock) -> Coordinator:
     return c
 
 
+@pytest.mark.slow
 def test_no_site_left_ends_with_no_progress(pki: Path, tmp_path: Path) -> None:
     clock = _Clock()
     coord = _coordinator(pki, tmp_path, clock)
