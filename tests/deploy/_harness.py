@@ -43,11 +43,15 @@ from secure_fml.simulation import build_model, model_spec_for
 SITES = ("alpha", "beta", "gamma", "delta", "epsilon")
 
 
+#: The test CA's key passphrase (the CA key is encrypted at rest, as in production).
+CA_PASSPHRASE = b"test-ca-passphrase"
+
+
 def make_pki(root: Path, names: Sequence[str]) -> Path:
-    init_ca(root)
-    issue_server(root)
+    init_ca(root, passphrase=CA_PASSPHRASE)
+    issue_server(root, passphrase=CA_PASSPHRASE)
     for n in names:
-        issue_site(root, n)
+        issue_site(root, n, passphrase=CA_PASSPHRASE)
     return root
 
 

@@ -118,9 +118,7 @@ def _sites(root: Path, pki: Path, port: int) -> tuple[list[threading.Thread], li
             t.close()
             site.close()
 
-    threads = [
-        threading.Thread(target=go, args=(i, n), daemon=True) for i, n in enumerate(SITES)
-    ]
+    threads = [threading.Thread(target=go, args=(i, n), daemon=True) for i, n in enumerate(SITES)]
     for th in threads:
         th.start()
     return threads, results
