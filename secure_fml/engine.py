@@ -35,6 +35,31 @@ Behaviour chosen where the old simulation and coordinator disagreed:
 - The ledger records the contributor ids of every release, in simulation and
   deployment; every run directory has ``config.json`` / ``config.toml``.
 
+Progress and offenders: an aborted attempt is followed by a back-off
+(``server.abort_backoff_s``, doubling); after ``server.max_aborted_rounds`` aborts in
+a row the run stops with :class:`~privacy.errors.NoProgress` naming the last reason.
+A participant the aggregation server *proves* to misbehave (signed evidence that
+:func:`aggregation.verify_evidence` re-checks against the round's roster) is excluded
+from every later round, durably (``excluded.json`` in the run directory, with the
+evidence), and named in the metrics.
+
+Crash points: the durable writes of a round, in order, and what a restart after a
+``kill -9`` just after each one finds (``tests/deploy/test_crash_points.py`` kills a
+real coordinator at every one):
+
+1. the round's start marker (deployment: ``round_started.json``) -- the round is
+   recorded as ``lost`` (a :class:`~privacy.SkippedRound` and a metrics line);
+2. the charge (the release appended to the ledger, fsync'ed) -- and anything up to
+   the checkpoint, the unmasked sum included: the round stays charged and is recorded
+   as ``charged-not-applied`` in the metrics and as a :class:`~privacy.RoundNotApplied`
+   in the ledger; training resumes from the previous checkpoint;
+3. the checkpoint (atomic, fsync'ed; it carries the round's metrics line) -- the
+   round was applied; its metrics line is rewritten from the checkpoint if missing;
+4. the metrics line -- nothing to recover.
+
+Recovery is idempotent (a crash during it redoes only what is missing), and no round
+is ever charged twice or run twice.
+
 The engine knows nothing of sockets, threads or certificates: a transport (an
 in-memory one in :mod:`secure_fml.simulation`, gRPC in ``secure_fml.deploy``)
 moves the messages, and tells the engine which clients it can reach.
@@ -633,7 +658,14 @@ class RoundEngine:
         if run_dir is not None:
             # Rounds after the one resumed from will run again: their lines go (a fresh
             # run starts an empty file), so metrics never duplicate.
-            required.append(JsonlSink(run_dir / METRICS_FILE, resume_after_round=self.round))
+            # A deployment's metrics line is fsync'ed like its ledger and checkpoint.
+            required.append(
+                JsonlSink(
+                    run_dir / METRICS_FILE,
+                    resume_after_round=self.round,
+                    fsync=self.run_kind == "deployment",
+                )
+            )
         self.metrics = MultiSink(required, optional=self._extra_sinks)
         if ckpt is not None and run_dir is not None:
             self._recover_records(ckpt, run_dir / METRICS_FILE)
