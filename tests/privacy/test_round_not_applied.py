@@ -52,6 +52,7 @@ def _skip(r: int) -> SkippedRound:
     )
 
 
+@pytest.mark.slow
 def test_a_charged_round_can_be_marked_not_applied_once_for_free(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     with PrivacyLedger.open(path) as led:
