@@ -123,3 +123,23 @@ def test_a_proven_offender_never_reaches_theta_and_is_excluded(
     assert list(again.engine.excluded) == [CHEAT]
     assert again.status()["excluded"] == [CHEAT]
     again.close()
+
+
+@pytest.mark.slow
+def test_only_evidence_that_verifies_excludes(
+    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator re-checks every proof against the round's roster and acts on none
+    that fails (a server bug or a false accusation never excludes an honest site)."""
+    import secure_fml.engine as engine_module
+    from privacy.errors import InvalidSignature
+
+    def refuse(*_args: Any) -> None:
+        raise InvalidSignature("test: this proof does not verify")
+
+    monkeypatch.setattr(engine_module, "verify_evidence", refuse)
+    coord, lines, _ = _run(pki, tmp_path / "run", "forge")
+    assert [ln["status"] for ln in lines] == ["complete", "complete"]
+    assert "newly_excluded" not in lines[0] and not coord.engine.excluded
+    assert lines[1]["participants"] == len(H.SITES)
+    assert not (tmp_path / "run" / EXCLUDED_FILE).exists()
