@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from aggregation import Stage
+from aggregation import _primitives as P
 from secure_fml.config import config_from_dict, config_to_dict
 from secure_fml.deploy import Site
 from secure_fml.deploy._pki import load_identity_key, site_paths
@@ -39,6 +40,19 @@ class _Insider(Site):
         session = self._session
         if self.fault == "silent" and isinstance(message, StageRequest) and message.round == 1:
             return None  # the reference run: the insider is a plain dropout instead
+        if (
+            self.fault == "inconsistent"
+            and isinstance(message, StageRequest)
+            and message.round == 1
+            and message.stage is Stage.SHARE_KEYS
+            and session is not None
+        ):
+            # Deal shares of another self-mask seed than the one it committed to.
+            client: Any = session.client
+            st = client.state
+            xs = [h + 1 for h in st.draws]
+            other = P.shamir_split(bytes(16), xs, client.config.t, P.Csprng())
+            st.dealt = {h: (y, st.dealt[h][1]) for h, (_, y) in zip(st.draws, other, strict=True)}
         reply = super().handle(message)
         if reply is None or reply.round != 1 or session is None:
             return reply
@@ -143,3 +157,19 @@ def test_only_evidence_that_verifies_excludes(
     assert "newly_excluded" not in lines[0] and not coord.engine.excluded
     assert lines[1]["participants"] == len(H.SITES)
     assert not (tmp_path / "run" / EXCLUDED_FILE).exists()
+
+
+@pytest.mark.slow
+def test_an_offender_that_aborts_the_round_is_excluded_and_the_retry_runs_without_it(
+    pki: Path, tmp_path: Path
+) -> None:
+    """An inconsistent sharing aborts the round (nothing is applied); the proof excludes
+    the dealer, and after the back-off the next round completes without it."""
+    coord, lines, aggs = _run(pki, tmp_path / "run", "inconsistent")
+    assert coord.engine.aborts_in_a_row == 0  # the complete round reset the watchdog
+    first, second = lines
+    assert first["status"] == "charged-not-applied" and first["contributors"] == 0, first
+    assert "inconsistent sharing" in first["reason"]
+    assert first["newly_excluded"] == {CHEAT: "inconsistent_sharing"}
+    assert aggs[0] is None  # round 1 never reached theta
+    assert second["status"] == "complete" and second["participants"] == len(H.SITES) - 1
