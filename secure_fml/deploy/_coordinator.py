@@ -208,6 +208,15 @@ class Coordinator:
         self._identity[site] = Identity(bytes(certificate), identity.public_key)
         self._last_seen[site] = now
         log.info("site joined", extra={"site": site})
+        if site in self.engine.excluded:
+            why = self.engine.excluded[site]
+            log.warning(
+                "site %s is excluded (proven %s in round %s): it takes part in no round",
+                site,
+                why.get("kind"),
+                why.get("round"),
+                extra={"site": site},
+            )
         return conn
 
     def _site_of(self, conn: bytes) -> str:
