@@ -65,3 +65,24 @@ def test_no_site_left_ends_with_no_progress(pki: Path, tmp_path: Path) -> None:
 def test_quorum_timeout_is_validated() -> None:
     with pytest.raises(ConfigError, match="quorum_timeout_s"):
         Deadlines(quorum_timeout_s=0.0)
+
+
+@pytest.mark.e2e
+def test_the_server_process_exits_with_no_progress_when_no_site_comes(
+    pki: Path, tmp_path: Path
+) -> None:
+    from secure_fml.deploy import CoordinatorSettings
+    from secure_fml.deploy._process import run_server
+
+    settings = CoordinatorSettings(
+        sites=H.SITES,
+        sample_shape=(60,),
+        num_classes=10,
+        input_kind="tabular",
+        address="127.0.0.1:0",
+        pki_dir=pki,
+        run_dir=tmp_path / "run",
+        quorum_timeout_s=1.0,
+    )
+    with pytest.raises(NoProgress, match="0 usable site"):
+        run_server(settings, H.small_config(dp=False), linger_s=0.1)
