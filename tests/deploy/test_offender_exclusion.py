@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,13 @@ class _Insider(Site):
         if self.fault == "forge" and reply.stage is Stage.UNMASKING:
             keys = tuple(dataclasses.replace(k, key=bytes(len(k.key))) for k in msg.keys)
             msg = dataclasses.replace(msg, keys=keys)
-        elif self.fault == "corrupt" and reply.stage is Stage.SHARE_KEYS:
+        elif self.fault in ("corrupt", "deny") and reply.stage is Stage.SHARE_KEYS:
             s0 = msg.shares[0]
             bad = dataclasses.replace(s0, self_mask=bytes([s0.self_mask[0] ^ 1]) + s0.self_mask[1:])
-            session.client.state.sent[s0.recipient] = bad  # it stands by what it sent
+            if self.fault == "corrupt":
+                session.client.state.sent[s0.recipient] = bad  # it stands by what it sent
+            # "deny": it keeps the honest share on record and never opens the pair, so
+            # there is an accusation but no proof.
             msg = dataclasses.replace(msg, shares=(bad, *msg.shares[1:]))
         else:
             return reply
@@ -173,3 +177,18 @@ def test_an_offender_that_aborts_the_round_is_excluded_and_the_retry_runs_withou
     assert first["newly_excluded"] == {CHEAT: "inconsistent_sharing"}
     assert aggs[0] is None  # round 1 never reached theta
     assert second["status"] == "complete" and second["participants"] == len(H.SITES) - 1
+
+
+@pytest.mark.slow
+def test_a_suspicion_without_proof_excludes_nobody_from_later_rounds(
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dealer accused of a bad share that does not answer the complaint is left out of
+    that round (an unproven suspicion), but only a proof excludes it from later rounds."""
+    with caplog.at_level(logging.WARNING, logger="aggregation"):
+        coord, lines, _ = _run(pki, tmp_path / "run", "deny")
+    assert any("unanswered_complaint" in r.getMessage() for r in caplog.records)
+    first, second = lines
+    assert first["status"] == "complete" and first["contributors"] == len(H.SITES) - 1, first
+    assert "newly_excluded" not in first and not coord.engine.excluded
+    assert second["status"] == "complete" and second["participants"] == len(H.SITES)
