@@ -191,6 +191,8 @@ def _status_line(line: dict[str, Any]) -> str:
         parts.append(f"{line['round_s']:.2f}s")
     if line.get("reason"):
         parts.append(f"({line['reason']})")
+    if isinstance(line.get("newly_excluded"), dict):
+        parts.extend(f"excluded {k} (proven {v})" for k, v in line["newly_excluded"].items())
     return ", ".join(parts)
 
 

@@ -117,7 +117,12 @@ def _run(pki: Path, run_dir: Path, fault: str) -> tuple[Any, list[dict[str, Any]
     [("forge", "", "bad_revealed_key"), ("corrupt", "silent", "bad_share")],
 )
 def test_a_proven_offender_never_reaches_theta_and_is_excluded(
-    pki: Path, tmp_path: Path, fault: str, reference: str, kind: str
+    pki: Path,
+    tmp_path: Path,
+    fault: str,
+    reference: str,
+    kind: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _, ref_lines, ref_aggs = _run(pki, tmp_path / "reference", reference)
     assert ref_lines[0]["status"] == "complete", ref_lines[0]
@@ -137,6 +142,10 @@ def test_a_proven_offender_never_reaches_theta_and_is_excluded(
     # Persisted: a restarted coordinator keeps the offender out.
     saved = json.loads((tmp_path / "run" / EXCLUDED_FILE).read_text())["excluded"]
     assert saved[CHEAT]["round"] == 1 and saved[CHEAT]["evidence"]["parts"]
+    from secure_fml.cli import main
+
+    assert main(["status", "--run-dir", str(tmp_path / "run")]) == 0
+    assert f"excluded {CHEAT} (proven {kind})" in capsys.readouterr().out
     again = H.make_coordinator(_config(), pki, tmp_path / "run")
     assert list(again.engine.excluded) == [CHEAT]
     assert again.status()["excluded"] == [CHEAT]
