@@ -22,6 +22,7 @@ from privacy import (
     SkipReason,
     build_report,
     read_ledger,
+    write_report,
 )
 from privacy.errors import ConfigError
 
@@ -80,6 +81,8 @@ def test_a_charged_round_can_be_marked_not_applied_once_for_free(tmp_path: Path)
     ]
     rows = build_report(entries, {"privacy": {"delta": 1e-5}})["rounds"]
     assert [r.get("applied", True) for r in rows if r["type"] == "GaussianRelease"] == [False, True]
+    paths = write_report(path, {"privacy": {"delta": 1e-5}}, tmp_path / "report")
+    assert Path(paths.markdown).exists()  # the rendered report reads such a ledger too
 
 
 def test_a_misplaced_not_applied_line_is_a_corrupted_ledger(tmp_path: Path) -> None:
