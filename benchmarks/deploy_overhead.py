@@ -130,10 +130,11 @@ def run_deployment(args: argparse.Namespace) -> dict[str, Any]:
     names = [f"site{i:02d}" for i in range(args.sites)]
     with tempfile.TemporaryDirectory() as tmp:
         pki = Path(tmp) / "pki"
-        init_ca(pki)
-        issue_server(pki)
+        secret = b"benchmark-ca-passphrase"  # a throw-away CA, encrypted as in production
+        init_ca(pki, passphrase=secret)
+        issue_server(pki, passphrase=secret)
         for n in names:
-            issue_site(pki, n)
+            issue_site(pki, n, passphrase=secret)
         from cryptography import x509
 
         coord = Coordinator(

@@ -56,7 +56,7 @@ from typing import Any
 from privacy._accounting import create_accountant, require_upper_bound
 from privacy._clipping import adaptive_effective_noise_multiplier
 from privacy._events import (
-    ClipStatistics,
+    ROUND_ANNOTATIONS,
     DistributedDiscreteGaussianRelease,
     GaussianRelease,
     PrivacyEvent,
@@ -358,7 +358,7 @@ def _split(events: Sequence[PrivacyEvent]) -> tuple[list[Any], list[SkippedRound
             # Another privacy unit (a patient inside one site), accounted per site by
             # the record-level accountant; it is not a client-level release.
             continue
-        elif not isinstance(ev, ClipStatistics):
+        elif not isinstance(ev, ROUND_ANNOTATIONS):
             raise TypeError(f"not a privacy event: {type(ev).__name__}")
     return releases, skips
 

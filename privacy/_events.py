@@ -64,6 +64,7 @@ __all__ = [
     "PrivacyEvent",
     "RecordLevelRelease",
     "ReleaseEvent",
+    "RoundNotApplied",
     "SkipReason",
     "SkippedRound",
     "event_from_dict",
@@ -505,6 +506,31 @@ class ClipStatistics:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RoundNotApplied:
+    """Annotation written *after* round ``round``'s release: its aggregate never
+    changed the model (the round aborted after it was charged, e.g. a refused sum,
+    or the coordinator died between the charge and the checkpoint and resumed from
+    the round before). The charge stands -- the sum may have been revealed -- and
+    this records what became of the round, so no charged round is left without a
+    record. Costs no privacy."""
+
+    kind: ClassVar[str] = "RoundNotApplied"
+
+    round: int
+    #: What happened (free text: an abort's error, or the crash it was recovered from).
+    cause: str
+
+    def __post_init__(self) -> None:
+        require_int("round", self.round, minimum=0)
+        if not isinstance(self.cause, str) or not self.cause.strip():
+            raise ConfigError("cause must be a non-empty string")
+
+    def apply_to(self, accountant: Accountant) -> None:
+        """No privacy cost."""
+        del accountant
+
+
+@dataclass(frozen=True, kw_only=True)
 class RecordLevelRelease:
     """One site's record-level (person-level) DP-SGD release in one round.
 
@@ -667,7 +693,11 @@ PrivacyEvent = (
     | ClipStatistics
     | SkippedRound
     | RecordLevelRelease
+    | RoundNotApplied
 )
+
+#: Events that annotate the release of their round (not a round of their own).
+ROUND_ANNOTATIONS = (ClipStatistics, RoundNotApplied)
 
 EVENT_TYPES: Mapping[str, type[Any]] = {
     cls.kind: cls
@@ -677,6 +707,7 @@ EVENT_TYPES: Mapping[str, type[Any]] = {
         ClipStatistics,
         SkippedRound,
         RecordLevelRelease,
+        RoundNotApplied,
     )
 }
 
@@ -691,7 +722,7 @@ _SCHEMA2_FIELDS: Mapping[str, frozenset[str]] = {
     ),
     "ClipStatistics": frozenset(),
 }
-_SCHEMA2_ONLY_TYPES = frozenset({"SkippedRound"})
+_SCHEMA2_ONLY_TYPES = frozenset({"SkippedRound", "RoundNotApplied"})
 
 
 def event_to_dict(event: PrivacyEvent) -> dict[str, Any]:

@@ -16,7 +16,9 @@ can remove the torn tail explicitly with :meth:`PrivacyLedger.discard_torn_tail`
 
 Every round is recorded: a release (:class:`GaussianRelease`,
 :class:`DistributedDiscreteGaussianRelease`) or a :class:`SkippedRound`, in
-strictly increasing round order; :class:`ClipStatistics` may follow a release.
+strictly increasing round order; :class:`ClipStatistics` may follow a release, and
+:class:`RoundNotApplied` (once per round, possibly later) marks a charged round whose
+aggregate never changed the model.
 
 Each line is canonical JSON (sorted keys, no spaces, no NaN) with ``schema``,
 ``seq``, ``round``, ``timestamp``, ``type``, ``event``, ``prev_hash`` and
@@ -64,9 +66,11 @@ from privacy._adversary import (
 from privacy._durable import fsync_dir
 from privacy._events import (
     EVENT_SCHEMA_VERSION,
+    ROUND_ANNOTATIONS,
     ClipStatistics,
     PrivacyEvent,
     RecordLevelRelease,
+    RoundNotApplied,
     SkippedRound,
     event_from_dict,
     event_to_dict,
@@ -202,6 +206,8 @@ def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
     prev = GENESIS_HASH
     last_release_round: int | None = None
     stats_rounds: set[int] = set()
+    not_applied: set[int] = set()
+    released_rounds: set[int] = set()
     skipped_rounds: set[int] = set()
     for i, raw in enumerate(data.split(b"\n")[:-1] if data else []):
         where = f"{path}: line {i + 1}"
@@ -249,6 +255,10 @@ def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
                     f"{where}: clip statistics for round {event.round} out of place"
                 )
             stats_rounds.add(event.round)
+        elif isinstance(event, RoundNotApplied):
+            if event.round not in released_rounds or event.round in not_applied:
+                raise LedgerCorrupted(f"{where}: round {event.round} not-applied out of place")
+            not_applied.add(event.round)
         else:
             if last_release_round is not None and event.round <= last_release_round:
                 raise LedgerCorrupted(
@@ -258,6 +268,8 @@ def _parse(data: bytes, path: Path) -> list[LedgerEntry]:
             last_release_round = event.round
             if isinstance(event, SkippedRound):
                 skipped_rounds.add(event.round)
+            else:
+                released_rounds.add(event.round)
         entries.append(
             LedgerEntry(i, event.round, obj["timestamp"], event, obj["prev_hash"], obj["hash"])
         )
@@ -406,7 +418,7 @@ class PrivacyLedger:
         do not mark a round as charged.
         """
         for e in reversed(self._entries):
-            if not isinstance(e.event, ClipStatistics | RecordLevelRelease):
+            if not isinstance(e.event, (*ROUND_ANNOTATIONS, RecordLevelRelease)):
                 return e.round
         return None
 
@@ -553,6 +565,21 @@ class PrivacyLedger:
                     f"clip statistics must follow the release of round {event.round}, once"
                 )
             return
+        if isinstance(event, RoundNotApplied):
+            charged = any(
+                e.round == event.round
+                and not isinstance(e.event, (*ROUND_ANNOTATIONS, SkippedRound, RecordLevelRelease))
+                for e in self._entries
+            )
+            again = any(
+                isinstance(e.event, RoundNotApplied) and e.round == event.round
+                for e in self._entries
+            )
+            if not charged or again:
+                raise PrivacyError(
+                    f"a not-applied record needs a charged round {event.round}, once"
+                )
+            return
         if event.round < self.next_round:
             raise PrivacyError(
                 f"round {event.round} is not after the last recorded round "
@@ -565,7 +592,7 @@ class PrivacyLedger:
             # against the next release).
             return
         if event.same_sample_as is not None and not any(
-            e.round == event.same_sample_as and not isinstance(e.event, ClipStatistics)
+            e.round == event.same_sample_as and not isinstance(e.event, ROUND_ANNOTATIONS)
             for e in self._entries
         ):
             raise PrivacyError(

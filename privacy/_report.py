@@ -42,10 +42,12 @@ from privacy._adversary import (
 )
 from privacy._durable import atomic_write_bytes
 from privacy._events import (
+    ROUND_ANNOTATIONS,
     ClipStatistics,
     DistributedDiscreteGaussianRelease,
     GaussianRelease,
     RecordLevelRelease,
+    RoundNotApplied,
     SkippedRound,
 )
 from privacy._ledger import LedgerEntry, read_ledger
@@ -621,7 +623,9 @@ def build_report(
     releases = _releases(entries)
     skips = _skips(entries)
     round_events = [
-        e.event for e in entries if not isinstance(e.event, ClipStatistics | RecordLevelRelease)
+        e.event
+        for e in entries
+        if not isinstance(e.event, (*ROUND_ANNOTATIONS, RecordLevelRelease))
     ]
     record_level = _record_level(entries, d)
     dp = bool(releases) or record_level is not None
@@ -650,6 +654,7 @@ def build_report(
         pops = {r.population for r in releases if r.population is not None}
         population = max(pops) if pops else None
     stats = {e.event.round: e.event for e in entries if isinstance(e.event, ClipStatistics)}
+    not_applied = {e.event.round for e in entries if isinstance(e.event, RoundNotApplied)}
     rounds_table: list[dict[str, Any]] = []
     participation: Counter[str] = Counter()
     for ev in round_events:
@@ -685,6 +690,8 @@ def build_report(
         }
         if ev.round in stats:
             row["clipped_fraction"] = 1.0 - stats[ev.round].unclipped_fraction
+        if ev.round in not_applied:
+            row["applied"] = False  # charged, but its aggregate never changed the model
         rounds_table.append(row)
         if ev.client_ids is not None and publish_ids:
             participation.update(ev.client_ids)

@@ -25,9 +25,11 @@ re-exports the whole tree for users.
     │       ├── ConsistencyCheckFailed    clients disagree (e.g. different models)
     │       └── PolicyViolation           the round is weaker than the client's own policy
     │                                     (k, t, modulus, survivor counts, Sybil roster)
-    └── TransportError                    network / RPC failures, refused peers
-        └── Refused                       a peer or request the coordinator will not serve
-                                          (``reason``: a :class:`RefusalReason`)
+    ├── TransportError                    network / RPC failures, refused peers
+    │   └── Refused                       a peer or request the coordinator will not serve
+    │                                     (``reason``: a :class:`RefusalReason`)
+    └── NoProgress                        the coordinator stopped: rounds keep aborting,
+                                          or too few sites are left to run one
 
 This is the one public errors module: every package imports it as
 ``privacy.errors`` (``secure_fml.errors`` re-exports it for users); no package
@@ -48,6 +50,7 @@ __all__ = [
     "InvalidMessage",
     "InvalidSignature",
     "LedgerCorrupted",
+    "NoProgress",
     "OutOfOrder",
     "PolicyViolation",
     "PrivacyBudgetExhausted",
@@ -126,6 +129,11 @@ class PolicyViolation(ProtocolAbort):
 
 class TransportError(SecureFMLError):
     """A network or RPC failure, or a peer refused at the transport layer."""
+
+
+class NoProgress(SecureFMLError):  # noqa: N818 - names fixed by the project API
+    """The coordinator gave up: too many round attempts in a row aborted (the message
+    names the reason of the last ones), or too few sites stayed connected to start one."""
 
 
 class StaleMessage(InvalidMessage):

@@ -130,8 +130,19 @@ class ServerConfig:
     #: Meta-SGD: the server optimizer's learning rate for log alpha (its own parameter
     #: group); None: server.lr, as for theta.
     alpha_lr: float | None = None
+    #: Progress watchdog: after this many round attempts in a row abort (a protocol
+    #: abort, too few survivors, a refused sum), the run stops with NoProgress naming
+    #: the reason of the last abort instead of retrying forever.
+    max_aborted_rounds: int = 5
+    #: Seconds to wait before the attempt after an aborted one; doubled after each
+    #: further abort in a row (at most 64 times this).
+    abort_backoff_s: float = 1.0
 
     def __post_init__(self) -> None:
+        m = self.max_aborted_rounds
+        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+            raise ConfigError(f"server.max_aborted_rounds must be an integer >= 1, got {m!r}")
+        _finite("server.abort_backoff_s", self.abort_backoff_s, low=0.0, high=3600.0)
         if self.alpha_lr is not None:
             _finite("server.alpha_lr", self.alpha_lr, low=0.0)
         if not isinstance(self.rounds, int) or self.rounds < 1:

@@ -35,6 +35,31 @@ Behaviour chosen where the old simulation and coordinator disagreed:
 - The ledger records the contributor ids of every release, in simulation and
   deployment; every run directory has ``config.json`` / ``config.toml``.
 
+Progress and offenders: an aborted attempt is followed by a back-off
+(``server.abort_backoff_s``, doubling); after ``server.max_aborted_rounds`` aborts in
+a row the run stops with :class:`~privacy.errors.NoProgress` naming the last reason.
+A participant the aggregation server *proves* to misbehave (signed evidence that
+:func:`aggregation.verify_evidence` re-checks against the round's roster) is excluded
+from every later round, durably (``excluded.json`` in the run directory, with the
+evidence), and named in the metrics.
+
+Crash points: the durable writes of a round, in order, and what a restart after a
+``kill -9`` just after each one finds (``tests/deploy/test_crash_points.py`` kills a
+real coordinator at every one):
+
+1. the round's start marker (deployment: ``round_started.json``) -- the round is
+   recorded as ``lost`` (a :class:`~privacy.SkippedRound` and a metrics line);
+2. the charge (the release appended to the ledger, fsync'ed) -- and anything up to
+   the checkpoint, the unmasked sum included: the round stays charged and is recorded
+   as ``charged-not-applied`` in the metrics and as a :class:`~privacy.RoundNotApplied`
+   in the ledger; training resumes from the previous checkpoint;
+3. the checkpoint (atomic, fsync'ed; it carries the round's metrics line) -- the
+   round was applied; its metrics line is rewritten from the checkpoint if missing;
+4. the metrics line -- nothing to recover.
+
+Recovery is idempotent (a crash during it redoes only what is missing), and no round
+is ever charged twice or run twice.
+
 The engine knows nothing of sockets, threads or certificates: a transport (an
 in-memory one in :mod:`secure_fml.simulation`, gRPC in ``secure_fml.deploy``)
 moves the messages, and tells the engine which clients it can reach.
@@ -77,6 +102,7 @@ from aggregation import (
     Stage,
     centered_lift,
     reply_size_limit,
+    verify_evidence,
 )
 from privacy import (
     INSECURE_SEED_WARNING,
@@ -99,6 +125,7 @@ from privacy.errors import (
     ConfigError,
     DropoutThresholdNotMet,
     InvalidMessage,
+    NoProgress,
     OutOfOrder,
     PrivacyBudgetExhausted,
     PrivacyError,
@@ -133,6 +160,7 @@ from secure_fml.rounds import ClientSampler, SampledRound, ServerOptimizer, part
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "EXCLUDED_FILE",
     "METRICS_FILE",
     "Identity",
     "PrivacySetup",
@@ -146,6 +174,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
+#: Participants excluded from later rounds for proven misbehaviour, with the evidence.
+EXCLUDED_FILE = "excluded.json"
+#: The back-off after an abort doubles at most this many times.
+_MAX_BACKOFF_DOUBLINGS = 6
 
 #: Fewest participants secure aggregation runs with (two would reveal each other).
 MIN_SECURE_PARTICIPANTS = 3
@@ -450,6 +482,17 @@ def plan_round(
 # ------------------------------------------------------------------------------ engine
 
 
+def _load_excluded(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))["excluded"]
+        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+            raise TypeError("not a table of excluded participants")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        # Never treated as empty: that would readmit a proven offender.
+        raise CheckpointError(f"{path}: unreadable exclusion record ({e})") from None
+    return {str(k): v for k, v in raw.items()}
+
+
 @dataclass
 class _Round:
     plan: RoundPlan
@@ -462,6 +505,8 @@ class _Round:
     charged: bool = False
     refused: dict[str, str] = field(default_factory=dict)
     replies: dict[Stage, int] = field(default_factory=dict)
+    #: Participants this round proved to misbehave (name -> offence), now excluded.
+    excluded: dict[str, str] = field(default_factory=dict)
 
     @property
     def number(self) -> int:
@@ -569,6 +614,13 @@ class RoundEngine:
         self.last_plan: RoundPlan | None = None
         #: The round of the newest checkpoint on disk (None: no run directory).
         self.checkpoint_round: int | None = None
+        #: Progress watchdog: round attempts aborted in a row, and when the next may start.
+        self.aborts_in_a_row = 0
+        self.ready_at: float | None = None
+        #: Participants excluded for proven misbehaviour (name -> round, offence, evidence);
+        #: persisted in ``run_dir`` (:data:`EXCLUDED_FILE`), never sampled into a round again.
+        self.excluded: dict[str, dict[str, Any]] = {}
+        self._checkpoint_line: dict[str, Any] | None = None
         self._opened = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -620,6 +672,8 @@ class RoundEngine:
             self.ledger = PrivacyLedger.open(
                 ledger_dir / privacy.LEDGER_FILENAME, budget=budget, expected_head=head
             )
+        if run_dir is not None and (run_dir / EXCLUDED_FILE).exists():
+            self.excluded = _load_excluded(run_dir / EXCLUDED_FILE)
         if ckpt is not None:
             self._restore(ckpt)
         elif run_dir is not None:
@@ -629,20 +683,85 @@ class RoundEngine:
         if run_dir is not None:
             # Rounds after the one resumed from will run again: their lines go (a fresh
             # run starts an empty file), so metrics never duplicate.
-            required.append(JsonlSink(run_dir / METRICS_FILE, resume_after_round=self.round))
-        self.metrics = MultiSink(required, optional=self._extra_sinks)
-        if ckpt is not None and self.round > ckpt.round:
-            # Charged after the last checkpoint, their updates lost in a crash: they stay
-            # spent (never charged again) and say so in the metrics.
-            self.metrics.round(
-                {
-                    "round": self.round,
-                    "status": "charged-not-applied",
-                    "lost_rounds": list(range(ckpt.round + 1, self.round + 1)),
-                    "checkpoint_round": ckpt.round,
-                }
+            # A deployment's metrics line is fsync'ed like its ledger and checkpoint.
+            required.append(
+                JsonlSink(
+                    run_dir / METRICS_FILE,
+                    resume_after_round=self.round,
+                    fsync=self.run_kind == "deployment",
+                )
             )
+        self.metrics = MultiSink(required, optional=self._extra_sinks)
+        if ckpt is not None and run_dir is not None:
+            self._recover_records(ckpt, run_dir / METRICS_FILE)
+            # Only now (every round since the checkpoint has its record) is the resumed
+            # round made the checkpoint's: a crash before this redoes the recovery.
+            save_checkpoint(run_dir / CHECKPOINT_FILE, self.checkpoint())
+            self.checkpoint_round = self.round
         self._opened = True
+
+    def _recover_records(self, ckpt: Checkpoint, metrics_path: Path) -> None:
+        """Give every round since the last complete record its record after a crash
+        (``kill -9`` at any point of a round; see "Crash points" in the module docstring).
+
+        - The checkpoint's own round was applied, but the process may have died before
+          its metrics line: the line stored in the checkpoint is written (``recovered``).
+        - A round charged after the checkpoint (its update lost with the process) stays
+          spent and is recorded as ``charged-not-applied`` in the metrics and, as a
+          :class:`~privacy.RoundNotApplied`, in the ledger; a round the ledger records as
+          skipped or lost gets its ``lost`` line if it had none.
+
+        Idempotent: a crash during the recovery itself repeats only what is missing.
+        """
+        seen: dict[int, set[str]] = {}
+        if metrics_path.exists():
+            for raw in metrics_path.read_text(encoding="utf-8").splitlines():
+                if raw.strip():
+                    obj = json.loads(raw)
+                    if isinstance(obj, dict) and isinstance(obj.get("round"), int):
+                        seen.setdefault(obj["round"], set()).add(str(obj.get("status")))
+        stored = ckpt.extra.get("metrics_line")
+        if (
+            isinstance(stored, dict)
+            and stored.get("round") == ckpt.round
+            and ckpt.round not in seen
+        ):
+            self.metrics.round({**stored, "recovered": True})
+            log.warning("round %d: metrics line restored from the checkpoint", ckpt.round)
+        lost = list(range(ckpt.round + 1, self.round + 1))
+        if not lost:
+            return
+        released: set[int] = set()
+        annotated: set[int] = set()
+        if self.ledger is not None:
+            for e in self.ledger.entries:
+                if isinstance(e.event, privacy.RoundNotApplied):
+                    annotated.add(e.round)
+                elif not isinstance(
+                    e.event, privacy.ClipStatistics | privacy.RecordLevelRelease | SkippedRound
+                ):
+                    released.add(e.round)
+        reason = (
+            f"the coordinator stopped after this round was charged and before its checkpoint; "
+            f"resumed from the checkpoint of round {ckpt.round}"
+        )
+        for r in lost:
+            charged = r in released
+            if charged and r not in annotated:
+                assert self.ledger is not None
+                self.ledger.record(privacy.RoundNotApplied(round=r, cause=reason))
+            status = "charged-not-applied" if charged else "lost"
+            if status not in seen.get(r, set()):
+                self.metrics.round(
+                    {
+                        "round": r,
+                        "status": status,
+                        "reason": reason if charged else "lost in a coordinator restart",
+                        "lost_rounds": lost,
+                        "checkpoint_round": ckpt.round,
+                        "contributors": 0,
+                    }
+                )
 
     def _write_run_metadata(self, *, finished: bool) -> None:
         """``run.json``: run identity for the privacy report (config hash, versions, times)."""
@@ -725,7 +844,13 @@ class RoundEngine:
             config=config_to_dict(self.config),
             algorithm=self.config.algorithm.name.value,
             ledger_head=self.ledger.head if self.ledger is not None else None,
-            extra={"clip_norm": self.clip_norm, **self.checkpoint_extra},
+            extra={
+                "clip_norm": self.clip_norm,
+                **self.checkpoint_extra,
+                # The record of the checkpoint's round, rewritten after a crash between
+                # the checkpoint and its metrics line (the sites' own errors left out).
+                "metrics_line": self._checkpoint_line,
+            },
         )
 
     def _restore(self, ckpt: Checkpoint) -> None:
@@ -740,9 +865,7 @@ class RoundEngine:
         last = self.ledger.last_round if self.ledger is not None else None
         self.round = resume_round(ckpt.round, last)
         self.sampler.resume_after(self.round)
-        if self.run_dir is not None:
-            save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.checkpoint())
-            self.checkpoint_round = self.round
+        self.checkpoint_round = ckpt.round
         log.info("resumed at round %d", self.round)
 
     # ------------------------------------------------------------------ rounds
@@ -760,9 +883,15 @@ class RoundEngine:
         if self.finished:
             return False
         now = self.clock()
+        if self.ready_at is not None and now < self.ready_at:
+            raise OutOfOrder(
+                f"backing off after {self.aborts_in_a_row} aborted round(s): the next round "
+                f"may start in {self.ready_at - now:.1f}s"
+            )
         r = self.round + 1
         sampled = self.sampler.sample(r)
-        live = set(available)
+        # A participant proven to misbehave is never in a round again (as if unreachable).
+        live = set(available) - set(self.excluded)
         participants = tuple(sorted(c for c in sampled.client_ids if c in live))
         plan_min = self._min_participants()
         if len(participants) < plan_min:
@@ -1049,6 +1178,7 @@ class RoundEngine:
         try:
             out = rd.server.close_stage()
             if isinstance(out, Aggregate):
+                self._exclude_offenders(rd)
                 if not rd.charged:
                     self._charge(rd, out.contributors)
                 self._apply(rd, out)
@@ -1057,7 +1187,59 @@ class RoundEngine:
                 self._charge(rd, self._contributors(rd))
             self._send(rd, out)
         except (ProtocolError, PrivacyError) as e:
+            self._exclude_offenders(rd)
             self._abort(rd, e)
+
+    def _exclude_offenders(self, rd: _Round) -> None:
+        """Exclude from later rounds every participant the aggregation server proved to
+        misbehave in this round (re-checked with :func:`aggregation.verify_evidence`
+        against the round's roster, so only a signed proof excludes, never a suspicion),
+        durably before the round's metrics line."""
+        srv = rd.server
+        if not isinstance(srv, ServerSession):
+            return
+        for ev in srv.evidence:
+            if not ev.proven:
+                continue
+            try:
+                name = rd.name_of(ev.offender)
+            except KeyError:
+                continue
+            if name in self.excluded:
+                continue
+            try:
+                verify_evidence(ev, srv.roster)
+            except ProtocolError as e:
+                log.warning("round %d: evidence against %s does not verify: %s", rd.number, name, e)
+                continue
+            self.excluded[name] = {
+                "round": rd.number,
+                "kind": ev.kind.value,
+                "detail": ev.detail,
+                "roster": list(rd.plan.participants),
+                "evidence": {
+                    "offender": ev.offender,
+                    "context": ev.context.hex(),
+                    "parts": [[k, v.hex()] for k, v in ev.parts],
+                },
+            }
+            rd.excluded[name] = ev.kind.value
+            log.warning(
+                "round %d: %s excluded from later rounds, proven %s (%s)",
+                rd.number,
+                name,
+                ev.kind.value,
+                ev.detail,
+            )
+        if rd.excluded and self.run_dir is not None:
+            data = json.dumps({"excluded": self.excluded}, indent=2, sort_keys=True) + "\n"
+            atomic_write_bytes(self.run_dir / EXCLUDED_FILE, data.encode())
+
+    def give_up(self, error: NoProgress) -> None:
+        """Stop the run: no round can make progress (the watchdog, or no sites left)."""
+        log.error("%s", error)
+        self.stopped = str(error)
+        self.stop_error = error
 
     @staticmethod
     def _contributors(rd: _Round) -> tuple[int, ...]:
@@ -1234,6 +1416,7 @@ class RoundEngine:
             mean = (update / denom).astype(np.float32)
             self.state = self.optimizer.step(torch.from_numpy(mean))
         self.round = rd.number
+        self.aborts_in_a_row, self.ready_at = 0, None
         if self.dp is not None:
             line_extra.update(
                 {
@@ -1253,6 +1436,12 @@ class RoundEngine:
             self._finish(rd, status=f"aborted: {type(err).__name__}", contributors=0, spent=False)
             return
         status = "charged-not-applied" if rd.charged else f"aborted: {type(err).__name__}"
+        if rd.charged and self.ledger is not None and self.dp is not None:
+            # The charge stands (the sum may have been revealed); the ledger also says
+            # the round never changed the model.
+            self.ledger.record(
+                privacy.RoundNotApplied(round=rd.number, cause=f"{type(err).__name__}: {err}")
+            )
         if not rd.charged:
             # Nothing was released; the round is recorded as skipped (no survivor set
             # was released: zero of the contributions it needed).
@@ -1264,7 +1453,32 @@ class RoundEngine:
                 surviving=0,
             )
         self.round = rd.number  # the round index is spent either way: never redrawn
+        self._watchdog(rd, err)
         self._finish(rd, status=status, contributors=0, extra={"reason": str(err)})
+
+    def _watchdog(self, rd: _Round, err: Exception) -> None:
+        """Back off after an aborted attempt; after ``server.max_aborted_rounds`` in a
+        row, stop with :class:`NoProgress` (naming the last reason) instead of retrying
+        forever."""
+        self.aborts_in_a_row += 1
+        sc = self.config.server
+        if self.aborts_in_a_row >= sc.max_aborted_rounds:
+            self.give_up(
+                NoProgress(
+                    f"no progress: {self.aborts_in_a_row} round attempts in a row aborted "
+                    f"(server.max_aborted_rounds = {sc.max_aborted_rounds}); the last, round "
+                    f"{rd.number}, in {rd.stage.name}: {type(err).__name__}: {err}"
+                )
+            )
+            return
+        wait = sc.abort_backoff_s * 2 ** min(self.aborts_in_a_row - 1, _MAX_BACKOFF_DOUBLINGS)
+        self.ready_at = self.clock() + wait
+        log.warning(
+            "round %d aborted (%d in a row): the next attempt in %.1fs",
+            rd.number,
+            self.aborts_in_a_row,
+            wait,
+        )
 
     def _skip(self, sampled: SampledRound, participants: tuple[str, ...], why: str) -> None:
         log.warning("round %d skipped: %s", sampled.round, why)
@@ -1305,6 +1519,10 @@ class RoundEngine:
             "round_s": self.clock() - rd.started,
             **(extra or {}),
         }
+        if rd.excluded:
+            line["newly_excluded"] = dict(rd.excluded)
+        if self.excluded:
+            line["excluded"] = sorted(self.excluded)
         if self.ledger is not None:
             line["epsilon"] = self.epsilon()
             line["ledger_entries"] = self.ledger.head.entries
@@ -1323,6 +1541,8 @@ class RoundEngine:
             and self.run_dir is not None
             and (self.round % self.checkpoint_every == 0 or self.finished)
         ):
+            line["checkpoint_round"] = self.round
+            self._checkpoint_line = {k: v for k, v in line.items() if k != "refused"}
             save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.checkpoint())
             self.checkpoint_round = self.round
         line["checkpoint_round"] = self.checkpoint_round
@@ -1343,6 +1563,7 @@ class RoundEngine:
             "rounds": self.config.server.rounds,
             "finished": self.finished,
             "stopped": self.stopped,
+            "excluded": sorted(self.excluded),
             "open_round": None
             if rd is None
             else {

@@ -142,12 +142,20 @@ class JsonlSink(MetricsSink):
         if not self.path.exists():
             return
         kept: list[str] = []
-        for n, raw in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+        text = self.path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for n, raw in enumerate(lines, 1):
             if not raw.strip():
                 continue
             try:
                 r = json.loads(raw).get("round")
             except (json.JSONDecodeError, AttributeError):
+                if n == len(lines) and not text.endswith("\n"):
+                    # A last line without its newline was torn by a crash mid-write
+                    # (nothing after it was written): dropped, and its round is
+                    # recovered from the checkpoint or the ledger like a missing one.
+                    log.warning("%s: dropped a torn last line (a crash mid-write)", self.path)
+                    continue
                 raise ConfigError(f"{self.path}: line {n} is not a JSON object") from None
             if isinstance(r, int) and r > last:
                 continue

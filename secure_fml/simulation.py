@@ -478,6 +478,8 @@ class Simulation:
         self.open()
         eng = self.engine
         before = len(eng.history)
+        if eng.ready_at is not None:
+            self.clock.advance_to(eng.ready_at)  # the watchdog's back-off, in simulated time
         eng.start_round(self.engine.population)
         while eng.round_open:
             jobs = [

@@ -53,6 +53,7 @@ class CoordinatorSettings:
     stage_timeout_s: float = 60.0
     lease_s: float = 15.0
     start_grace_s: float = 10.0
+    quorum_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sites", tuple(self.sites))

@@ -32,6 +32,7 @@ from privacy import atomic_write_bytes
 from privacy.errors import (
     CheckpointError,
     ConfigError,
+    NoProgress,
     ProtocolError,
     RefusalReason,
     Refused,
@@ -66,9 +67,12 @@ class Deadlines:
     #: With min_sites but not all sites connected, wait this long for the rest.
     start_grace_s: float = 10.0
     retry_ms: int = 200  # how long an idle site waits before polling again
+    #: Fewer than min_sites connected (and not excluded) for this long: the coordinator
+    #: stops with NoProgress instead of waiting forever.
+    quorum_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("train_s", "stage_s", "lease_s", "start_grace_s"):
+        for name in ("train_s", "stage_s", "lease_s", "start_grace_s", "quorum_timeout_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"deploy.{name} must be a positive number, got {v!r}")
@@ -124,6 +128,7 @@ class Coordinator:
         self._identity: dict[str, Identity] = {}
         self._last_seen: dict[str, float] = {}
         self._quorum_since: float | None = None
+        self._short_since: float | None = None
         self.refusals: collections.Counter[str] = collections.Counter()
 
     # ------------------------------------------------------------------ lifecycle
@@ -203,6 +208,15 @@ class Coordinator:
         self._identity[site] = Identity(bytes(certificate), identity.public_key)
         self._last_seen[site] = now
         log.info("site joined", extra={"site": site})
+        if site in self.engine.excluded:
+            why = self.engine.excluded[site]
+            log.warning(
+                "site %s is excluded (proven %s in round %s): it takes part in no round",
+                site,
+                why.get("kind"),
+                why.get("round"),
+                extra={"site": site},
+            )
         return conn
 
     def _site_of(self, conn: bytes) -> str:
@@ -267,13 +281,18 @@ class Coordinator:
         if self.finished:
             return
         now = self.clock()
-        live = self.connected()
+        live = [s for s in self.connected() if s not in eng.excluded]
         if len(live) < self.min_sites:
             self._quorum_since = None
+            self._no_quorum(now, live)
             return
+        self._short_since = None
+        if eng.ready_at is not None and now < eng.ready_at:
+            return  # backing off after an aborted round
         if self._quorum_since is None:
             self._quorum_since = now
-        if len(live) == len(self.sites) or now - self._quorum_since >= self.deadlines.start_grace_s:
+        usable = len(self.sites) - len(eng.excluded.keys() & set(self.sites))
+        if len(live) >= usable or now - self._quorum_since >= self.deadlines.start_grace_s:
             self._quorum_since = None
             if eng.start_round(live):
                 plan = eng.last_plan
@@ -286,6 +305,24 @@ class Coordinator:
                         {"round": plan.round, "participants": list(plan.participants)}
                     ).encode(),
                 )
+
+    def _no_quorum(self, now: float, live: Sequence[str]) -> None:
+        """Waiting for sites: give up with NoProgress after ``quorum_timeout_s``."""
+        if self._short_since is None:
+            self._short_since = now
+            return
+        waited = now - self._short_since
+        if waited < self.deadlines.quorum_timeout_s:
+            return
+        excluded = sorted(self.engine.excluded)
+        self.engine.give_up(
+            NoProgress(
+                f"no progress: {len(live)} usable site(s) connected "
+                f"({', '.join(live) or 'none'}), {self.min_sites} needed, for {waited:.0f}s "
+                f"(deploy.quorum_timeout_s = {self.deadlines.quorum_timeout_s:g})"
+                + (f"; excluded for misbehaviour: {', '.join(excluded)}" if excluded else "")
+            )
+        )
 
     def status(self) -> dict[str, Any]:
         return {

@@ -8,14 +8,23 @@ the certificates of its peers, and each site checks them against the
 consortium CA before trusting an advertisement. A coordinator therefore cannot
 substitute identity keys without the CA's private key. Private keys are written
 with mode 0600 and never overwritten silently.
+
+The CA key is encrypted at rest with a passphrase (PKCS#8 with cryptography's
+``BestAvailableEncryption``): issuing a certificate needs the passphrase, and a
+stolen ``ca.key`` alone mints nothing. An unencrypted CA key is written only on an
+explicit insecure request, and loading one warns. The CLI reads the passphrase from
+an environment variable or a file it is named by, or prompts for it; never from a
+command-line literal (which would sit in shell histories and process listings).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
+import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +42,9 @@ __all__ = [
     "CA_KEY",
     "SERVER_CERT",
     "SERVER_KEY",
+    "UNENCRYPTED_CA_KEY_WARNING",
     "SiteIdentity",
+    "ca_key_encrypted",
     "common_name",
     "identity_public_key",
     "init_ca",
@@ -55,6 +66,27 @@ _VALIDITY = _dt.timedelta(days=365)
 SECAGG_IDENTITY_OID = ObjectIdentifier("1.3.6.1.4.1.57264.7301.1")
 
 _PrivateKey = ec.EllipticCurvePrivateKey | Ed25519PrivateKey
+#: Shortest CA passphrase accepted (bytes).
+MIN_PASSPHRASE_BYTES = 8
+
+UNENCRYPTED_CA_KEY_WARNING = (
+    "the consortium CA key is NOT encrypted at rest: anyone who reads ca.key can issue "
+    "certificates that every site and the coordinator trust. Use a passphrase "
+    "(secure-fml pki init --passphrase-env NAME or --passphrase-file PATH)."
+)
+
+log = logging.getLogger(__name__)
+
+
+def _check_passphrase(passphrase: object) -> bytes:
+    if not isinstance(passphrase, bytes):
+        raise TypeError("passphrase must be bytes")
+    if len(passphrase) < MIN_PASSPHRASE_BYTES:
+        raise ConfigError(
+            f"the CA passphrase must be at least {MIN_PASSPHRASE_BYTES} bytes, "
+            f"got {len(passphrase)}"
+        )
+    return passphrase
 
 
 def _check_name(name: str) -> str:
@@ -65,11 +97,14 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _write_private(path: Path, key: _PrivateKey) -> None:
+def _write_private(path: Path, key: _PrivateKey, *, passphrase: bytes | None = None) -> None:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase is not None
+        else serialization.NoEncryption()
+    )
     pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
     # O_EXCL: refuse to clobber an existing key (re-issuing is an explicit decision).
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -88,6 +123,45 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
         raise ConfigError(f"private key not found: {path}") from None
     except ValueError as e:
         raise ConfigError(f"{path} is not a PEM private key ({e})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path} is not an ECDSA private key")
+    return key
+
+
+def ca_key_encrypted(directory: Path) -> bool:
+    """Whether ``directory``'s CA key is encrypted (False when there is none)."""
+    try:
+        head = (Path(directory) / CA_KEY).read_bytes()[:64]
+    except FileNotFoundError:
+        return False
+    return b"ENCRYPTED" in head
+
+
+def load_ca_key(path: Path, *, passphrase: bytes | None) -> ec.EllipticCurvePrivateKey:
+    """The CA's signing key, decrypted with ``passphrase``; a missing or wrong
+    passphrase is a one-line :class:`ConfigError`. An unencrypted key loads with a
+    warning (and is refused if a passphrase was given: the two must agree)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"private key not found: {path}") from None
+    encrypted = b"ENCRYPTED" in data[:64]
+    if encrypted and passphrase is None:
+        raise ConfigError(
+            f"{path} is encrypted: give its passphrase (--passphrase-env NAME or "
+            "--passphrase-file PATH, or run on a terminal to be asked)"
+        )
+    if not encrypted and passphrase is not None:
+        raise ConfigError(f"{path} is not encrypted, but a passphrase was given")
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except ValueError:
+        if encrypted:
+            raise ConfigError(f"wrong passphrase for the CA key {path}") from None
+        raise ConfigError(f"{path} is not a PEM private key") from None
+    if not encrypted:
+        warnings.warn(UNENCRYPTED_CA_KEY_WARNING, stacklevel=3)
+        log.warning(UNENCRYPTED_CA_KEY_WARNING)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{path} is not an ECDSA private key")
     return key
@@ -133,8 +207,31 @@ def _builder(
     )
 
 
-def init_ca(directory: Path, *, name: str = "secure-fml consortium CA") -> Path:
-    """Create ``ca.pem`` / ``ca.key`` in ``directory`` (refuses to overwrite a CA)."""
+def init_ca(
+    directory: Path,
+    *,
+    passphrase: bytes | None,
+    insecure_unencrypted: bool = False,
+    name: str = "secure-fml consortium CA",
+) -> Path:
+    """Create ``ca.pem`` / ``ca.key`` in ``directory`` (refuses to overwrite a CA).
+
+    ``ca.key`` is encrypted with ``passphrase`` (at least 8 bytes). ``passphrase=None``
+    is refused unless ``insecure_unencrypted`` (tests, throw-away CAs), which warns.
+    """
+    if passphrase is not None:
+        if insecure_unencrypted:
+            raise ConfigError("give a passphrase or insecure_unencrypted, not both")
+        _check_passphrase(passphrase)
+    elif not insecure_unencrypted:
+        raise ConfigError(
+            "the CA key must be encrypted at rest: give a passphrase (--passphrase-env "
+            "NAME or --passphrase-file PATH), or --insecure-unencrypted-ca-key for a "
+            "throw-away CA"
+        )
+    else:
+        warnings.warn(UNENCRYPTED_CA_KEY_WARNING, stacklevel=2)
+        log.warning(UNENCRYPTED_CA_KEY_WARNING)
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     if (d / CA_KEY).exists():
@@ -160,13 +257,20 @@ def init_ca(directory: Path, *, name: str = "secure-fml consortium CA") -> Path:
         )
         .sign(key, hashes.SHA256())
     )
-    _write_private(d / CA_KEY, key)
+    _write_private(d / CA_KEY, key, passphrase=passphrase)
     _write_cert(d / CA_CERT, cert)
     return d / CA_CERT
 
 
 def _issue(
-    directory: Path, *, cn: str, cert_name: str, key_name: str, server: bool, hosts: tuple[str, ...]
+    directory: Path,
+    *,
+    cn: str,
+    cert_name: str,
+    key_name: str,
+    server: bool,
+    hosts: tuple[str, ...],
+    passphrase: bytes | None,
 ) -> Path:
     d = Path(directory)
     missing = [n for n in (CA_KEY, CA_CERT) if not (d / n).is_file()]
@@ -175,7 +279,7 @@ def _issue(
             f"{d} holds no consortium CA (missing {', '.join(missing)}): run "
             f"`secure-fml pki init --dir {d}` first, or pass the right --dir"
         )
-    ca_key = load_private_key(d / CA_KEY)
+    ca_key = load_ca_key(d / CA_KEY, passphrase=passphrase)
     ca_cert = _load_cert(d / CA_CERT)
     if (d / key_name).exists():
         raise ConfigError(f"{d / key_name} already exists; refusing to overwrite it")
@@ -209,8 +313,14 @@ def _issue(
     return d / cert_name
 
 
-def issue_server(directory: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:
-    """``server.pem`` / ``server.key`` for the coordinator, valid for ``hosts``."""
+def issue_server(
+    directory: Path,
+    *,
+    hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+    passphrase: bytes | None = None,
+) -> Path:
+    """``server.pem`` / ``server.key`` for the coordinator, valid for ``hosts``
+    (``passphrase``: the CA key's)."""
     return _issue(
         directory,
         cn="secure-fml-coordinator",
@@ -218,6 +328,7 @@ def issue_server(directory: Path, *, hosts: tuple[str, ...] = ("localhost", "127
         key_name=SERVER_KEY,
         server=True,
         hosts=hosts,
+        passphrase=passphrase,
     )
 
 
@@ -228,8 +339,9 @@ def site_paths(directory: Path, name: str) -> tuple[Path, Path, Path]:
     return d / f"site-{name}.pem", d / f"site-{name}.key", d / f"site-{name}.secagg.key"
 
 
-def issue_site(directory: Path, name: str) -> Path:
-    """``site-NAME.pem`` / ``site-NAME.key``; the certificate's CN is the site's identity."""
+def issue_site(directory: Path, name: str, *, passphrase: bytes | None = None) -> Path:
+    """``site-NAME.pem`` / ``site-NAME.key``; the certificate's CN is the site's identity
+    (``passphrase``: the CA key's)."""
     cert_path, key_path, _ = site_paths(directory, name)
     return _issue(
         directory,
@@ -238,6 +350,7 @@ def issue_site(directory: Path, name: str) -> Path:
         key_name=key_path.name,
         server=False,
         hosts=(),
+        passphrase=passphrase,
     )
 
 
@@ -293,6 +406,7 @@ def make_kit(
     server: str,
     client: str,
     shared_config: str = "",
+    passphrase: bytes | None = None,
 ) -> Path:
     """One directory to hand to site ``name`` (as NVIDIA FLARE's startup kits):
     ``pki/`` with the CA certificate and the site's certificate, TLS key and SecAgg
@@ -308,7 +422,7 @@ def make_kit(
     d = Path(directory)
     cert_path, key_path, identity_path = site_paths(d, name)
     if not cert_path.exists():
-        issue_site(d, name)
+        issue_site(d, name, passphrase=passphrase)
     target = Path(out)
     (target / "pki").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(d / CA_CERT, target / "pki" / CA_CERT)

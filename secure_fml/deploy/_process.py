@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from privacy import INSECURE_SEED_WARNING
-from privacy.errors import ConfigError, InsecureModeError
+from privacy.errors import ConfigError, InsecureModeError, NoProgress
 from secure_fml.config import Config
 from secure_fml.deploy._config import CoordinatorSettings, SiteSettings
 from secure_fml.deploy._coordinator import Coordinator, Deadlines
@@ -120,6 +120,7 @@ def build_coordinator(settings: CoordinatorSettings, config: Config) -> Coordina
             stage_s=settings.stage_timeout_s,
             lease_s=settings.lease_s,
             start_grace_s=settings.start_grace_s,
+            quorum_timeout_s=settings.quorum_timeout_s,
         ),
         min_sites=settings.min_sites,
     )
@@ -161,6 +162,10 @@ def run_server(
         server.stop(grace=1.0)
         service.stop()
         coord.close()
+    if isinstance(coord.engine.stop_error, NoProgress):
+        # The run gave up (rounds kept aborting, or no sites were left): the process
+        # says so and exits non-zero, after the sites were told training is over.
+        raise coord.engine.stop_error
     return coord
 
 

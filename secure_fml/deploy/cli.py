@@ -54,14 +54,56 @@ def _setup_logging(args: argparse.Namespace, *, party: str | None = None) -> Non
     logging.getLogger("secure_fml.deploy._site").setLevel(logging.INFO)
 
 
+def _passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes | None:
+    """The CA key's passphrase: from the environment variable or the file the user
+    named, else asked on the terminal; never a command-line literal. None: none given
+    and no terminal to ask on."""
+    import os
+
+    from privacy.errors import ConfigError
+
+    if args.passphrase_env:
+        value = os.environ.get(args.passphrase_env)
+        if not value:
+            raise ConfigError(f"environment variable {args.passphrase_env} is not set or empty")
+        return value.encode()
+    if args.passphrase_file:
+        try:
+            raw = Path(args.passphrase_file).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"passphrase file {args.passphrase_file}: {e.strerror}") from None
+        return raw.rstrip(b"\r\n")
+    if not sys.stdin.isatty():
+        return None
+    import getpass
+
+    first = getpass.getpass("CA key passphrase: ").encode()
+    if confirm and getpass.getpass("again: ").encode() != first:
+        raise ConfigError("the two passphrases differ")
+    return first
+
+
 def _cmd_pki(args: argparse.Namespace) -> int:
-    from secure_fml.deploy._pki import init_ca, issue_server, issue_site
+    from secure_fml.deploy._pki import ca_key_encrypted, init_ca, issue_server, issue_site
 
     d = Path(args.dir)
+
+    def ca_passphrase() -> bytes | None:
+        # Asked only when the CA key is encrypted (a missing CA is reported by the issuer).
+        return _passphrase(args, confirm=False) if ca_key_encrypted(d) else None
+
     if args.pki_command == "init":
-        _out(f"CA written to {init_ca(d)} (keep {d / 'ca.key'} offline)")
+        insecure = bool(args.insecure_unencrypted_ca_key)
+        if insecure:
+            from secure_fml.deploy._pki import UNENCRYPTED_CA_KEY_WARNING
+
+            _out(f"WARNING: {UNENCRYPTED_CA_KEY_WARNING}", err=True)
+        secret = None if insecure else _passphrase(args, confirm=True)
+        path = init_ca(d, passphrase=secret, insecure_unencrypted=insecure)
+        _out(f"CA written to {path} (keep {d / 'ca.key'} and its passphrase offline)")
     elif args.pki_command == "issue-server":
-        _out(f"server certificate written to {issue_server(d, hosts=tuple(args.host))}")
+        path = issue_server(d, hosts=tuple(args.host), passphrase=ca_passphrase())
+        _out(f"server certificate written to {path}")
     elif args.pki_command == "kit":
         from secure_fml.deploy._pki import make_kit
 
@@ -76,6 +118,9 @@ def _cmd_pki(args: argparse.Namespace) -> int:
                 f"[{k}]\n" + "\n".join(f"{kk} = {json.dumps(vv)}" for kk, vv in v.items())
                 for k, v in keep.items()
             )
+        from secure_fml.deploy._pki import site_paths
+
+        issuing = not site_paths(d, args.name)[0].exists()
         out = make_kit(
             d,
             args.name,
@@ -83,10 +128,12 @@ def _cmd_pki(args: argparse.Namespace) -> int:
             server=args.server,
             client=args.client,
             shared_config=shared,
+            passphrase=ca_passphrase() if issuing else None,
         )
         _out(f"startup kit for {args.name} written to {out} (hand it to the site)")
     else:
-        _out(f"site certificate written to {issue_site(d, args.name)}")
+        path = issue_site(d, args.name, passphrase=ca_passphrase())
+        _out(f"site certificate written to {path}")
     return 0
 
 
@@ -144,6 +191,8 @@ def _status_line(line: dict[str, Any]) -> str:
         parts.append(f"{line['round_s']:.2f}s")
     if line.get("reason"):
         parts.append(f"({line['reason']})")
+    if isinstance(line.get("newly_excluded"), dict):
+        parts.extend(f"excluded {k} (proven {v})" for k, v in line["newly_excluded"].items())
     return ", ".join(parts)
 
 
@@ -214,6 +263,23 @@ def register(sub: Any) -> None:
     ):
         q = psub.add_parser(name, help=helptext)
         q.add_argument("--dir", default="pki", help="PKI directory (default: pki)")
+        src = q.add_mutually_exclusive_group()
+        src.add_argument(
+            "--passphrase-env",
+            metavar="NAME",
+            help="read the CA key passphrase from environment variable NAME",
+        )
+        src.add_argument(
+            "--passphrase-file",
+            metavar="PATH",
+            help="read the CA key passphrase from PATH (first line; keep it 0600)",
+        )
+        if name == "init":
+            src.add_argument(
+                "--insecure-unencrypted-ca-key",
+                action="store_true",
+                help="write ca.key unencrypted (throw-away CAs only; warns)",
+            )
         if name == "issue-server":
             q.add_argument(
                 "--host", action="append", default=None, help="DNS name or IP (repeatable)"

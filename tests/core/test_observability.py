@@ -45,6 +45,14 @@ def test_jsonl_sink_timestamps_and_resume_drops_rounds_after_the_checkpoint(
     path.write_text("garbage\n")
     with pytest.raises(ConfigError, match="line 1"):
         JsonlSink(path, resume_after_round=1)
+    # A crash mid-write leaves a torn last line (no newline): dropped on resume; a torn
+    # line anywhere else is not a crash artefact and stays an error.
+    path.write_text('{"round": 1}\n{"round": 2, "sta')
+    JsonlSink(path, resume_after_round=5).close()
+    assert path.read_text() == '{"round": 1}\n'
+    path.write_text('{"round": 1}\n{"round": 2, "sta\n{"round": 3}\n')
+    with pytest.raises(ConfigError, match="line 2"):
+        JsonlSink(path, resume_after_round=5)
 
 
 def test_logging_sink_writes_one_json_line_per_round(caplog: pytest.LogCaptureFixture) -> None:

@@ -15,6 +15,7 @@ from aggregation import PlainInput
 from privacy import (
     DistributedDiscreteGaussianRelease,
     GaussianRelease,
+    RoundNotApplied,
     SkippedRound,
     SkipReason,
     read_ledger,
@@ -217,8 +218,15 @@ def test_resume_after_crash_never_double_charges(tmp_path: Path) -> None:
     )
     s2 = Simulation(c2, run_dir=crash)
     res = s2.run(progress=False, resume=True)
-    rounds = [e.round for e in read_ledger(crash / "privacy_ledger.jsonl")]
+    entries = read_ledger(crash / "privacy_ledger.jsonl")
+    rounds = [e.round for e in entries if not isinstance(e.event, RoundNotApplied)]
     assert rounds == [1, 2, 3, 4, 5] and res.rounds == 5
+    # Round 3's update was lost with the process: the ledger says so (its charge stays).
+    assert [e.round for e in entries if isinstance(e.event, RoundNotApplied)] == [3]
+    lost = [ln for ln in s2.history if ln["round"] == 3]
+    assert lost == [] or lost[0]["status"] == "charged-not-applied"
+    metrics = [json.loads(x) for x in (crash / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["status"] for ln in metrics if ln["round"] == 3][-1] == "charged-not-applied"
 
 
 def test_insecure_noise_seed_warns_loudly() -> None:

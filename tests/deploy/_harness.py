@@ -43,11 +43,15 @@ from secure_fml.simulation import build_model, model_spec_for
 SITES = ("alpha", "beta", "gamma", "delta", "epsilon")
 
 
+#: The test CA's key passphrase (the CA key is encrypted at rest, as in production).
+CA_PASSPHRASE = b"test-ca-passphrase"
+
+
 def make_pki(root: Path, names: Sequence[str]) -> Path:
-    init_ca(root)
-    issue_server(root)
+    init_ca(root, passphrase=CA_PASSPHRASE)
+    issue_server(root, passphrase=CA_PASSPHRASE)
     for n in names:
-        issue_site(root, n)
+        issue_site(root, n, passphrase=CA_PASSPHRASE)
     return root
 
 
@@ -80,7 +84,13 @@ def cert_der(pki: Path, name: str) -> bytes:
 
 
 def make_coordinator(
-    config: Config, pki: Path, run_dir: Path, names: Sequence[str] = SITES, **dl: float
+    config: Config,
+    pki: Path,
+    run_dir: Path,
+    names: Sequence[str] = SITES,
+    *,
+    min_sites: int | None = None,
+    **dl: float,
 ) -> Coordinator:
     ds = dataset()
     c = Coordinator(
@@ -90,7 +100,7 @@ def make_coordinator(
         model_spec=model_spec_for(config, ds),
         run_dir=run_dir,
         deadlines=Deadlines(**{"train_s": 20.0, "stage_s": 10.0, **dl}),
-        min_sites=len(names),
+        min_sites=min_sites or len(names),
     )
     c.open()
     return c

@@ -148,15 +148,18 @@ def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
     clients = DATASETS[dataset]
     SITES = {n: c for n, c in clients.items() if n != "intruder"}
     pki = tmp_path / "pki"
+    secret = tmp_path / "ca-passphrase"  # the CA key is encrypted at rest
+    secret.write_bytes(b"e2e-ca-passphrase\n")
+    pf = ("--passphrase-file", str(secret))
     for args in (
-        ("pki", "init", "--dir", str(pki)),
-        ("pki", "issue-server", "--dir", str(pki), "--host", "127.0.0.1"),
-        ("pki", "issue-site", "alpha", "--dir", str(pki)),
+        ("pki", "init", "--dir", str(pki), *pf),
+        ("pki", "issue-server", "--dir", str(pki), "--host", "127.0.0.1", *pf),
+        ("pki", "issue-site", "alpha", "--dir", str(pki), *pf),
     ):
         subprocess.run(_cli(*args), check=True, capture_output=True, timeout=60)
     for name in (*SITES, "intruder"):  # the same code in-process (saves interpreter starts)
         if name != "alpha":
-            issue_site(pki, name)
+            issue_site(pki, name, passphrase=b"e2e-ca-passphrase")
     assert oct((pki / "site-alpha.key").stat().st_mode & 0o777) == "0o600"
 
     port = _free_port()

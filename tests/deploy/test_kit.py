@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from secure_fml.cli import main
 from secure_fml.deploy import SitePolicy, build_site, load_site_config
 from tests.deploy import _harness as H
 
 
-def test_kit_holds_what_a_site_needs_and_never_the_ca_key(tmp_path: Path) -> None:
+def test_kit_holds_what_a_site_needs_and_never_the_ca_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pki = tmp_path / "pki"
     H.make_pki(pki, ())
+    monkeypatch.setenv("TEST_CA_PASSPHRASE", H.CA_PASSPHRASE.decode())
     coord = tmp_path / "coordinator.toml"
     coord.write_text('[model]\nkind = "mlp"\nhidden = [8]\n\n[algorithm]\nname = "metasgd"\n')
     kit = tmp_path / "kit-alpha"
@@ -19,6 +24,7 @@ def test_kit_holds_what_a_site_needs_and_never_the_ca_key(tmp_path: Path) -> Non
         [
             "pki", "kit", "alpha", "--dir", str(pki), "--out", str(kit),
             "--client", "client_00", "--coordinator-config", str(coord),
+            "--passphrase-env", "TEST_CA_PASSPHRASE",
         ]
     )  # fmt: skip
     assert rc == 0

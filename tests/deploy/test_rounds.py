@@ -99,8 +99,11 @@ def test_resume_after_crash_never_double_charges(pki: Path, tmp_path: Path) -> N
     with H.endpoint("inprocess", again, pki) as ep:
         H.run_sites(ep, sites, pki, timeout_s=60)
     assert again.round == 3
-    rounds = [e.event.round for e in privacy.read_ledger(tmp_path / privacy.LEDGER_FILENAME)]
+    entries = privacy.read_ledger(tmp_path / privacy.LEDGER_FILENAME)
+    rounds = [e.round for e in entries if not isinstance(e.event, privacy.RoundNotApplied)]
     assert rounds == [1, 2, 3]
+    # Round 2's charge stands, and the ledger records that it never reached the model.
+    assert [e.round for e in entries if isinstance(e.event, privacy.RoundNotApplied)] == [2]
     again.close()
 
 
