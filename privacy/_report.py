@@ -705,6 +705,7 @@ def build_report(
             if any(v is not None for v in vals.values()):
                 per_client, per_client_adv = vals, adv.value
                 break
+    deployed = run.get("kind") == "deployment"
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA_VERSION,
         "dp": dp,
@@ -736,9 +737,13 @@ def build_report(
             "name": summ.get("algorithm") or algo.get("name"),
             "model": _model_name(summ.get("model")) or model.get("kind"),
             "parameters": summ.get("parameters"),
-            "dataset": summ.get("dataset") or data_cfg.get("preset"),
+            # A deployment's config.json is the coordinator's: its [data] is a default the
+            # coordinator never trains on; each site trains on its own files.
+            "dataset": "each site's own data (deployment)"
+            if deployed
+            else summ.get("dataset") or data_cfg.get("preset"),
         },
-        "clients": _clients(releases, summary, config, publish_ids),
+        "clients": _clients(releases, summary, {} if deployed else config, publish_ids),
         "trust": _trust(releases, coordinator, cfg) if coordinator is not None and dp else [],
         "site_ledgers": list(site_ledgers or []),
         "utility": _utility(summary),

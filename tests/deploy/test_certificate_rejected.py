@@ -54,7 +54,7 @@ def test_rejected_certificate_is_named_and_told_apart_from_a_down_coordinator(
     with H.endpoint("grpc", coord, pki) as ep:
         assert ep.port is not None
         t = transport(foreign, ep.port)
-        with pytest.raises(Refused, match="^certificate rejected by the coordinator") as ei:
+        with pytest.raises(Refused, match=r"^certificate rejected by the coordinator") as ei:
             t.join("alpha", H.cert_der(foreign, "alpha"))
         assert ei.value.reason is RefusalReason.CERTIFICATE
         # The site's loop stops at the first refusal instead of retrying for two minutes.
