@@ -513,6 +513,14 @@ def _utility(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
+def _kind_without_run_json(config: Mapping[str, Any]) -> str:
+    """A site's state directory has no ``run.json``; its ``config.json`` names the site."""
+    site = config.get("site")
+    if isinstance(site, Mapping) and site.get("name"):
+        return f"deployed site {site['name']} (its own ledger of what it released)"
+    return "simulation" if config.get("data") else "unknown"
+
+
 def _clients(
     releases: Sequence[Any],
     summary: Mapping[str, Any] | None,
@@ -716,7 +724,7 @@ def build_report(
         "headline": {adv.value: _headline_item(results[adv], d, adv, dp) for adv in Adversary},
         "headline_errors": errors,
         "run": {
-            "kind": run.get("kind", "simulation" if config.get("data") else "unknown"),
+            "kind": run.get("kind", _kind_without_run_json(config)),
             "config_hash": run.get("config_hash") or (config_hash(config) if config else None),
             "code_version": run.get("code_version"),
             "library_versions": run.get("library_versions"),

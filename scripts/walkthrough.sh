@@ -9,8 +9,9 @@
 # WORK_DIR (default: a new temporary directory) receives the PKI, the TOML files (the
 # README's own blocks, copied verbatim; beta and gamma differ only where the README says),
 # the logs, runs/deploy and state-<site>/ in WORK_DIR/deploy. REPORT_DIR (default:
-# docs/examples/site_ledger_report) receives alpha's report. Needs ../shared/data (FEMNIST),
-# as the README's alpha.toml says; about a minute on two cores.
+# docs/examples/site_ledger_report) receives alpha's report, its state directory and the
+# coordinator's status lines. Needs ../shared/data (FEMNIST),
+# as the README's alpha.toml says; a few minutes on two shared cores.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${1:-$(mktemp -d -t walkthrough-XXXXXX)}"
@@ -67,4 +68,8 @@ if [ "$status" != 0 ]; then
 fi
 sfml status --run-dir runs/deploy | tee status.txt
 sfml report state-alpha --out "$report" --no-progress
+# What the report is a pure function of, beside it: alpha's ledger, policy and round record.
+rm -rf "$report/state-alpha"
+cp -r state-alpha "$report/state-alpha"
+cp status.txt "$report/status.txt"
 echo "walk-through directory: $PWD"
