@@ -12,8 +12,9 @@ Attack classes: slowloris submits (a header, then silence), a long-poll flood (b
 connection ids, 30 s waits), oversize streams (declared and actual), malformed
 protobufs, a missing header, a bad checksum, another protocol version, impersonation
 (joining under another site's name), replayed and stale stage messages, and a status
-flood. The insider never takes over its own site's connection (its honest half runs as
-a normal site process beside it), so what it costs the federation is the abuse alone.
+flood. The insider never joins under its own name (a joined site that stays silent is
+sampled and costs a round deadline, a different attack): what it costs the federation
+is the abuse alone.
 """
 
 from __future__ import annotations
@@ -142,7 +143,11 @@ class Attacker:
         # A stage message for an old round and another session, on a guessed connection.
         for rnd in (1, 10**6):
             frames = _frames(self._hdr(stage=0, round=rnd, session_id=b"\1" * 16), b"\0" * 64)
-            self._try("replay_stale", lambda f=frames: self.stub.Submit(iter(f), timeout=10))
+
+            def send(f: list[pb.Frame] = frames) -> object:
+                return self.stub.Submit(iter(f), timeout=10)
+
+            self._try("replay_stale", send)
 
     def status_flood(self) -> None:
         self._try(
@@ -155,7 +160,13 @@ class Attacker:
     # -------------------------------------------------------------------- driver
 
     def run(
-        self, seconds: float, *, slowloris: int = 8, polls: int = 8, pause_s: float = 0.05
+        self,
+        seconds: float,
+        *,
+        slowloris: int = 8,
+        polls: int = 8,
+        pause_s: float = 0.05,
+        stop_file: Path | None = None,
     ) -> None:
         def loop(fn: Callable[[], None], pause: float) -> None:
             while not self.stop.is_set():
@@ -175,7 +186,9 @@ class Attacker:
         for th in threads:
             th.daemon = True
             th.start()
-        self.stop.wait(seconds)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not (stop_file is not None and stop_file.exists()):
+            self.stop.wait(0.1)
         self.stop.set()
         self.channel.close()  # cancels the held streams
         for th in threads:
@@ -204,10 +217,14 @@ def main() -> int:
     ap.add_argument("--address", required=True)
     ap.add_argument("--seconds", type=float, required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--ready-file", help="created once the attacks start")
+    ap.add_argument("--stop-file", help="stop early once this file exists")
     a = ap.parse_args()
     att = Attacker(pki=Path(a.pki), name=a.name, address=a.address)
     t0 = time.monotonic()
-    att.run(a.seconds)
+    if a.ready_file:
+        Path(a.ready_file).touch()
+    att.run(a.seconds, stop_file=Path(a.stop_file) if a.stop_file else None)
     out = {
         "name": a.name,
         "seconds": round(time.monotonic() - t0, 1),

@@ -3,14 +3,18 @@
     python -m benchmarks.deploy_abuse                 # 2 phases of 1.5 minutes, ~5 min total
     python -m benchmarks.deploy_abuse --minutes 3
 
-A coordinator and four site processes (``secure-fml server`` / ``client``, mutual TLS,
-DDGauss noise inside SecAgg, synthetic data) run rounds for ``--minutes`` twice:
+A coordinator and three honest site processes (``secure-fml server`` / ``client``,
+mutual TLS, DDGauss noise inside SecAgg, synthetic data) run rounds for ``--minutes``
+twice:
 
-- **clean**: the four sites alone (alpha, beta, gamma honest; mallory too);
+- **clean**: the three honest sites alone;
 - **abused**: the same, plus two attacker processes running every attack class of
-  :mod:`benchmarks._abuse_clients` in a loop: mallory's certificate (an allowlisted
-  insider, whose normal site process keeps taking part in rounds beside it) and
-  ``outsider`` (issued by the consortium CA, not on the allowlist).
+  :mod:`benchmarks._abuse_clients` in a loop: ``mallory`` (an insider: its certificate
+  is on the allowlist, and it never trains) and ``outsider`` (issued by the consortium
+  CA, not on the allowlist).
+
+The allowlist is the same in both phases (alpha, beta, gamma, mallory): rounds start
+with the three honest sites once the start grace passes.
 
 Measured per phase: the honest sites' rounds per minute (their own ledgers' releases
 inside the window; the coordinator's complete rounds likewise), processes that exited
@@ -41,7 +45,8 @@ RESULTS = REPO / "benchmarks" / "results"
 HONEST = ("alpha", "beta", "gamma")
 INSIDER = "mallory"
 OUTSIDER = "outsider"
-SITES = (*HONEST, INSIDER)
+#: The allowlist: the insider is a member (its certificate is on it) that never trains.
+ALLOWLIST = (*HONEST, INSIDER)
 
 COORDINATOR_TOML = """\
 [deploy]
@@ -49,7 +54,7 @@ address = "127.0.0.1:{port}"
 pki_dir = "../pki"
 sites = {sites}
 min_sites = 3
-start_grace_s = 2
+start_grace_s = 0.5                  # the insider never joins: rounds start after this
 run_dir = "run"
 sample_shape = [60]
 num_classes = 10
@@ -77,7 +82,7 @@ clip_norm = 1.0
 
 [secure_aggregation]
 protocol = "secagg"
-max_dropout_fraction = 0.2            # the README's: with four sites, none may go silent
+max_dropout_fraction = 0.2            # the README's
 """
 
 SITE_TOML = """\
@@ -135,9 +140,9 @@ def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, An
     d.mkdir()
     port = _free_port()
     (d / "coordinator.toml").write_text(
-        COORDINATOR_TOML.format(port=port, sites=json.dumps(list(SITES)))
+        COORDINATOR_TOML.format(port=port, sites=json.dumps(list(ALLOWLIST)))
     )
-    for i, name in enumerate(SITES):
+    for i, name in enumerate(HONEST):
         (d / f"{name}.toml").write_text(
             SITE_TOML.format(name=name, client=f"client_{i:02d}", port=port)
         )
@@ -145,7 +150,7 @@ def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, An
     procs = {
         "coordinator": _start(d, "coordinator", [*cli, "server", "--config", "coordinator.toml"])
     }
-    for name in SITES:
+    for name in HONEST:
         procs[name] = _start(d, name, [*cli, "client", "--config", f"{name}.toml"])
     run_dir = d / "run"
     deadline = time.monotonic() + 180
@@ -171,11 +176,20 @@ def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, An
                     "--address",
                     f"127.0.0.1:{port}",
                     "--seconds",
-                    str(window),
+                    str(window + 60),
                     "--out",
                     f"attacks-{name}.json",
+                    "--ready-file",
+                    f"ready-{name}",
+                    "--stop-file",
+                    "stop-attacks",
                 ],
             )
+        # The window opens once both attackers are up (their imports take seconds here).
+        while not all((d / f"ready-{n}").exists() for n in (INSIDER, OUTSIDER)):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{phase}: the attackers did not start (logs in {d})")
+            time.sleep(0.2)
     t0 = time.time()
     crashed: dict[str, int] = {}
     while time.time() - t0 < window:
@@ -184,6 +198,9 @@ def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, An
                 crashed[name] = int(p.returncode)
         time.sleep(0.5)
     t1 = time.time()
+    (d / "stop-attacks").touch()
+    for p in attackers.values():
+        p.wait(timeout=60)
     for name, p in procs.items():
         if p.poll() is not None and name not in crashed:
             crashed[name] = int(p.returncode)
@@ -206,10 +223,12 @@ def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, An
     coord = privacy.read_ledger(run_dir / privacy.LEDGER_FILENAME)
     last_charged = max((e.round for e in coord), default=0)
     per_site: dict[str, Any] = {}
-    for name in SITES:
+    for name in HONEST:
         own = privacy.read_ledger(d / f"state-{name}" / privacy.LEDGER_FILENAME)
         own_rounds = {e.round for e in own}
-        coord_rounds = {e.round for e in coord if name in (e.event.client_ids or ())}
+        coord_rounds = {
+            e.round for e in coord if name in (getattr(e.event, "client_ids", None) or ())
+        }
         settled = {r for r in own_rounds if r <= last_charged}
         per_site[name] = {
             "releases": len(own_rounds),
@@ -227,9 +246,9 @@ def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, An
         status_counts[ln["status"]] = status_counts.get(ln["status"], 0) + 1
     attacks = {}
     for name in (INSIDER, OUTSIDER):
-        p = d / f"attacks-{name}.json"
-        if p.exists():
-            attacks[name] = json.loads(p.read_text())
+        path = d / f"attacks-{name}.json"
+        if path.exists():
+            attacks[name] = json.loads(path.read_text())
     # A crash: a process that exited during the window, or did not stop cleanly on SIGINT
     # (0: finished, 130: interrupted), or an attacker that failed.
     bad_exit = {
@@ -264,20 +283,20 @@ def _md(res: dict[str, Any]) -> str:
         f"Command: `{res['command']}` ({res['when']}).",
         "",
         f"Machine: {res['machine']}. Everything ran on this one machine over loopback: the "
-        "coordinator, four site processes and, in the abused phase, two attacker processes "
+        "coordinator, three site processes and, in the abused phase, two attacker processes "
         "share its cores, so the attackers' own CPU use slows the honest sites too (a real "
         "attacker would spend its own machine's). The figures are from one run each.",
         "",
-        "Setup: coordinator + alpha, beta, gamma (honest) + mallory, mutual TLS, DDGauss "
-        "noise inside SecAgg (noise multiplier 1, clip 1, the README's delta = 0.2: with four "
-        "sites no dropout is tolerated -- a threshold for one dropout of four does not exist "
-        "-- so a site that goes silent aborts that round), FedMeta(Meta-SGD) on a 16-unit "
-        "MLP, synthetic data, deadlines train 10 s / "
-        "stage 5 s / lease 5 s. The window opens when round 2 is complete.",
+        "Setup: coordinator + alpha, beta, gamma (honest sites), allowlist alpha, beta, "
+        "gamma, mallory; mutual TLS, DDGauss noise inside SecAgg (noise multiplier 1, clip 1, "
+        "the README's delta = 0.2), FedMeta(Meta-SGD) on a 16-unit MLP, synthetic data; "
+        "deadlines train 10 s / stage 5 s / lease 5 s, start grace 0.5 s (mallory never "
+        "joins, so each round starts with the three honest sites after it). The window "
+        "opens when round 2 is complete.",
         "",
-        "Abused phase: the insider is mallory's certificate in a separate attacker process "
-        "(its normal site process keeps taking part); the outsider holds a CA-issued "
-        "certificate that is not on the allowlist. Each runs, concurrently and in a loop: "
+        "Abused phase: the insider holds mallory's certificate (on the allowlist); the "
+        "outsider holds a CA-issued certificate that is not on the allowlist. Each attacker "
+        "process runs, concurrently and in a loop: "
         "8 slowloris submits, 8 long polls (30 s waits, bogus connections), oversize "
         "(declared and 3 MiB) streams, malformed protobufs, a missing header, a bad "
         "checksum, another protocol version, impersonation, stale/replayed stage messages "
@@ -334,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     pki = work / "pki"
     init_ca(pki)
     issue_server(pki)
-    for name in (*SITES, OUTSIDER):
+    for name in (*ALLOWLIST, OUTSIDER):
         issue_site(pki, name)
     res: dict[str, Any] = {
         "command": "python -m benchmarks.deploy_abuse"
