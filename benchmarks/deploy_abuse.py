@@ -122,6 +122,15 @@ def _start(cwd: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
     return p
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (Linux ``/proc``), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
@@ -191,6 +200,8 @@ def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, An
                 raise SystemExit(f"{phase}: the attackers did not start (logs in {d})")
             time.sleep(0.2)
     t0 = time.time()
+    load0 = os.getloadavg()[0]
+    cpu0 = {n: _cpu_s(p.pid) for n, p in {**procs, **attackers}.items()}
     crashed: dict[str, int] = {}
     while time.time() - t0 < window:
         for name, p in procs.items():
@@ -198,6 +209,8 @@ def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, An
                 crashed[name] = int(p.returncode)
         time.sleep(0.5)
     t1 = time.time()
+    cpu1 = {n: _cpu_s(p.pid) for n, p in {**procs, **attackers}.items()}
+    load1 = os.getloadavg()[0]
     (d / "stop-attacks").touch()
     for p in attackers.values():
         p.wait(timeout=60)
@@ -270,9 +283,20 @@ def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, An
         "hung_on_sigint": hung,
         "exit_codes": exits,
         "last_charged_round": last_charged,
+        # CPU seconds each process used inside the window (all share this machine's cores).
+        "cpu_s_in_window": {
+            n: round(cpu1[n] - c, 1)  # type: ignore[operator]
+            for n, c in cpu0.items()
+            if c is not None and cpu1.get(n) is not None
+        },
+        "load_average_1min": [round(load0, 2), round(load1, 2)],
         "attacks": attacks,
         "dir": str(d),
     }
+
+
+def _sum_cpu(phase: dict[str, Any], names: Any) -> float:
+    return round(sum(phase["cpu_s_in_window"].get(n, 0.0) for n in names), 1)
 
 
 def _md(res: dict[str, Any]) -> str:
@@ -313,6 +337,14 @@ def _md(res: dict[str, Any]) -> str:
         f"{len(abused['crashed_during_window']) + len(abused['bad_exits'])} | |",
         f"| honest ledgers agree with the coordinator's | {res['ledgers_agree']['clean']} | "
         f"{res['ledgers_agree']['abused']} | |",
+        f"| CPU s in the window: coordinator | {clean['cpu_s_in_window'].get('coordinator')} | "
+        f"{abused['cpu_s_in_window'].get('coordinator')} | |",
+        f"| CPU s in the window: honest sites | {_sum_cpu(clean, HONEST)} | "
+        f"{_sum_cpu(abused, HONEST)} | |",
+        f"| CPU s in the window: attackers | - | "
+        f"{_sum_cpu(abused, [f'attacker-{n}' for n in (INSIDER, OUTSIDER)])} | |",
+        f"| 1-min load average at window start / end | {clean['load_average_1min']} | "
+        f"{abused['load_average_1min']} | |",
         "",
         "Targets: ratio >= 0.90 "
         + ("(met)" if res["targets"]["rate"] else "(**not met**)")
