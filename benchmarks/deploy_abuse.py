@@ -421,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args(argv)
     if args.render:
-        res = json.loads((RESULTS / "deploy_abuse.json").read_text())
-        (RESULTS / "deploy_abuse.md").write_text(_md(res))
+        (RESULTS / "deploy_abuse.md").write_text(
+            _md(json.loads((RESULTS / "deploy_abuse.json").read_text()))
+        )
         return 0
     from secure_fml.deploy import init_ca, issue_server, issue_site
 
