@@ -359,12 +359,15 @@ def _md(res: dict[str, Any]) -> str:
     ]
     for name, a in abused["attacks"].items():
         out.append(f"- {name}: " + "; ".join(f"{k} {v}" for k, v in a["codes"].items()))
-    refused = sum(
-        n
-        for a in abused["attacks"].values()
-        for codes in a["codes"].values()
-        for k, n in codes.items()
-        if k != "OK"
+    refused = max(
+        1,
+        sum(
+            n
+            for a in abused["attacks"].values()
+            for codes in a["codes"].values()
+            for k, n in codes.items()
+            if k != "OK"
+        ),
     )
     win = abused["window_s"]
     extra = abused["cpu_s_in_window"].get("coordinator", 0.0) - clean["cpu_s_in_window"].get(
@@ -395,9 +398,10 @@ def _md(res: dict[str, Any]) -> str:
         )
         + ": the outsider was refused before its streams were read (PERMISSION_DENIED), "
         "the insider's flood mostly at its per-identity cap (RESOURCE_EXHAUSTED) before any "
-        "parsing, so neither held a worker the honest sites needed. What slowed the honest "
-        "rounds is CPU: the attackers' own on this shared box, and the coordinator's cost per "
-        "refused request (TLS, HTTP/2 and the check, in the same process as the rounds). A "
+        "parsing, so neither held a worker the honest sites needed. As far as this run "
+        "shows, what slowed the honest rounds is CPU: the attackers' own on this shared box, "
+        f"and the coordinator's cost per refused request (about {1000 * extra / refused:.2f} "
+        "ms of CPU: TLS, HTTP/2 and the check, in the same process as the rounds). A "
         "figure with the attackers on machines of their own would separate the two; this "
         "run cannot.",
         "",
