@@ -35,7 +35,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from secure_fml.config import Config
 from secure_fml.data import FederatedDataset
@@ -253,9 +253,15 @@ def bound_verdict(
 
 
 class Audit(ABC):
-    """One attack audit: a name, a frozen config, and ``run(target) -> AuditResult``."""
+    """One attack audit: a name, a frozen config, and ``run(target) -> AuditResult``.
+
+    ``retrains``: the audit trains the mechanism again on the run's data (canaries,
+    membership inference, inversion). A deployment's data stays at its sites, so
+    such an audit cannot run on a deployment run directory.
+    """
 
     name: str = "audit"
+    retrains: ClassVar[bool] = True
 
     @abstractmethod
     def run(self, target: AuditTarget) -> AuditResult:

@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -92,6 +92,8 @@ def _outcome(fn: Callable[[], Any], target: int, *, attack: str) -> tuple[bool, 
 class MaliciousServerAudit(Audit):
     config: MaliciousServerConfig = field(default_factory=MaliciousServerConfig)
     name: str = "malicious_server"
+    #: Scripted SecAgg rounds on synthetic inputs under the run's protocol: no data.
+    retrains: ClassVar[bool] = False
 
     def run(self, target: AuditTarget) -> AuditResult:
         cfg = self.config

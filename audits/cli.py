@@ -80,6 +80,13 @@ def _audit(args: argparse.Namespace) -> int:
     cfg_path = src / "config.json" if src.is_dir() else src
     if not cfg_path.exists():
         raise ConfigError(f"{cfg_path} does not exist")
+    kind = _run_kind(src) if src.is_dir() else None
+    if kind == "site":
+        raise ConfigError(
+            f"{src} is a deployed site's state directory (its own ledger and policy): "
+            f"render it with `secure-fml report {src}`; the audits run on the coordinator's "
+            "run directory or on a config"
+        )
     config = load_config(cfg_path)
     if args.data_root:
         config = with_overrides(config, {"data.root": args.data_root})
@@ -121,13 +128,18 @@ def _audit(args: argparse.Namespace) -> int:
         target = AuditTarget(
             config=config, seed=args.seed, claims=claims, events=events, progress=say
         )
-        results = AuditRunner(audits).run(target)
+        if kind == "deployment":
+            claim = target.claim_for(privacy.Adversary(args.adversary))
+            results = _deployment_results(audits, target, say, claim=claim)
+        else:
+            results = AuditRunner(audits).run(target)
     code = exit_code(results)
     meta = {
         "target": str(src),
         "suite": args.suite,
         "control": args.control,
         "adversary": args.adversary,
+        "run_kind": kind,
         "rounds_override": args.rounds,
         "seconds": round(time.perf_counter() - t0, 1),
         "noise_seeded_insecure_test_mode": config.run.insecure_seed is not None,
@@ -142,3 +154,56 @@ def _audit(args: argparse.Namespace) -> int:
     print(f"wrote {jp} and {hp}")
     print(f"exit {int(code)} ({code.name.lower()})")
     return int(code)
+
+
+#: Why an audit that retrains cannot run on a deployment run directory (one line).
+NOT_RUN_ON_DEPLOYMENT = (
+    "not run: it retrains the mechanism on the run's data, and a deployment's data stays "
+    "at its sites; audit the deployment's config as a simulation on representative data "
+    "(secure-fml audit CONFIG)"
+)
+
+
+def _run_kind(run_dir: Path) -> str | None:
+    """``deployment`` or ``simulation`` (``run.json``), ``site`` for a site's state dir."""
+    import json
+
+    import privacy
+
+    meta = run_dir / privacy.RUN_METADATA_FILENAME
+    if meta.exists():
+        try:
+            kind = json.loads(meta.read_text(encoding="utf-8")).get("kind")
+        except (json.JSONDecodeError, AttributeError):
+            kind = None
+        return str(kind) if kind else None
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return "site" if isinstance(cfg, dict) and "site" in cfg else None
+
+
+def _deployment_results(
+    audits: list[Any], target: Any, say: Any, *, claim: float | None
+) -> list[Any]:
+    """Run the audits that need no data; the others get an inconclusive record saying why."""
+    from audits._core import AuditResult, AuditRunner, Verdict
+
+    ran = iter(AuditRunner([a for a in audits if not a.retrains]).run(target))
+    out = []
+    for a in audits:
+        if not a.retrains:
+            out.append(next(ran))
+            continue
+        say(f"{a.name}: {NOT_RUN_ON_DEPLOYMENT}")
+        out.append(
+            AuditResult(
+                audit=a.name,
+                verdict=Verdict.INCONCLUSIVE,
+                summary=NOT_RUN_ON_DEPLOYMENT,
+                claimed_epsilon=claim,
+                details={"not_run": "deployment run directory"},
+            )
+        )
+    return out

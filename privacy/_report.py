@@ -515,6 +515,14 @@ def _utility(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
+def _kind_without_run_json(config: Mapping[str, Any]) -> str:
+    """A site's state directory has no ``run.json``; its ``config.json`` names the site."""
+    site = config.get("site")
+    if isinstance(site, Mapping) and site.get("name"):
+        return f"deployed site {site['name']} (its own ledger of what it released)"
+    return "simulation" if config.get("data") else "unknown"
+
+
 def _clients(
     releases: Sequence[Any],
     summary: Mapping[str, Any] | None,
@@ -712,6 +720,7 @@ def build_report(
             if any(v is not None for v in vals.values()):
                 per_client, per_client_adv = vals, adv.value
                 break
+    deployed = run.get("kind") == "deployment"
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA_VERSION,
         "dp": dp,
@@ -722,7 +731,7 @@ def build_report(
         "headline": {adv.value: _headline_item(results[adv], d, adv, dp) for adv in Adversary},
         "headline_errors": errors,
         "run": {
-            "kind": run.get("kind", "simulation" if config.get("data") else "unknown"),
+            "kind": run.get("kind", _kind_without_run_json(config)),
             "config_hash": run.get("config_hash") or (config_hash(config) if config else None),
             "code_version": run.get("code_version"),
             "library_versions": run.get("library_versions"),
@@ -743,9 +752,13 @@ def build_report(
             "name": summ.get("algorithm") or algo.get("name"),
             "model": _model_name(summ.get("model")) or model.get("kind"),
             "parameters": summ.get("parameters"),
-            "dataset": summ.get("dataset") or data_cfg.get("preset"),
+            # A deployment's config.json is the coordinator's: its [data] is a default the
+            # coordinator never trains on; each site trains on its own files.
+            "dataset": "each site's own data (deployment)"
+            if deployed
+            else summ.get("dataset") or data_cfg.get("preset"),
         },
-        "clients": _clients(releases, summary, config, publish_ids),
+        "clients": _clients(releases, summary, {} if deployed else config, publish_ids),
         "trust": _trust(releases, coordinator, cfg) if coordinator is not None and dp else [],
         "site_ledgers": list(site_ledgers or []),
         "utility": _utility(summary),

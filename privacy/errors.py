@@ -154,6 +154,9 @@ class RefusalReason(enum.Enum):
     OVERSIZE = "oversize"
     #: Too many requests of one identity in flight (a long-poll or stream flood).
     BUSY = "busy"
+    #: The TLS handshake failed on a certificate: the coordinator rejected the site's,
+    #: or the site rejected the coordinator's (told apart from a coordinator that is down).
+    CERTIFICATE = "certificate"
 
 
 class Refused(TransportError):  # noqa: N818 - a refusal, not a bug

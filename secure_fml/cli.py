@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -844,6 +845,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC's C core reads its log level once, when grpc is first imported (building the
+    # parser loads the deployment commands, which import it). Unset, it logs every
+    # refused TLS handshake at INFO as a plain-text line; ERROR is gRPC's documented
+    # default, and an operator's own setting wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -13,6 +13,8 @@ peers; only the transport differs. Layout:
   protobuf conversion; ``secure_fml/proto`` the versioned ``.proto``;
 - ``_limits``: what keeps abusive peers from exhausting the coordinator's workers
   (allowlist before reading, per-identity limits, stream deadlines, throttled logs);
+- ``_tls``: tells a certificate refused in the TLS handshake (either side) from a
+  coordinator that is down; ``_logs``: JSON log lines only, gRPC's C core included;
 - ``_pki``: consortium CA, certificates and site startup kits; ``_config`` / ``_process``: the
   ``coordinator.toml`` / ``site.toml`` processes; ``cli``: ``secure-fml pki |
   server | client | status``.

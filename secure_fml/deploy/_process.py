@@ -27,6 +27,7 @@ from secure_fml.deploy._pki import (
 )
 from secure_fml.deploy._runner import run_site
 from secure_fml.deploy._site import Site
+from secure_fml.deploy._tls import HandshakeProbe
 from secure_fml.deploy._transport import (
     DEFAULT_MAX_MODEL_BYTES,
     CoordinatorService,
@@ -219,7 +220,15 @@ def site_transport(
         private_key=_read(key_path),
         certificate_chain=_read(cert_path),
     )
-    return GrpcTransport(settings.server, credentials=creds, max_model_bytes=max_model_bytes)
+    probe = HandshakeProbe(
+        address=settings.server, ca=settings.pki_dir / CA_CERT, cert=cert_path, key=key_path
+    )
+    return GrpcTransport(
+        settings.server,
+        credentials=creds,
+        max_model_bytes=max_model_bytes,
+        handshake_probe=probe,
+    )
 
 
 def run_client(

@@ -78,7 +78,13 @@ def run_site(
                 except ProtocolError as e:
                     log.warning("site %s: reply refused: %s", site.name, e)
         except Refused as e:
-            if e.reason in (RefusalReason.UNKNOWN_SITE, RefusalReason.VERSION):
+            # Not on the allowlist, another protocol version, a certificate refused in
+            # the handshake: retrying cannot help, the operator must act.
+            if e.reason in (
+                RefusalReason.UNKNOWN_SITE,
+                RefusalReason.VERSION,
+                RefusalReason.CERTIFICATE,
+            ):
                 raise
             conn = None  # unauthenticated (coordinator restarted) or duplicate: join again
             lost_since = lost_since or time.monotonic()

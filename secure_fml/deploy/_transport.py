@@ -584,7 +584,11 @@ class GrpcTransport(Transport):
         credentials: grpc.ChannelCredentials | None,
         max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
         rpc_timeout_s: float = 60.0,
+        handshake_probe: Callable[[], SecureFMLError | None] | None = None,
     ) -> None:
+        # Asked after an UNAVAILABLE call: a certificate refused in the TLS handshake
+        # (either way) is its own error, not "coordinator unavailable".
+        self._probe = handshake_probe
         if credentials is None:
             self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         else:
@@ -596,6 +600,13 @@ class GrpcTransport(Transport):
         self.bytes_sent = 0
         self.bytes_received = 0
 
+    def _error(self, err: grpc.RpcError) -> SecureFMLError:
+        if self._probe is not None and err.code() is grpc.StatusCode.UNAVAILABLE:
+            rejected = self._probe()
+            if rejected is not None:
+                return rejected
+        return _transport_error(err)
+
     def join(self, site: str, certificate: bytes) -> bytes:
         try:
             rep = self.stub.Join(
@@ -605,7 +616,7 @@ class GrpcTransport(Transport):
                 timeout=self.timeout,
             )
         except grpc.RpcError as e:
-            raise _transport_error(e) from None
+            raise self._error(e) from None
         return bytes(rep.connection_id)
 
     def poll(self, conn: bytes, *, wait_s: float) -> EngineMessage:
@@ -628,7 +639,7 @@ class GrpcTransport(Transport):
                 call.cancel,
             )
         except grpc.RpcError as e:
-            raise _transport_error(e) from None
+            raise self._error(e) from None
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
         frames = list(stage_reply_to_proto(reply, connection_id=conn))
@@ -636,7 +647,7 @@ class GrpcTransport(Transport):
         try:
             self.stub.Submit(iter(frames), timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _transport_error(e) from None
+            raise self._error(e) from None
 
     def download_checkpoint(self, conn: bytes) -> bytes:
         req = pb.DownloadRequest(protocol_version=PROTOCOL_VERSION, connection_id=conn)
@@ -644,7 +655,7 @@ class GrpcTransport(Transport):
             frames = self.stub.Download(req, timeout=self.timeout)
             _, data = read_stream(frames, max_payload=lambda _h: self.max_model_bytes * 4)
         except grpc.RpcError as e:
-            raise _transport_error(e) from None
+            raise self._error(e) from None
         return data
 
     def status(self) -> dict[str, Any]:
@@ -653,7 +664,7 @@ class GrpcTransport(Transport):
                 pb.StatusRequest(protocol_version=PROTOCOL_VERSION), timeout=self.timeout
             )
         except grpc.RpcError as e:
-            raise _transport_error(e) from None
+            raise self._error(e) from None
         out: dict[str, Any] = json.loads(rep.json)
         return out
 

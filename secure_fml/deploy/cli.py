@@ -18,37 +18,19 @@ def _out(text: str, *, err: bool = False) -> None:
     print(text, file=sys.stderr if err else sys.stdout)
 
 
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: easy to grep, ship and parse. Every record names the
-    process's party (``site``: the site name, or ``coordinator``) unless the record
-    names a site itself (``extra={"site": ...}``)."""
-
-    def __init__(self, party: str | None = None) -> None:
-        super().__init__()
-        self.party = party
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        site = getattr(record, "site", None) or self.party
-        if site is not None:
-            out["site"] = site
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
 def _setup_logging(args: argparse.Namespace, *, party: str | None = None) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if args.log_format == "json":
-        handler.setFormatter(_JsonFormatter(party))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    """Text lines, or JSON lines only: in JSON mode everything else that reaches fd 2
+    (gRPC's C core, stray prints, tracebacks) is captured and re-emitted as JSON."""
+    from secure_fml.deploy._logs import JsonFormatter, StderrCapture
+
     root = logging.getLogger()
+    if args.log_format == "json":
+        handler = logging.StreamHandler(StderrCapture().stream)
+        handler.setFormatter(JsonFormatter(party))
+        logging.captureWarnings(True)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.handlers = [handler]
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("secure_fml.deploy._site").setLevel(logging.INFO)
@@ -81,6 +63,15 @@ def _passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes | None:
     if confirm and getpass.getpass("again: ").encode() != first:
         raise ConfigError("the two passphrases differ")
     return first
+
+
+def _name_party(party: str) -> None:
+    """Name the process's party in every later JSON record (once its config is read)."""
+    from secure_fml.deploy._logs import JsonFormatter
+
+    for h in logging.getLogger().handlers:
+        if isinstance(h.formatter, JsonFormatter):
+            h.formatter.party = party
 
 
 def _cmd_pki(args: argparse.Namespace) -> int:
@@ -141,6 +132,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
     from secure_fml.deploy._config import load_coordinator_config
     from secure_fml.deploy._process import INSECURE_WARNING, run_server
 
+    _setup_logging(args, party="coordinator")
     settings, config = load_coordinator_config(args.config)
     if args.insecure:
         settings = dataclasses.replace(settings, insecure=True)
@@ -148,7 +140,6 @@ def _cmd_server(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, address=args.address)
     if settings.insecure:
         _out(f"WARNING: {INSECURE_WARNING}", err=True)
-    _setup_logging(args, party="coordinator")
     coord = run_server(settings, config)
     last = coord.status()["last"]
     _out(json.dumps({"finished": coord.finished, "round": coord.round, "last": last}))
@@ -159,14 +150,15 @@ def _cmd_client(args: argparse.Namespace) -> int:
     from secure_fml.deploy._config import load_site_config
     from secure_fml.deploy._process import INSECURE_WARNING, run_client
 
+    _setup_logging(args)
     settings, config = load_site_config(args.config)
+    _name_party(settings.name)
     if args.insecure:
         settings = dataclasses.replace(settings, insecure=True)
     if args.server:
         settings = dataclasses.replace(settings, server=args.server)
     if settings.insecure:
         _out(f"WARNING: {INSECURE_WARNING}", err=True)
-    _setup_logging(args, party=settings.name)
     rounds = run_client(settings, config)
     _out(json.dumps({"site": settings.name, "rounds": rounds, "model": str(settings.download)}))
     return 0

@@ -103,3 +103,36 @@ def test_privacy_off_leaks_are_reported_as_leaks_exit_1(tmp_path: Path) -> None:
     assert code == 1
     data = json.loads((out / "audit.json").read_text())
     assert any(r["verdict"] == "leak_found" for r in data["results"])
+
+
+def test_a_deployment_run_directory_runs_the_audits_that_need_no_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A coordinator's run directory: its config.json is the coordinator's (its [data] is a
+    # default it never trains on), run.json says "deployment".
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"secure_aggregation": {"protocol": "secagg"}}))
+    (run / "run.json").write_text(json.dumps({"kind": "deployment"}))
+    assert main(["audit", str(run), "--out", str(tmp_path / "a"), "--quiet"]) == 3
+    results = {
+        r["audit"]: r for r in json.loads((tmp_path / "a" / "audit.json").read_text())["results"]
+    }
+    assert results["malicious_server"]["verdict"] == "pass"
+    retrained = {"canary_epsilon", "one_run", "membership_inference", "gradient_inversion"}
+    assert set(results) == retrained | {"malicious_server"}
+    for name in retrained:
+        assert results[name]["verdict"] == "inconclusive"
+        assert results[name]["summary"].startswith("not run: it retrains the mechanism")
+        assert "\n" not in results[name]["summary"]
+    capsys.readouterr()
+
+    # A site's state directory holds its ledger and policy, no run config: refused in a line.
+    site = tmp_path / "state-alpha"
+    site.mkdir()
+    (site / "config.json").write_text(
+        json.dumps({"privacy": {"enabled": True, "delta": 1e-5}, "site": {"name": "alpha"}})
+    )
+    assert main(["audit", str(site), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "site's state directory" in err, err
