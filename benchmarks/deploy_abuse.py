@@ -434,10 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="deploy_abuse-"))
     work.mkdir(parents=True, exist_ok=True)
     pki = work / "pki"
-    init_ca(pki)
-    issue_server(pki)
+    secret = os.urandom(16).hex().encode()  # a throw-away CA for this soak
+    init_ca(pki, passphrase=secret)
+    issue_server(pki, passphrase=secret)
     for name in (*ALLOWLIST, OUTSIDER):
-        issue_site(pki, name)
+        issue_site(pki, name, passphrase=secret)
     res: dict[str, Any] = {
         "command": "python -m benchmarks.deploy_abuse"
         + (f" --minutes {args.minutes:g}" if args.minutes != 1.5 else ""),

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from secure_fml.deploy import init_ca, issue_server, issue_site
+from tests.deploy._harness import CA_PASSPHRASE
 from tests.deploy.test_e2e import Procs, _cli, _free_port, _readme_toml, _set
 
 SITES = {"alpha": "client_00", "beta": "client_01", "gamma": "client_02"}
@@ -62,13 +63,13 @@ def test_deployed_logs_are_json_and_run_dirs_report_and_audit(
     tmp_path: Path, procs: Procs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pki = tmp_path / "pki"
-    init_ca(pki)
-    issue_server(pki)
+    init_ca(pki, passphrase=CA_PASSPHRASE)
+    issue_server(pki, passphrase=CA_PASSPHRASE)
     for name in SITES:
-        issue_site(pki, name)
+        issue_site(pki, name, passphrase=CA_PASSPHRASE)
     other = tmp_path / "other-ca"
-    init_ca(other)
-    issue_site(other, "alpha")
+    init_ca(other, passphrase=CA_PASSPHRASE)
+    issue_site(other, "alpha", passphrase=CA_PASSPHRASE)
     foreign = tmp_path / "foreign"  # the consortium's ca.pem, another CA's alpha certificate
     (foreign / "pki").mkdir(parents=True)
     shutil.copy(pki / "ca.pem", foreign / "pki" / "ca.pem")
