@@ -20,6 +20,7 @@ import math
 import tempfile
 
 import numpy as np
+import numpy.typing as npt
 
 from privacy.errors import InvalidMessage, ProtocolError
 
@@ -105,12 +106,13 @@ class HeldInputs:
     discards it once no subtraction can be needed.
     """
 
-    def __init__(self, *, dtype: np.dtype, dimension: int, memory_bytes: int) -> None:
+    def __init__(self, *, dtype: npt.DTypeLike, dimension: int, memory_bytes: int) -> None:
         self._dtype = np.dtype(dtype)
         self._dimension = dimension
         self._nbytes = self._dtype.itemsize * dimension
         self._file: tempfile.SpooledTemporaryFile[bytes] | None = (
-            tempfile.SpooledTemporaryFile(max_size=memory_bytes)
+            # Closed by close() (or with the store): it outlives any one method.
+            tempfile.SpooledTemporaryFile(max_size=memory_bytes)  # noqa: SIM115
         )
         self._offset: dict[int, int] = {}
 
