@@ -65,6 +65,7 @@ from secure_fml.record_dp import RecordLevelLedger
 
 __all__ = [
     "VERIFIED_MODELS",
+    "VERIFIED_ROSTERS",
     "ClientPipeline",
     "UpdateInfo",
     "codec_for",
