@@ -173,7 +173,8 @@ class ServerSession(AggregationServer):
         #: review, the disputes and their evidence use); the vectors are in _sum.
         self._inputs: dict[int, MaskedInput] = {}
         dtype = P.mask_dtype(config.modulus_bits)
-        #: The running sum, mod 2^64 (2^bits divides it), of every masked input received.
+        #: The running sum of every masked input received, mod the word size (which
+        #: 2^bits divides: the final mask reduces it mod 2^bits).
         self._sum = np.zeros(dimension, dtype=dtype)
         #: The vectors in _sum that an exclusion may still take out (see _open_consistency).
         self._held: HeldInputs | None = HeldInputs(
