@@ -28,7 +28,8 @@ class Roster(Mapping[int, Ed25519PublicKey]):
 
     Build one per round and pass it as ``identity_keys`` to every session of that
     round: a plain mapping is accepted too, but then each session validates and
-    hashes the whole roster itself (O(n) per client).
+    hashes the whole roster itself (O(n) per client). The client pipeline does this
+    once per process and roster (``secure_fml.pipeline.VERIFIED_ROSTERS``).
     """
 
     def __init__(self, identity_keys: Mapping[int, Ed25519PublicKey]) -> None:

@@ -16,6 +16,7 @@ the two parties, whoever the opening of the pair shows to have lied.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 import time
@@ -25,6 +26,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aggregation import _primitives as P
+from aggregation._accumulate import HeldInputs
 from aggregation._client import (
     graph_leaf,
     masking_tag,
@@ -112,7 +114,14 @@ class ServerSession(AggregationServer):
         model_hash: bytes,
         dimension: int,
         min_inputs: int | None = None,
+        input_memory_bytes: int = 4 << 20,
     ) -> None:
+        if (
+            not isinstance(input_memory_bytes, int)
+            or isinstance(input_memory_bytes, bool)
+            or input_memory_bytes < 0
+        ):
+            raise ConfigError("input_memory_bytes must be an int >= 0")
         if min_inputs is not None and (
             not isinstance(min_inputs, int) or isinstance(min_inputs, bool) or min_inputs < 1
         ):
@@ -160,7 +169,17 @@ class ServerSession(AggregationServer):
         self._shares: dict[int, ShareKeys] = {}
         self._dealt: dict[int, dict[int, EncryptedShare]] = {}
         self._dealers_of: dict[int, list[int]] = {}
+        #: Each masked input without its vector (its tags and complaints: what the
+        #: review, the disputes and their evidence use); the vectors are in _sum.
         self._inputs: dict[int, MaskedInput] = {}
+        dtype = P.mask_dtype(config.modulus_bits)
+        #: The running sum of every masked input received, mod the word size (which
+        #: 2^bits divides: the final mask reduces it mod 2^bits).
+        self._sum = np.zeros(dimension, dtype=dtype)
+        #: The vectors in _sum that an exclusion may still take out (see _open_consistency).
+        self._held: HeldInputs | None = HeldInputs(
+            dtype=dtype, dimension=dimension, memory_bytes=input_memory_bytes
+        )
         self._tags: dict[int, dict[int, bytes]] = {}
         self._rejected: dict[int, dict[int, Complaint]] = {}
         self._reviews: dict[int, ReviewResponse] = {}
@@ -245,6 +264,9 @@ class ServerSession(AggregationServer):
         _log.warning("client %d: %s (%s)", offender, kind.value, detail)
 
     def _abort(self, exc: type[ProtocolAbort], message: str) -> ProtocolAbort:
+        if self._held is not None:  # the round ends here: nothing is subtracted any more
+            self._held.close()
+            self._held = None
         err = exc(message)
         err.evidence = tuple(self.evidence)  # type: ignore[attr-defined]
         return err
@@ -449,7 +471,17 @@ class ServerSession(AggregationServer):
             MaskedInput.tags_payload(self.ctx, u, m.tags),
             what=f"tags of {u}",
         )
-        self._inputs[u] = m
+        held = self._held
+        if held is None:
+            raise ProtocolError("masked input after the masked inputs were settled")
+        # Folded now, so the server holds O(d) words of inputs whatever n is. Any client
+        # of U3 can still be excluded after this (a complaint at review or a dispute it
+        # loses or does not answer, see _open_consistency), and an excluded client's y_u
+        # must then leave the sum: its self mask is never rebuilt. So its vector is also
+        # held aside (spilled to disk beyond a small budget) until exclusions settle.
+        held.put(u, m.vector)
+        np.add(self._sum, m.vector, out=self._sum)
+        self._inputs[u] = dataclasses.replace(m, vector=np.zeros(1, dtype=m.vector.dtype))
         self._tags[u] = dict(m.tags)
         self._rejected[u] = {c.dealer: c for c in m.complaints}
 
@@ -619,6 +651,24 @@ class ServerSession(AggregationServer):
 
     # ------------------------------------------------------------ consistency
 
+    def _settle_sum(self) -> None:
+        """Take the inputs of clients excluded after their input arrived out of the sum.
+
+        Exclusions happen only up to here: at the close of the masked-input stage
+        (misquoted complaints) and in the review and dispute stages. From the
+        consistency stage on nothing excludes a client (a bad revealed key is recorded
+        without exclusion, an inconsistent sharing aborts the round), so the held
+        vectors are discarded: the status vector the clients sign fixes the sum.
+        """
+        held = self._held
+        if held is None:
+            return
+        for u in sorted(self._inputs):
+            if u in self._excluded:
+                np.subtract(self._sum, held.get(u), out=self._sum)
+        held.close()
+        self._held = None
+
     def _open_consistency(self) -> Outbox:
         alive = tuple(v for v in sorted(self._inputs) if v not in self._excluded)
         if self.min_inputs is not None and len(alive) < self.min_inputs:
@@ -627,6 +677,7 @@ class ServerSession(AggregationServer):
                 f"{len(alive)} usable masked inputs, the round needs at least {self.min_inputs}",
             )
         self._need(len(alive), "are left with usable masked inputs")
+        self._settle_sum()
         self._alive = alive
         status = np.full(self.roster.n, STATUS_ABSENT, dtype=np.uint8)
         pos = self.roster.position
@@ -793,11 +844,11 @@ class ServerSession(AggregationServer):
         start = time.perf_counter()
         bits = self.config.modulus_bits
         dtype = P.mask_dtype(bits)
-        acc = np.zeros(self.dimension, dtype=dtype)
+        if self._held is not None:
+            raise ProtocolError("unmasking before the excluded inputs left the sum")
+        acc = self._sum.copy()
         alive = self._alive
         alive_set = set(alive)
-        for u in alive:
-            np.add(acc, self._inputs[u].vector, out=acc)
         minus = [self_mask_key(self._recover(u, SHARE_KIND_SELF_MASK), self.ctx, u) for u in alive]
         plus: list[bytes] = []
         needed = sorted({w for p in alive for w in self._partners[p] if w not in alive_set})

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregation._accumulate import ExactFloatSum
 from aggregation._config import Stage
 from aggregation._messages import Message as _Message
 from aggregation._messages import PlainInput, context_bytes
@@ -132,6 +133,12 @@ class PlainSumServer(AggregationServer):
 
     ``min_inputs`` is the smallest number of contributions the caller accepts
     (e.g. the survivors central noise was sized for); fewer is an abort.
+
+    Each input is folded into an exact running sum as it arrives
+    (:class:`~aggregation._accumulate.ExactFloatSum`), so the server holds O(d)
+    numbers whatever the number of clients, and the total is the float64 nearest
+    to the exact sum whatever order the inputs arrived in. Nothing can take an
+    input out of the sum later: the protocol has no stage after the inputs.
     """
 
     def __init__(
@@ -156,7 +163,8 @@ class PlainSumServer(AggregationServer):
         self.dimension = dimension
         self.min_inputs = min_inputs
         self._header = context_bytes(session_id, round_index)
-        self._inputs: dict[int, np.ndarray] = {}
+        self._received: set[int] = set()
+        self._sum = ExactFloatSum(dimension)
         self._stage = Stage.MASKED_INPUT
 
     @property
@@ -167,19 +175,19 @@ class PlainSumServer(AggregationServer):
     def expected(self) -> frozenset[int]:
         if self._stage is not Stage.MASKED_INPUT:
             return frozenset()
-        return self._participants - set(self._inputs)
+        return self._participants - self._received
 
     def awaits(self, client: int) -> bool:
         return (
             self._stage is Stage.MASKED_INPUT
             and client in self._participants
-            and client not in self._inputs
+            and client not in self._received
         )
 
     def awaiting(self) -> int:
         if self._stage is not Stage.MASKED_INPUT:
             return 0
-        return len(self._participants) - len(self._inputs)
+        return len(self._participants) - len(self._received)
 
     def receive(self, message: _Message) -> None:
         if not isinstance(message, PlainInput):
@@ -190,26 +198,24 @@ class PlainSumServer(AggregationServer):
             raise InvalidMessage("plain input after the round closed")
         if message.sender not in self._participants:
             raise InvalidMessage(f"input from {message.sender}, not a participant")
-        if message.sender in self._inputs:
+        if message.sender in self._received:
             raise InvalidMessage(f"duplicate input from {message.sender}")
         if message.vector.shape[0] != self.dimension:
             raise InvalidMessage(
                 f"input has dimension {message.vector.shape[0]}, expected {self.dimension}"
             )
-        self._inputs[message.sender] = message.vector
+        self._sum.add(message.vector)  # validates first: a refused input changes nothing
+        self._received.add(message.sender)
 
     def close_stage(self) -> Aggregate:
         if self._stage is not Stage.MASKED_INPUT:
             raise ProtocolError("the plain-sum round is already closed")
-        if len(self._inputs) < self.min_inputs:
+        if len(self._received) < self.min_inputs:
             raise DropoutThresholdNotMet(
-                f"{len(self._inputs)} inputs, the round needs at least {self.min_inputs}"
+                f"{len(self._received)} inputs, the round needs at least {self.min_inputs}"
             )
-        ids = tuple(sorted(self._inputs))
-        total = np.zeros(self.dimension, dtype=np.float64)
-        for i in ids:
-            total += self._inputs[i]
-        self._inputs.clear()
+        ids = tuple(sorted(self._received))
+        total = self._sum.total()
         self._stage = Stage.DONE
         return Aggregate(total, ids, None)
 

@@ -43,6 +43,7 @@ from aggregation import (
     MaskedInput,
     PlainInput,
     PlainSumClient,
+    Roster,
     Stage,
     all_finite,
 )
@@ -64,6 +65,7 @@ from secure_fml.record_dp import RecordLevelLedger
 
 __all__ = [
     "VERIFIED_MODELS",
+    "VERIFIED_ROSTERS",
     "ClientPipeline",
     "UpdateInfo",
     "codec_for",
@@ -114,6 +116,79 @@ class _VerifiedModels:
 
 
 VERIFIED_MODELS = _VerifiedModels()
+
+
+@dataclass(frozen=True)
+class _CheckedRoster:
+    """What the roster-wide checks of one ``RoundStart.peers`` established."""
+
+    by_index: tuple[Peer, ...]  # peers[i] has index i
+    roster: Roster | None  # the verified identity keys (secure rounds only)
+
+
+class _VerifiedRosters:
+    """The rosters this process checked recently, keyed by the very (immutable) tuple.
+
+    Every check of a roster that does not depend on which client is looking (indices
+    0..n-1 exactly once, distinct names, distinct identities, every identity verified
+    by ``verify_peer``, the distinct, valid Ed25519 keys and the digest of
+    :class:`~aggregation.Roster`) is a function of the roster and ``verify_peer``
+    alone. An in-memory transport hands one tuple to every client of a round, so the
+    checks run once per process and round instead of once per client (O(n) each);
+    each client still runs its own O(1) checks (itself at its index, its own key, the
+    parameters' n) on the result. A hit needs the same tuple object (held here, so
+    its id cannot be reused) and the same ``verify_peer``: a roster that arrives over
+    a network is a fresh object and is checked in full.
+    """
+
+    _SLOTS = 4
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: list[tuple[tuple[Peer, ...], object, bool, _CheckedRoster]] = []
+
+    def check(
+        self,
+        peers: tuple[Peer, ...],
+        verify_peer: Callable[[Peer], Ed25519PublicKey],
+        *,
+        secure: bool,
+    ) -> _CheckedRoster:
+        cacheable = type(peers) is tuple  # immutable, and so are its (frozen) Peers
+        with self._lock:
+            for slot in self._slots:
+                if slot[0] is peers and slot[1] is verify_peer and (slot[2] or not secure):
+                    return slot[3]
+        checked = _check_roster(peers, verify_peer, secure=secure)
+        if cacheable:
+            with self._lock:
+                self._slots = [(peers, verify_peer, secure, checked), *self._slots][: self._SLOTS]
+        return checked
+
+
+def _check_roster(
+    peers: tuple[Peer, ...], verify_peer: Callable[[Peer], Ed25519PublicKey], *, secure: bool
+) -> _CheckedRoster:
+    """The roster-wide checks (see :class:`_VerifiedRosters`); raises InvalidMessage."""
+    by_index = tuple(sorted(peers, key=lambda p: p.index))
+    if [p.index for p in by_index] != list(range(len(peers))):
+        raise InvalidMessage("roster must name participants 0..n-1 exactly once")
+    names = [p.name for p in peers]
+    if len(set(names)) != len(names):
+        raise InvalidMessage("roster repeats a participant name (Sybil roster)")
+    identities = [p.identity for p in peers]
+    if len(set(identities)) != len(identities):
+        raise InvalidMessage("roster repeats an identity under two names (Sybil roster)")
+    if not secure:
+        # The plain protocol signs and encrypts nothing: identities are only checked
+        # for distinctness (above); the transport authenticated the coordinator.
+        return _CheckedRoster(by_index, None)
+    # Distinct, valid Ed25519 keys (two certificates of one key are refused with
+    # PolicyViolation) and the digest every signature of the round binds.
+    return _CheckedRoster(by_index, Roster({p.index: verify_peer(p) for p in by_index}))
+
+
+VERIFIED_ROSTERS = _VerifiedRosters()
 
 
 def secure_clip_range(settings: RoundSettings) -> float:
@@ -252,31 +327,23 @@ class ClientPipeline:
             raise InvalidMessage("model does not match its announced SHA-256 hash")
         return tensor
 
-    def _check_roster(self, msg: RoundStart) -> dict[int, Ed25519PublicKey]:
-        peers = msg.peers
-        if sorted(p.index for p in peers) != list(range(len(peers))):
-            raise InvalidMessage("roster must name participants 0..n-1 exactly once")
-        names = [p.name for p in peers]
-        if len(set(names)) != len(names):
-            raise InvalidMessage("roster repeats a participant name (Sybil roster)")
-        identities = [p.identity for p in peers]
-        if len(set(identities)) != len(identities):
-            raise InvalidMessage("roster repeats an identity under two names (Sybil roster)")
-        me = [p for p in peers if p.index == msg.client_index]
-        if len(me) != 1 or me[0].name != self.name:
-            raise InvalidMessage("roster does not list this client at its index")
+    def _check_roster(self, msg: RoundStart) -> Roster | None:
+        """The verified roster of ``msg`` (None for the plain protocol)."""
         s = msg.settings
-        if not s.protocol.secure:
-            # The plain protocol signs and encrypts nothing: identities are only checked
-            # for distinctness (above); the transport authenticated the coordinator.
-            return {}
-        keys = {p.index: self._verify_peer(p) for p in peers}
-        mine = keys[msg.client_index].public_bytes_raw()
+        checked = VERIFIED_ROSTERS.check(msg.peers, self._verify_peer, secure=s.protocol.secure)
+        i = msg.client_index
+        by_index = checked.by_index
+        if not (isinstance(i, int) and 0 <= i < len(by_index)) or by_index[i].name != self.name:
+            raise InvalidMessage("roster does not list this client at its index")
+        roster = checked.roster
+        if roster is None or not s.protocol.secure:
+            return None  # the plain protocol verifies no keys (see _check_roster)
+        mine = roster.raw(i)
         if not hmac.compare_digest(mine, self._identity.public_key().public_bytes_raw()):
             raise InvalidMessage("roster lists another identity key for this client")
-        if s.secagg is not None and s.secagg.num_clients != len(peers):
+        if s.secagg is not None and s.secagg.num_clients != len(by_index):
             raise InvalidMessage("SecAgg parameters are for another number of participants")
-        return keys
+        return roster
 
     # The steps of a round start, in order. Subclasses replace a step to change what
     # a client is (an audit's canary client replaces ``local_update``; an audit's
@@ -397,7 +464,7 @@ class ClientPipeline:
             plain.set_input(vec)
             client = plain
         else:
-            assert s.secagg is not None and rng is not None
+            assert s.secagg is not None and rng is not None and keys is not None
             codec = codec_for(s, dimension=vec.shape[0])
             session = ClientSession(
                 s.secagg,

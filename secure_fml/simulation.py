@@ -72,6 +72,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Jobs handed to the executor at once: their replies are what the driver holds in
+#: flight (a pool splits each chunk over its workers).
+_REPLY_CHUNK = 256
+
 #: ``simulation.executor = auto`` picks the pool from this many expected clients per
 #: round on (see :meth:`Simulation.executor_kind`).
 POOL_MIN_CLIENTS = 64
@@ -494,14 +498,20 @@ class Simulation:
                 self.clock.advance_to(deadline)
                 eng.tick()
                 continue
-            for (client, _), result in zip(jobs, self.executor.handle(jobs), strict=True):
-                if isinstance(result, StageReply):
-                    try:
-                        eng.submit(client, result)
-                    except ProtocolError as e:
-                        log.warning("round %d: reply of %s refused: %s", eng.round + 1, client, e)
-                elif isinstance(result, SecureFMLError):
-                    log.warning("client %s leaves the round: %s", client, result)
+            # In chunks, so that the driver holds at most a chunk's replies (update
+            # vectors) at once: the server folds each into its running sum.
+            for lo in range(0, len(jobs), _REPLY_CHUNK):
+                chunk = jobs[lo : lo + _REPLY_CHUNK]
+                for (client, _), result in zip(chunk, self.executor.handle(chunk), strict=True):
+                    if isinstance(result, StageReply):
+                        try:
+                            eng.submit(client, result)
+                        except ProtocolError as e:
+                            log.warning(
+                                "round %d: reply of %s refused: %s", eng.round + 1, client, e
+                            )
+                    elif isinstance(result, SecureFMLError):
+                        log.warning("client %s leaves the round: %s", client, result)
         if eng.stop_error is not None:
             raise eng.stop_error
         return eng.history[-1] if len(eng.history) > before else {}

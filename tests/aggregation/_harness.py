@@ -127,10 +127,14 @@ def drive(
     network: InMemoryNetwork | None = None,
     *,
     client_hook: Callable[[int, Stage, Message], Message | None] | None = None,
+    order: Callable[[Stage, list[int]], list[int]] | None = None,
 ) -> Outcome:
     """Run the round like :func:`run_protocol` (refusals make senders silent, a refusing
-    client leaves); ``client_hook`` lets a corrupt client rewrite (or drop) its reply."""
+    client leaves); ``client_hook`` lets a corrupt client rewrite (or drop) its reply;
+    ``order(stage, clients)`` the order in which each stage's replies arrive (default:
+    ascending ids)."""
     net = network or InMemoryNetwork()
+    arrival = order or (lambda _stage, ids: ids)
     out = Outcome()
     server = rd.server
 
@@ -156,14 +160,14 @@ def drive(
         except ProtocolError as exc:
             out.refusals.append((i, stage, exc))
 
-    for i in range(rd.n):
+    for i in arrival(Stage.ADVERTISE_KEYS, list(range(rd.n))):
         if net.live(i, Stage.ADVERTISE_KEYS):
             step(i, Stage.ADVERTISE_KEYS, rd.clients[i].start)
     try:
         res = server.close_stage()
         while isinstance(res, Outbox):
             out.stages.append((res.stage, res.reveals_sum))
-            for i in sorted(res.messages):
+            for i in arrival(res.stage, sorted(res.messages)):
                 msg = net.to_client(res.stage, i, res.messages[i])
                 if msg is not None and net.live(i, res.stage):
                     out.to_client.append((res.stage, i, msg))

@@ -1,0 +1,202 @@
+"""The servers' running sums against a naive sum of the inputs that should be in it.
+
+Both servers fold every input into their sum as it arrives (memory flat in n); these
+tests check that the result is what summing the contributors' inputs afterwards gives,
+for any arrival order, any dropout pattern the policy tolerates, clients excluded
+after their input was folded, and held inputs in memory or spilled to disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from aggregation import (
+    ClientPolicy,
+    Message,
+    PlainInput,
+    PlainSumServer,
+    SecAggMode,
+    ServerSession,
+    Stage,
+)
+from aggregation._accumulate import ExactFloatSum, HeldInputs
+from aggregation._messages import Complaint, ComplaintReason
+from privacy.errors import InvalidMessage, ProtocolError
+from tests.aggregation import _harness as H
+
+LOOSE = ClientPolicy(max_dropout_fraction=0.3, max_corrupt_fraction=0.0, min_survivors=2)
+DROP_STAGES = [
+    Stage.ADVERTISE_KEYS,
+    Stage.SHARE_KEYS,
+    Stage.MASKED_INPUT,
+    Stage.REVIEW,
+    Stage.CONSISTENCY_CHECK,
+    Stage.QUORUM_CHALLENGE,
+    Stage.UNMASKING,
+]
+FLOAT32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+def _exact(rows: list[np.ndarray], d: int) -> np.ndarray:
+    """The correctly rounded float64 sum of each coordinate (Shewchuk's fsum)."""
+    return np.array([math.fsum(float(r[j]) for r in rows) for j in range(d)], dtype=np.float64)
+
+
+# ---------------------------------------------------------------- plain sum
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(1, 12), d=st.integers(1, 6))
+def test_plain_running_sum_is_exact_for_any_arrival_order_and_dropouts(
+    data: st.DataObject, n: int, d: int
+) -> None:
+    row = st.lists(FLOAT32, min_size=d, max_size=d)
+    xs = [np.array(data.draw(row), np.float32) for _ in range(n)]
+    sent = data.draw(st.lists(st.sampled_from(range(n)), min_size=1, unique=True))
+    sid = bytes(16)
+    server = PlainSumServer(participants=range(n), session_id=sid, round_index=1, dimension=d)
+    for i in sent:  # arrival order: as drawn; the others dropped out
+        server.receive(PlainInput(session_id=sid, round_index=1, sender=i, vector=xs[i]))
+    out = server.close_stage()
+    assert out.contributors == tuple(sorted(sent))
+    np.testing.assert_array_equal(out.total, _exact([xs[i] for i in sent], d))
+
+
+def test_plain_sum_is_order_independent_where_a_float64_running_sum_is_not() -> None:
+    xs = [np.array([v], np.float32) for v in (2.0**24, 1.0, -(2.0**24), 2.0**-30)]
+    # A float64 running sum of these depends on the order (1 + 2^-30 is exact, but
+    # 2^24 + 2^-30 is not): the server's sum must not.
+    fwd = ExactFloatSum(1)
+    rev = ExactFloatSum(1)
+    for x in xs:
+        fwd.add(x)
+    for x in reversed(xs):
+        rev.add(x)
+    assert fwd.total()[0] == rev.total()[0] == 1.0 + 2.0**-30
+
+
+def test_exact_sum_keeps_o_d_state_over_many_inputs_and_refuses_bad_vectors() -> None:
+    rng = np.random.default_rng(5)
+    rows = [
+        (rng.standard_normal(7) * np.exp2(rng.integers(-149, 127, 7))).astype(np.float32)
+        for _ in range(700)  # several carry normalizations
+    ]
+    acc = ExactFloatSum(7)
+    for r in rows:
+        acc.add(r)
+    np.testing.assert_array_equal(acc.total(), _exact(rows, 7))
+    for bad in (np.zeros(6, np.float32), np.zeros(7, np.float64), np.full(7, np.inf, np.float32)):
+        with pytest.raises(InvalidMessage):
+            acc.add(bad)
+
+
+def test_held_inputs_roundtrip_in_memory_and_on_disk_and_refuse_reuse() -> None:
+    for budget in (0, 1 << 20):
+        held = HeldInputs(dtype=np.dtype(np.uint64), dimension=3, memory_bytes=budget)
+        held.put(4, np.array([1, 2**63, 5], np.uint64))
+        held.put(2, np.array([7, 8, 9], np.uint64))
+        assert held.get(4).tolist() == [1, 2**63, 5]
+        assert held.get(2).tolist() == [7, 8, 9]
+        with pytest.raises(ProtocolError):
+            held.put(2, np.zeros(3, np.uint64))
+        held.close()
+        with pytest.raises(ProtocolError):
+            held.get(2)
+
+
+# ---------------------------------------------------------------- SecAgg / SecAgg+
+
+
+def _false_complaint(
+    rd: H.Round, liar: int, shares: dict[int, Message]
+) -> Callable[[int, Stage, Message], Message]:
+    """A client hook: ``liar`` complains, falsely, about the first dealer it holds."""
+
+    def hook(i: int, stage: Stage, msg: Message) -> Message:
+        if stage is Stage.SHARE_KEYS:
+            shares[i] = msg
+        if i == liar and stage is Stage.MASKED_INPUT and rd.clients[liar].state.held:
+            dealer = min(rd.clients[liar].state.held)
+            e = next(s for s in shares[dealer].shares if s.recipient == liar)  # type: ignore[attr-defined]
+            c = Complaint(
+                dealer=dealer,
+                reason=ComplaintReason.BAD_CIPHERTEXT,
+                ephemeral_public=e.ephemeral_public,
+                self_mask=e.self_mask,
+                mask_key=e.mask_key,
+                signature=bytes(64),
+            )
+            ctx = rd.clients[liar].ctx
+            c = dataclasses.replace(c, signature=rd.ids[liar].sign(c.payload(ctx, liar)))
+            return dataclasses.replace(msg, complaints=(c,))
+        return msg
+
+    return hook
+
+
+def _secure_round(
+    data: st.DataObject, mode: SecAggMode, n: int, *, spill: bool, liar: bool
+) -> None:
+    rd = H.make_round(n, mode=mode, d=5, policy=LOOSE)
+    rd.server = ServerSession(
+        rd.cfg,
+        identity_keys=rd.roster,
+        session_id=rd.sid,
+        round_index=7,
+        model_hash=rd.model,
+        dimension=rd.d,
+        input_memory_bytes=0 if spill else 1 << 20,
+    )
+    budget = LOOSE.missing(n) - int(liar)
+    dropped = data.draw(st.lists(st.integers(0, n - 1), max_size=max(budget, 0), unique=True))
+    drops = {i: data.draw(st.sampled_from(DROP_STAGES)) for i in dropped}
+    who = data.draw(st.sampled_from([i for i in range(n) if i not in drops])) if liar else -1
+    shares: dict[int, Message] = {}
+    out = H.drive(
+        rd,
+        H.InMemoryNetwork(drops),
+        client_hook=_false_complaint(rd, who, shares) if liar else None,
+        order=lambda _stage, ids: data.draw(st.permutations(ids)),
+    )
+    agg = out.aggregate
+    assert agg is not None, out.abort
+    sent = {i for i in range(n) if drops.get(i, Stage.DONE).value > Stage.MASKED_INPUT.value}
+    assert set(agg.contributors) == sent - set(agg.excluded)
+    if liar:
+        # Exactly one side of the dispute leaves: the liar (its dealer opened the pair)
+        # or the dealer (it dropped before it could); both inputs were already folded.
+        assert len(agg.excluded) == 1 and agg.excluded[0] in sent
+    assert np.array_equal(H.lifted(rd, agg.total), H.plain_sum(rd, agg.contributors))
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["memory", "disk"])
+@pytest.mark.parametrize("mode", [SecAggMode.SECAGG, SecAggMode.SECAGG_PLUS])
+def test_excluded_after_folding_leaves_the_sum(mode: SecAggMode, spill: bool) -> None:
+    @settings(max_examples=1, deadline=None, derandomize=True, phases=(Phase.generate,))
+    @given(data=st.data())
+    def one(data: st.DataObject) -> None:
+        _secure_round(data, mode, 7, spill=spill, liar=True)
+
+    one()
+
+
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None)
+@given(
+    data=st.data(),
+    mode=st.sampled_from([SecAggMode.SECAGG, SecAggMode.SECAGG_PLUS]),
+    n=st.integers(6, 10),
+    spill=st.booleans(),
+    liar=st.booleans(),
+)
+def test_secure_running_sum_equals_the_naive_sum_for_any_order_dropouts_and_exclusions(
+    data: st.DataObject, mode: SecAggMode, n: int, spill: bool, liar: bool
+) -> None:
+    _secure_round(data, mode, n, spill=spill, liar=liar)
