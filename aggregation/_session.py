@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from aggregation._accumulate import ExactFloatSum
 from aggregation._config import Stage
 from aggregation._messages import Message as _Message
 from aggregation._messages import PlainInput, context_bytes
@@ -134,11 +133,15 @@ class PlainSumServer(AggregationServer):
     ``min_inputs`` is the smallest number of contributions the caller accepts
     (e.g. the survivors central noise was sized for); fewer is an abort.
 
-    Each input is folded into an exact running sum as it arrives
-    (:class:`~aggregation._accumulate.ExactFloatSum`), so the server holds O(d)
-    numbers whatever the number of clients, and the total is the float64 nearest
-    to the exact sum whatever order the inputs arrived in. Nothing can take an
-    input out of the sum later: the protocol has no stage after the inputs.
+    Each input is added to a float64 running sum as it arrives, so the server holds
+    O(d) numbers whatever the number of clients; nothing can take an input out of the
+    sum later (the protocol has no stage after the inputs). The total is the float64
+    sum in arrival order: two arrival orders can differ in the last bit of a
+    coordinate. The simulation delivers inputs in ascending index (the order in which
+    the server summed its held inputs before), so its results are unchanged. An
+    exact, order-independent fixed-point sum was measured and dropped: its total
+    costs 10 ms at d = 4,554 and 2.4 s at d = 10^6 per round, against 0.01 ms and
+    1.6 ms per input for the float64 add.
     """
 
     def __init__(
@@ -164,7 +167,7 @@ class PlainSumServer(AggregationServer):
         self.min_inputs = min_inputs
         self._header = context_bytes(session_id, round_index)
         self._received: set[int] = set()
-        self._sum = ExactFloatSum(dimension)
+        self._sum = np.zeros(dimension, dtype=np.float64)
         self._stage = Stage.MASKED_INPUT
 
     @property
@@ -204,7 +207,8 @@ class PlainSumServer(AggregationServer):
             raise InvalidMessage(
                 f"input has dimension {message.vector.shape[0]}, expected {self.dimension}"
             )
-        self._sum.add(message.vector)  # validates first: a refused input changes nothing
+        # PlainInput checked the vector on construction (non-empty, 1-D, float32, finite).
+        np.add(self._sum, message.vector, out=self._sum)
         self._received.add(message.sender)
 
     def close_stage(self) -> Aggregate:
@@ -215,7 +219,8 @@ class PlainSumServer(AggregationServer):
                 f"{len(self._received)} inputs, the round needs at least {self.min_inputs}"
             )
         ids = tuple(sorted(self._received))
-        total = self._sum.total()
+        total = self._sum
+        self._sum = np.zeros(0, dtype=np.float64)
         self._stage = Stage.DONE
         return Aggregate(total, ids, None)
 

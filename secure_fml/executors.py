@@ -28,9 +28,10 @@ seed (``run.insecure_seed``) they give the same state and the same ledger.
 - :class:`RayExecutor` (``pip install 'secure-fml[ray]'``): the same workers as Ray
   actors, on this machine or an existing Ray cluster (``simulation.ray_address``).
 
-Not yet: the coordinator's aggregation sessions still hold every masked (or clear)
-vector of a round until the round closes (SecAgg needs them until exclusions settle;
-the clear sum is kept order-independent), so driver memory grows with n * d.
+The coordinator's aggregation sessions fold each input into a running sum as it
+arrives (SecAgg keeps the folded masked vectors aside, spilled to disk beyond a small
+budget, until exclusions settle), so driver memory for inputs does not grow with n;
+SecAgg+'s per-client protocol state (shares, tags) still does, as n * k.
 """
 
 from __future__ import annotations
