@@ -41,7 +41,8 @@ class Batch:
         return Batch(self.x.to(device), self.y.to(device), unit)
 
     def take(self, idx: torch.Tensor) -> Batch:
-        if idx.device != self.x.device:  # CPU-drawn indices of a batch on an accelerator
+        if isinstance(idx, torch.Tensor) and idx.device != self.x.device:
+            # CPU-drawn indices of a batch on an accelerator
             idx = idx.to(self.x.device)
         return Batch(self.x[idx], self.y[idx], None if self.unit is None else self.unit[idx])
 
