@@ -36,6 +36,20 @@ def environment() -> dict[str, Any]:
     }
 
 
+def run_isolated(module: str, *args: object) -> dict[str, Any]:
+    """Run ``python -m module --one ARGS`` in a fresh process; its last stdout line (JSON)."""
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", module, "--one", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
 def write_json(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import RESULTS, environment, write_json
+from benchmarks._common import RESULTS, environment, run_isolated, write_json
 
 PROTOCOLS = ("plain", "secagg+")
 _SID = bytes(range(16))
@@ -104,7 +104,6 @@ def run_one(n: int, d: int, protocol: str) -> dict[str, Any]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from aggregation import Aggregate, PlainSumServer, Roster, ServerSession, parse_message
-    from aggregation._primitives import mask_dtype
 
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -112,7 +111,8 @@ def run_one(n: int, d: int, protocol: str) -> dict[str, Any]:
     proc.start()
     raw_keys = parent.recv()
     server: Any
-    width = 4 if protocol == "plain" else np.dtype(mask_dtype(_config(n).modulus_bits)).itemsize
+    # float32 inputs, or the SecAgg word: 32 bits up to a 32-bit modulus, else 64.
+    width = 4 if protocol == "plain" else (4 if _config(n).modulus_bits <= 32 else 8)
     if protocol == "plain":
         server = PlainSumServer(participants=range(n), session_id=_SID, round_index=1, dimension=d)
     else:
@@ -204,7 +204,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.one:
         print(json.dumps(run_one(int(args.one[0]), int(args.one[1]), args.one[2])))
         return 0
-    import subprocess
     import sys
 
     path = RESULTS / "aggregation_memory.json"
@@ -221,21 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["rows"] = [r for r in payload["rows"] if r["label"] != args.label]
     for proto in args.protocols:
         for n in args.ns:
-            res = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.aggregation_memory",
-                    "--one",
-                    str(n),
-                    str(args.d),
-                    proto,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            row = {**json.loads(res.stdout.strip().splitlines()[-1]), "label": args.label}
+            one = run_isolated("benchmarks.aggregation_memory", n, args.d, proto)
+            row = {**one, "label": args.label}
             payload["rows"].append(row)
             print(
                 f"{args.label} {proto} n={n}: peak traced {row['peak_traced_mb']:.1f} MB, "

@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import subprocess
 import sys
 import time
 import warnings
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import RESULTS, environment, write_json
+from benchmarks._common import RESULTS, environment, run_isolated, write_json
 
 _CONFIG: dict[str, Any] = {
     "data": {
@@ -170,13 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["commands"] = [c for c in payload["commands"] if c != command] + [command]
     payload["rows"] = [r for r in payload["rows"] if r["label"] != args.label]
     for n in args.ns:
-        res = subprocess.run(
-            [sys.executable, "-m", "benchmarks.client_roster", "--one", str(n), str(args.m)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        row = {**json.loads(res.stdout.strip().splitlines()[-1]), "label": args.label}
+        row = {**run_isolated("benchmarks.client_roster", n, args.m), "label": args.label}
         payload["rows"].append(row)
         print(
             f"{args.label} n={n}: first {row['first_ms']:.1f} ms, others {row['others_ms']:.1f} "
