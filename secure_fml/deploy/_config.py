@@ -7,6 +7,7 @@ policy (:class:`~secure_fml.deploy.SitePolicy`; absent, its defaults)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -99,6 +100,8 @@ class SiteSettings:
     seed: int | None = None
     poll_wait_s: float = 5.0
     reconnect_timeout_s: float = 120.0
+    #: The longest wait between two attempts to join again after a transport failure.
+    reconnect_backoff_max_s: float = 2.0
     #: The ``[policy]`` table (not part of ``[site]``).
     policy: SitePolicy = field(default_factory=SitePolicy)
 
@@ -112,6 +115,12 @@ class SiteSettings:
             raise ConfigError("site.insecure must be true or false")
         if not isinstance(self.policy, SitePolicy):
             raise ConfigError("site.policy must be a SitePolicy")
+        for key in ("poll_wait_s", "reconnect_timeout_s", "reconnect_backoff_max_s"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+                raise ConfigError(f"site.{key} must be a positive number of seconds, got {v!r}")
+            if not math.isfinite(v):
+                raise ConfigError(f"site.{key} must be finite, got {v!r}")
 
 
 def _read(path: Path) -> dict[str, Any]:

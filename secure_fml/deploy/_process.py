@@ -245,6 +245,7 @@ def run_client(
             certificate=cert,
             poll_wait_s=settings.poll_wait_s,
             reconnect_timeout_s=settings.reconnect_timeout_s,
+            max_backoff_s=settings.reconnect_backoff_max_s,
             download_to=settings.download,
             stop=stop,
         )

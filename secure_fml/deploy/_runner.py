@@ -10,12 +10,14 @@ site's part in that round only: the reason is logged and the site keeps serving.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
 
 from privacy import atomic_write_bytes
 from privacy.errors import (
+    ConfigError,
     PrivacyBudgetExhausted,
     ProtocolError,
     RefusalReason,
@@ -39,10 +41,22 @@ def run_site(
     certificate: bytes,
     poll_wait_s: float = 5.0,
     reconnect_timeout_s: float = 120.0,
+    max_backoff_s: float = 2.0,
     download_to: Path | None = None,
     stop: threading.Event | None = None,
 ) -> int:
-    """Take part in rounds until training finishes; returns the rounds this site finished."""
+    """Take part in rounds until training finishes; returns the rounds this site finished.
+
+    After a transport failure the site joins again after 0.1 s, doubling the wait up to
+    ``max_backoff_s``, until ``reconnect_timeout_s`` has passed without a connection.
+    """
+    for label, value in (
+        ("poll_wait_s", poll_wait_s),
+        ("reconnect_timeout_s", reconnect_timeout_s),
+        ("max_backoff_s", max_backoff_s),
+    ):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{label} must be a positive number of seconds, got {value!r}")
     stop = stop or threading.Event()
     conn: bytes | None = None
     backoff = 0.1
@@ -98,8 +112,8 @@ def run_site(
         if lost_since is not None:
             if time.monotonic() - lost_since > reconnect_timeout_s:
                 raise TransportError(
-                    f"coordinator unreachable for {reconnect_timeout_s:.0f}s; giving up"
+                    f"coordinator unreachable for {reconnect_timeout_s:g}s; giving up"
                 )
             stop.wait(backoff)
-            backoff = min(backoff * 2, 2.0)
+            backoff = min(backoff * 2, max_backoff_s)
     return len(site.rounds_done)

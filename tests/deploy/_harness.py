@@ -193,6 +193,7 @@ def run_sites(
                 certificate=cert_der(pki, site.name),
                 poll_wait_s=0.5,
                 reconnect_timeout_s=10,
+                max_backoff_s=0.25,
                 stop=stop,
             )
         except Exception as e:  # surfaced to the test below

@@ -94,6 +94,7 @@ def main() -> int:
             certificate=cert,
             poll_wait_s=settings.poll_wait_s,
             reconnect_timeout_s=settings.reconnect_timeout_s,
+            max_backoff_s=settings.reconnect_backoff_max_s,
             download_to=settings.download,
         )
     finally:

@@ -111,6 +111,7 @@ def _sites(root: Path, pki: Path, port: int) -> tuple[list[threading.Thread], li
                 certificate=H.cert_der(pki, name),
                 poll_wait_s=0.5,
                 reconnect_timeout_s=60,
+                max_backoff_s=0.25,
             )
         except Exception as e:  # surfaced by the test
             results[i] = e

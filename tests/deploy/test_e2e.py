@@ -168,7 +168,7 @@ def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
     coord = _set(coord, "deploy", "address", addr)
     coord = _set(coord, "deploy", "sites", json.dumps(list(SITES)))
     coord = _set(coord, "deploy", "min_sites", "4")
-    coord = _set(coord, "deploy", "start_grace_s", "10")
+    coord = _set(coord, "deploy", "start_grace_s", "6")
     coord = _set(coord, "deploy", "train_timeout_s", "60")
     coord = _set(coord, "deploy", "stage_timeout_s", "5")
     coord = _set(coord, "deploy", "lease_s", "5")
@@ -188,6 +188,8 @@ def test_deploy_five_sites_mtls_kill_site_kill_server_unknown_cert(
         t = _set(site_t, "site", "name", f'"{name}"')
         t = _set(t, "site", "client", f'"{client}"')
         t = _set(t, "site", "download", f'"{name}-model.pt"')
+        # Loopback: join again quickly after the coordinator restarts.
+        t = t.replace("[site]\n", "[site]\nreconnect_backoff_max_s = 0.25\n", 1)
         (tmp_path / f"{name}.toml").write_text(t)
     run_dir = tmp_path / "runs" / "deploy"
 

@@ -148,6 +148,7 @@ server = "127.0.0.1:{ep.port}"
 pki_dir = "{pki}"
 seed = {SEED}
 poll_wait_s = 0.5
+reconnect_backoff_max_s = 0.25
 
 [data]
 preset = "synthetic"

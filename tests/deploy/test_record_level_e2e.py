@@ -84,6 +84,7 @@ client = "{CLIENTS[name]}"
 server = "127.0.0.1:{port}"
 pki_dir = "pki"
 poll_wait_s = 0.5
+reconnect_backoff_max_s = 0.25
 reconnect_timeout_s = 60
 
 [policy]
