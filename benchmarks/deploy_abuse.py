@@ -115,9 +115,12 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
-def _start(cwd: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+def _start(cwd: Path, name: str, args: list[str], *, nice: int = 0) -> subprocess.Popen[bytes]:
     log = open(cwd / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-    p = subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=log, stderr=log, env=_env())
+    cmd = [sys.executable, *args]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=log, env=_env())
     log.close()
     return p
 
@@ -142,7 +145,9 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
 
 
-def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, Any]:
+def _phase(
+    work: Path, phase: str, *, minutes: float, pki: Path, attacker_nice: int
+) -> dict[str, Any]:
     import privacy
 
     d = work / phase
@@ -193,6 +198,7 @@ def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, An
                     "--stop-file",
                     "stop-attacks",
                 ],
+                nice=attacker_nice,
             )
         # The window opens once both attackers are up (their imports take seconds here).
         while not all((d / f"ready-{n}").exists() for n in (INSIDER, OUTSIDER)):
@@ -296,6 +302,19 @@ def _phase(work: Path, phase: str, *, minutes: float, pki: Path) -> dict[str, An
     }
 
 
+def _nice_text(nice: int) -> str:
+    if nice:
+        return (
+            f"The attackers ran at niceness {nice}: they get the CPU the deployment leaves "
+            "idle, as attackers on machines of their own would spend their own CPU; what "
+            "the coordinator spends refusing them stays on it (same process as the rounds)."
+        )
+    return (
+        "The attackers ran at the deployment's own priority, so their own CPU use slows "
+        "the honest sites too (a real attacker would spend its own machine's)."
+    )
+
+
 def _sum_cpu(phase: dict[str, Any], names: Any) -> float:
     return round(sum(phase["cpu_s_in_window"].get(n, 0.0) for n in names), 1)
 
@@ -309,8 +328,9 @@ def _md(res: dict[str, Any]) -> str:
         "",
         f"Machine: {res['machine']}. Everything ran on this one machine over loopback: the "
         "coordinator, three site processes and, in the abused phase, two attacker processes "
-        "share its cores, so the attackers' own CPU use slows the honest sites too (a real "
-        "attacker would spend its own machine's). The figures are from one run each.",
+        "share its cores. "
+        + _nice_text(res.get("attacker_nice", 0))
+        + " The figures are from one run each.",
         "",
         "Setup: coordinator + alpha, beta, gamma (honest sites), allowlist alpha, beta, "
         "gamma, mallory; mutual TLS, DDGauss noise inside SecAgg (noise multiplier 1, clip 1, "
@@ -423,6 +443,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help="work directory (default: a new temporary one)")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results")
     ap.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
+    ap.add_argument(
+        "--attacker-nice",
+        type=int,
+        default=19,
+        choices=range(20),
+        metavar="0..19",
+        help="scheduling niceness of the attacker processes (default 19: on this one "
+        "machine they then run on CPU the deployment leaves idle, as attackers on machines "
+        "of their own would; the coordinator's cost of refusing them stays on it). "
+        "0: the attackers compete for the cores on equal terms",
+    )
     args = ap.parse_args(argv)
     if args.render:
         (RESULTS / "deploy_abuse.md").write_text(
@@ -441,15 +472,19 @@ def main(argv: list[str] | None = None) -> int:
         issue_site(pki, name, passphrase=secret)
     res: dict[str, Any] = {
         "command": "python -m benchmarks.deploy_abuse"
-        + (f" --minutes {args.minutes:g}" if args.minutes != 1.5 else ""),
+        + (f" --minutes {args.minutes:g}" if args.minutes != 1.5 else "")
+        + (f" --attacker-nice {args.attacker_nice}" if args.attacker_nice != 19 else ""),
+        "attacker_nice": args.attacker_nice,
         "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared, loaded), "
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
         f"{platform.system()} {platform.release()}",
         "load_average_before": list(os.getloadavg()),
     }
     for phase in ("clean", "abused"):
         print(f"{phase}: {args.minutes:g} min ...", flush=True)
-        res[phase] = _phase(work, phase, minutes=args.minutes, pki=pki)
+        res[phase] = _phase(
+            work, phase, minutes=args.minutes, pki=pki, attacker_nice=args.attacker_nice
+        )
         r = res[phase]
         print(
             f"{phase}: honest {r['honest_rounds_per_minute']} rounds/min, coordinator "
