@@ -54,6 +54,7 @@ def synthetic(control: Control = Control.NONE, **kw: object) -> list[AuditResult
     return AuditRunner([CanaryEpsilonAudit(config=cc), OneRunAudit(config=cc)]).run(target)
 
 
+@pytest.mark.slow  # about 6 s: thousands of canary rounds
 def test_canary_audits_pass_on_a_correctly_noised_mechanism() -> None:
     results = synthetic()
     for r in results:

@@ -59,6 +59,7 @@ class _SilentAfterSharing(Site):
         return super().handle(message)
 
 
+@pytest.mark.slow  # about 3 s each: waits out a stage deadline
 @pytest.mark.parametrize("kind", TRANSPORTS)
 def test_site_silent_mid_round_is_recovered(kind: str, pki: Path, tmp_path: Path) -> None:
     cfg = H.small_config(dp=True, rounds=2)

@@ -189,7 +189,10 @@ def test_state_dict_round_trip() -> None:
     [
         Sampling.poisson(sample_rate=0.1, population=300),
         Sampling.full(population=20),
-        Sampling.fixed_size(clients_per_round=30, population=300),
+        pytest.param(
+            Sampling.fixed_size(clients_per_round=30, population=300),
+            marks=pytest.mark.slow,  # 4-6 s: the replace-one accountant's bisection
+        ),
     ],
     ids=["poisson", "full", "fixed"],
 )
@@ -210,6 +213,7 @@ def test_plan_round_trip(sampling: Sampling, target: float) -> None:
     assert p.epsilon == pytest.approx(eps)
 
 
+@pytest.mark.slow  # about 3 s (PRV accountant)
 def test_plan_prv() -> None:
     s = Sampling.poisson(sample_rate=0.05, population=600)
     p = plan(target_epsilon=4.0, delta=1e-5, rounds=200, sampling=s, accountant="prv")
