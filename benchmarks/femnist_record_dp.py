@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 import warnings
@@ -40,7 +41,7 @@ from secure_fml.simulation import Simulation
 VARIANTS = ("none", "client", "record")
 
 
-def _config(args: argparse.Namespace, variant: str) -> Any:
+def _config(args: argparse.Namespace, variant: str, seed: int = 0) -> Any:
     raw: dict[str, Any] = {
         "data": {"preset": "femnist", "root": str(data_root()), "min_samples": 10},
         "model": {"kind": "mlp", "hidden": [args.hidden]},
@@ -57,7 +58,7 @@ def _config(args: argparse.Namespace, variant: str) -> Any:
             "sampling_rate": args.sampling_rate,
         },
         "eval": {"every": 0},
-        "run": {"seed": args.seed, "threads": 1},
+        "run": {"seed": seed, "threads": 1},
     }
     if variant == "client":
         raw["privacy"] = {
@@ -80,8 +81,8 @@ def _config(args: argparse.Namespace, variant: str) -> Any:
     return config_from_dict(raw)
 
 
-def run_one(args: argparse.Namespace, ds: Any, variant: str) -> dict[str, Any]:
-    cfg = _config(args, variant)
+def run_one(args: argparse.Namespace, ds: Any, variant: str, seed: int) -> dict[str, Any]:
+    cfg = _config(args, variant, seed)
     t0 = time.perf_counter()
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as run_dir:
         warnings.simplefilter("ignore", UserWarning)
@@ -91,6 +92,7 @@ def run_one(args: argparse.Namespace, ds: Any, variant: str) -> dict[str, Any]:
     test = summary["test"]
     row: dict[str, Any] = {
         "variant": variant,
+        "seed": seed,
         "rounds": args.rounds,
         "wall_s": time.perf_counter() - t0,
         "global_accuracy": test["global_metrics"]["accuracy"],
@@ -108,7 +110,7 @@ def run_one(args: argparse.Namespace, ds: Any, variant: str) -> dict[str, Any]:
         row["record_epsilon_worst_site"] = rl["epsilon_worst_site"]
         row["record_sites"] = len(rl["epsilon_per_site"])
     print(
-        f"{variant:7s} global {row['global_accuracy']:.3f} personalized "
+        f"{variant:7s} seed {seed} global {row['global_accuracy']:.3f} personalized "
         f"{row['personalized_accuracy']:.3f} ({row['wall_s']:.0f} s)",
         flush=True,
     )
@@ -132,20 +134,44 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Command: `{payload['command']}`",
         "",
         f"FedMeta(FOMAML), MLP (hidden {a['hidden']}), {a['rounds']} rounds, {a['clients']} "
-        f"training writers expected per round (Poisson), 20% support, δ = {a['delta']}, seed "
-        f"{a['seed']}; accuracy on all query points of the unseen test writers after "
+        f"training writers expected per round (Poisson), 20% support, δ = {a['delta']}, seeds "
+        f"{', '.join(str(x) for x in a['seeds'])}; accuracy on all query points of the "
+        "unseen test writers after "
         "adapting on their support sets. Client-level: clip C = "
         f"{a['clip']}, distributed discrete Gaussian noise in SecAgg, ε against the "
         f"coordinator. Record-level: DP-SGD in every local step (B = {a['batch_size']}, "
         f"C_r = {a['record_clip']}), each writer calibrated for the rounds it may join "
         "(the union-bound participation quantile the client-level calibration uses).",
         "",
-        "| privacy | ε | global acc | personalized acc | p10 writer | wall s |",
-        "|---|---|---|---|---|---|",
     ]
-    for r in payload["runs"]:
+    runs = sorted(payload["runs"], key=lambda r: (VARIANTS.index(r["variant"]), r["seed"]))
+    seeds = sorted({r["seed"] for r in runs})
+    if len(seeds) > 1:
+        lines += [
+            f"Mean ± std over seeds {', '.join(map(str, seeds))} (population std; "
+            "per-seed rows below):",
+            "",
+            "| privacy | seeds | global acc | personalized acc | p10 writer |",
+            "|---|---|---|---|---|",
+        ]
+        for v in VARIANTS:
+            rs = [r for r in runs if r["variant"] == v]
+            if not rs:
+                continue
+            cells = [
+                f"{statistics.fmean(r[k] for r in rs):.3f} ± "
+                f"{statistics.pstdev(r[k] for r in rs):.3f}"
+                for k in ("global_accuracy", "personalized_accuracy", "personalized_p10")
+            ]
+            lines.append(f"| {v} | {len(rs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "| privacy | seed | ε | global acc | personalized acc | p10 writer | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
         lines.append(
-            f"| {r['variant']} | {_eps(r)} | {r['global_accuracy']:.3f} | "
+            f"| {r['variant']} | {r['seed']} | {_eps(r)} | {r['global_accuracy']:.3f} | "
             f"{r['personalized_accuracy']:.3f} | {r['personalized_p10']:.3f} | "
             f"{r['wall_s']:.0f} |"
         )
@@ -164,21 +190,26 @@ def main() -> None:
     ap.add_argument("--record-clip", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--inner-lr", type=float, default=0.05)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--name", default="femnist_record_dp")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
-    cmd = (
+    base = (
         f"python -m benchmarks.femnist_record_dp --rounds {args.rounds} --clients "
         f"{args.clients} --hidden {args.hidden} --epsilon {args.epsilon:g}"
     )
     path = RESULTS / f"{args.name}.json"
     done: list[dict[str, Any]] = []
     if path.exists():
+        # Runs of the same settings are kept, whatever seeds that sitting asked for
+        # (a run without a seed field is from before --seeds: seed 0).
         old = json.loads(path.read_text())
-        if old.get("command") == cmd:
-            done = old["runs"]
+        if old.get("base_command", old.get("command")) == base:
+            done = [{**r, "seed": r.get("seed", 0)} for r in old["runs"]]
+    all_seeds = sorted({*args.seeds, *(r["seed"] for r in done)})
+    cmd = base + (f" --seeds {' '.join(map(str, all_seeds))}" if all_seeds != [0] else "")
+    args.seeds = all_seeds
     ds = load_preset("femnist", root=str(data_root())).filter_min_samples(10)
     args.sampling_rate = 1.0
     population = len(Simulation(_config(args, "none"), dataset=ds).split.train)
@@ -187,17 +218,19 @@ def main() -> None:
     note_path = RESULTS / f"{args.name}.note.md"
     payload: dict[str, Any] = {
         "command": cmd,
+        "base_command": base,
         "args": vars(args),
         "environment": environment(),
         "runs": done,
         "note": note_path.read_text(encoding="utf-8") if note_path.exists() else "",
     }
-    for variant in args.variants:
-        if any(r["variant"] == variant for r in done):
-            continue
-        done.append(run_one(args, ds, variant))
-        write_json(f"{args.name}.json", payload)
-        (RESULTS / f"{args.name}.md").write_text(markdown(payload), encoding="utf-8")
+    for seed in all_seeds:
+        for variant in args.variants:
+            if any(r["variant"] == variant and r["seed"] == seed for r in done):
+                continue
+            done.append(run_one(args, ds, variant, seed))
+            write_json(f"{args.name}.json", payload)
+            (RESULTS / f"{args.name}.md").write_text(markdown(payload), encoding="utf-8")
     print(f"wrote {RESULTS / (args.name + '.md')}")
 
 
