@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -40,7 +41,7 @@ class Batch:
         unit = None if self.unit is None else self.unit.to(device)
         return Batch(self.x.to(device), self.y.to(device), unit)
 
-    def take(self, idx: torch.Tensor) -> Batch:
+    def take(self, idx: torch.Tensor | np.ndarray) -> Batch:
         if isinstance(idx, torch.Tensor) and idx.device != self.x.device:
             # CPU-drawn indices of a batch on an accelerator
             idx = idx.to(self.x.device)

@@ -71,6 +71,12 @@ def _finite(where: str, value: Any, *, low: float, high: float | None = None) ->
         raise ConfigError(f"{where} must be {rng}, got {value!r}")
 
 
+def check_positive(where: str, value: Any) -> None:
+    """Raise :class:`ConfigError` naming ``where`` unless ``value`` is a finite real
+    number > 0 (a bool is not a number here): durations, rates, sizes."""
+    _finite(where, value, low=0.0)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     preset: str = "fewshot"

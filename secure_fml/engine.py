@@ -141,7 +141,7 @@ from secure_fml.checkpoint import (
     save_checkpoint,
     training_checkpoint,
 )
-from secure_fml.config import Config, config_to_dict, dump_toml
+from secure_fml.config import Config, check_positive, config_to_dict, dump_toml
 from secure_fml.messages import (
     AggregationProtocol,
     ClientNoise,
@@ -549,9 +549,8 @@ class RoundEngine:
         sinks: Sequence[MetricsSink] = (),
         run_kind: str = "simulation",
     ) -> None:
-        for name, v in (("train_s", train_s), ("stage_s", stage_s)):
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"deploy.{name} must be a positive number, got {v!r}")
+        check_positive("deploy.train_s", train_s)
+        check_positive("deploy.stage_s", stage_s)
         if config.server.weighting == "samples" and (
             config.privacy.enabled or config.secure_aggregation.protocol != "none"
         ):

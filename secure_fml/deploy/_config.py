@@ -7,7 +7,6 @@ policy (:class:`~secure_fml.deploy.SitePolicy`; absent, its defaults)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from privacy.errors import ConfigError
-from secure_fml.config import Config, config_from_dict
+from secure_fml.config import Config, check_positive, config_from_dict
 from secure_fml.deploy._policy import SitePolicy, policy_from_dict
 
 __all__ = ["CoordinatorSettings", "SiteSettings", "load_coordinator_config", "load_site_config"]
@@ -116,11 +115,7 @@ class SiteSettings:
         if not isinstance(self.policy, SitePolicy):
             raise ConfigError("site.policy must be a SitePolicy")
         for key in ("poll_wait_s", "reconnect_timeout_s", "reconnect_backoff_max_s"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-                raise ConfigError(f"site.{key} must be a positive number of seconds, got {v!r}")
-            if not math.isfinite(v):
-                raise ConfigError(f"site.{key} must be finite, got {v!r}")
+            check_positive(f"site.{key}", getattr(self, key))
 
 
 def _read(path: Path) -> dict[str, Any]:

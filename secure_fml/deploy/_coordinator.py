@@ -37,7 +37,7 @@ from privacy.errors import (
     RefusalReason,
     Refused,
 )
-from secure_fml.config import Config
+from secure_fml.config import Config, check_positive
 from secure_fml.deploy._pki import verify_site_certificate
 from secure_fml.engine import CHECKPOINT_FILE, METRICS_FILE, Identity, RoundEngine
 from secure_fml.messages import EngineMessage, Finished, StageReply, Wait
@@ -73,9 +73,7 @@ class Deadlines:
 
     def __post_init__(self) -> None:
         for name in ("train_s", "stage_s", "lease_s", "start_grace_s", "quorum_timeout_s"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"deploy.{name} must be a positive number, got {v!r}")
+            check_positive(f"deploy.{name}", getattr(self, name))
 
 
 class Coordinator:

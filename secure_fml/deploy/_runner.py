@@ -10,14 +10,12 @@ site's part in that round only: the reason is logged and the site keeps serving.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from pathlib import Path
 
 from privacy import atomic_write_bytes
 from privacy.errors import (
-    ConfigError,
     PrivacyBudgetExhausted,
     ProtocolError,
     RefusalReason,
@@ -25,6 +23,7 @@ from privacy.errors import (
     SecureFMLError,
     TransportError,
 )
+from secure_fml.config import check_positive
 from secure_fml.deploy._site import Site
 from secure_fml.deploy._transport import Transport
 from secure_fml.messages import Finished
@@ -50,13 +49,9 @@ def run_site(
     After a transport failure the site joins again after 0.1 s, doubling the wait up to
     ``max_backoff_s``, until ``reconnect_timeout_s`` has passed without a connection.
     """
-    for label, value in (
-        ("poll_wait_s", poll_wait_s),
-        ("reconnect_timeout_s", reconnect_timeout_s),
-        ("max_backoff_s", max_backoff_s),
-    ):
-        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"{label} must be a positive number of seconds, got {value!r}")
+    check_positive("poll_wait_s", poll_wait_s)
+    check_positive("reconnect_timeout_s", reconnect_timeout_s)
+    check_positive("max_backoff_s", max_backoff_s)
     stop = stop or threading.Event()
     conn: bytes | None = None
     backoff = 0.1
