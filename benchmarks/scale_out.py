@@ -68,8 +68,14 @@ def _config(n: int, protocol: str, executor: str, workers: int | None) -> Any:
     return config_from_dict(raw)
 
 
-def run_one(n: int, protocol: str, executor: str, workers: int | None, client_cost: bool) -> dict:
-    """One configuration, in this (fresh) process."""
+def run_one(
+    n: int, protocol: str, executor: str, workers: int | None, client_cost: bool, rounds: int = 2
+) -> dict:
+    """One configuration, in this (fresh) process: ``rounds`` (1 or 2) rounds. With 2, the
+    second round is the one timed (and costed); with 1, the first (which also builds every
+    client's pipeline and data partition)."""
+    if rounds not in (1, 2):
+        raise ValueError("rounds must be 1 or 2")
     warnings.simplefilter("ignore")
     from secure_fml.executors import PoolExecutor, SequentialExecutor
     from secure_fml.messages import RoundStart, StageRequest
@@ -105,19 +111,24 @@ def run_one(n: int, protocol: str, executor: str, workers: int | None, client_co
         sim.executor.start()
         start_s = time.perf_counter() - t0
     sim.open()
-    t0 = time.perf_counter()
-    sim.run_round()  # the first round also builds every client's pipeline and partition
-    first_s = time.perf_counter() - t0
-    cost.clear()
+    first_s = 0.0
+    if rounds == 2:
+        t0 = time.perf_counter()
+        sim.run_round()  # the first round also builds every client's pipeline and partition
+        first_s = time.perf_counter() - t0
+        cost.clear()
     worker0 = getattr(sim.executor, "worker_cpu_s", 0.0)
     c0 = time.process_time()
     t0 = time.perf_counter()
     line = sim.run_round()
     round_s = time.perf_counter() - t0
     driver_cpu_s = time.process_time() - c0
+    if rounds == 1:
+        first_s = round_s
     sim.close()
     out: dict[str, Any] = {
         "n": n,
+        "rounds": rounds,
         "protocol": protocol,
         "executor": executor,
         "workers": getattr(sim.executor, "workers", 1),
@@ -250,15 +261,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--render", action="store_true", help="rewrite scale_out.md from scale_out.json only"
     )
     ap.add_argument("--one", nargs=5, metavar=("N", "PROTOCOL", "EXECUTOR", "WORKERS", "COST"))
+    ap.add_argument(
+        "--one-rounds",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="with --one: rounds run (1: the first round is the one timed and costed)",
+    )
     args = ap.parse_args(argv)
     if args.one:
         n, proto, ex, workers, cost = args.one
-        res = run_one(int(n), proto, ex, int(workers) or None, cost == "1")
+        res = run_one(int(n), proto, ex, int(workers) or None, cost == "1", args.one_rounds)
         print(json.dumps(res))
         return 0
     if args.render:
-        payload = json.loads((RESULTS / "scale_out.json").read_text(encoding="utf-8"))
-        (RESULTS / "scale_out.md").write_text(_markdown(payload), encoding="utf-8")
+        stored = json.loads((RESULTS / "scale_out.json").read_text(encoding="utf-8"))
+        (RESULTS / "scale_out.md").write_text(_markdown(stored), encoding="utf-8")
         return 0
     sizes = [20, 100] if args.quick else args.sizes
     command = "python -m benchmarks.scale_out " + " ".join(argv or sys.argv[1:])
