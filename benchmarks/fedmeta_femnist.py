@@ -78,6 +78,7 @@ FINETUNE_STEPS = (1, 3, 5)
 FINETUNE_LRS = (0.01, 0.03, 0.1)
 
 RUNS = RESULTS / "fedmeta_femnist_runs"
+FAIRNESS_PNG = "fedmeta_femnist_fairness.png"
 PER_RUN = RESULTS / "fedmeta_femnist"
 
 
@@ -125,7 +126,7 @@ def _curve(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def finetune_selection(sim: Simulation) -> dict[str, Any]:
+def finetune_selection(sim: Simulation, lrs: tuple[float, ...] = FINETUNE_LRS) -> dict[str, Any]:
     """FedAvg(Meta): the (steps, lr) with the best pooled accuracy on the validation writers.
 
     Each candidate is the same ``Algorithm.adapt`` that evaluation runs; only query
@@ -134,11 +135,8 @@ def finetune_selection(sim: Simulation) -> dict[str, Any]:
     """
     kind = sim.dataset.input_kind
     base = sim.config.algorithm
-    algs = {
-        lr: make_algorithm(dataclasses.replace(base, adapt_lr=lr), sim.fmodel)
-        for lr in FINETUNE_LRS
-    }
-    correct = {(k, lr): 0 for k in FINETUNE_STEPS for lr in FINETUNE_LRS}
+    algs = {lr: make_algorithm(dataclasses.replace(base, adapt_lr=lr), sim.fmodel) for lr in lrs}
+    correct = {(k, lr): 0 for k in FINETUNE_STEPS for lr in lrs}
     total = 0
     for i, client in enumerate(sim.split.val):
         support, query = support_query_for_eval(
@@ -175,11 +173,22 @@ def sitting(
     seed: int,
     args: argparse.Namespace,
     dataset: FederatedDataset,
+    *,
+    cfg: Config | None = None,
+    runs: Path = RUNS,
+    per_run: Path = PER_RUN,
+    finetune_lrs: tuple[float, ...] = FINETUNE_LRS,
 ) -> dict[str, Any]:
-    """Train one run for at most ``args.minutes`` (resuming its checkpoint), then evaluate."""
-    cfg = make_config(method, seed, args.rounds, args.eval_every, args.threads, args.device)
-    run_dir = RUNS / f"{method}_s{seed}"
-    out_path = PER_RUN / f"{method}_s{seed}.json"
+    """Train one run for at most ``args.minutes`` (resuming its checkpoint), then evaluate.
+
+    ``cfg`` (default: this benchmark's FEMNIST config), ``runs``, ``per_run`` and
+    ``finetune_lrs`` (FedAvg(Meta)'s grid) let another benchmark
+    (``benchmarks.fedmeta_shakespeare``) drive the same sittings.
+    """
+    if cfg is None:
+        cfg = make_config(method, seed, args.rounds, args.eval_every, args.threads, args.device)
+    run_dir = runs / f"{method}_s{seed}"
+    out_path = per_run / f"{method}_s{seed}.json"
     prev: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
     resume = (run_dir / "checkpoint.pt").exists()
     sim = Simulation(cfg, dataset=dataset, run_dir=run_dir)
@@ -231,8 +240,8 @@ def sitting(
         "test": final.as_dict(per_client=True),
     }
     if method == "fedavg":
-        result["fedavg_meta"] = finetune_selection(sim)
-    PER_RUN.mkdir(parents=True, exist_ok=True)
+        result["fedavg_meta"] = finetune_selection(sim, finetune_lrs)
+    per_run.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 
@@ -250,6 +259,79 @@ def _headline(run: dict[str, Any], kind: str) -> tuple[float, float, list[tuple[
     ck = "val_global_accuracy" if kind == "global" else "val_personalized_accuracy"
     curve = [(pt["round"], pt[ck]) for pt in run["curve"]]
     return 100 * test, 100 * p10, curve
+
+
+def _per_writer(run: dict[str, Any], kind: str) -> list[float]:
+    """Per-writer test accuracies (%) of a table row's headline metric."""
+    if kind == "meta":
+        values = run["fedavg_meta"]["test"]["per_client_personalized"]["values"]
+    else:
+        key = "global" if kind == "global" else "personalized"
+        values = run["test"][f"per_client_{key}"]["values"]
+    return [100 * float(v) for v in values]
+
+
+def fairness(
+    runs: list[dict[str, Any]], rows: tuple[tuple[str, str, str], ...], plot: Path | None
+) -> list[dict[str, Any]]:
+    """Figure 2's view: the distribution of per-writer test accuracy for each method,
+    pooled over seeds (each seed evaluates the same test writers), with its quantiles;
+    an empirical CDF per method is drawn to ``plot`` (PNG) when given."""
+    out: list[dict[str, Any]] = []
+    for name, method, kind in rows:
+        vals = [v for r in runs if r["method"] == method for v in _per_writer(r, kind)]
+        if not vals:
+            continue
+        arr = np.asarray(vals)
+        out.append(
+            {
+                "method": name,
+                "writers_x_seeds": int(arr.size),
+                "p10": float(np.percentile(arr, 10)),
+                "p50": float(np.percentile(arr, 50)),
+                "p90": float(np.percentile(arr, 90)),
+                "mean": float(arr.mean()),
+                "values": sorted(vals),
+            }
+        )
+    if plot is not None and out:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for row in out:
+            v = np.asarray(row["values"])
+            ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", label=row["method"])
+        ax.set_xlabel("per-writer test accuracy (%)")
+        ax.set_ylabel("fraction of test writers (all seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+        plt.close(fig)
+    return out
+
+
+def fairness_markdown(rows: list[dict[str, Any]], plot_name: str, unit: str) -> list[str]:
+    lines = [
+        "",
+        f"## Per-{unit} fairness (Figure 2's view)",
+        "",
+        f"Per-{unit} test accuracy of each method's headline metric, pooled over the seeds "
+        f"run (every seed evaluates the same test {unit}s). Empirical CDF: "
+        f"[{plot_name}]({plot_name}).",
+        "",
+        f"| method | {unit}s × seeds | p10 | median | p90 | mean of {unit}s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['writers_x_seeds']} | {r['p10']:.1f} | {r['p50']:.1f} | "
+            f"{r['p90']:.1f} | {r['mean']:.1f} |"
+        )
+    return lines
 
 
 def summarize(target: float) -> dict[str, Any]:
@@ -288,7 +370,8 @@ def summarize(target: float) -> dict[str, Any]:
                 "to_target": reach,
             }
         )
-    return {"target": target, "rows": rows, "runs": runs}
+    fair = fairness(runs, ROWS, RESULTS / FAIRNESS_PNG)
+    return {"target": target, "rows": rows, "fairness": fair, "runs": runs}
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -352,12 +435,26 @@ def markdown(payload: dict[str, Any]) -> str:
                 f"| {r['method']} | {x['seed']} | {reached} | {b} | {best} | "
                 f"{r['paper_fig3_bytes']:.3g} |"
             )
-    lines += ["", "## Validation learning curves (per run)", ""]
-    for run in payload["runs"]:
+    lines += fairness_markdown(payload["fairness"], FAIRNESS_PNG, "writer")
+    lines += run_sections(payload["runs"], "writers")
+    lines += note_section("fedmeta_femnist")
+    return "\n".join(lines) + "\n"
+
+
+def note_section(name: str) -> list[str]:
+    """The hand-written reading ``results/<name>.note.md``, kept across regenerations."""
+    path = RESULTS / f"{name}.note.md"
+    return ["", path.read_text(encoding="utf-8").rstrip()] if path.exists() else []
+
+
+def run_sections(runs: list[dict[str, Any]], unit: str) -> list[str]:
+    """Per-run learning curves, FedAvg(Meta)'s fine-tuning choice and the sittings."""
+    lines = ["", "## Validation learning curves (per run)", ""]
+    for run in runs:
         key = "val_global_accuracy" if run["method"] == "fedavg" else "val_personalized_accuracy"
         pts = ", ".join(f"r{p['round']}: {100 * p[key]:.1f}" for p in run["curve"])
         lines.append(f"- {run['method']} s{run['seed']} ({key}): {pts}")
-    for run in payload["runs"]:
+    for run in runs:
         if "fedavg_meta" in run:
             fm = run["fedavg_meta"]
             grid = ", ".join(
@@ -366,18 +463,18 @@ def markdown(payload: dict[str, Any]) -> str:
             lines += [
                 "",
                 f"FedAvg(Meta) fine-tuning, seed {run['seed']}, chosen on the validation "
-                f"writers at round {run['rounds_done']}: {fm['chosen']['steps']} steps at lr "
+                f"{unit} at round {run['rounds_done']}: {fm['chosen']['steps']} steps at lr "
                 f"{fm['chosen']['lr']:g} (grid steps@lr: validation accuracy: {grid}).",
             ]
     lines += ["", "## Sittings", ""]
-    for run in payload["runs"]:
+    for run in runs:
         s = "; ".join(
             f"rounds {x['from_round']}→{x['to_round']} in {x['wall_s']:.0f}s"
             + (f" ({x['mean_round_s']:.1f}s/round)" if x["mean_round_s"] else "")
             for x in run["sittings"]
         )
         lines.append(f"- {run['method']} s{run['seed']}: {s}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
