@@ -113,7 +113,7 @@ def load_for_adaptation(
             str(spec["kind"]),
             sample_shape=tuple(spec["sample_shape"]),
             num_classes=int(spec["num_classes"]),
-            hidden=tuple(spec.get("hidden", ())),
+            hidden=None if spec.get("hidden") is None else tuple(spec["hidden"]),
         )
     elif spec.get("kind") == "custom" and parameter_layout(module) != spec.get("parameters"):
         raise ConfigError(

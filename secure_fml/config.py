@@ -104,15 +104,23 @@ class DataConfig:
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     kind: str = "auto"  # auto | cnn | lstm | mlp | logreg
-    hidden: tuple[int, ...] = (64,)
+    #: mlp: the hidden layer widths (default [64]); lstm: one width for both LSTM layers
+    #: (default [256], LEAF's); ignored by cnn and logreg.
+    hidden: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "cnn", "lstm", "mlp", "logreg"):
             raise ConfigError(
                 f"model.kind must be one of auto, cnn, lstm, mlp, logreg; got {self.kind!r}"
             )
-        if any((not isinstance(h, int)) or h < 1 for h in self.hidden):
+        if self.hidden is not None and any(
+            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
+        ):
             raise ConfigError(f"model.hidden must be positive integers, got {list(self.hidden)}")
+        if self.kind == "lstm" and self.hidden is not None and len(self.hidden) != 1:
+            raise ConfigError(
+                f"model.hidden for the lstm is one width (both layers), got {list(self.hidden)}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

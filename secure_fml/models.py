@@ -22,6 +22,7 @@ __all__ = [
     "CharLSTM",
     "FemnistCNN",
     "check_output_size",
+    "default_hidden",
     "default_model",
     "describe_module",
     "parameter_layout",
@@ -72,21 +73,38 @@ class MLP(nn.Module):
         return self.net(x.flatten(1))
 
 
+def default_hidden(kind: str) -> tuple[int, ...]:
+    """``model.hidden`` when unset: LEAF's LSTM width 256 for ``lstm``, one layer of 64
+    for ``mlp`` (and, unused, for ``cnn`` and ``logreg``)."""
+    return (256,) if kind == "lstm" else (64,)
+
+
 def default_model(
-    kind: str, *, sample_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64,)
+    kind: str,
+    *,
+    sample_shape: Sequence[int],
+    num_classes: int,
+    hidden: Sequence[int] | None = None,
 ) -> nn.Module:
-    """Build a model by name: ``cnn``, ``lstm``, ``mlp`` or ``logreg``."""
+    """Build a model by name: ``cnn``, ``lstm``, ``mlp`` or ``logreg``.
+
+    ``hidden``: the MLP's hidden widths, or the LSTM's one width (both layers); None:
+    :func:`default_hidden`.
+    """
+    widths = tuple(default_hidden(kind) if hidden is None else hidden)
     if kind == "cnn":
         if tuple(sample_shape) != (28, 28):
             raise ConfigError(f"model 'cnn' needs 28x28 inputs, data has {tuple(sample_shape)}")
         return FemnistCNN(num_classes)
     if kind == "lstm":
-        return CharLSTM(vocab_size=num_classes)
+        if len(widths) != 1:
+            raise ConfigError(f"model 'lstm' takes one hidden width, got {list(widths)}")
+        return CharLSTM(vocab_size=num_classes, hidden=widths[0])
     if kind in ("mlp", "logreg"):
         n_in = 1
         for s in sample_shape:
             n_in *= int(s)
-        return MLP(n_in, num_classes, hidden=() if kind == "logreg" else tuple(hidden))
+        return MLP(n_in, num_classes, hidden=() if kind == "logreg" else widths)
     raise ConfigError(f"model.kind must be one of cnn, lstm, mlp, logreg; got {kind!r}")
 
 

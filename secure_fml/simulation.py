@@ -52,7 +52,7 @@ from secure_fml.engine import Identity, RoundEngine
 from secure_fml.evaluation import EvalResult, evaluate, to_batch
 from secure_fml.executors import ClientExecutor, SequentialExecutor
 from secure_fml.messages import EngineMessage, RoundStart, StageReply, StageRequest
-from secure_fml.models import check_output_size, default_model, describe_module
+from secure_fml.models import check_output_size, default_hidden, default_model, describe_module
 from secure_fml.observability import MetricsSink, Progress
 from secure_fml.pipeline import ClientPipeline, seeded_generator, seeded_randomness
 from secure_fml.record_dp import RecordDPAlgorithm, RecordLevelLedger, wrap_for_config
@@ -99,9 +99,10 @@ def model_spec(
     input_kind: InputKind | str,
     sample_shape: Sequence[int],
     num_classes: int,
-    hidden: Sequence[int],
+    hidden: Sequence[int] | None,
 ) -> dict[str, Any]:
-    """The one place ``model.kind = "auto"`` is resolved (simulation, coordinator, sites)."""
+    """The one place ``model.kind = "auto"`` and an unset ``model.hidden`` are resolved
+    (simulation, coordinator, sites); the spec always records the widths used."""
     ik = InputKind(input_kind)
     shape = tuple(int(x) for x in sample_shape)
     if kind == "auto":
@@ -115,7 +116,7 @@ def model_spec(
         "kind": kind,
         "sample_shape": list(shape),
         "num_classes": int(num_classes),
-        "hidden": list(hidden),
+        "hidden": list(default_hidden(kind) if hidden is None else hidden),
         "input_kind": ik.value,
     }
 
