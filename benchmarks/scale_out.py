@@ -17,6 +17,14 @@ stage requests, plus its round-start handling minus its local update.
 
     python -m benchmarks.scale_out [--sizes 100 1000 3000] [--workers N] [--quick]
 
+With ``--flower-python PY`` each size also runs Flower's Ray simulation of the same task
+(plain FedAvg; ``benchmarks/_flower_scale.py``) in the interpreter ``PY``, kept apart from
+this project's environment because Flower pins its own grpcio and protobuf::
+
+    python3 -m venv /tmp/flwr-venv
+    PIP_CONSTRAINT=constraints.txt /tmp/flwr-venv/bin/pip install 'flwr[simulation]' torch==2.13.0
+    python -m benchmarks.scale_out --flower-python /tmp/flwr-venv/bin/python
+
 Writes benchmarks/results/scale_out.json and .md (after every size, so a partial run
 leaves its rows).
 """
@@ -30,10 +38,14 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmarks._common import RESULTS, environment, write_json
 
@@ -152,10 +164,46 @@ def run_one(
     return out
 
 
-def _subprocess(args: list[str], timeout: float) -> dict | None:
-    cmd = [sys.executable, "-m", "benchmarks.scale_out", "--one", *args]
+def export_task(n: int, path: str) -> None:
+    """The synthetic task of ``_config(n, ...)`` as one .npz for Flower's clients: all
+    rows' x (float32) and y (int64), per-client row offsets, the class count."""
+    from secure_fml.data import load_preset
+
+    ds = load_preset("synthetic", num_clients=n, max_samples=60)
+    offsets = np.concatenate([[0], np.cumsum([len(c.y) for c in ds.clients])])
+    np.savez(
+        path,
+        x=np.concatenate([c.x for c in ds.clients]).astype(np.float32),
+        y=np.concatenate([c.y for c in ds.clients]).astype(np.int64),
+        offsets=offsets,
+        classes=ds.num_classes,
+    )
+
+
+def run_flower(python: str, n: int, workers: int, timeout: float) -> dict | None:
+    """Flower's Ray simulation of the same task (``benchmarks/_flower_scale.py`` in the
+    interpreter ``python``, which has ``flwr[simulation]``), or None if it failed."""
+    script = Path(__file__).with_name("_flower_scale.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        task = str(Path(tmp) / "task.npz")
+        export_task(n, task)
+        return _subprocess(
+            [str(script), task, str(n), str(workers)], timeout=timeout, python=python, cwd=tmp
+        )
+
+
+def _subprocess(
+    args: list[str], timeout: float, *, python: str | None = None, cwd: str | None = None
+) -> dict | None:
+    cmd = (
+        [python, *args]
+        if python is not None
+        else [sys.executable, "-m", "benchmarks.scale_out", "--one", *args]
+    )
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        res = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
+        )
     except subprocess.TimeoutExpired:
         print(f"  timed out after {timeout:.0f} s: {' '.join(args)}", flush=True)
         return None
@@ -164,6 +212,17 @@ def _subprocess(args: list[str], timeout: float) -> dict | None:
         return None
     line: dict = json.loads(res.stdout.strip().splitlines()[-1])
     return line
+
+
+def _flower_version(python: str) -> str:
+    res = subprocess.run(
+        [python, "-c", "import flwr; print(flwr.__version__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    return res.stdout.strip() or "unknown"
 
 
 def _scheduler() -> dict[str, str]:
@@ -205,19 +264,35 @@ def _markdown(payload: dict[str, Any]) -> str:
         "second round in the driver and summed over the workers; `peak MB` is the "
         "driver process's peak RSS (workers not counted). `updates/s` = contributions / "
         "round s. `load` is the machine's 1-minute load average when the row finished "
-        "(2 cores: above 2, other jobs competed for them). Flower's Ray simulation was "
-        "not run.",
+        "(2 cores: above 2, other jobs competed for them). "
+        + (
+            "`flower-ray` rows: Flower's Ray simulation (flwr "
+            f"{payload.get('flower_version', '?')}, Message API FedAvg, one Ray actor per "
+            "worker) of the same task, clear FedAvg only, run by the same command: its "
+            "ClientApp does what our FedAvg client does here (one full-batch SGD step on the "
+            "same MLP and partition); its round is timed from configure_train to the end of "
+            "aggregate_train (Ray's start-up is in its first round); CPU times are not measured "
+            "for it (—)."
+            if any(r["executor"] == "flower-ray" for r in rows)
+            else "Flower's Ray simulation was not run."
+        ),
         "",
         "| n | protocol | executor | workers | round s | updates/s | 1st round s | start s "
         "| driver CPU s | worker CPU s | peak driver MB | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def num(r: dict[str, Any], key: str, fmt: str = ".2f") -> str:
+        v = r.get(key)
+        return "—" if v is None else format(v, fmt)
+
     for r in rows:
         out.append(
             f"| {r['n']} | {r['protocol']} | {r['executor']} | {r['workers']} | "
-            f"{r['round_s']:.2f} | {r['updates_per_s']:.0f} | {r['first_round_s']:.2f} | "
-            f"{r['pool_start_s']:.2f} | {r['driver_cpu_s']:.2f} | {r['worker_cpu_s']:.2f} | "
-            f"{r['peak_driver_rss_mb']:.0f} | {r['load_average'][0]:.1f} |"
+            f"{num(r, 'round_s')} | {num(r, 'updates_per_s', '.0f')} | "
+            f"{num(r, 'first_round_s')} | {num(r, 'pool_start_s')} | "
+            f"{num(r, 'driver_cpu_s')} | {num(r, 'worker_cpu_s')} | "
+            f"{num(r, 'peak_driver_rss_mb', '.0f')} | {r['load_average'][0]:.1f} |"
         )
     cc = [r for r in payload.get("client_cost", [])]
     if cc:
@@ -256,6 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="further sizes run with the plain protocol only (e.g. 10000)",
     )
+    ap.add_argument(
+        "--flower-python",
+        default=None,
+        help="an interpreter with flwr[simulation] and torch: also run Flower's Ray "
+        "simulation of the same task at every size (plain FedAvg)",
+    )
     ap.add_argument("--quick", action="store_true", help="sizes 20 and 100 only")
     ap.add_argument(
         "--render", action="store_true", help="rewrite scale_out.md from scale_out.json only"
@@ -287,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scheduler": _scheduler(),
     }
     payload: dict[str, Any] = {
+        "flower_version": _flower_version(args.flower_python) if args.flower_python else None,
         "command": command.strip(),
         "environment": env,
         "rows": [],
@@ -309,6 +391,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"peak driver {row['peak_driver_rss_mb']:.0f} MB",
                         flush=True,
                     )
+        if args.flower_python and "plain" in protocols:
+            print(f"n = {n}, plain, flower-ray ...", flush=True)
+            row = run_flower(
+                args.flower_python, n, args.workers or os.cpu_count() or 1, args.timeout
+            )
+            if row is not None:
+                row.update(protocol="plain", pool_start_s=None, driver_cpu_s=None)
+                row.update(worker_cpu_s=None, dimension=None)
+                payload["rows"].append(row)
+                print(
+                    f"  round {row['round_s']:.2f} s, {row['updates_per_s']:.0f} updates/s, "
+                    f"peak driver {row['peak_driver_rss_mb']:.0f} MB",
+                    flush=True,
+                )
         if args.client_cost and "secagg+" in protocols:
             row = _subprocess([str(n), "secagg+", "sequential", "0", "1"], timeout=args.timeout)
             if row is not None:
