@@ -66,11 +66,19 @@ def probe(sim: Simulation, names: list[str]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
-def run(inner_lr: float, seed: int, rounds: int, eval_every: int, probes: int) -> dict[str, Any]:
+def run(
+    inner_lr: float,
+    seed: int,
+    rounds: int,
+    eval_every: int,
+    probes: int,
+    server_lr: float | None = None,
+) -> dict[str, Any]:
     cfg = make_config("fomaml", seed, rounds, eval_every, 1)
     cfg = dataclasses.replace(
         cfg,
         algorithm=dataclasses.replace(cfg.algorithm, inner_lr=inner_lr),
+        server=dataclasses.replace(cfg.server, lr=server_lr),
         eval=dataclasses.replace(cfg.eval, max_val_clients=40),
     )
     sim = Simulation(cfg)
@@ -113,15 +121,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--probes", type=int, default=5, help="training writers probed")
+    ap.add_argument("--server-lr", type=float, default=None, help="server Adam lr (1e-3)")
+    ap.add_argument(
+        "--name", default="fomaml_plateau", help="result file stem under benchmarks/results"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
-    runs = [run(lr, args.seed, args.rounds, args.eval_every, args.probes) for lr in args.inner_lrs]
+    runs = [
+        run(lr, args.seed, args.rounds, args.eval_every, args.probes, args.server_lr)
+        for lr in args.inner_lrs
+    ]
     cmd = (
         f"python -m benchmarks.fomaml_plateau --rounds {args.rounds} --inner-lrs "
         f"{' '.join(f'{x:g}' for x in args.inner_lrs)} --seed {args.seed} "
         f"--eval-every {args.eval_every} --probes {args.probes}"
+        + (f" --server-lr {args.server_lr:g}" if args.server_lr is not None else "")
+        + (f" --name {args.name}" if args.name != "fomaml_plateau" else "")
     )
-    write_json("fomaml_plateau.json", {"command": cmd, "environment": environment(), "runs": runs})
+    write_json(f"{args.name}.json", {"command": cmd, "environment": environment(), "runs": runs})
     lines = [
         "# Why FedMeta(FOMAML) stalls on FEMNIST",
         "",
@@ -158,8 +175,8 @@ def main() -> None:
         "The largest class of the validation writers is about 7% of their points: a "
         "global accuracy there means theta predicts one class.",
     ]
-    (RESULTS / "fomaml_plateau.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS / 'fomaml_plateau.md'}")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS / (args.name + '.md')}")
 
 
 if __name__ == "__main__":
