@@ -272,7 +272,10 @@ def _per_writer(run: dict[str, Any], kind: str) -> list[float]:
 
 
 def fairness(
-    runs: list[dict[str, Any]], rows: tuple[tuple[str, str, str], ...], plot: Path | None
+    runs: list[dict[str, Any]],
+    rows: tuple[tuple[str, str, str], ...],
+    plot: Path | None,
+    unit: str = "writer",
 ) -> list[dict[str, Any]]:
     """Figure 2's view: the distribution of per-writer test accuracy for each method,
     pooled over seeds (each seed evaluates the same test writers), with its quantiles;
@@ -304,8 +307,8 @@ def fairness(
         for row in out:
             v = np.asarray(row["values"])
             ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", label=row["method"])
-        ax.set_xlabel("per-writer test accuracy (%)")
-        ax.set_ylabel("fraction of test writers (all seeds)")
+        ax.set_xlabel(f"per-{unit} test accuracy (%)")
+        ax.set_ylabel(f"fraction of test {unit}s (all seeds)")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
         fig.tight_layout()

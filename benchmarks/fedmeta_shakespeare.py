@@ -106,7 +106,7 @@ def summarize() -> dict[str, Any]:
                 "p10_mean": float(np.mean([h[1] for h in heads])),
             }
         )
-    fair = fairness(runs, ROWS, RESULTS / FAIRNESS_PNG)
+    fair = fairness(runs, ROWS, RESULTS / FAIRNESS_PNG, unit="role")
     return {"rows": rows, "fairness": fair, "runs": runs}
 
 
