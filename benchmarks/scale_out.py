@@ -247,7 +247,7 @@ def _markdown(payload: dict[str, Any]) -> str:
         "# Scale-out: one round vs clients per round, sequential vs process pool",
         "",
         f"Command: `{payload['command']}` on {env['platform']}, {env['cpus']} CPUs "
-        "(shared with other engineers' jobs, so wall times are inflated by their load), "
+        "(the `load` column says how busy the machine was when each row finished), "
         f"Python {env['python']}, torch {env['torch']}, {env['when']}. "
         + ("PARTIAL run. " if payload.get("partial") else ""),
         "",
