@@ -49,7 +49,8 @@ import numpy as np
 
 from benchmarks._common import RESULTS, environment, write_json
 
-EXECUTORS = ("sequential", "pool")
+EXECUTORS = ("sequential", "pool", "ray")
+DEFAULT_EXECUTORS = ("sequential", "pool")  # ray: needs secure-fml[ray]
 PROTOCOLS = ("plain", "secagg+")
 
 
@@ -321,7 +322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 3000])
     ap.add_argument("--workers", type=int, default=None, help="pool workers (default: cores)")
     ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
-    ap.add_argument("--executors", nargs="+", default=list(EXECUTORS), choices=EXECUTORS)
+    ap.add_argument("--executors", nargs="+", default=list(DEFAULT_EXECUTORS), choices=EXECUTORS)
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run's rows to the existing scale_out.json (its notes are kept)",
+    )
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
     ap.add_argument("--client-cost", action="store_true", help="per-client SecAgg+ cost too")
     ap.add_argument(
@@ -375,6 +381,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "client_cost": [],
         "partial": True,
     }
+    if args.append:
+        old = json.loads((RESULTS / "scale_out.json").read_text(encoding="utf-8"))
+        payload = {
+            **old,
+            "command": f"{old['command']}`, then `{command.strip()}",
+            "appended_environment": env,
+            "partial": True,
+        }
     plan = [(n, list(args.protocols)) for n in sizes] + [(n, ["plain"]) for n in args.plain_sizes]
     for n, protocols in plan:
         for proto in protocols:

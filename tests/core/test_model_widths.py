@@ -50,12 +50,12 @@ def test_lstm_width_is_built_and_layer_sizes_follow() -> None:
     assert tuple(m.lstm.weight_hh_l1.shape) == (4 * 32, 32)  # both layers
     assert _lstm_width(default_model("lstm", sample_shape=(80,), num_classes=73)) == 256
     mlp = default_model("mlp", sample_shape=(4,), num_classes=3, hidden=(7, 5))
-    assert [tuple(p.shape) for p in mlp.parameters()][0] == (7, 4)
+    assert next(tuple(p.shape) for p in mlp.parameters()) == (7, 4)
 
 
 @pytest.mark.parametrize("hidden", [[32, 32], [], [0], [True]])
 def test_bad_lstm_widths_are_refused(hidden: list[object]) -> None:
-    with pytest.raises(ConfigError, match="model.hidden"):
+    with pytest.raises(ConfigError, match=r"model\.hidden"):
         ModelConfig(kind="lstm", hidden=tuple(hidden))  # type: ignore[arg-type]
 
 
