@@ -245,7 +245,7 @@ def _markdown(payload: dict[str, Any]) -> str:
     env = payload["environment"]
     rows = payload["rows"]
     out = [
-        "# Scale-out: one round vs clients per round, sequential vs process pool",
+        "# Scale-out: one round vs clients per round, by executor (and Flower's simulation)",
         "",
         f"Command: `{payload['command']}` on {env['platform']}, {env['cpus']} CPUs "
         "(the `load` column says how busy the machine was when each row finished), "
@@ -287,7 +287,7 @@ def _markdown(payload: dict[str, Any]) -> str:
         v = r.get(key)
         return "—" if v is None else format(v, fmt)
 
-    for r in rows:
+    for r in sorted(rows, key=lambda r: int(r["n"])):  # stable: appended rows join their n
         out.append(
             f"| {r['n']} | {r['protocol']} | {r['executor']} | {r['workers']} | "
             f"{num(r, 'round_s')} | {num(r, 'updates_per_s', '.0f')} | "
