@@ -43,11 +43,14 @@ from secure_fml.data import load_preset
 METHODS: dict[str, dict[str, Any]] = {
     "fedavg": {"name": "fedavg", "local_lr": 0.8, "batch_size": 10, "adapt_steps": 1},
     "maml": {"name": "maml", "inner_lr": 0.5, "inner_steps": 1},
+    # A smaller inner step: at 0.5 the global theta collapses for long stretches.
+    "maml01": {"name": "maml", "inner_lr": 0.1, "inner_steps": 1},
 }
 ROWS = (
     ("FedAvg", "fedavg", "global"),
     ("FedAvg(Meta)", "fedavg", "meta"),
     ("FedMeta(MAML)", "maml", "personalized"),
+    ("FedMeta(MAML), inner step 0.1", "maml01", "personalized"),
 )
 # FedAvg(Meta)'s fine-tuning grid: around FedAvg's local lr of 0.8 (FEMNIST's grid is for 0.05).
 FINETUNE_LRS = (0.1, 0.3, 1.0)
