@@ -283,11 +283,12 @@ def fairness(
     pooled over seeds (each seed evaluates the same test writers), with its quantiles;
     an empirical CDF per method is drawn to ``plot`` (PNG) when given."""
     out: list[dict[str, Any]] = []
+    curves: list[tuple[str, np.ndarray]] = []
     for name, method, kind in rows:
-        vals = [v for r in runs if r["method"] == method for v in _per_writer(r, kind)]
-        if not vals:
+        arr = np.sort([v for r in runs if r["method"] == method for v in _per_writer(r, kind)])
+        if not arr.size:
             continue
-        arr = np.asarray(vals)
+        curves.append((name, arr))
         out.append(
             {
                 "method": name,
@@ -296,19 +297,17 @@ def fairness(
                 "p50": float(np.percentile(arr, 50)),
                 "p90": float(np.percentile(arr, 90)),
                 "mean": float(arr.mean()),
-                "values": sorted(vals),
             }
         )
-    if plot is not None and out:
+    if plot is not None and curves:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        for row in out:
-            v = np.asarray(row["values"])
-            ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", label=row["method"])
+        for name, v in curves:
+            ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", label=name)
         ax.set_xlabel(f"per-{unit} test accuracy (%)")
         ax.set_ylabel(f"fraction of test {unit}s (all seeds)")
         ax.grid(alpha=0.3)
@@ -339,6 +338,22 @@ def fairness_markdown(rows: list[dict[str, Any]], plot_name: str, unit: str) -> 
     return lines
 
 
+def headline_row(name: str, runs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """A table row over the seeds ``runs``: per-seed test accuracy, its mean and std, and
+    the mean per-writer p10 of the row's headline metric."""
+    heads = [_headline(r, kind) for r in runs]
+    test = [h[0] for h in heads]
+    return {
+        "method": name,
+        "seeds": [r["seed"] for r in runs],
+        "rounds_done": [r["rounds_done"] for r in runs],
+        "test": test,
+        "test_mean": float(np.mean(test)),
+        "test_std": float(np.std(test)),
+        "p10_mean": float(np.mean([h[1] for h in heads])),
+    }
+
+
 def summarize(target: float) -> dict[str, Any]:
     runs = [json.loads(p.read_text()) for p in sorted(PER_RUN.glob("*.json"))]
     rows = []
@@ -346,11 +361,9 @@ def summarize(target: float) -> dict[str, Any]:
         mine = [r for r in runs if r["method"] == method]
         if not mine:
             continue
-        accs, p10s, reach = [], [], []
+        reach = []
         for r in mine:
-            acc, p10, curve = _headline(r, kind)
-            accs.append(acc)
-            p10s.append(p10)
+            curve = _headline(r, kind)[2]
             hit = next((rd for rd, a in curve if 100 * a >= target), None)
             reach.append(
                 {
@@ -361,16 +374,10 @@ def summarize(target: float) -> dict[str, Any]:
                     "best_val": max((100 * a for _, a in curve), default=None),
                 }
             )
-        paper = PAPER_20[name]
         rows.append(
             {
-                "method": name,
-                "seeds": [r["seed"] for r in mine],
-                "rounds_done": [r["rounds_done"] for r in mine],
-                "test_mean": float(np.mean(accs)),
-                "test_std": float(np.std(accs)),
-                "p10_mean": float(np.mean(p10s)),
-                "paper_table2": paper,
+                **headline_row(name, mine, kind),
+                "paper_table2": PAPER_20[name],
                 "paper_fig3_bytes": PAPER_FIG3[name],
                 "to_target": reach,
             }

@@ -26,13 +26,11 @@ import argparse
 import json
 from typing import Any
 
-import numpy as np
-
 from benchmarks._common import RESULTS, data_root, write_json
 from benchmarks.fedmeta_femnist import (
-    _headline,
     fairness,
     fairness_markdown,
+    headline_row,
     note_section,
     run_sections,
     sitting,
@@ -97,18 +95,7 @@ def summarize() -> dict[str, Any]:
         mine = [r for r in runs if r["method"] == method]
         if not mine:
             continue
-        heads = [_headline(r, kind) for r in mine]
-        rows.append(
-            {
-                "method": name,
-                "seeds": [r["seed"] for r in mine],
-                "rounds_done": [r["rounds_done"] for r in mine],
-                "test": [h[0] for h in heads],
-                "test_mean": float(np.mean([h[0] for h in heads])),
-                "test_std": float(np.std([h[0] for h in heads])),
-                "p10_mean": float(np.mean([h[1] for h in heads])),
-            }
-        )
+        rows.append(headline_row(name, mine, kind))
     fair = fairness(runs, ROWS, RESULTS / FAIRNESS_PNG, unit="role")
     return {"rows": rows, "fairness": fair, "runs": runs}
 

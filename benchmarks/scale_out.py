@@ -54,13 +54,18 @@ DEFAULT_EXECUTORS = ("sequential", "pool")  # ray: needs secure-fml[ray]
 PROTOCOLS = ("plain", "secagg+")
 
 
+def _task_options(n: int) -> dict[str, Any]:
+    """The synthetic task's preset options, shared by our runs and Flower's export."""
+    return {"num_clients": n, "max_samples": 60}
+
+
 def _config(n: int, protocol: str, executor: str, workers: int | None) -> Any:
     from secure_fml.config import config_from_dict
 
     raw: dict[str, Any] = {
         "data": {
             "preset": "synthetic",
-            "options": {"num_clients": n, "max_samples": 60},
+            "options": _task_options(n),
             "client_fractions": [1.0, 0.0, 0.0],
         },
         "model": {"kind": "mlp", "hidden": [64]},
@@ -170,7 +175,7 @@ def export_task(n: int, path: str) -> None:
     rows' x (float32) and y (int64), per-client row offsets, the class count."""
     from secure_fml.data import load_preset
 
-    ds = load_preset("synthetic", num_clients=n, max_samples=60)
+    ds = load_preset("synthetic", **_task_options(n))
     offsets = np.concatenate([[0], np.cumsum([len(c.y) for c in ds.clients])])
     np.savez(
         path,
