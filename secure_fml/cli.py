@@ -212,17 +212,25 @@ def _print_results(summary: dict[str, Any]) -> None:
 
 
 def _load_run_data(config: Any) -> tuple[Any, Any, list[str]]:
-    """Load the dataset once, resolve population-dependent settings (with notices)."""
+    """Load the dataset once (an outline of it when the workers of a pool or Ray
+    executor may load the training partitions), resolve population-dependent settings
+    (with notices)."""
     from secure_fml.config import resolve_for_population
+    from secure_fml.executors import pool_refuses
     from secure_fml.observability import stage
-    from secure_fml.simulation import load_dataset, split_dataset
+    from secure_fml.simulation import load_dataset, outline_dataset, split_dataset
 
+    outline = config.simulation.executor != "sequential" and pool_refuses(config) is None
     with stage(f"loading {config.data.preset} data", enabled=config.data.preset != "fewshot"):
-        ds = load_dataset(config)
-    split = split_dataset(config, ds)
-    if not split.train:
+        if outline:
+            ds: Any = outline_dataset(config)
+            population = len(ds.train_ids)
+        else:
+            ds = load_dataset(config)
+            population = len(split_dataset(config, ds).train)
+    if not population:
         raise ConfigError("the client split left no training clients")
-    config, notices = resolve_for_population(config, len(split.train))
+    config, notices = resolve_for_population(config, population)
     return config, ds, notices
 
 

@@ -146,7 +146,7 @@ def run_demo(
     ``maml/``, ``metasgd/``: checkpoints a site can ``secure-fml adapt``) plus
     ``demo.json`` and ``demo.md``.
     """
-    from secure_fml.simulation import Simulation
+    from secure_fml.simulation import Simulation, load_dataset
 
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
@@ -154,8 +154,9 @@ def run_demo(
     dataset = None
     for alg in ALGORITHMS:
         cfg = demo_config(alg, rounds=rounds, seed=seed, data_options=data_options)
+        if dataset is None:
+            dataset = load_dataset(cfg)  # generate once, reuse (same seed, same data)
         sim = Simulation(cfg, dataset=dataset, run_dir=out / alg if out is not None else None)
-        dataset = sim.dataset  # generate once, reuse (same seed, same data)
         res = sim.run(progress=progress)
         summaries[alg] = res.summary
     cfg = demo_config("maml", rounds=rounds, seed=seed, data_options=data_options)

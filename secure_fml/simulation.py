@@ -43,10 +43,12 @@ from secure_fml.config import Config, resolve_device
 from secure_fml.data import (
     ClientData,
     ClientSplit,
+    DatasetOutline,
     FederatedDataset,
     InputKind,
     load_preset,
     preprocessing_spec,
+    stream_preset,
 )
 from secure_fml.engine import Identity, RoundEngine
 from secure_fml.evaluation import EvalResult, evaluate, to_batch
@@ -68,6 +70,7 @@ __all__ = [
     "build_model",
     "load_dataset",
     "model_spec_for",
+    "outline_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,20 @@ def load_dataset(config: Config) -> FederatedDataset:
     dc = config.data
     ds = load_preset(dc.preset, root=dc.root, **dc.options)
     return ds.filter_min_samples(dc.min_samples)
+
+
+def outline_dataset(config: Config) -> DatasetOutline:
+    """:func:`split_dataset` of :func:`load_dataset`, holding only the evaluation clients
+    and one training client (the driver of a pool or Ray run: its workers hold the
+    training partitions). A generated preset never has every client in memory at once."""
+    dc = config.data
+    stream = stream_preset(dc.preset, root=dc.root, **dc.options)
+    return stream.outline(
+        min_samples=dc.min_samples,
+        fractions=dc.client_fractions,
+        seed=dc.split_seed,
+        leave_out=dc.leave_out,
+    )
 
 
 def split_dataset(config: Config, ds: FederatedDataset) -> ClientSplit:
@@ -218,13 +235,22 @@ class RunResult:
 
 
 class Simulation:
-    """The round engine plus one client pipeline per client, in one process."""
+    """The round engine plus one client pipeline per client, in one process.
+
+    ``dataset``: the data to train on (None: ``config.data``). With a pool or Ray
+    executor and no dataset given (or a :class:`~secure_fml.data.DatasetOutline` from
+    :func:`outline_dataset`), the driver holds only an outline -- every training
+    client's id and the evaluation clients' data -- and the workers load the training
+    partitions themselves, so the driver's memory does not grow with the population
+    (``outlined``; ``dataset`` and ``split`` are then refused, ``train_ids`` names the
+    training clients). A :class:`~secure_fml.data.FederatedDataset` is held whole.
+    """
 
     def __init__(
         self,
         config: Config,
         *,
-        dataset: FederatedDataset | None = None,
+        dataset: FederatedDataset | DatasetOutline | None = None,
         module: nn.Module | None = None,
         run_dir: Path | str | None = None,
         transport: InMemoryTransport | None = None,
@@ -239,26 +265,47 @@ class Simulation:
         if config.run.threads is not None:
             torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed)
-        self.dataset = dataset if dataset is not None else load_dataset(config)
-        self.split = split_dataset(config, self.dataset)
-        if not self.split.train:
+        self._custom_clients = client_factory is not None or bool(extra_clients)
+        given_outline = dataset if isinstance(dataset, DatasetOutline) else None
+        whole = dataset if isinstance(dataset, FederatedDataset) else None
+        self._dataset_given = whole is not None
+        self._kind: str | None = None  # executor_kind(), once resolved
+        outline = None
+        if whole is None and executor is None and self._workers_load_data(config):
+            outline = given_outline or outline_dataset(config)
+            #: The training clients' ids, in the split's order (the sampled population).
+            self.train_ids = outline.train_ids
+            self._kind = self.executor_kind()  # resolved once: the data held depends on it
+            if self._kind == "sequential":  # auto, for a small round: hold it all
+                outline = None
+        #: Whether this driver holds only an outline of the dataset (the evaluation
+        #: clients and one training client): its pool or Ray workers load the training
+        #: partitions themselves, so the driver's memory does not grow with them.
+        self.outlined = outline is not None
+        if outline is not None:
+            self._dataset, self._split = outline.held, outline.split
+        else:
+            self._dataset = whole if whole is not None else load_dataset(config)
+            self._split = split_dataset(config, self._dataset)
+            self.train_ids = tuple(c.client_id for c in self._split.train)
+        if not self.train_ids:
             raise ConfigError("the client split left no training clients")
-        default_spec = model_spec_for(config, self.dataset)
+        default_spec = model_spec_for(config, self._dataset)
         self.module = module if module is not None else build_model(default_spec)
         # A custom module is recorded as such (class and parameter layout), never as the
         # default model, so a checkpoint cannot be rebuilt into the wrong network.
         self.model_spec = describe_module(self.module, default=default_spec)
-        sample = to_batch(self.split.train[0], self.dataset.input_kind).x[:1]
-        check_output_size(self.module, sample, self.dataset.num_classes)
+        sample = to_batch(self._split.train[0], self._dataset.input_kind).x[:1]
+        check_output_size(self.module, sample, self._dataset.num_classes)
         self.fmodel = FunctionalModel(self.module)
         self.algorithm: Algorithm = make_algorithm(config.algorithm, self.fmodel)
         # Record-level DP (privacy.unit = record | both): every client's local steps are
         # DP-SGD; the clients run the wrapped algorithm, the engine needs only its shape.
         self.client_algorithm: Algorithm = wrap_for_config(
-            config, self.algorithm, self.dataset, population=len(self.split.train)
+            config, self.algorithm, self._dataset, population=len(self.train_ids)
         )
         self._record: RecordLevelLedger | None = None
-        self._train = {c.client_id: c for c in self.split.train}
+        self._train = {c.client_id: c for c in self._split.train}
         self._batches: dict[str, Batch] = {}
         self._keys: dict[str, Ed25519PrivateKey] = {}
         self._identities: dict[str, Identity] = {}
@@ -268,7 +315,7 @@ class Simulation:
             dropout_fraction=config.secure_aggregation.dropout_fraction, seed=config.run.seed
         )
         self.extra_clients = dict(extra_clients or {})
-        clash = set(self.extra_clients) & set(self._train)
+        clash = set(self.extra_clients) & set(self.train_ids)
         if clash:
             raise ConfigError(f"extra clients reuse training client ids: {sorted(clash)[:5]}")
         base = client_factory or self.client_pipeline
@@ -277,23 +324,52 @@ class Simulation:
             extra = self.extra_clients.get(name)
             return extra(name) if extra is not None else base(name)
 
-        self._dataset_given = dataset is not None
-        self._custom_clients = client_factory is not None or bool(self.extra_clients)
         self.executor = executor or self._make_executor(factory)
         self.engine = RoundEngine(
             config,
-            population=[c.client_id for c in self.split.train] + sorted(self.extra_clients),
+            population=[*self.train_ids, *sorted(self.extra_clients)],
             module=self.module,
             model_spec=self.model_spec,
             identities=self.identity,
             run_dir=self.run_dir,
             clock=self.clock,
             on_round_end=self._on_round_end,
-            checkpoint_extra={"data": preprocessing_spec(self.dataset)},
+            checkpoint_extra={"data": preprocessing_spec(self._dataset)},
             sinks=sinks,
         )
         self._round_participants: tuple[str, ...] = ()
         self._opened = False
+
+    @property
+    def dataset(self) -> FederatedDataset:
+        """The whole dataset this simulation trains on (refused for an outline)."""
+        if self.outlined:
+            raise ConfigError(
+                "this simulation holds an outline of its dataset (its pool or Ray workers "
+                "load the training partitions): load it with load_dataset(config), or pass "
+                "dataset= to hold it in the driver"
+            )
+        return self._dataset
+
+    @property
+    def split(self) -> ClientSplit:
+        """The train / validation / test clients (refused for an outline: see ``dataset``;
+        ``train_ids`` names the training clients either way)."""
+        if self.outlined:
+            raise ConfigError(
+                "this simulation holds an outline of its dataset: its training clients' "
+                "data is in the workers (train_ids names them)"
+            )
+        return self._split
+
+    def _workers_load_data(self, config: Config) -> bool:
+        """Whether this run's executor may be one whose workers load the training
+        partitions themselves (pool or Ray, the library's clients, no record-level DP)."""
+        return (
+            config.simulation.executor != "sequential"
+            and not self._custom_clients
+            and executors.pool_refuses(config) is None
+        )
 
     # -- clients ---------------------------------------------------------------------------
     def executor_kind(self) -> str:
@@ -309,6 +385,8 @@ class Simulation:
         under the insecure test seed, so the choice is about speed only. Custom client
         factories, extra clients and record-level DP always run sequentially.
         """
+        if self._kind is not None:
+            return self._kind
         sc = self.config.simulation
         kind = sc.executor
         if kind != "auto":
@@ -316,7 +394,7 @@ class Simulation:
         if self._custom_clients or executors.pool_refuses(self.config) is not None:
             return "sequential"
         workers = sc.workers or executors.available_cores()
-        expected = self.config.server.sampling_config().expected_clients(len(self.split.train))
+        expected = self.config.server.sampling_config().expected_clients(len(self.train_ids))
         if workers > 1 and expected >= POOL_MIN_CLIENTS and executors.idle_cores() >= 1:
             return "pool"
         return "sequential"
@@ -370,9 +448,15 @@ class Simulation:
 
     def batch(self, client_id: str) -> Batch:
         if client_id not in self._batches:
-            self._batches[client_id] = to_batch(self._train[client_id], self.dataset.input_kind).to(
-                self.device
-            )
+            part = self._train.get(client_id)
+            if part is None:
+                if self.outlined and client_id in set(self.train_ids):
+                    raise ConfigError(
+                        f"client {client_id!r}: this driver holds an outline of the dataset; "
+                        "its executor's workers hold the training partitions"
+                    )
+                raise ConfigError(f"{client_id!r} is not a training client of this simulation")
+            self._batches[client_id] = to_batch(part, self._dataset.input_kind).to(self.device)
         return self._batches[client_id]
 
     def client_pipeline(self, name: str) -> ClientPipeline:
@@ -407,7 +491,7 @@ class Simulation:
                 delta=pc.delta,
                 accountant=pc.accountant,
                 max_epsilon=pc.record_max_epsilon,
-                population=len(self.split.train),
+                population=len(self.train_ids),
             )
         return self._record
 
@@ -429,7 +513,7 @@ class Simulation:
             self.algorithm,
             self.state,
             clients,
-            input_kind=self.dataset.input_kind,
+            input_kind=self._dataset.input_kind,
             support_fraction=self.config.algorithm.support_fraction,
             seed=self.config.data.split_seed,
             adapt_steps=self.config.eval.adapt_steps,
@@ -472,8 +556,8 @@ class Simulation:
             line["record_dp_sites_at_budget"] = len(record.exhausted)
         every = self.config.eval.every
         r = line["round"]
-        if every and r % every == 0 and self.split.val:
-            val = self.split.val[: self.config.eval.max_val_clients]
+        if every and r % every == 0 and self._split.val:
+            val = self._split.val[: self.config.eval.max_val_clients]
             res = self.evaluate_on(val)
             line["val_global_accuracy"] = res.global_accuracy
             line["val_personalized_accuracy"] = res.personalized_accuracy
@@ -547,7 +631,7 @@ class Simulation:
             # be resumed (or reported) by another process; what was charged stays charged.
             self.close()
             raise
-        final = self.evaluate_on(self.split.test) if self.split.test else None
+        final = self.evaluate_on(self._split.test) if self._split.test else None
         summary = self.summary(final)
         self.engine.metrics.event("summary", summary)
         self.close()
@@ -558,12 +642,12 @@ class Simulation:
     def summary(self, final: EvalResult | None) -> dict[str, Any]:
         return {
             "algorithm": self.config.algorithm.name.value,
-            "dataset": self.dataset.name,
+            "dataset": self._dataset.name,
             "rounds": self.round,
             "clients": {
-                "train": len(self.split.train),
-                "val": len(self.split.val),
-                "test": len(self.split.test),
+                "train": len(self.train_ids),
+                "val": len(self._split.val),
+                "test": len(self._split.test),
             },
             "model": self.model_spec,
             "parameters": self.fmodel.dim,
@@ -572,6 +656,6 @@ class Simulation:
             "record_level": self._record.summary() if self._record is not None else None,
             "test": final.as_dict(per_client=True) if final is not None else None,
             **summary_fields(
-                self.config, dataset=self.dataset, split=self.split, algorithm=self.algorithm
+                self.config, dataset=self._dataset, split=self._split, algorithm=self.algorithm
             ),
         }

@@ -3,14 +3,22 @@
 Public API (implementation modules are private)::
 
     FederatedDataset, ClientData, ClientSplit, InputKind     core types (_core)
+    DatasetStream                                            one client at a time (_core)
     load_npz, load_leaf_json, load_csv, Impute               loaders (_loaders)
     preprocessing_spec                                       what checkpoints store (_loaders)
-    load_preset, describe_presets, PresetInfo, ...           presets (_presets)
-    make_synthetic                                           Synthetic(alpha, beta) (_synthetic)
+    load_preset, stream_preset, describe_presets, ...        presets (_presets)
+    make_synthetic, stream_synthetic                         Synthetic(alpha, beta) (_synthetic)
     make_fewshot                                             few-shot label-map family (_fewshot)
 """
 
-from ._core import ClientData, ClientSplit, FederatedDataset, InputKind
+from ._core import (
+    ClientData,
+    ClientSplit,
+    DatasetOutline,
+    DatasetStream,
+    FederatedDataset,
+    InputKind,
+)
 from ._fewshot import make_fewshot
 from ._loaders import (
     DEFAULT_MISSING_VALUES,
@@ -33,8 +41,9 @@ from ._presets import (
     preset_names,
     resolve_data_root,
     split_clients_with_heldout,
+    stream_preset,
 )
-from ._synthetic import make_synthetic
+from ._synthetic import make_synthetic, stream_synthetic
 
 __all__ = [
     "DATA_ROOT_ENV",
@@ -43,6 +52,8 @@ __all__ = [
     "LEAF_SHAKESPEARE_VOCAB",
     "ClientData",
     "ClientSplit",
+    "DatasetOutline",
+    "DatasetStream",
     "FederatedDataset",
     "Impute",
     "InputKind",
@@ -61,4 +72,6 @@ __all__ = [
     "preset_names",
     "resolve_data_root",
     "split_clients_with_heldout",
+    "stream_preset",
+    "stream_synthetic",
 ]

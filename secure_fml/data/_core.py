@@ -8,14 +8,23 @@ a training step.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from privacy.errors import ConfigError, DataError
 
-__all__ = ["ClientData", "ClientSplit", "FederatedDataset", "InputKind"]
+__all__ = [
+    "ClientData",
+    "ClientSplit",
+    "DatasetOutline",
+    "DatasetStream",
+    "FederatedDataset",
+    "InputKind",
+    "check_client",
+    "split_indices",
+]
 
 
 class InputKind(enum.Enum):
@@ -126,23 +135,7 @@ class FederatedDataset:
         seen: set[str] = set()
         shape = self.clients[0].x.shape[1:]
         for c in self.clients:
-            if c.client_id in seen:
-                raise DataError(f"dataset {self.name!r}: duplicate client id {c.client_id!r}")
-            seen.add(c.client_id)
-            if c.x.shape[1:] != shape:
-                raise DataError(
-                    f"client {c.client_id!r}: sample shape {c.x.shape[1:]} differs from {shape}"
-                )
-            if c.y.min() < 0 or c.y.max() >= self.num_classes:
-                raise DataError(
-                    f"client {c.client_id!r}: label out of range [0, {self.num_classes}) "
-                    f"(min {int(c.y.min())}, max {int(c.y.max())})"
-                )
-            if np.issubdtype(c.x.dtype, np.floating) and not np.isfinite(c.x).all():
-                raise DataError(
-                    f"client {c.client_id!r}: features contain NaN or Inf; choose an "
-                    "imputation (e.g. impute=Impute.MEDIAN) for tabular data"
-                )
+            check_client(self.name, c, seen=seen, shape=shape, num_classes=self.num_classes)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -183,27 +176,13 @@ class FederatedDataset:
         self, *, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
     ) -> ClientSplit:
         """Seeded random split of *clients* (not samples) into train / val / test groups."""
-        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-            raise ConfigError(
-                "client_fractions must be 3 non-negative numbers summing to 1, "
-                f"got {list(fractions)}"
-            )
-        n = len(self.clients)
-        perm = np.random.default_rng(seed).permutation(n)
-        n_val = round(fractions[1] * n)
-        n_test = round(fractions[2] * n)
-        if fractions[2] > 0 and n_test == 0:
-            n_test = 1
-        n_train = n - n_val - n_test
-        if n_train < 1:
-            raise ConfigError(
-                f"dataset {self.name!r} has {n} clients: too few for split {list(fractions)}"
-            )
-        pick = [self.clients[i] for i in perm]
+        train, val, test = split_indices(
+            len(self.clients), fractions=fractions, seed=seed, name=self.name
+        )
         return ClientSplit(
-            train=tuple(pick[:n_train]),
-            val=tuple(pick[n_train : n_train + n_val]),
-            test=tuple(pick[n_train + n_val :]),
+            train=tuple(self.clients[i] for i in train),
+            val=tuple(self.clients[i] for i in val),
+            test=tuple(self.clients[i] for i in test),
         )
 
     def leave_one_out(self, client_id: str) -> ClientSplit:
@@ -211,3 +190,167 @@ class FederatedDataset:
         held = self.client(client_id)
         rest = tuple(c for c in self.clients if c.client_id != client_id)
         return ClientSplit(train=rest, val=(), test=(held,))
+
+
+def check_client(
+    dataset: str,
+    c: ClientData,
+    *,
+    seen: set[str],
+    shape: tuple[int, ...],
+    num_classes: int,
+) -> None:
+    """The dataset-level checks of one client (its own are in :class:`ClientData`):
+    a new id (added to ``seen``), the dataset's sample shape, labels in range, finite
+    features. Raises :class:`DataError` naming the client."""
+    if c.client_id in seen:
+        raise DataError(f"dataset {dataset!r}: duplicate client id {c.client_id!r}")
+    seen.add(c.client_id)
+    if c.x.shape[1:] != shape:
+        raise DataError(
+            f"client {c.client_id!r}: sample shape {c.x.shape[1:]} differs from {shape}"
+        )
+    if c.y.min() < 0 or c.y.max() >= num_classes:
+        raise DataError(
+            f"client {c.client_id!r}: label out of range [0, {num_classes}) "
+            f"(min {int(c.y.min())}, max {int(c.y.max())})"
+        )
+    if np.issubdtype(c.x.dtype, np.floating) and not np.isfinite(c.x).all():
+        raise DataError(
+            f"client {c.client_id!r}: features contain NaN or Inf; choose an "
+            "imputation (e.g. impute=Impute.MEDIAN) for tabular data"
+        )
+
+
+def split_indices(
+    n: int, *, fractions: Sequence[float], seed: int, name: str
+) -> tuple[list[int], list[int], list[int]]:
+    """The seeded client split of :meth:`FederatedDataset.split_clients`, by position:
+    (train, val, test) indices into the dataset's clients."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError(
+            f"client_fractions must be 3 non-negative numbers summing to 1, got {list(fractions)}"
+        )
+    perm = [int(i) for i in np.random.default_rng(seed).permutation(n)]
+    n_val = round(fractions[1] * n)
+    n_test = round(fractions[2] * n)
+    if fractions[2] > 0 and n_test == 0:
+        n_test = 1
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ConfigError(f"dataset {name!r} has {n} clients: too few for split {list(fractions)}")
+    return perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetStream:
+    """A federated dataset read one client at a time: ``clients()`` starts a new pass
+    over the clients, in the dataset's order, and holds one client's arrays at once.
+
+    A simulation's driver uses it to learn the population (:meth:`survey`) and keep
+    only the clients it evaluates on (:meth:`materialize` with ``keep``), while the
+    workers that train hold the partitions.
+    """
+
+    name: str
+    num_classes: int
+    input_kind: InputKind
+    clients: Callable[[], Iterator[ClientData]]
+    feature_names: tuple[str, ...] | None = None
+    class_names: tuple[str, ...] | None = None
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def of(cls, dataset: FederatedDataset) -> DatasetStream:
+        """An in-memory dataset as a stream (its clients are already held)."""
+        return cls(
+            name=dataset.name,
+            num_classes=dataset.num_classes,
+            input_kind=dataset.input_kind,
+            clients=lambda: iter(dataset.clients),
+            feature_names=dataset.feature_names,
+            class_names=dataset.class_names,
+            metadata=dict(dataset.metadata),
+        )
+
+    def survey(self) -> tuple[tuple[str, int], ...]:
+        """(client id, number of samples) of every client, in order, after the checks
+        :class:`FederatedDataset` makes of each client."""
+        if self.num_classes < 2:
+            raise DataError(f"dataset {self.name!r}: num_classes must be >= 2")
+        seen: set[str] = set()
+        shape: tuple[int, ...] | None = None
+        out = []
+        for c in self.clients():
+            if shape is None:
+                shape = tuple(c.x.shape[1:])
+            check_client(self.name, c, seen=seen, shape=shape, num_classes=self.num_classes)
+            out.append((c.client_id, len(c)))
+        if not out:
+            raise DataError(f"dataset {self.name!r} has no clients")
+        return tuple(out)
+
+    def outline(
+        self,
+        *,
+        min_samples: int,
+        fractions: Sequence[float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        leave_out: str | None = None,
+    ) -> DatasetOutline:
+        """The client split that ``filter_min_samples(min_samples)`` then
+        ``split_clients(fractions=..., seed=...)`` (or ``leave_one_out(leave_out)``)
+        gives on the whole dataset, holding only the evaluation clients (validation and
+        test) and the first training client (a sample for the model) in memory. Two
+        passes over the clients."""
+        if min_samples < 2:
+            raise ConfigError(f"min_samples must be >= 2, got {min_samples}")
+        ids = [cid for cid, n in self.survey() if n >= min_samples]
+        if not ids:
+            raise DataError(f"dataset {self.name!r}: no client has >= {min_samples} samples")
+        if leave_out is not None:
+            if leave_out not in ids:
+                raise DataError(
+                    f"dataset {self.name!r} has no client {leave_out!r} "
+                    f"(e.g. {', '.join(ids[:8])}, ...)"
+                )
+            train = [c for c in ids if c != leave_out]
+            val: list[str] = []
+            test = [leave_out]
+        else:
+            t, v, e = split_indices(len(ids), fractions=fractions, seed=seed, name=self.name)
+            train, val, test = [ids[i] for i in t], [ids[i] for i in v], [ids[i] for i in e]
+        held = self.materialize(keep={*train[:1], *val, *test})
+        by_id = {c.client_id: c for c in held.clients}
+        return DatasetOutline(
+            train_ids=tuple(train),
+            held=held,
+            split=ClientSplit(
+                train=tuple(by_id[c] for c in train[:1]),
+                val=tuple(by_id[c] for c in val),
+                test=tuple(by_id[c] for c in test),
+            ),
+        )
+
+    def materialize(self, keep: Container[str] | None = None) -> FederatedDataset:
+        """The clients named in ``keep`` (all: None) as a :class:`FederatedDataset`."""
+        return FederatedDataset(
+            self.name,
+            tuple(c for c in self.clients() if keep is None or c.client_id in keep),
+            self.num_classes,
+            self.input_kind,
+            self.feature_names,
+            self.class_names,
+            dict(self.metadata),
+        )
+
+
+@dataclass(frozen=True)
+class DatasetOutline:
+    """A dataset's client split with only some clients' data held (see
+    :meth:`DatasetStream.outline`): every training client's id, and the data of the
+    evaluation clients and of the first training client."""
+
+    train_ids: tuple[str, ...]
+    held: FederatedDataset  # the clients below, with the dataset's name and metadata
+    split: ClientSplit  # train: the first training client (if any); val and test whole

@@ -17,7 +17,7 @@ import inspect
 import logging
 import os
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,10 @@ import numpy as np
 
 from privacy.errors import ConfigError, DataError
 
-from ._core import ClientData, ClientSplit, FederatedDataset, InputKind
+from ._core import ClientData, ClientSplit, DatasetStream, FederatedDataset, InputKind
 from ._fewshot import make_fewshot
 from ._loaders import Impute, PixelTransform, _npz_array, impute_and_standardize, load_npz
-from ._synthetic import make_synthetic
+from ._synthetic import make_synthetic, stream_synthetic
 
 __all__ = [
     "DATA_ROOT_ENV",
@@ -259,6 +259,10 @@ def _synthetic(root: Path | None, **options: Any) -> FederatedDataset:
     return make_synthetic(**options)
 
 
+def _synthetic_stream(root: Path | None, **options: Any) -> DatasetStream:
+    return stream_synthetic(**options)
+
+
 def _fewshot(root: Path | None, **options: Any) -> FederatedDataset:
     return make_fewshot(**options)
 
@@ -275,6 +279,8 @@ class _Preset:
     files: tuple[str, ...]
     loader: Callable[..., FederatedDataset]
     options: tuple[str, ...]
+    #: Reads the dataset one client at a time (None: the loader's dataset, held whole).
+    streamer: Callable[..., DatasetStream] | None = None
 
 
 @dataclass(frozen=True)
@@ -339,6 +345,7 @@ _PRESETS: dict[str, _Preset] = {
             (),
             _synthetic,
             _options_of(make_synthetic),
+            _synthetic_stream,
         ),
     )
 }
@@ -376,6 +383,25 @@ def load_preset(name: str, *, root: str | Path | None = None, **options: Any) ->
     :class:`DataError` when a required file is missing (naming it and the
     folders searched).
     """
+    preset, where = _locate(name, root, options)
+    return preset.loader(where, **options)
+
+
+def stream_preset(name: str, *, root: str | Path | None = None, **options: Any) -> DatasetStream:
+    """Preset ``name`` as a :class:`DatasetStream` (the same clients as
+    :func:`load_preset`, in the same order). A generated preset streams: one client's
+    arrays are held at a time; a preset read from files is loaded whole first (its
+    files hold at most a few thousand clients)."""
+    preset, where = _locate(name, root, options)
+    if preset.streamer is not None:
+        return preset.streamer(where, **options)
+    return DatasetStream.of(preset.loader(where, **options))
+
+
+def _locate(
+    name: str, root: str | Path | None, options: Mapping[str, Any]
+) -> tuple[_Preset, Path | None]:
+    """The preset and the data root holding its files (None: it needs none)."""
     preset = _get(name)
     unknown = sorted(set(options) - set(preset.options))
     if unknown:
@@ -384,12 +410,12 @@ def load_preset(name: str, *, root: str | Path | None = None, **options: Any) ->
             f"valid: {', '.join(preset.options) or '(none)'}"
         )
     if not preset.files:
-        return preset.loader(None, **options)
+        return preset, None
     candidates = _root_candidates(root)
     for cand in candidates:
         if all((cand / f).is_file() for f in preset.files):
             logger.info("loading preset %s from %s", name, cand)
-            return preset.loader(cand, **options)
+            return preset, cand
     looked = ", ".join(str(c / f) for c in candidates for f in preset.files)
     raise DataError(
         f"dataset preset {name!r} needs {', '.join(preset.files)} under the data root; "

@@ -22,13 +22,15 @@ benchmark data, never DP noise or masks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from privacy.errors import ConfigError
 
-from ._core import ClientData, FederatedDataset, InputKind
+from ._core import ClientData, DatasetStream, FederatedDataset, InputKind
 
-__all__ = ["make_synthetic"]
+__all__ = ["make_synthetic", "stream_synthetic"]
 
 
 def make_synthetic(
@@ -49,6 +51,36 @@ def make_synthetic(
     ``max_samples`` (default: no cap, as in FedProx) bounds the heavy log-normal
     tail, which is handy for quick runs. Client ids are zero-padded: ``client_00``, ...
     """
+    return stream_synthetic(
+        alpha=alpha,
+        beta=beta,
+        num_clients=num_clients,
+        dim=dim,
+        num_classes=num_classes,
+        seed=seed,
+        min_samples=min_samples,
+        log_mean=log_mean,
+        log_sigma=log_sigma,
+        max_samples=max_samples,
+    ).materialize()
+
+
+def stream_synthetic(
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    num_clients: int = 100,
+    dim: int = 60,
+    num_classes: int = 10,
+    seed: int = 0,
+    min_samples: int = 50,
+    log_mean: float = 4.0,
+    log_sigma: float = 2.0,
+    max_samples: int | None = None,
+) -> DatasetStream:
+    """:func:`make_synthetic`'s dataset, one client at a time: each pass regenerates
+    the clients in order (the same draws as :func:`make_synthetic`), holding one
+    client's arrays and the O(num_clients) per-client scalars at once."""
     if alpha < 0 or beta < 0:
         raise ConfigError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
     if num_clients < 1:
@@ -64,29 +96,28 @@ def make_synthetic(
     if max_samples is not None and max_samples < min_samples:
         raise ConfigError(f"max_samples ({max_samples}) must be >= min_samples ({min_samples})")
 
-    rng = np.random.default_rng(seed)
-    sizes = rng.lognormal(log_mean, log_sigma, num_clients).astype(np.int64) + min_samples
-    if max_samples is not None:
-        sizes = np.minimum(sizes, max_samples)
-    u = rng.normal(0.0, alpha, num_clients)
-    B = rng.normal(0.0, beta, num_clients)
-    v = rng.normal(B[:, None], 1.0, (num_clients, dim))
-    scale = np.power(np.arange(1, dim + 1, dtype=np.float64), -1.2) ** 0.5  # sqrt(diag Σ)
+    def clients() -> Iterator[ClientData]:
+        rng = np.random.default_rng(seed)
+        sizes = rng.lognormal(log_mean, log_sigma, num_clients).astype(np.int64) + min_samples
+        if max_samples is not None:
+            sizes = np.minimum(sizes, max_samples)
+        u = rng.normal(0.0, alpha, num_clients)
+        B = rng.normal(0.0, beta, num_clients)
+        v = rng.normal(B[:, None], 1.0, (num_clients, dim))
+        scale = np.power(np.arange(1, dim + 1, dtype=np.float64), -1.2) ** 0.5  # sqrt(diag Σ)
+        width = len(str(num_clients - 1))
+        for k in range(num_clients):
+            W = rng.normal(u[k], 1.0, (dim, num_classes))
+            b = rng.normal(u[k], 1.0, num_classes)
+            x = v[k] + rng.standard_normal((int(sizes[k]), dim)) * scale
+            y = np.argmax(x @ W + b, axis=1).astype(np.int64)
+            yield ClientData(f"client_{k:0{width}d}", x.astype(np.float32), y)
 
-    width = len(str(num_clients - 1))
-    clients: list[ClientData] = []
-    for k in range(num_clients):
-        W = rng.normal(u[k], 1.0, (dim, num_classes))
-        b = rng.normal(u[k], 1.0, num_classes)
-        x = v[k] + rng.standard_normal((int(sizes[k]), dim)) * scale
-        y = np.argmax(x @ W + b, axis=1).astype(np.int64)
-        clients.append(ClientData(f"client_{k:0{width}d}", x.astype(np.float32), y))
-    return FederatedDataset(
-        f"synthetic_{alpha:g}_{beta:g}",
-        tuple(clients),
-        num_classes,
-        InputKind.TABULAR,
-        feature_names=None,
+    return DatasetStream(
+        name=f"synthetic_{alpha:g}_{beta:g}",
+        num_classes=num_classes,
+        input_kind=InputKind.TABULAR,
+        clients=clients,
         metadata={
             "generator": "Synthetic(alpha, beta), Li et al. 2020 (FedProx)",
             "alpha": f"{alpha:g}",

@@ -74,6 +74,8 @@ def test_pool_and_sequential_give_the_same_state_ledger_and_rounds(tmp_path: Pat
         sim = Simulation(_cfg(kind), run_dir=tmp_path / kind)
         expected = PoolExecutor if kind == "pool" else SequentialExecutor
         assert isinstance(sim.executor, expected)
+        # The pool's workers load the partitions: its driver holds an outline only.
+        assert sim.outlined == (kind == "pool")
         res = sim.run(progress=False)
         runs[kind] = (res.state.numpy().copy(), _ledger(tmp_path / kind), _rounds(sim))
     (s_state, s_ledger, s_rounds), (p_state, p_ledger, p_rounds) = runs["sequential"], runs["pool"]
@@ -100,6 +102,7 @@ def test_ray_gives_the_same_state_ledger_and_rounds_as_sequential(tmp_path: Path
         for kind in ("sequential", "ray"):
             sim = Simulation(_cfg(kind), run_dir=tmp_path / kind)
             assert isinstance(sim.executor, RayExecutor if kind == "ray" else SequentialExecutor)
+            assert sim.outlined == (kind == "ray")
             res = sim.run(progress=False)
             runs[kind] = (res.state.numpy().copy(), _ledger(tmp_path / kind), _rounds(sim))
         (s_state, s_ledger, s_rounds), (r_state, r_ledger, r_rounds) = runs.values()
@@ -109,6 +112,44 @@ def test_ray_gives_the_same_state_ledger_and_rounds_as_sequential(tmp_path: Path
         assert s_rounds == r_rounds
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+def test_an_outlined_driver_evaluates_and_trains_as_one_holding_the_dataset(
+    tmp_path: Path,
+) -> None:
+    # Validation and test clients (held by the outline), a plain protocol, evaluation
+    # every round: the pool run with an outlined driver equals the sequential run
+    # holding the whole dataset, round for round and in its final test metrics.
+    over = {
+        "data": {"client_fractions": [0.5, 0.25, 0.25]},
+        "privacy": {"enabled": False},
+        "secure_aggregation": {"protocol": "none", "dropout_fraction": 0.0},
+        "eval": {"every": 1},
+        "server": {"rounds": 2},
+    }
+    runs = {}
+    for kind in ("sequential", "pool"):
+        sim = Simulation(_cfg(kind, clients=16, **over), run_dir=tmp_path / kind)
+        assert sim.outlined == (kind == "pool")
+        res = sim.run(progress=False)
+        runs[kind] = (res.state.numpy().copy(), _rounds(sim), sim.history, res.summary)
+        if kind == "pool":
+            # The driver holds the 8 evaluation clients and one training client.
+            assert len(sim._dataset.clients) == 9 and len(sim.train_ids) == 8
+            with pytest.raises(ConfigError, match="outline"):
+                _ = sim.dataset
+            with pytest.raises(ConfigError, match="outline"):
+                _ = sim.split
+            with pytest.raises(ConfigError, match="workers hold"):
+                sim.batch(sim.train_ids[-1])
+    (s_state, s_rounds, s_hist, s_sum), (p_state, p_rounds, p_hist, p_sum) = runs.values()
+    assert np.array_equal(s_state, p_state)
+    assert s_rounds == p_rounds
+    key = "val_personalized_accuracy"
+    assert [h[key] for h in s_hist] == [h[key] for h in p_hist]
+    assert s_sum["test"] == p_sum["test"] and s_sum["clients"] == p_sum["clients"]
+    assert s_sum["baselines"] == p_sum["baselines"]
 
 
 def _pool_worker_pid(ex: Any) -> int:
