@@ -163,6 +163,9 @@ def run_one(
         "peak_driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "dimension": int(sim.state.numel()),
     }
+    plan = sim.engine.last_plan
+    if plan is not None and plan.settings.secagg is not None:
+        out["secagg_k"], out["secagg_t"] = plan.settings.secagg.k, plan.settings.secagg.t
     if cost:
         vals = sorted(cost.values())
         out["client_protocol_cpu_ms_mean"] = 1000 * sum(vals) / len(vals)
@@ -186,16 +189,48 @@ def export_task(n: int, path: str) -> None:
     )
 
 
-def run_flower(python: str, n: int, workers: int, timeout: float) -> dict | None:
+def secagg_kt(n: int) -> tuple[int, int]:
+    """The SecAgg+ share holders k and threshold t our round uses at n on this task (the
+    engine's round plan; no client runs)."""
+    warnings.simplefilter("ignore")
+    from secure_fml.simulation import Simulation
+
+    sim = Simulation(_config(n, "secagg+", "sequential", None))
+    sim.open()
+    sim.engine.start_round(sim.engine.population)
+    plan = sim.engine.last_plan
+    sim.close()
+    assert plan is not None and plan.settings.secagg is not None
+    return plan.settings.secagg.k, plan.settings.secagg.t
+
+
+def run_flower(
+    python: str, n: int, workers: int, timeout: float, protocol: str = "plain"
+) -> dict | None:
     """Flower's Ray simulation of the same task (``benchmarks/_flower_scale.py`` in the
-    interpreter ``python``, which has ``flwr[simulation]``), or None if it failed."""
+    interpreter ``python``, which has ``flwr[simulation]``), or None if it failed. With
+    ``secagg+``: Flower's SecAgg+ workflow with our round's threshold t and k share
+    holders: Flower's ``num_shares`` counts its neighbours and itself and must be odd,
+    so it is k + 1, or k (one neighbour fewer than ours) when k + 1 is even."""
     script = Path(__file__).with_name("_flower_scale.py")
+    extra: list[str] = []
+    if protocol == "secagg+":
+        k, t = secagg_kt(n)
+        shares = k + 1 if (k + 1) % 2 else k
+        extra = ["secagg+", str(shares), str(t)]
     with tempfile.TemporaryDirectory() as tmp:
         task = str(Path(tmp) / "task.npz")
         export_task(n, task)
-        return _subprocess(
-            [str(script), task, str(n), str(workers)], timeout=timeout, python=python, cwd=tmp
+        row = _subprocess(
+            [str(script), task, str(n), str(workers), *extra],
+            timeout=timeout,
+            python=python,
+            cwd=tmp,
         )
+    if row is not None and protocol == "secagg+":
+        row["secagg_k"], row["secagg_t"] = int(extra[1]) - 1, int(extra[2])
+        row["flower_num_shares"] = int(extra[1])
+    return row
 
 
 def _subprocess(
@@ -273,12 +308,15 @@ def _markdown(payload: dict[str, Any]) -> str:
         "(2 cores: above 2, other jobs competed for them). "
         + (
             "`flower-ray` rows: Flower's Ray simulation (flwr "
-            f"{payload.get('flower_version', '?')}, Message API FedAvg, one Ray actor per "
-            "worker) of the same task, clear FedAvg only, run by the same command: its "
-            "ClientApp does what our FedAvg client does here (one full-batch SGD step on the "
-            "same MLP and partition); its round is timed from configure_train to the end of "
-            "aggregate_train (Ray's start-up is in its first round); CPU times are not measured "
-            "for it (—)."
+            f"{payload.get('flower_version', '?')}, one Ray actor per worker) of the same "
+            "task: its ClientApp does what our FedAvg client does here (one full-batch SGD "
+            "step on the same MLP and partition). `plain`: Message API FedAvg, timed from "
+            "configure_train to the end of aggregate_train; `secagg+`: Flower's "
+            "SecAggPlusWorkflow (legacy FedAvg strategy, `secaggplus_mod` on the clients) "
+            "with our round's k share holders and threshold t, timed from configure_fit to "
+            "the end of aggregate_fit; Flower's SecAgg+ quantizes and masks but adds no DP "
+            "noise (ours adds distributed discrete Gaussian noise). Ray's start-up is in its "
+            "first round; CPU times are not measured for it (—)."
             if any(r["executor"] == "flower-ray" for r in rows)
             else "Flower's Ray simulation was not run."
         ),
@@ -348,6 +386,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an interpreter with flwr[simulation] and torch: also run Flower's Ray "
         "simulation of the same task at every size (plain FedAvg)",
     )
+    ap.add_argument(
+        "--flower-protocols",
+        nargs="+",
+        default=["plain"],
+        choices=PROTOCOLS,
+        help="protocols Flower runs (secagg+: its SecAggPlusWorkflow, at the sizes that "
+        "run secagg+)",
+    )
+    ap.add_argument(
+        "--flower-only",
+        action="store_true",
+        help="run only Flower's rows (with --append: add them to the existing table)",
+    )
     ap.add_argument("--quick", action="store_true", help="sizes 20 and 100 only")
     ap.add_argument(
         "--render", action="store_true", help="rewrite scale_out.md from scale_out.json only"
@@ -397,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = [(n, list(args.protocols)) for n in sizes] + [(n, ["plain"]) for n in args.plain_sizes]
     for n, protocols in plan:
         for proto in protocols:
-            for ex in args.executors:
+            for ex in [] if args.flower_only else args.executors:
                 print(f"n = {n}, {proto}, {ex} ...", flush=True)
                 row = _subprocess(
                     [str(n), proto, ex, str(args.workers or 0), "0"], timeout=args.timeout
@@ -410,13 +461,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"peak driver {row['peak_driver_rss_mb']:.0f} MB",
                         flush=True,
                     )
-        if args.flower_python and "plain" in protocols:
-            print(f"n = {n}, plain, flower-ray ...", flush=True)
+        for proto in protocols if args.flower_python else []:
+            if proto not in args.flower_protocols:
+                continue
+            print(f"n = {n}, {proto}, flower-ray ...", flush=True)
             row = run_flower(
-                args.flower_python, n, args.workers or os.cpu_count() or 1, args.timeout
+                args.flower_python, n, args.workers or os.cpu_count() or 1, args.timeout, proto
             )
             if row is not None:
-                row.update(protocol="plain", pool_start_s=None, driver_cpu_s=None)
+                row.update(protocol=proto, pool_start_s=None, driver_cpu_s=None)
                 row.update(worker_cpu_s=None, dimension=None)
                 payload["rows"].append(row)
                 print(
@@ -424,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"peak driver {row['peak_driver_rss_mb']:.0f} MB",
                     flush=True,
                 )
-        if args.client_cost and "secagg+" in protocols:
+        if args.client_cost and "secagg+" in protocols and not args.flower_only:
             row = _subprocess([str(n), "secagg+", "sequential", "0", "1"], timeout=args.timeout)
             if row is not None:
                 payload["client_cost"].append(row)
