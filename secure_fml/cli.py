@@ -216,11 +216,15 @@ def _load_run_data(config: Any) -> tuple[Any, Any, list[str]]:
     executor may load the training partitions), resolve population-dependent settings
     (with notices)."""
     from secure_fml.config import resolve_for_population
-    from secure_fml.executors import pool_refuses
     from secure_fml.observability import stage
-    from secure_fml.simulation import load_dataset, outline_dataset, split_dataset
+    from secure_fml.simulation import (
+        driver_outlines,
+        load_dataset,
+        outline_dataset,
+        split_dataset,
+    )
 
-    outline = config.simulation.executor != "sequential" and pool_refuses(config) is None
+    outline = driver_outlines(config)
     with stage(f"loading {config.data.preset} data", enabled=config.data.preset != "fewshot"):
         if outline:
             ds: Any = outline_dataset(config)

@@ -48,6 +48,7 @@ from secure_fml.data import (
     InputKind,
     load_preset,
     preprocessing_spec,
+    preset_streams,
     stream_preset,
 )
 from secure_fml.engine import Identity, RoundEngine
@@ -68,6 +69,7 @@ __all__ = [
     "SequentialExecutor",
     "Simulation",
     "build_model",
+    "driver_outlines",
     "load_dataset",
     "model_spec_for",
     "outline_dataset",
@@ -88,6 +90,20 @@ def load_dataset(config: Config) -> FederatedDataset:
     dc = config.data
     ds = load_preset(dc.preset, root=dc.root, **dc.options)
     return ds.filter_min_samples(dc.min_samples)
+
+
+def driver_outlines(config: Config) -> bool:
+    """Whether a simulation of ``config`` (given no dataset) holds only an outline in its
+    driver: its executor may be one whose workers load the training partitions (pool or
+    Ray, no record-level DP). Under ``auto`` only for a generated preset, read one client
+    at a time: a preset read from files would be loaded twice when ``auto`` then picks
+    the sequential executor."""
+    kind = config.simulation.executor
+    return (
+        kind != "sequential"
+        and (kind != "auto" or preset_streams(config.data.preset))
+        and executors.pool_refuses(config) is None
+    )
 
 
 def outline_dataset(config: Config) -> DatasetOutline:
@@ -271,7 +287,8 @@ class Simulation:
         self._dataset_given = whole is not None
         self._kind: str | None = None  # executor_kind(), once resolved
         outline = None
-        if whole is None and executor is None and self._workers_load_data(config):
+        custom = self._custom_clients
+        if whole is None and executor is None and not custom and driver_outlines(config):
             outline = given_outline or outline_dataset(config)
             #: The training clients' ids, in the split's order (the sampled population).
             self.train_ids = outline.train_ids
@@ -361,15 +378,6 @@ class Simulation:
                 "data is in the workers (train_ids names them)"
             )
         return self._split
-
-    def _workers_load_data(self, config: Config) -> bool:
-        """Whether this run's executor may be one whose workers load the training
-        partitions themselves (pool or Ray, the library's clients, no record-level DP)."""
-        return (
-            config.simulation.executor != "sequential"
-            and not self._custom_clients
-            and executors.pool_refuses(config) is None
-        )
 
     # -- clients ---------------------------------------------------------------------------
     def executor_kind(self) -> str:

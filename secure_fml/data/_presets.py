@@ -387,6 +387,12 @@ def load_preset(name: str, *, root: str | Path | None = None, **options: Any) ->
     return preset.loader(where, **options)
 
 
+def preset_streams(name: str) -> bool:
+    """Whether :func:`stream_preset` reads ``name`` one client at a time (a generated
+    preset) rather than loading it whole first."""
+    return _get(name).streamer is not None
+
+
 def stream_preset(name: str, *, root: str | Path | None = None, **options: Any) -> DatasetStream:
     """Preset ``name`` as a :class:`DatasetStream` (the same clients as
     :func:`load_preset`, in the same order). A generated preset streams: one client's

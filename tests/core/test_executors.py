@@ -114,6 +114,27 @@ def test_ray_gives_the_same_state_ledger_and_rounds_as_sequential(tmp_path: Path
         ray.shutdown()
 
 
+def test_which_drivers_hold_an_outline() -> None:
+    from secure_fml.simulation import driver_outlines
+
+    # auto on a small round picks the sequential executor: the driver holds it all.
+    small = Simulation(_cfg("auto", clients=12))
+    assert small.executor_kind() == "sequential" and not small.outlined
+    assert len(small.dataset.clients) == 12
+    small.close()
+    pool = Simulation(_cfg("pool", clients=12))
+    assert pool.outlined and len(pool.train_ids) == 12 and len(pool._dataset.clients) == 1
+    pool.close()
+    assert not driver_outlines(_cfg("sequential"))
+    # A preset read from files is outlined only when the pool or Ray is asked for.
+    femnist = {"data": {"preset": "femnist"}}
+    assert not driver_outlines(_cfg("auto", **femnist))
+    assert driver_outlines(_cfg("pool", **femnist))
+    # Record-level DP runs sequentially: never an outline.
+    record = {"privacy": {"unit": "record", "record_noise_multiplier": 1.0}}
+    assert not driver_outlines(_cfg("pool", **record))
+
+
 @pytest.mark.slow
 def test_an_outlined_driver_evaluates_and_trains_as_one_holding_the_dataset(
     tmp_path: Path,
