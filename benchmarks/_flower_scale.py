@@ -241,6 +241,7 @@ def main() -> int:
                 "protocol": "secagg+" if secure else "plain",
                 "workers": workers,
                 "contributors": strategy.replies.get(2, 0),
+                "first_round_contributors": strategy.replies.get(1, 0),
                 "first_round_s": strategy.t1[1] - strategy.t0[1],
                 "round_s": r2,
                 "updates_per_s": strategy.replies.get(2, 0) / r2,
