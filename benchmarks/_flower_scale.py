@@ -120,6 +120,25 @@ def _client_fn(context: Context) -> Any:
 secagg_client = ClientApp(client_fn=_client_fn, mods=[secaggplus_mod])
 
 
+class _RoundClock:
+    """When each round's configure and aggregate calls happened, and its reply count."""
+
+    def __init__(self) -> None:
+        self.t0: dict[int, float] = {}
+        self.t1: dict[int, float] = {}
+        self.replies: dict[int, int] = {}
+
+    def start(self, server_round: int) -> None:
+        self.t0[server_round] = time.perf_counter()
+
+    def end(self, server_round: int, replies: int) -> None:
+        self.t1[server_round] = time.perf_counter()
+        self.replies[server_round] = replies
+
+    def seconds(self, server_round: int) -> float:
+        return self.t1[server_round] - self.t0[server_round]
+
+
 class TimedLegacyFedAvg(LegacyFedAvg):
     def __init__(self, n: int, initial: Any) -> None:
         super().__init__(
@@ -130,22 +149,19 @@ class TimedLegacyFedAvg(LegacyFedAvg):
             min_available_clients=n,
             initial_parameters=initial,
         )
-        self.t0: dict[int, float] = {}
-        self.t1: dict[int, float] = {}
-        self.replies: dict[int, int] = {}
+        self.clock = _RoundClock()
+        #: Inputs the SecAgg+ workflow's unmasking stage summed (set by the workflow).
+        self.survivors = 0
 
     def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> Any:
-        self.t0[server_round] = time.perf_counter()
+        self.clock.start(server_round)
         return super().configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
         out = super().aggregate_fit(server_round, results, failures)
-        self.t1[server_round] = time.perf_counter()
         # The workflow hands the strategy one unmasked sum of the survivors; count them.
-        self.replies[server_round] = self.survivors
+        self.clock.end(server_round, self.survivors)
         return out
-
-    survivors = 0
 
 
 class TimedFedAvg(FedAvg):
@@ -157,19 +173,16 @@ class TimedFedAvg(FedAvg):
             min_evaluate_nodes=0,
             min_available_nodes=n,
         )
-        self.t0: dict[int, float] = {}
-        self.t1: dict[int, float] = {}
-        self.replies: dict[int, int] = {}
+        self.clock = _RoundClock()
 
     def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Grid) -> Any:
-        self.t0[server_round] = time.perf_counter()
+        self.clock.start(server_round)
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Any) -> Any:
         replies = list(replies)
         out = super().aggregate_train(server_round, replies)
-        self.t1[server_round] = time.perf_counter()
-        self.replies[server_round] = sum(1 for r in replies if r.has_content())
+        self.clock.end(server_round, sum(1 for r in replies if r.has_content()))
         return out
 
 
@@ -232,7 +245,8 @@ def main() -> int:
         },
     )
     total = time.perf_counter() - t
-    r2 = strategy.t1[2] - strategy.t0[2]
+    clock = strategy.clock
+    r2 = clock.seconds(2)
     print(
         json.dumps(
             {
@@ -240,11 +254,11 @@ def main() -> int:
                 "executor": "flower-ray",
                 "protocol": "secagg+" if secure else "plain",
                 "workers": workers,
-                "contributors": strategy.replies.get(2, 0),
-                "first_round_contributors": strategy.replies.get(1, 0),
-                "first_round_s": strategy.t1[1] - strategy.t0[1],
+                "contributors": clock.replies.get(2, 0),
+                "first_round_contributors": clock.replies.get(1, 0),
+                "first_round_s": clock.seconds(1),
                 "round_s": r2,
-                "updates_per_s": strategy.replies.get(2, 0) / r2,
+                "updates_per_s": clock.replies.get(2, 0) / r2,
                 "total_s": total,
                 "peak_driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "load_average": list(os.getloadavg()),

@@ -149,8 +149,7 @@ class FederatedDataset:
         for c in self.clients:
             if c.client_id == client_id:
                 return c
-        known = ", ".join(c.client_id for c in self.clients[:8])
-        raise DataError(f"dataset {self.name!r} has no client {client_id!r} (e.g. {known}, ...)")
+        raise _no_client(self.name, client_id, [c.client_id for c in self.clients[:8]])
 
     def with_clients(self, clients: Iterable[ClientData]) -> FederatedDataset:
         return FederatedDataset(
@@ -165,12 +164,9 @@ class FederatedDataset:
 
     def filter_min_samples(self, min_samples: int) -> FederatedDataset:
         """Drop clients with fewer than ``min_samples`` samples (the paper's filter)."""
-        if min_samples < 2:
-            raise ConfigError(f"min_samples must be >= 2, got {min_samples}")
-        kept = [c for c in self.clients if len(c) >= min_samples]
-        if not kept:
-            raise DataError(f"dataset {self.name!r}: no client has >= {min_samples} samples")
-        return self.with_clients(kept)
+        sizes = [len(c) for c in self.clients]
+        keep = _min_samples_kept(self.name, sizes, min_samples)
+        return self.with_clients(self.clients[i] for i in keep)
 
     def split_clients(
         self, *, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
@@ -190,6 +186,23 @@ class FederatedDataset:
         held = self.client(client_id)
         rest = tuple(c for c in self.clients if c.client_id != client_id)
         return ClientSplit(train=rest, val=(), test=(held,))
+
+
+def _min_samples_kept(dataset: str, sizes: Sequence[int], min_samples: int) -> list[int]:
+    """Positions of the clients with at least ``min_samples`` samples (the paper's
+    filter); refuses a ``min_samples`` below 2 and a filter that keeps no client."""
+    if min_samples < 2:
+        raise ConfigError(f"min_samples must be >= 2, got {min_samples}")
+    kept = [i for i, n in enumerate(sizes) if n >= min_samples]
+    if not kept:
+        raise DataError(f"dataset {dataset!r}: no client has >= {min_samples} samples")
+    return kept
+
+
+def _no_client(dataset: str, client_id: str, known: Sequence[str]) -> DataError:
+    return DataError(
+        f"dataset {dataset!r} has no client {client_id!r} (e.g. {', '.join(known)}, ...)"
+    )
 
 
 def check_client(
@@ -303,17 +316,12 @@ class DatasetStream:
         gives on the whole dataset, holding only the evaluation clients (validation and
         test) and the first training client (a sample for the model) in memory. Two
         passes over the clients."""
-        if min_samples < 2:
-            raise ConfigError(f"min_samples must be >= 2, got {min_samples}")
-        ids = [cid for cid, n in self.survey() if n >= min_samples]
-        if not ids:
-            raise DataError(f"dataset {self.name!r}: no client has >= {min_samples} samples")
+        survey = self.survey()
+        keep = _min_samples_kept(self.name, [n for _, n in survey], min_samples)
+        ids = [survey[i][0] for i in keep]
         if leave_out is not None:
             if leave_out not in ids:
-                raise DataError(
-                    f"dataset {self.name!r} has no client {leave_out!r} "
-                    f"(e.g. {', '.join(ids[:8])}, ...)"
-                )
+                raise _no_client(self.name, leave_out, ids[:8])
             train = [c for c in ids if c != leave_out]
             val: list[str] = []
             test = [leave_out]
