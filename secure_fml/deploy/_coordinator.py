@@ -203,7 +203,7 @@ class Coordinator:
         conn = secrets.token_bytes(16)
         self._conn_site[conn] = site
         self._site_conn[site] = conn
-        self._identity[site] = Identity(bytes(certificate), identity.public_key)
+        self._identity[site] = Identity.of(bytes(certificate), identity.public_key)
         self._last_seen[site] = now
         log.info("site joined", extra={"site": site})
         if site in self.engine.excluded:
