@@ -14,11 +14,14 @@ seed (``run.insecure_seed``) they give the same state and the same ledger.
   client is a descriptor (name -> its data partition, identity key, seeds derived
   from the config) sent with the first job of that client to that worker, which
   builds and keeps the client's pipeline and data partition from then on. Each stage
-  of a round is one message per worker holding all of its clients' jobs: the model,
-  roster and round settings inside the round's :class:`~secure_fml.messages.RoundStart`
-  messages are one object each, so they are pickled (broadcast) once per worker per
-  round, never once per client. Masking runs in the workers; the driver sees only
-  the masked vectors and protocol messages, like any coordinator.
+  of a round reaches a worker as one message per chunk of its clients' jobs (the
+  simulation hands the executor at most 256 jobs at a time): the model and round
+  settings inside the round's :class:`~secure_fml.messages.RoundStart` messages are one
+  object each, so they are pickled once per message, never once per client, and the
+  roster (one Peer per participant, O(n)) is sent once per worker per round: later
+  messages of the round refer to it by a pickle persistent id. Masking runs in the
+  workers; the driver sees only the masked vectors and protocol messages, like any
+  coordinator.
 
   A worker that dies turns the clients it held into dropouts: its jobs of the open
   stage come back as :class:`~privacy.errors.TransportError`, a fresh worker takes
@@ -37,16 +40,19 @@ SecAgg+'s per-client protocol state (shares, tags) still does, as n * k.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import torch
@@ -60,7 +66,7 @@ from secure_fml.algorithms import make_algorithm
 from secure_fml.config import Config
 from secure_fml.data import FederatedDataset
 from secure_fml.evaluation import to_batch
-from secure_fml.messages import EngineMessage, RoundStart, StageReply
+from secure_fml.messages import EngineMessage, Peer, RoundStart, StageReply
 from secure_fml.pipeline import ClientPipeline, UpdateInfo, seeded_generator, seeded_randomness
 
 __all__ = [
@@ -287,6 +293,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, recipe: ClientReci
         conn.send(("crash", traceback.format_exc()))
         return
     conn.send(("ready", os.getpid()))
+    roster: tuple[Peer, ...] | None = None  # this round's, as the driver last sent it
     while True:
         try:
             msg = conn.recv()
@@ -295,7 +302,10 @@ def _worker_main(conn: multiprocessing.connection.Connection, recipe: ClientReci
         if msg[0] == "close":
             return
         try:
-            result = clients.batch(msg[1], msg[2])
+            if msg[1] is not None:
+                roster = pickle.loads(msg[1])
+            descriptors, jobs = _RosterUnpickler(io.BytesIO(msg[2]), roster).load()
+            result = clients.batch(descriptors, jobs)
         except BaseException:
             conn.send(("crash", traceback.format_exc()))
             return
@@ -333,6 +343,55 @@ def _main_not_reimported(recipe: ClientRecipe) -> Iterator[None]:
         main.__dict__.update(saved)
 
 
+# A stage's jobs go to a worker in chunks (the simulation bounds the replies it holds),
+# and every round start of a round carries the same roster: one Peer per participant.
+# Pickled with each chunk, a 10,000-client round would send it 40 times per worker
+# (quadratic in n). It is sent once per worker per round instead: the chunk refers to
+# it by a persistent id, the worker keeps the last one it was sent.
+
+
+class _RosterPickler(ForkingPickler):
+    def __init__(self, file: io.BytesIO, roster: tuple[Peer, ...] | None) -> None:
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self._roster = roster
+
+    def persistent_id(self, obj: Any) -> str | None:
+        return "roster" if self._roster is not None and obj is self._roster else None
+
+
+class _RosterUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, roster: tuple[Peer, ...] | None) -> None:
+        super().__init__(file)
+        self._roster = roster
+
+    def persistent_load(self, pid: Any) -> Any:
+        if pid != "roster" or self._roster is None:
+            raise pickle.UnpicklingError(f"a job refers to a roster it was not sent: {pid!r}")
+        return self._roster
+
+
+def _roster_of(jobs: Sequence[tuple[str, EngineMessage]]) -> tuple[Peer, ...] | None:
+    """The roster of the first round start among ``jobs`` (None: no round start)."""
+    for _, m in jobs:
+        if isinstance(m, RoundStart):
+            return m.peers
+    return None
+
+
+def _pack(
+    descriptors: Sequence[Any],
+    jobs: Sequence[tuple[str, EngineMessage]],
+    roster: tuple[Peer, ...] | None,
+    *,
+    fresh: bool,
+) -> tuple[str, bytes | None, bytes]:
+    """A worker's message: ("jobs", the roster when it is new to the worker, the jobs)."""
+    buf = io.BytesIO()
+    _RosterPickler(buf, roster).dump((list(descriptors), list(jobs)))
+    head = pickle.dumps(roster, pickle.HIGHEST_PROTOCOL) if fresh and roster is not None else None
+    return "jobs", head, buf.getvalue()
+
+
 class _Worker:
     def __init__(self, ctx: Any, recipe: ClientRecipe, index: int) -> None:
         parent, child = ctx.Pipe(duplex=True)
@@ -346,6 +405,8 @@ class _Worker:
         child.close()
         self.conn: multiprocessing.connection.Connection = parent
         self.ready = False
+        #: The roster this worker holds (see _RosterPickler).
+        self.roster: tuple[Peer, ...] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -531,11 +592,15 @@ class PoolExecutor(_PinnedExecutor):
         pending: dict[Any, tuple[_Worker, list[int]]] = {}
         for i, (positions, descriptors, batch) in self._batches(jobs).items():
             w = self._worker(i)
+            roster = _roster_of(batch)
+            fresh = roster is not None and roster is not w.roster
             try:
-                w.conn.send(("jobs", descriptors, batch))
+                w.conn.send(_pack(descriptors, batch, roster, fresh=fresh))
             except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
                 self._lost(w, positions, out, jobs)
                 continue
+            if fresh:
+                w.roster = roster
             pending[w.conn] = (w, positions)
         while pending:
             for conn in multiprocessing.connection.wait(list(pending)):

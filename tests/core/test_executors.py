@@ -21,6 +21,7 @@ import pytest
 from aggregation import Stage
 from privacy import SamplingMode
 from privacy.errors import ConfigError
+from secure_fml import executors, simulation
 from secure_fml.config import Config, config_from_dict
 from secure_fml.executors import PoolExecutor, SequentialExecutor
 from secure_fml.messages import EngineMessage, StageRequest
@@ -401,3 +402,34 @@ def test_cli_simulate_with_the_pool(tmp_path: Path) -> None:
     assert [r["status"] for r in rounds if "status" in r] == ["complete", "complete"]
     # The workers reported every client's update (train loss reaches the metrics).
     assert all(r["train_loss"] is not None for r in rounds if "status" in r)
+
+
+@pytest.mark.slow
+def test_the_pool_sends_a_rounds_roster_once_per_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks of 4 jobs: each worker gets several chunks of round starts per round, all
+    # sharing the round's roster. The roster goes to a worker with its first chunk of
+    # the round only; the later chunks refer to it (and the round still computes what
+    # the sequential executor computes).
+    monkeypatch.setattr(simulation, "_REPLY_CHUNK", 4)
+    sent: list[tuple[int, int]] = []  # (round, roster size) of every roster sent
+    pack = executors._pack
+
+    def spy(descriptors: Any, jobs: Any, roster: Any, *, fresh: bool) -> Any:
+        msg = pack(descriptors, jobs, roster, fresh=fresh)
+        if msg[1] is not None:
+            sent.append((jobs[0][1].round, len(roster)))
+        return msg
+
+    monkeypatch.setattr(executors, "_pack", spy)
+    over: dict[str, Any] = {
+        "secure_aggregation": {"protocol": "none"},
+        "privacy": {"enabled": False},
+    }
+    states = {}
+    for kind in ("sequential", "pool"):
+        sim = Simulation(_cfg(kind, clients=24, **over), run_dir=tmp_path / kind)
+        states[kind] = sim.run(progress=False).state.numpy().copy()
+    assert sorted(sent) == [(r, 24) for r in (1, 1, 2, 2, 3, 3)]
+    assert np.array_equal(states["sequential"], states["pool"])
