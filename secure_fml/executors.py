@@ -214,6 +214,8 @@ class _WorkerClients:
             self.input_kind = ds.input_kind
             self.partitions = {c.client_id: c for c in split_dataset(config, ds).train}
         self.pipelines: dict[str, ClientPipeline] = {}
+        #: This round's roster, as the driver last sent it (see _RosterPickler).
+        self.roster: tuple[Peer, ...] | None = None
 
     def add(self, d: _Descriptor) -> None:
         if d.data is not None:
@@ -248,6 +250,15 @@ class _WorkerClients:
                 m.model.setflags(write=False)
             out.append(self.handle(name, m))
         return out, time.process_time() - cpu0
+
+    def packed(
+        self, head: bytes | None, body: bytes
+    ) -> tuple[list[tuple[Any, UpdateInfo | None]], float]:
+        """:meth:`batch` of a message made by :func:`_pack`."""
+        if head is not None:
+            self.roster = pickle.loads(head)
+        descriptors, jobs = _RosterUnpickler(io.BytesIO(body), self.roster).load()
+        return self.batch(descriptors, jobs)
 
     def handle(self, name: str, msg: EngineMessage) -> tuple[Any, UpdateInfo | None]:
         p = self.pipelines.get(name)
@@ -293,7 +304,6 @@ def _worker_main(conn: multiprocessing.connection.Connection, recipe: ClientReci
         conn.send(("crash", traceback.format_exc()))
         return
     conn.send(("ready", os.getpid()))
-    roster: tuple[Peer, ...] | None = None  # this round's, as the driver last sent it
     while True:
         try:
             msg = conn.recv()
@@ -302,10 +312,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, recipe: ClientReci
         if msg[0] == "close":
             return
         try:
-            if msg[1] is not None:
-                roster = pickle.loads(msg[1])
-            descriptors, jobs = _RosterUnpickler(io.BytesIO(msg[2]), roster).load()
-            result = clients.batch(descriptors, jobs)
+            result = clients.packed(msg[1], msg[2])
         except BaseException:
             conn.send(("crash", traceback.format_exc()))
             return
@@ -661,10 +668,10 @@ class _RayWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def batch(
-        self, descriptors: Sequence[_Descriptor], jobs: Sequence[tuple[str, EngineMessage]]
+    def packed(
+        self, head: bytes | None, body: bytes
     ) -> tuple[list[tuple[Any, UpdateInfo | None]], float]:
-        return self.clients.batch(descriptors, jobs)
+        return self.clients.packed(head, body)
 
 
 class RayExecutor(_PinnedExecutor):
@@ -701,6 +708,9 @@ class RayExecutor(_PinnedExecutor):
         super().__init__(recipe, workers=n, identity_key=identity_key, partition=partition)
         self._actor_cls = ray.remote(num_cpus=1, max_restarts=0)(_RayWorker)
         self._actors: list[Any] = [None] * n
+        #: (actor, the roster it holds) per worker (see _RosterPickler): a replacement
+        #: actor holds none. Ray runs one caller's calls to an actor in call order.
+        self._held: list[tuple[Any, tuple[Peer, ...]] | None] = [None] * n
 
     def _actor(self, i: int) -> Any:
         if self._closed:
@@ -722,7 +732,16 @@ class RayExecutor(_PinnedExecutor):
         out: list[JobResult] = [None] * len(jobs)
         pending: dict[Any, tuple[int, list[int]]] = {}
         for i, (positions, descriptors, batch) in self._batches(jobs).items():
-            pending[self._actor(i).batch.remote(descriptors, batch)] = (i, positions)
+            actor = self._actor(i)
+            roster = _roster_of(batch)
+            held = self._held[i]
+            fresh = roster is not None and (
+                held is None or held[0] is not actor or held[1] is not roster
+            )
+            _, head, body = _pack(descriptors, batch, roster, fresh=fresh)
+            pending[actor.packed.remote(head, body)] = (i, positions)
+            if fresh and roster is not None:
+                self._held[i] = (actor, roster)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]

@@ -405,13 +405,19 @@ def test_cli_simulate_with_the_pool(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_pool_sends_a_rounds_roster_once_per_worker(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", ["pool", "ray"])
+def test_a_rounds_roster_goes_to_each_worker_once(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Chunks of 4 jobs: each worker gets several chunks of round starts per round, all
     # sharing the round's roster. The roster goes to a worker with its first chunk of
     # the round only; the later chunks refer to it (and the round still computes what
     # the sequential executor computes).
+    if kind == "ray":
+        ray = pytest.importorskip(
+            "ray", reason="Ray is the optional extra secure-fml[ray] (an ~80 MB wheel)"
+        )
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     monkeypatch.setattr(simulation, "_REPLY_CHUNK", 4)
     sent: list[tuple[int, int]] = []  # (round, roster size) of every roster sent
     pack = executors._pack
@@ -428,8 +434,12 @@ def test_the_pool_sends_a_rounds_roster_once_per_worker(
         "privacy": {"enabled": False},
     }
     states = {}
-    for kind in ("sequential", "pool"):
-        sim = Simulation(_cfg(kind, clients=24, **over), run_dir=tmp_path / kind)
-        states[kind] = sim.run(progress=False).state.numpy().copy()
+    try:
+        for k in ("sequential", kind):
+            sim = Simulation(_cfg(k, clients=24, **over), run_dir=tmp_path / k)
+            states[k] = sim.run(progress=False).state.numpy().copy()
+    finally:
+        if kind == "ray":
+            ray.shutdown()
     assert sorted(sent) == [(r, 24) for r in (1, 1, 2, 2, 3, 3)]
-    assert np.array_equal(states["sequential"], states["pool"])
+    assert np.array_equal(states["sequential"], states[kind])
