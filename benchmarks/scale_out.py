@@ -290,6 +290,13 @@ def _markdown(payload: dict[str, Any]) -> str:
         f"Command: `{payload['command']}` on {env['platform']}, {env['cpus']} CPUs "
         "(the `load` column says how busy the machine was when each row finished), "
         f"Python {env['python']}, torch {env['torch']}, {env['when']}. "
+        + (
+            f"Latest appended run: {payload['appended_environment'].get('when', '?')}, "
+            f"commit {payload['appended_environment'].get('commit', '?')} (rows it "
+            "replaced or added carry its time in `when` in scale_out.json). "
+            if payload.get("appended_environment")
+            else ""
+        )
         + ("PARTIAL run. " if payload.get("partial") else ""),
         "",
         "Task: synthetic preset with n clients (all training), MLP (hidden 64, "
@@ -369,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--append",
         action="store_true",
-        help="add this run's rows to the existing scale_out.json (its notes are kept)",
+        help="add this run's rows to the existing scale_out.json (its notes are kept); a "
+        "row replaces the earlier one of the same n, protocol and executor",
     )
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
     ap.add_argument("--client-cost", action="store_true", help="per-client SecAgg+ cost too")
@@ -454,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     [str(n), proto, ex, str(args.workers or 0), "0"], timeout=args.timeout
                 )
                 if row is not None:
-                    payload["rows"].append(row)
+                    _add(payload["rows"], row)
                     print(
                         f"  round {row['round_s']:.2f} s, {row['updates_per_s']:.0f} updates/s, "
                         f"pool start {row['pool_start_s']:.2f} s, "
@@ -471,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if row is not None:
                 row.update(protocol=proto, pool_start_s=None, driver_cpu_s=None)
                 row.update(worker_cpu_s=None, dimension=None)
-                payload["rows"].append(row)
+                _add(payload["rows"], row)
                 print(
                     f"  round {row['round_s']:.2f} s, {row['updates_per_s']:.0f} updates/s, "
                     f"peak driver {row['peak_driver_rss_mb']:.0f} MB",
@@ -480,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.client_cost and "secagg+" in protocols and not args.flower_only:
             row = _subprocess([str(n), "secagg+", "sequential", "0", "1"], timeout=args.timeout)
             if row is not None:
-                payload["client_cost"].append(row)
+                _add(payload["client_cost"], row)
                 print(
                     f"  per-client SecAgg+ protocol CPU {row['client_protocol_cpu_ms_mean']:.1f} "
                     f"ms (p90 {row['client_protocol_cpu_ms_p90']:.1f})",
@@ -493,6 +501,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     (RESULTS / "scale_out.md").write_text(_markdown(payload), encoding="utf-8")
     print(f"wrote {RESULTS / 'scale_out.md'}")
     return 0
+
+
+def _add(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Add ``row``, replacing an earlier row of the same n, protocol and executor (a
+    rerun with --append), at its place in the table."""
+    key = (row["n"], row.get("protocol"), row.get("executor"))
+    row["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for i, r in enumerate(rows):
+        if (r["n"], r.get("protocol"), r.get("executor")) == key:
+            rows[i] = row
+            return
+    rows.append(row)
 
 
 if __name__ == "__main__":
