@@ -272,7 +272,7 @@ class Message:
 # ------------------------------------------------------------------ stage 0
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class PeerKey:
     """The part of a client's advertisement its peers receive: two fresh X25519 public
     keys (share encryption, pairwise masks) signed with its identity key."""
@@ -409,7 +409,7 @@ class NeighbourKeys(Message):
 # ------------------------------------------------------------------ stage 1
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class EncryptedShare:
     """A dealer's two shares for one holder, each under its own single-use key.
 
@@ -504,7 +504,7 @@ class ShareKeys(Message):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RoutedShare:
     """A share as the server forwards it: who dealt it, and its ciphertexts."""
 
@@ -592,7 +592,7 @@ class ComplaintReason:
     BAD_KEY = 2  # the ephemeral key is not a valid X25519 key
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Complaint:
     """A holder's signed statement that the share it received from ``dealer`` is bad.
 
@@ -841,7 +841,7 @@ class DisputeRequest(Message):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Opening:
     """The ephemeral private key of one dealer-holder pair."""
 
@@ -1101,7 +1101,7 @@ class UnmaskRequest(Message):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RevealedKey:
     """The single-use AES key of one share a holder keeps: the server decrypts the
     dealer's signed ciphertext with it, so a holder cannot substitute a share."""

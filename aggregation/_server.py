@@ -403,16 +403,20 @@ class ServerSession(AggregationServer):
         P.verify(self.roster[u], m.signature, m.payload(self.ctx), what=f"shares of {u}")
         want = tuple(h for h in self._draws[u] if h in self._adverts)
         got = tuple(s.recipient for s in m.shares)
-        parts = (("shares", m.to_bytes()), ("recipients", b"".join(_u32(h) for h in want)))
+
+        def parts() -> tuple[tuple[str, bytes], ...]:
+            # The evidence, encoded only when there is misbehaviour to record.
+            return (("shares", m.to_bytes()), ("recipients", b"".join(_u32(h) for h in want)))
+
         if got != want:
             msg = f"client {u} dealt to {len(got)} holders, not its {len(want)} drawn ones"
-            self._record(MisbehaviourKind.BAD_SHARE_MESSAGE, u, msg, parts)
+            self._record(MisbehaviourKind.BAD_SHARE_MESSAGE, u, msg, parts())
             raise InvalidMessage(msg)
         for s in m.shares:
             try:
                 P.validate_x25519_public(s.ephemeral_public, what=f"ephemeral key of {u}")
             except InvalidMessage as exc:
-                self._record(MisbehaviourKind.BAD_SHARE_MESSAGE, u, str(exc), parts)
+                self._record(MisbehaviourKind.BAD_SHARE_MESSAGE, u, str(exc), parts())
                 raise
         self._shares[u] = m
         self._dealt[u] = {s.recipient: s for s in m.shares}

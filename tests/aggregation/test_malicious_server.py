@@ -760,3 +760,27 @@ def _share_counts(known: Mapping[tuple[int, int], set[int]], owner: int) -> tupl
         len(known.get((owner, SHARE_KIND_SELF_MASK), ())),
         len(known.get((owner, SHARE_KIND_MASK_KEY), ())),
     )
+
+
+def test_a_share_message_dealt_to_other_holders_is_refused_with_verifiable_evidence() -> None:
+    """A client that deals to holders other than its drawn ones (here: one share left
+    out, re-signed) is refused at stage 1 with evidence anyone can check; the round
+    completes without it."""
+    rd = H.make_round(16, mode=PLUS)
+    cheat = 6
+
+    def drop_one(i: int, stage: Stage, msg: Message) -> Message:
+        if i == cheat and stage is Stage.SHARE_KEYS:
+            return _resign(rd, i, dataclasses.replace(msg, shares=msg.shares[1:]))  # type: ignore[attr-defined]
+        return msg
+
+    out = H.drive(rd, client_hook=drop_one)
+    assert [(i, s) for i, s, _ in out.refusals] == [(cheat, Stage.SHARE_KEYS)]
+    agg = out.aggregate
+    assert agg is not None and cheat not in agg.contributors and len(agg.contributors) == 15
+    assert np.array_equal(H.lifted(rd, agg.total), H.plain_sum(rd, agg.contributors))
+    (ev,) = [e for e in agg.evidence if e.kind is MisbehaviourKind.BAD_SHARE_MESSAGE]
+    assert ev.offender == cheat and ev.proven
+    verify_evidence(ev, rd.roster)  # the signed message and the drawn holders it quotes
+    with pytest.raises((InvalidMessage, InvalidSignature)):
+        verify_evidence(dataclasses.replace(ev, offender=cheat + 1), rd.roster)
