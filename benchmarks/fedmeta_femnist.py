@@ -391,7 +391,12 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         "# FedMeta on FEMNIST (Table 2 at 20% support, Figure 3's communication metric)",
         "",
-        f"Command (each sitting): `{payload['command']}`",
+        (
+            f"Rebuilt with `{payload['command']}` from the run files; the commands that "
+            "trained the runs are in the reading at the end."
+            if payload["command"].endswith("--report-only")
+            else f"Command (each sitting): `{payload['command']}`"
+        ),
         "",
         "Generated from the per-run files in `benchmarks/results/fedmeta_femnist/` "
         "(one per method and seed; runs are resumed across sittings from checkpoints kept "
@@ -511,6 +516,9 @@ def main() -> None:
         f"--minutes {args.minutes:g} --to-accuracy {args.to_accuracy:g} --threads {args.threads}"
         + (f" --device {args.device}" if args.device != "cpu" else "")
     )
+    if args.report_only:
+        # Not a training command: say so, rather than print the defaults as if run.
+        command = "python -m benchmarks.fedmeta_femnist --report-only"
     if not args.report_only:
         dataset = load_preset("femnist", root=data_root()).filter_min_samples(10)
         for seed in args.seeds:
