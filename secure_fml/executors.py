@@ -15,11 +15,11 @@ seed (``run.insecure_seed``) they give the same state and the same ledger.
   from the config) sent with the first job of that client to that worker, which
   builds and keeps the client's pipeline and data partition from then on. Each stage
   of a round reaches a worker as one message per chunk of its clients' jobs (the
-  simulation hands the executor at most 256 jobs at a time): the model and round
-  settings inside the round's :class:`~secure_fml.messages.RoundStart` messages are one
-  object each, so they are pickled once per message, never once per client, and the
-  roster (one Peer per participant, O(n)) is sent once per worker per round: later
-  messages of the round refer to it by a pickle persistent id. Masking runs in the
+  simulation hands the executor at most 256 jobs at a time). The round's
+  :class:`~secure_fml.messages.RoundStart` messages share one model array, one
+  settings object and one roster (one Peer per participant, O(n)); the three are sent
+  once per worker per round, with its first chunk, and every other message of the
+  round refers to them by pickle persistent ids. Masking runs in the
   workers; the driver sees only the masked vectors and protocol messages, like any
   coordinator.
 
@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
+import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
@@ -214,8 +215,8 @@ class _WorkerClients:
             self.input_kind = ds.input_kind
             self.partitions = {c.client_id: c for c in split_dataset(config, ds).train}
         self.pipelines: dict[str, ClientPipeline] = {}
-        #: This round's roster, as the driver last sent it (see _RosterPickler).
-        self.roster: tuple[Peer, ...] | None = None
+        #: This round's context, as the driver last sent it (see _RosterPickler).
+        self.roster: _Context | None = None
 
     def add(self, d: _Descriptor) -> None:
         if d.data is not None:
@@ -351,51 +352,76 @@ def _main_not_reimported(recipe: ClientRecipe) -> Iterator[None]:
 
 
 # A stage's jobs go to a worker in chunks (the simulation bounds the replies it holds),
-# and every round start of a round carries the same roster: one Peer per participant.
-# Pickled with each chunk, a 10,000-client round would send it 40 times per worker
-# (quadratic in n). It is sent once per worker per round instead: the chunk refers to
-# it by a persistent id, the worker keeps the last one it was sent.
+# and every round start of a round carries the same roster (one Peer per participant),
+# the same model array and the same settings. Pickled with each chunk, a 10,000-client
+# round would send the roster 40 times per worker (quadratic in n) and the model 40
+# times. The three are sent once per worker per round instead (the round's context):
+# the chunks refer to them by persistent ids, the worker keeps the last context it was
+# sent.
+
+#: The round's (roster, model, settings), as one object (its identity marks the round).
+_Context = tuple[tuple[Peer, ...], np.ndarray, Any]
+_CONTEXT_IDS = ("roster", "model", "settings")
 
 
 class _RosterPickler(ForkingPickler):
-    def __init__(self, file: io.BytesIO, roster: tuple[Peer, ...] | None) -> None:
+    def __init__(self, file: io.BytesIO, context: _Context | None) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
-        self._roster = roster
+        self._context = context
 
     def persistent_id(self, obj: Any) -> str | None:
-        return "roster" if self._roster is not None and obj is self._roster else None
+        if self._context is not None:
+            for pid, held in zip(_CONTEXT_IDS, self._context, strict=True):
+                if obj is held:
+                    return pid
+        return None
 
 
 class _RosterUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, roster: tuple[Peer, ...] | None) -> None:
+    def __init__(self, file: io.BytesIO, context: _Context | None) -> None:
         super().__init__(file)
-        self._roster = roster
+        self._context = context
 
     def persistent_load(self, pid: Any) -> Any:
-        if pid != "roster" or self._roster is None:
-            raise pickle.UnpicklingError(f"a job refers to a roster it was not sent: {pid!r}")
-        return self._roster
+        if self._context is None or pid not in _CONTEXT_IDS:
+            raise pickle.UnpicklingError(f"a job refers to a round it was not sent: {pid!r}")
+        return self._context[_CONTEXT_IDS.index(pid)]
 
 
-def _roster_of(jobs: Sequence[tuple[str, EngineMessage]]) -> tuple[Peer, ...] | None:
-    """The roster of the first round start among ``jobs`` (None: no round start)."""
-    for _, m in jobs:
-        if isinstance(m, RoundStart):
-            return m.peers
-    return None
+class _RoundContexts:
+    """The context of the round starts among a chunk of jobs, the same object for every
+    chunk of one round (so that a worker is sent it once)."""
+
+    def __init__(self) -> None:
+        self._last: _Context | None = None
+
+    def of(self, jobs: Sequence[tuple[str, EngineMessage]]) -> _Context | None:
+        for _, m in jobs:
+            if isinstance(m, RoundStart):
+                last = self._last
+                if (
+                    last is None
+                    or last[0] is not m.peers
+                    or last[1] is not m.model
+                    or last[2] is not m.settings
+                ):
+                    last = self._last = (m.peers, m.model, m.settings)
+                return last
+        return None
 
 
 def _pack(
     descriptors: Sequence[Any],
     jobs: Sequence[tuple[str, EngineMessage]],
-    roster: tuple[Peer, ...] | None,
+    context: _Context | None,
     *,
     fresh: bool,
 ) -> tuple[str, bytes | None, bytes]:
-    """A worker's message: ("jobs", the roster when it is new to the worker, the jobs)."""
+    """A worker's message: ("jobs", the round's context when it is new to the worker,
+    the jobs)."""
     buf = io.BytesIO()
-    _RosterPickler(buf, roster).dump((list(descriptors), list(jobs)))
-    head = pickle.dumps(roster, pickle.HIGHEST_PROTOCOL) if fresh and roster is not None else None
+    _RosterPickler(buf, context).dump((list(descriptors), list(jobs)))
+    head = pickle.dumps(context, pickle.HIGHEST_PROTOCOL) if fresh and context is not None else None
     return "jobs", head, buf.getvalue()
 
 
@@ -412,8 +438,8 @@ class _Worker:
         child.close()
         self.conn: multiprocessing.connection.Connection = parent
         self.ready = False
-        #: The roster this worker holds (see _RosterPickler).
-        self.roster: tuple[Peer, ...] | None = None
+        #: The round context this worker holds (see _RosterPickler).
+        self.roster: _Context | None = None
 
     @property
     def pid(self) -> int | None:
@@ -458,6 +484,7 @@ class _PinnedExecutor(ClientExecutor):
         #: CPU seconds the workers spent on jobs (diagnostics).
         self.worker_cpu_s = 0.0
         self._closed = False
+        self._contexts = _RoundContexts()
 
     @property
     def workers(self) -> int:
@@ -599,7 +626,7 @@ class PoolExecutor(_PinnedExecutor):
         pending: dict[Any, tuple[_Worker, list[int]]] = {}
         for i, (positions, descriptors, batch) in self._batches(jobs).items():
             w = self._worker(i)
-            roster = _roster_of(batch)
+            roster = self._contexts.of(batch)
             fresh = roster is not None and roster is not w.roster
             try:
                 w.conn.send(_pack(descriptors, batch, roster, fresh=fresh))
@@ -710,7 +737,7 @@ class RayExecutor(_PinnedExecutor):
         self._actors: list[Any] = [None] * n
         #: (actor, the roster it holds) per worker (see _RosterPickler): a replacement
         #: actor holds none. Ray runs one caller's calls to an actor in call order.
-        self._held: list[tuple[Any, tuple[Peer, ...]] | None] = [None] * n
+        self._held: list[tuple[Any, _Context] | None] = [None] * n
 
     def _actor(self, i: int) -> Any:
         if self._closed:
@@ -733,7 +760,7 @@ class RayExecutor(_PinnedExecutor):
         pending: dict[Any, tuple[int, list[int]]] = {}
         for i, (positions, descriptors, batch) in self._batches(jobs).items():
             actor = self._actor(i)
-            roster = _roster_of(batch)
+            roster = self._contexts.of(batch)
             held = self._held[i]
             fresh = roster is not None and (
                 held is None or held[0] is not actor or held[1] is not roster

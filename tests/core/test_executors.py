@@ -406,7 +406,7 @@ def test_cli_simulate_with_the_pool(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pool", "ray"])
-def test_a_rounds_roster_goes_to_each_worker_once(
+def test_a_rounds_roster_and_model_go_to_each_worker_once(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Chunks of 4 jobs: each worker gets several chunks of round starts per round, all
@@ -420,12 +420,19 @@ def test_a_rounds_roster_goes_to_each_worker_once(
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     monkeypatch.setattr(simulation, "_REPLY_CHUNK", 4)
     sent: list[tuple[int, int]] = []  # (round, roster size) of every roster sent
+    models: list[tuple[int, int, int]] = []  # per message: round, model copies in head, body
     pack = executors._pack
 
-    def spy(descriptors: Any, jobs: Any, roster: Any, *, fresh: bool) -> Any:
-        msg = pack(descriptors, jobs, roster, fresh=fresh)
+    def spy(descriptors: Any, jobs: Any, context: Any, *, fresh: bool) -> Any:
+        msg = pack(descriptors, jobs, context, fresh=fresh)
         if msg[1] is not None:
-            sent.append((jobs[0][1].round, len(roster)))
+            sent.append((jobs[0][1].round, len(context[0])))
+        if context is not None:
+            # The model's raw float32 bytes: in the round's first message to a worker
+            # (its context), never inside any message's jobs.
+            raw = context[1].tobytes()
+            head = msg[1] or b""
+            models.append((jobs[0][1].round, head.count(raw), msg[2].count(raw)))
         return msg
 
     monkeypatch.setattr(executors, "_pack", spy)
@@ -442,4 +449,7 @@ def test_a_rounds_roster_goes_to_each_worker_once(
         if kind == "ray":
             ray.shutdown()
     assert sorted(sent) == [(r, 24) for r in (1, 1, 2, 2, 3, 3)]
+    # The model likewise: once per worker per round, however many chunks the round has.
+    assert len(models) > 6 and all(b == 0 for _, _, b in models)
+    assert sorted((r, h) for r, h, _ in models if h) == [(r, 1) for r in (1, 1, 2, 2, 3, 3)]
     assert np.array_equal(states["sequential"], states[kind])
