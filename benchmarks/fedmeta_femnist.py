@@ -519,7 +519,7 @@ def main() -> None:
     if args.report_only:
         # Not a training command: say so, rather than print the defaults as if run.
         command = "python -m benchmarks.fedmeta_femnist --report-only"
-    if not args.report_only:
+    else:
         dataset = load_preset("femnist", root=data_root()).filter_min_samples(10)
         for seed in args.seeds:
             for method in args.methods:

@@ -215,8 +215,8 @@ class _WorkerClients:
             self.input_kind = ds.input_kind
             self.partitions = {c.client_id: c for c in split_dataset(config, ds).train}
         self.pipelines: dict[str, ClientPipeline] = {}
-        #: This round's context, as the driver last sent it (see _RosterPickler).
-        self.roster: _Context | None = None
+        #: This round's context, as the driver last sent it (see _ContextPickler).
+        self.context: _Context | None = None
 
     def add(self, d: _Descriptor) -> None:
         if d.data is not None:
@@ -257,8 +257,8 @@ class _WorkerClients:
     ) -> tuple[list[tuple[Any, UpdateInfo | None]], float]:
         """:meth:`batch` of a message made by :func:`_pack`."""
         if head is not None:
-            self.roster = pickle.loads(head)
-        descriptors, jobs = _RosterUnpickler(io.BytesIO(body), self.roster).load()
+            self.context = pickle.loads(head)
+        descriptors, jobs = _ContextUnpickler(io.BytesIO(body), self.context).load()
         return self.batch(descriptors, jobs)
 
     def handle(self, name: str, msg: EngineMessage) -> tuple[Any, UpdateInfo | None]:
@@ -364,7 +364,7 @@ _Context = tuple[tuple[Peer, ...], np.ndarray, Any]
 _CONTEXT_IDS = ("roster", "model", "settings")
 
 
-class _RosterPickler(ForkingPickler):
+class _ContextPickler(ForkingPickler):
     def __init__(self, file: io.BytesIO, context: _Context | None) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
         self._context = context
@@ -377,7 +377,7 @@ class _RosterPickler(ForkingPickler):
         return None
 
 
-class _RosterUnpickler(pickle.Unpickler):
+class _ContextUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BytesIO, context: _Context | None) -> None:
         super().__init__(file)
         self._context = context
@@ -420,7 +420,7 @@ def _pack(
     """A worker's message: ("jobs", the round's context when it is new to the worker,
     the jobs)."""
     buf = io.BytesIO()
-    _RosterPickler(buf, context).dump((list(descriptors), list(jobs)))
+    _ContextPickler(buf, context).dump((list(descriptors), list(jobs)))
     head = pickle.dumps(context, pickle.HIGHEST_PROTOCOL) if fresh and context is not None else None
     return "jobs", head, buf.getvalue()
 
@@ -438,8 +438,8 @@ class _Worker:
         child.close()
         self.conn: multiprocessing.connection.Connection = parent
         self.ready = False
-        #: The round context this worker holds (see _RosterPickler).
-        self.roster: _Context | None = None
+        #: The round context this worker holds (see _ContextPickler).
+        self.context: _Context | None = None
 
     @property
     def pid(self) -> int | None:
@@ -626,15 +626,15 @@ class PoolExecutor(_PinnedExecutor):
         pending: dict[Any, tuple[_Worker, list[int]]] = {}
         for i, (positions, descriptors, batch) in self._batches(jobs).items():
             w = self._worker(i)
-            roster = self._contexts.of(batch)
-            fresh = roster is not None and roster is not w.roster
+            context = self._contexts.of(batch)
+            fresh = context is not None and context is not w.context
             try:
-                w.conn.send(_pack(descriptors, batch, roster, fresh=fresh))
+                w.conn.send(_pack(descriptors, batch, context, fresh=fresh))
             except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
                 self._lost(w, positions, out, jobs)
                 continue
             if fresh:
-                w.roster = roster
+                w.context = context
             pending[w.conn] = (w, positions)
         while pending:
             for conn in multiprocessing.connection.wait(list(pending)):
@@ -735,7 +735,7 @@ class RayExecutor(_PinnedExecutor):
         super().__init__(recipe, workers=n, identity_key=identity_key, partition=partition)
         self._actor_cls = ray.remote(num_cpus=1, max_restarts=0)(_RayWorker)
         self._actors: list[Any] = [None] * n
-        #: (actor, the roster it holds) per worker (see _RosterPickler): a replacement
+        #: (actor, the round context it holds) per worker (see _ContextPickler): a replacement
         #: actor holds none. Ray runs one caller's calls to an actor in call order.
         self._held: list[tuple[Any, _Context] | None] = [None] * n
 
@@ -760,15 +760,15 @@ class RayExecutor(_PinnedExecutor):
         pending: dict[Any, tuple[int, list[int]]] = {}
         for i, (positions, descriptors, batch) in self._batches(jobs).items():
             actor = self._actor(i)
-            roster = self._contexts.of(batch)
+            context = self._contexts.of(batch)
             held = self._held[i]
-            fresh = roster is not None and (
-                held is None or held[0] is not actor or held[1] is not roster
+            fresh = context is not None and (
+                held is None or held[0] is not actor or held[1] is not context
             )
-            _, head, body = _pack(descriptors, batch, roster, fresh=fresh)
+            _, head, body = _pack(descriptors, batch, context, fresh=fresh)
             pending[actor.packed.remote(head, body)] = (i, positions)
-            if fresh and roster is not None:
-                self._held[i] = (actor, roster)
+            if fresh and context is not None:
+                self._held[i] = (actor, context)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
