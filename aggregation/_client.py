@@ -38,7 +38,7 @@ import hmac
 import logging
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,7 +138,7 @@ def seed_commitment(seed: bytes, ctx: bytes, client_id: int) -> bytes:
     ).digest()
 
 
-def graph_leaf(ctx: bytes, client_id: int, partners: tuple[int, ...]) -> bytes:
+def graph_leaf(ctx: bytes, client_id: int, partners: Sequence[int] | np.ndarray) -> bytes:
     return P.merkle_leaf(b"graph" + ctx + struct.pack(">I", client_id) + ids_bytes(partners))
 
 

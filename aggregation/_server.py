@@ -20,7 +20,8 @@ import dataclasses
 import logging
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Container, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -59,11 +60,13 @@ from aggregation._messages import (
     QuorumChallenge,
     Review,
     ReviewResponse,
-    RoutedShare,
+    RoutedShares,
     ShareKeys,
     ShareRouting,
+    Tags,
     UnmaskRequest,
     UnmaskResponse,
+    _Records,
     consistency_digest,
     round_context,
 )
@@ -86,6 +89,58 @@ _log = logging.getLogger(__name__)
 
 def _u32(v: int) -> bytes:
     return struct.pack(">I", v)
+
+
+_NO_IDS = np.zeros(0, dtype=np.int64)
+
+
+class _Regrouped:
+    """The records of many senders' messages, regrouped by the client each one is for.
+
+    ``records[s]`` are sender ``s``'s records (shares by holder, tags by holder, revealed
+    keys by owner). The table lists every record's target (its id), sender and position,
+    sorted by target then sender, so each target's records are one slice of three int64
+    arrays: at n = 10,000 the server regroups ~10^6 records holding no Python object
+    per record (as objects they cost ~1 KB each).
+    """
+
+    def __init__(
+        self, records: Mapping[int, _Records[Any]], *, targets: np.ndarray | None = None
+    ) -> None:
+        senders = sorted(records)
+        cols = [records[s].ids() for s in senders]
+        sizes = [len(c) for c in cols]
+        target = np.concatenate(cols) if cols else _NO_IDS
+        sender = np.repeat(np.asarray(senders, dtype=np.int64), sizes)
+        pos = np.concatenate([np.arange(k, dtype=np.int64) for k in sizes]) if cols else _NO_IDS
+        if targets is not None:
+            keep = np.isin(target, targets)
+            target, sender, pos = target[keep], sender[keep], pos[keep]
+        order = np.lexsort((sender, target))
+        self.target, self.sender, self.pos = target[order], sender[order], pos[order]
+        self.records = records
+
+    def _span(self, target: int) -> slice:
+        t = self.target
+        return slice(
+            int(np.searchsorted(t, target, "left")), int(np.searchsorted(t, target, "right"))
+        )
+
+    def senders(self, target: int) -> np.ndarray:
+        """Who sent a record for ``target`` (ascending)."""
+        return self.sender[self._span(target)]
+
+    def items(self, target: int) -> Iterator[tuple[int, bytes]]:
+        """(sender, record after its id) of every record for ``target``, by sender."""
+        sl = self._span(target)
+        recs = self.records
+        for s, p in zip(self.sender[sl].tolist(), self.pos[sl].tolist(), strict=True):
+            yield s, recs[s].record(p)
+
+    def gather(self, target: int, skip: Container[int] = ()) -> bytes:
+        """The records for ``target``, each under its sender's id instead of the target's:
+        the raw records of the message the server forwards to ``target``."""
+        return b"".join(_u32(s) + rec for s, rec in self.items(target) if s not in skip)
 
 
 class ServerSession(AggregationServer):
@@ -166,9 +221,11 @@ class ServerSession(AggregationServer):
         self._awaiting: set[int] = set(roster.ids)
         self._adverts: dict[int, AdvertiseKeys] = {}
         self._draws: dict[int, tuple[int, ...]] = {}
+        #: Each dealer's signed shares (held as records, see _messages.EncryptedShares).
         self._shares: dict[int, ShareKeys] = {}
-        self._dealt: dict[int, dict[int, EncryptedShare]] = {}
-        self._dealers_of: dict[int, list[int]] = {}
+        #: U2, and the shares of U2 regrouped by holder (set when sharing closes).
+        self._u2: np.ndarray = _NO_IDS
+        self._routed: _Regrouped | None = None
         #: Each masked input without its vector (its tags and complaints: what the
         #: review, the disputes and their evidence use); the vectors are in _sum.
         self._inputs: dict[int, MaskedInput] = {}
@@ -180,7 +237,6 @@ class ServerSession(AggregationServer):
         self._held: HeldInputs | None = HeldInputs(
             dtype=dtype, dimension=dimension, memory_bytes=input_memory_bytes
         )
-        self._tags: dict[int, dict[int, bytes]] = {}
         self._rejected: dict[int, dict[int, Complaint]] = {}
         self._reviews: dict[int, ReviewResponse] = {}
         self._share_disputes: dict[int, list[int]] = {}
@@ -189,14 +245,13 @@ class ServerSession(AggregationServer):
         self._excluded: dict[int, MisbehaviourKind] = {}
         self._status = np.zeros(roster.n, dtype=np.uint8)
         self._alive: tuple[int, ...] = ()
-        self._partners: dict[int, tuple[int, ...]] = {}
+        self._partners: dict[int, np.ndarray] = {}
         self._digest = b""
         self._signatures: dict[int, bytes] = {}
         self._challenges: dict[int, tuple[int, ...]] = {}
         self._reveals: dict[int, UnmaskResponse] = {}
-        #: (owner, kind) -> [(holder, revealed key)], indexed as reveals arrive.
-        self._revealed: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
-        self._kinds_released: dict[int, set[int]] = {}
+        #: The revealed keys regrouped by owner (set when unmasking closes).
+        self._revealed: _Regrouped | None = None
         self.evidence: list[Evidence] = []
         self.unmask_seconds = 0.0
 
@@ -235,7 +290,7 @@ class ServerSession(AggregationServer):
 
     def partners(self, client_id: int) -> tuple[int, ...]:
         """Everyone ``client_id`` masked with (its masking set in the agreed graph)."""
-        return self._partners[client_id]
+        return tuple(self._partners[client_id].tolist())
 
     neighbours = partners
 
@@ -402,7 +457,7 @@ class ServerSession(AggregationServer):
             raise InvalidMessage(f"shares from {u}, which did not advertise keys")
         P.verify(self.roster[u], m.signature, m.payload(self.ctx), what=f"shares of {u}")
         want = tuple(h for h in self._draws[u] if h in self._adverts)
-        got = tuple(s.recipient for s in m.shares)
+        got = tuple(m.records.ids().tolist())
 
         def parts() -> tuple[tuple[str, bytes], ...]:
             # The evidence, encoded only when there is misbehaviour to record.
@@ -419,55 +474,62 @@ class ServerSession(AggregationServer):
                 self._record(MisbehaviourKind.BAD_SHARE_MESSAGE, u, str(exc), parts())
                 raise
         self._shares[u] = m
-        self._dealt[u] = {s.recipient: s for s in m.shares}
+
+    def _dealt(self, w: int, v: int) -> EncryptedShare:
+        """The share dealer ``w`` dealt holder ``v``, as ``w`` signed it."""
+        recs = self._shares[w].records
+        i = recs.find(v)
+        if i is None:
+            raise ProtocolError(f"client {w} dealt no share to {v}")
+        return recs[i]
 
     def _close_sharing(self) -> Outbox:
         u2 = sorted(self._shares)
         self._need(len(u2), "shared keys")
-        in_u2 = set(u2)
-        dealers_of: dict[int, list[int]] = {v: [] for v in u2}
-        for w in u2:  # ascending, so every list is sorted
-            for h in self._dealt[w]:
-                if h in in_u2:
-                    dealers_of[h].append(w)
-        self._dealers_of = dealers_of
+        self._u2 = np.asarray(u2, dtype=np.int64)
+        routed = self._routed = _Regrouped(
+            {w: self._shares[w].records for w in u2}, targets=self._u2
+        )
         msgs = {}
         for v in u2:
-            routed = tuple(
-                RoutedShare(
-                    dealer=w,
-                    ephemeral_public=(s := self._dealt[w][v]).ephemeral_public,
-                    self_mask=s.self_mask,
-                    mask_key=s.mask_key,
-                )
-                for w in dealers_of[v]
-            )
             known = set(self._draws[v])  # keys it received at stage 1 (if they advertised)
-            shared = tuple(h for h in self._dealt[v] if h in in_u2)
             msgs[v] = ShareRouting(
                 **self._hdr(),  # type: ignore[arg-type]
                 recipient=v,
-                shares=routed,
-                shared=shared,
-                keys=tuple(self._adverts[w].key for w in dealers_of[v] if w not in known),
+                shares=RoutedShares(routed.gather(v)),
+                shared=tuple(self._shared_by(v).tolist()),
+                keys=tuple(
+                    self._adverts[w].key for w in routed.senders(v).tolist() if w not in known
+                ),
             )
         return Outbox(Stage.MASKED_INPUT, msgs)
 
     # --------------------------------------------------------------- stage 2
 
-    def _shared_by(self, u: int) -> tuple[int, ...]:
-        return tuple(h for h in self._dealt[u] if h in self._dealers_of)
+    def _dealers_of(self, v: int) -> np.ndarray:
+        """The members of U2 that dealt ``v`` a share (``v`` in U2; ascending)."""
+        return _NO_IDS if self._routed is None else self._routed.senders(v)
+
+    def _shared_by(self, u: int) -> np.ndarray:
+        """The holders of ``u``'s shares that are in U2 (ascending)."""
+        ids = self._shares[u].records.ids()
+        return ids[np.isin(ids, self._u2)]
+
+    def _tag(self, w: int, v: int) -> bytes | None:
+        """The masking tag owner ``w`` gave holder ``v`` with its input, or None."""
+        m = self._inputs.get(w)
+        return None if m is None else m.tag_records.tag(v)
 
     def _receive_masked_input(self, m: MaskedInput) -> None:
         u = m.sender
         if m.bits != self.config.modulus_bits or m.vector.shape[0] != self.dimension:
             raise InvalidMessage("masked input has the wrong modulus or dimension")
-        dealers = set(self._dealers_of.get(u, ()))
+        dealers = set(self._dealers_of(u).tolist()) if m.complaints else set()
         for c in m.complaints:
             if c.dealer not in dealers:
                 raise InvalidMessage(f"complaint by {u} about {c.dealer}, which dealt it nothing")
             P.verify(self.roster[u], c.signature, c.payload(self.ctx, u), what=f"complaint of {u}")
-        if tuple(h for h, _ in m.tags) != self._shared_by(u):
+        if u not in self._shares or not np.array_equal(m.tag_records.ids(), self._shared_by(u)):
             raise InvalidMessage(f"client {u} must tag exactly the holders that shared")
         P.verify(
             self.roster[u],
@@ -486,13 +548,16 @@ class ServerSession(AggregationServer):
         held.put(u, m.vector)
         np.add(self._sum, m.vector, out=self._sum)
         self._inputs[u] = dataclasses.replace(m, vector=np.zeros(1, dtype=m.vector.dtype))
-        self._tags[u] = dict(m.tags)
-        self._rejected[u] = {c.dealer: c for c in m.complaints}
+        if m.complaints:
+            self._rejected[u] = {c.dealer: c for c in m.complaints}
 
-    def _held_by(self, v: int) -> list[int]:
-        """Owners whose shares holder ``v`` accepted (server view)."""
-        rej = self._rejected.get(v, {})
-        return [w for w in self._dealers_of.get(v, ()) if w not in rej]
+    def _held_by(self, v: int) -> np.ndarray:
+        """Owners whose shares holder ``v`` accepted (server view; ascending)."""
+        dealers = self._dealers_of(v)
+        rej = self._rejected.get(v)
+        if not rej:
+            return dealers
+        return dealers[~np.isin(dealers, list(rej))]
 
     def _close_masked_input(self) -> Outbox:
         u3 = sorted(self._inputs)
@@ -505,8 +570,8 @@ class ServerSession(AggregationServer):
             )
         self._need(len(u3), "sent masked inputs")
         for v in u3:
-            for w, c in self._rejected[v].items():
-                dealt = self._dealt[w][v]
+            for w, c in self._rejected.get(v, {}).items():
+                dealt = self._dealt(w, v)
                 quoted = dealt.ephemeral_public + dealt.self_mask + dealt.mask_key
                 if not P.constant_time_equal(c.quoted(), quoted):
                     # What this server forwarded is what the dealer signed, so the holder
@@ -526,14 +591,14 @@ class ServerSession(AggregationServer):
                 elif w in self._inputs:
                     self._share_disputes.setdefault(w, []).append(v)
         live = [v for v in u3 if v not in self._excluded]
+        # Each holder gets the tags of the owners whose shares it accepted. An owner
+        # tagged exactly its holders in U2, each of which it dealt to, so it is among
+        # their dealers: only the holder's rejections are left out.
+        tags = _Regrouped({w: m.tag_records for w, m in self._inputs.items()})
         msgs = {}
         for v in live:
-            tags = tuple(
-                (w, self._tags[w][v])
-                for w in self._held_by(v)
-                if w in self._inputs and v in self._tags[w]
-            )
-            msgs[v] = Review(**self._hdr(), recipient=v, tags=tags)  # type: ignore[arg-type]
+            raw = tags.gather(v, skip=self._rejected.get(v, {}))
+            msgs[v] = Review(**self._hdr(), recipient=v, tags=Tags(raw))  # type: ignore[arg-type]
         return Outbox(Stage.REVIEW, msgs)
 
     # ----------------------------------------------------------- review, dispute
@@ -541,12 +606,21 @@ class ServerSession(AggregationServer):
     def _receive_review(self, m: ReviewResponse) -> None:
         v = m.sender
         P.verify(self.roster[v], m.signature, m.payload(self.ctx), what=f"review of {v}")
+        held = set(self._held_by(v).tolist()) if m.bad_tags else set()
         for w, tag in m.bad_tags:
-            if w not in self._inputs or w not in self._held_by(v):
+            given = self._tag(w, v)
+            if w not in held or given is None:
                 raise InvalidMessage(f"client {v} reports a tag {w} never gave it")
-            if not P.constant_time_equal(tag, self._tags[w][v]):
+            if not P.constant_time_equal(tag, given):
                 raise InvalidMessage(f"client {v} misquotes the tag of {w}")
         self._reviews[v] = m
+
+    def _tag_given(self, w: int, v: int) -> bytes:
+        """The tag of a disputed pair (one the holder quoted, so it exists)."""
+        tag = self._tag(w, v)
+        if tag is None:
+            raise ProtocolError(f"client {w} gave {v} no tag")
+        return tag
 
     def _close_review(self) -> Outbox:
         for v, m in self._reviews.items():
@@ -565,7 +639,7 @@ class ServerSession(AggregationServer):
                 if v not in self._excluded
             )
             tag_c = tuple(
-                (v, self._tags[w][v])
+                (v, self._tag_given(w, v))
                 for v in sorted(self._tag_disputes.get(w, ()))
                 if v not in self._excluded
             )
@@ -619,7 +693,7 @@ class ServerSession(AggregationServer):
             )
             return
         base = (*base, ("opening", resp.to_bytes()))
-        dealt = self._dealt[w][v]
+        dealt = self._dealt(w, v)
         try:
             eph = P.KeyPair.from_private_bytes(e)
         except (InvalidMessage, ValueError):
@@ -636,7 +710,7 @@ class ServerSession(AggregationServer):
         secret = P.dh(eph.private, self._adverts[v].key.enc_public)
         k_b, k_s, k_tag = share_keys_of(secret, self.ctx, w, v)
         if is_tag:
-            good = P.constant_time_equal(masking_tag(k_tag, self.ctx, w, v), self._tags[w][v])
+            good = P.constant_time_equal(masking_tag(k_tag, self.ctx, w, v), self._tag_given(w, v))
             bad_kind, lie_kind = MisbehaviourKind.BAD_TAG, MisbehaviourKind.FALSE_COMPLAINT
         else:
             try:
@@ -687,21 +761,17 @@ class ServerSession(AggregationServer):
         pos = self.roster.position
         for u in self._adverts:
             status[pos(u)] = STATUS_ADVERTISED
-        for u in self._dealers_of:
+        for u in self._u2.tolist():
             status[pos(u)] = STATUS_SHARED
         for u in alive:
             status[pos(u)] = STATUS_ALIVE
         self._status = status
-        partners: dict[int, tuple[int, ...]] = {}
-        for u in self._dealers_of:
-            partners[u] = tuple(sorted(set(self._shared_by(u)) | set(self._held_by(u))))
+        partners: dict[int, np.ndarray] = {}
+        for u in self._u2.tolist():
+            partners[u] = np.union1d(self._shared_by(u), self._held_by(u))
         self._partners = partners
-        alive_set = set(alive)
-        for p in alive:  # an honest server never produces a one-sided live pair
-            for q in partners[p]:
-                if q in alive_set and p not in partners[q]:
-                    raise ProtocolError(f"masking pair ({p}, {q}) is one-sided between survivors")
-        leaves = [graph_leaf(self.ctx, u, partners.get(u, ())) for u in self.roster.ids]
+        self._check_symmetric(alive)
+        leaves = [graph_leaf(self.ctx, u, partners.get(u, _NO_IDS)) for u in self.roster.ids]
         tree = P.merkle_tree(leaves)
         root = tree[-1][0]
         self._digest = consistency_digest(self.ctx, status, root)
@@ -716,6 +786,24 @@ class ServerSession(AggregationServer):
             for u in alive
         }
         return Outbox(Stage.CONSISTENCY_CHECK, msgs)
+
+    def _check_symmetric(self, alive: tuple[int, ...]) -> None:
+        """An honest server never produces a one-sided masking pair between survivors."""
+        if not alive:
+            return
+        alive_ids = np.asarray(alive, dtype=np.int64)
+        ps = [np.full(len(self._partners[p]), p, dtype=np.int64) for p in alive]
+        qs = [self._partners[p] for p in alive]
+        p_col, q_col = np.concatenate(ps), np.concatenate(qs)
+        live = np.isin(q_col, alive_ids)
+        p_col, q_col = p_col[live], q_col[live]
+        width = np.int64(1 << 31)  # ids are below 2^31
+        pairs = p_col * width + q_col
+        missing = ~np.isin(q_col * width + p_col, pairs)
+        if missing.any():
+            i = int(np.flatnonzero(missing)[0])
+            p, q = int(p_col[i]), int(q_col[i])
+            raise ProtocolError(f"masking pair ({p}, {q}) is one-sided between survivors")
 
     def _receive_consistency(self, m: ConsistencyResponse) -> None:
         u = m.sender
@@ -745,15 +833,16 @@ class ServerSession(AggregationServer):
         self._challenges[u] = m.indices
 
     def _close_challenge(self) -> Outbox:
-        alive = set(self._alive)
+        alive = np.asarray(self._alive, dtype=np.int64)
         msgs = {}
         for u, idx in sorted(self._challenges.items()):
             held = self._held_by(u)
+            lives = np.isin(held, alive)
             msgs[u] = UnmaskRequest(
                 **self._hdr(),  # type: ignore[arg-type]
                 signatures=tuple((i, self._signatures[i]) for i in idx),
-                survivors=tuple(w for w in held if w in alive),
-                dropped=tuple(w for w in held if w not in alive),
+                survivors=tuple(held[lives].tolist()),
+                dropped=tuple(held[~lives].tolist()),
             )
         # The replies to these requests let the server compute the sum.
         return Outbox(Stage.UNMASKING, msgs, reveals_sum=True)
@@ -763,27 +852,37 @@ class ServerSession(AggregationServer):
     def _receive_unmask(self, m: UnmaskResponse) -> None:
         v = m.sender
         P.verify(self.roster[v], m.signature, m.payload(self.ctx), what=f"reveal of {v}")
-        held = set(self._held_by(v))
-        alive = set(self._alive)
-        for k in m.keys:
-            if k.owner not in held:
-                raise InvalidMessage(
-                    f"client {v} reveals a key for {k.owner}, whose share it lacks"
-                )
-            want = SHARE_KIND_SELF_MASK if k.owner in alive else SHARE_KIND_MASK_KEY
-            if k.kind != want:
-                raise InvalidMessage(f"client {v} reveals the wrong share kind for {k.owner}")
-        for k in m.keys:
-            self._kinds_released.setdefault(k.owner, set()).add(k.kind)
-            self._revealed.setdefault((k.owner, k.kind), []).append((v, k.key))
+        keys = m.key_records
+        owners = keys.ids()
+        lacking = ~np.isin(owners, self._held_by(v))
+        if lacking.any():
+            owner = int(owners[np.flatnonzero(lacking)[0]])
+            raise InvalidMessage(f"client {v} reveals a key for {owner}, whose share it lacks")
+        want = np.where(
+            np.isin(owners, np.asarray(self._alive, dtype=np.int64)),
+            SHARE_KIND_SELF_MASK,
+            SHARE_KIND_MASK_KEY,
+        )
+        wrong = keys.kinds() != want
+        if wrong.any():
+            owner = int(owners[np.flatnonzero(wrong)[0]])
+            raise InvalidMessage(f"client {v} reveals the wrong share kind for {owner}")
         self._reveals[v] = m
 
     def _shares_of(self, owner: int, kind: int) -> list[tuple[int, int]]:
         """Decrypt every revealed share of ``owner``'s secret; attribute bad keys."""
+        if self._revealed is None:
+            self._revealed = _Regrouped({v: m.key_records for v, m in self._reveals.items()})
         points = []
-        for v, key in self._revealed.get((owner, kind), ()):
-            dealt = self._dealt[owner][v]
-            ct = dealt.self_mask if kind == SHARE_KIND_SELF_MASK else dealt.mask_key
+        dealt_to = self._shares[owner].records
+        for v, record in self._revealed.items(owner):
+            if record[0] != kind:
+                continue
+            key = record[1:]
+            i = dealt_to.find(v)
+            if i is None:  # _receive_unmask admits keys of held shares only
+                raise ProtocolError(f"client {v} revealed a key for a share {owner} never dealt")
+            ct = dealt_to[i].ciphertext(kind)
             try:
                 y = P.decode_element(P.unseal(key, ct, share_aad(self.ctx, kind, owner, v)))
             except InvalidMessage:
@@ -852,19 +951,21 @@ class ServerSession(AggregationServer):
             raise ProtocolError("unmasking before the excluded inputs left the sum")
         acc = self._sum.copy()
         alive = self._alive
-        alive_set = set(alive)
+        alive_ids = np.asarray(alive, dtype=np.int64)
         minus = [self_mask_key(self._recover(u, SHARE_KIND_SELF_MASK), self.ctx, u) for u in alive]
         plus: list[bytes] = []
-        needed = sorted({w for p in alive for w in self._partners[p] if w not in alive_set})
+        needed = np.setdiff1d(
+            np.concatenate([self._partners[p] for p in alive]) if alive else _NO_IDS, alive_ids
+        ).tolist()
         gone = {
             w: P.KeyPair.from_seed(self._recover(w, SHARE_KIND_MASK_KEY), self.ctx) for w in needed
         }
+        gone_ids = np.asarray(needed, dtype=np.int64)
         for p in alive:
             peer = self._adverts[p].key.mask_public
-            for w in self._partners[p]:
-                keys = gone.get(w)
-                if keys is None:
-                    continue
+            mates = self._partners[p]
+            for w in mates[np.isin(mates, gone_ids)].tolist():
+                keys = gone[w]
                 seed = pad_seed(P.dh(keys.private, peer), self.ctx, p, w)
                 # p added +PRG(s_pw) if p < w and -PRG(s_pw) otherwise; undo it.
                 (minus if p < w else plus).append(seed)
@@ -890,10 +991,19 @@ class ServerSession(AggregationServer):
 
     def never_held_both_kinds(self) -> None:
         """Raise :class:`ProtocolError` if any client's two secrets both reached the server."""
-        both = [u for u, kinds in self._kinds_released.items() if len(kinds) > 1]
+        both = [u for u, kinds in self.kinds_released.items() if len(kinds) > 1]
         if both:
             raise ProtocolError(f"server holds both share kinds of clients {both}")
 
     @property
     def kinds_released(self) -> dict[int, set[int]]:
-        return {u: set(k) for u, k in self._kinds_released.items()}
+        """For each owner, the share kinds some holder revealed to this server."""
+        owners = [m.key_records.ids() for m in self._reveals.values()]
+        kinds = [m.key_records.kinds().astype(np.int64) for m in self._reveals.values()]
+        if not owners:
+            return {}
+        pairs = np.unique(np.concatenate(owners) * 2 + np.concatenate(kinds))
+        out: dict[int, set[int]] = {}
+        for pair in pairs.tolist():
+            out.setdefault(pair // 2, set()).add(pair % 2)
+        return out

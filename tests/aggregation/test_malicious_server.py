@@ -551,7 +551,11 @@ class OpenAnyway(ServerSession):
                 session_id=self.session_id,
                 round_index=self.round_index,
                 recipient=v,
-                tags=tuple((w, self._tags[w][v]) for w in self._held_by(v) if w in self._inputs),
+                tags=tuple(
+                    (w, tag)
+                    for w in self._held_by(v).tolist()
+                    if (tag := self._tag(w, v)) is not None
+                ),
             )
             for v in live
         }
@@ -703,10 +707,9 @@ class LaxServer(ServerSession):
 
     def _receive_masked_input(self, m: MaskedInput) -> None:
         self._inputs[m.sender] = m
-        self._tags[m.sender] = dict(m.tags)
-        self._rejected[m.sender] = {}
         if m.sender == self.victim:
-            self._tags[m.sender] = {h: os.urandom(16) for h in self._dealt[m.sender]}
+            forged = tuple((h, os.urandom(16)) for h in self._shared_by(m.sender).tolist())
+            self._inputs[m.sender] = dataclasses.replace(m, tags=forged)
 
     def _need(self, count: int, what: str) -> None:
         return None

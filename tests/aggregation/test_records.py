@@ -1,0 +1,197 @@
+"""The record lists SecAgg messages hold their per-pair items in (shares, tags, revealed
+keys): the same items as a tuple would hold, the wire's checks, one ``bytes`` across a
+process boundary, and no per-pair Python object left in the server after a round."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aggregation import SecAggMode, ShareKeys, UnmaskResponse
+from aggregation._messages import (
+    SHARE_CIPHERTEXT_BYTES,
+    SHARE_KIND_MASK_KEY,
+    SHARE_KIND_SELF_MASK,
+    TAG_BYTES,
+    EncryptedShare,
+    EncryptedShares,
+    RevealedKey,
+    RevealedKeys,
+    RoutedShare,
+    RoutedShares,
+    Tags,
+)
+from aggregation._primitives import KEY_BYTES, SYMMETRIC_KEY_BYTES
+from privacy.errors import InvalidMessage
+from tests.aggregation import _harness as H
+
+_ids = st.lists(st.integers(0, 2**31 - 1), max_size=12, unique=True).map(sorted)
+
+
+def _items(kind: str, ids: list[int], draw: Any) -> list[Any]:
+    def b(n: int) -> bytes:
+        return draw(st.binary(min_size=n, max_size=n))
+
+    if kind == "shares":
+        return [
+            EncryptedShare(
+                recipient=i,
+                ephemeral_public=b(KEY_BYTES),
+                self_mask=b(SHARE_CIPHERTEXT_BYTES),
+                mask_key=b(SHARE_CIPHERTEXT_BYTES),
+            )
+            for i in ids
+        ]
+    if kind == "routed":
+        return [
+            RoutedShare(
+                dealer=i,
+                ephemeral_public=b(KEY_BYTES),
+                self_mask=b(SHARE_CIPHERTEXT_BYTES),
+                mask_key=b(SHARE_CIPHERTEXT_BYTES),
+            )
+            for i in ids
+        ]
+    if kind == "tags":
+        return [(i, b(TAG_BYTES)) for i in ids]
+    kinds = st.sampled_from([SHARE_KIND_SELF_MASK, SHARE_KIND_MASK_KEY])
+    return [RevealedKey(owner=i, kind=draw(kinds), key=b(SYMMETRIC_KEY_BYTES)) for i in ids]
+
+
+_TYPES = {"shares": EncryptedShares, "routed": RoutedShares, "tags": Tags, "keys": RevealedKeys}
+
+
+def _encode(kind: str, item: Any) -> bytes:
+    if kind == "tags":
+        return struct.pack(">I", item[0]) + item[1]
+    return bytes(item.encode())
+
+
+@settings(max_examples=80, deadline=None)
+@given(kind=st.sampled_from(sorted(_TYPES)), ids=_ids, data=st.data())
+def test_a_record_list_is_the_items_it_encodes(kind: str, ids: list[int], data: Any) -> None:
+    items = _items(kind, ids, data.draw)
+    recs = _TYPES[kind](items)
+    assert len(recs) == len(items)
+    assert list(recs) == items and [recs[i] for i in range(len(items))] == items
+    assert recs == tuple(items) and recs == items
+    assert recs.raw == b"".join(_encode(kind, x) for x in items)
+    assert _TYPES[kind](recs.raw) == recs and hash(_TYPES[kind](recs.raw)) == hash(recs)
+    assert pickle.loads(pickle.dumps(recs)) == recs
+    assert recs.ids().tolist() == ids
+    lo, hi = data.draw(st.integers(0, len(items))), data.draw(st.integers(0, len(items)))
+    assert list(recs[lo:hi]) == items[lo:hi] and list(recs[::2]) == items[::2]
+    for pos, i in enumerate(ids):
+        assert recs.find(i) == pos
+        assert recs.record(pos) == _encode(kind, items[pos])[4:]
+    absent = data.draw(st.integers(0, 2**31 - 1).filter(lambda i: i not in ids))
+    assert recs.find(absent) is None
+    if items:
+        assert recs[-1] == items[-1]
+        with pytest.raises(IndexError):
+            recs[len(items)]
+
+
+@pytest.mark.parametrize("cls", [EncryptedShares, RoutedShares, Tags, RevealedKeys])
+def test_a_record_list_refuses_what_the_wire_forbids(cls: Any) -> None:
+    size = cls.SIZE
+
+    def rec(i: int) -> bytes:
+        body = bytearray(size - 4)
+        if cls is RevealedKeys:
+            body[0] = SHARE_KIND_MASK_KEY
+        return struct.pack(">I", i) + bytes(body)
+
+    cls(rec(1) + rec(2))  # well-formed
+    for bad in (rec(2) + rec(1), rec(1) + rec(1), rec(2**31), (rec(1) + rec(2))[:-1]):
+        with pytest.raises(InvalidMessage):
+            cls(bad)
+    if cls is RevealedKeys:
+        wrong_kind = bytearray(rec(1))
+        wrong_kind[4] = 2
+        with pytest.raises(InvalidMessage, match="kind"):
+            cls(bytes(wrong_kind))
+    if cls is Tags:
+        for pairs in ([(1, bytes(TAG_BYTES - 1))], [(-1, bytes(TAG_BYTES))], [(1, "x" * 16)]):
+            with pytest.raises(InvalidMessage):
+                cls(pairs)
+
+
+_PAIR_FIELDS = {
+    "ShareKeys": "shares",
+    "ShareRouting": "shares",
+    "MaskedInput": "tags",
+    "Review": "tags",
+    "ReviewResponse": "bad_tags",
+    "DisputeRequest": "tag_complaints",
+    "UnmaskResponse": "keys",
+}
+
+
+def test_messages_hold_their_pairs_as_records_and_pickle_as_bytes() -> None:
+    rd = H.make_round(12, mode=SecAggMode.SECAGG, policy=H.SMALL_POLICY, d=5)
+    out = H.drive(rd)
+    assert out.aggregate is not None
+    seen = set()
+    for _, _, m in [*out.to_server, *out.to_client]:
+        field = _PAIR_FIELDS.get(type(m).__name__)
+        if field is None:
+            continue
+        value = getattr(m, field)
+        assert isinstance(value, (EncryptedShares, RoutedShares, Tags, RevealedKeys))
+        seen.add(type(m).__name__)
+        again = pickle.loads(pickle.dumps(m))
+        assert again.to_bytes() == m.to_bytes()
+        if len(value) > 4:
+            # Across a process boundary the pairs travel as one bytes object: the pickle
+            # is the wire size plus a fixed overhead, not ~100 bytes of object per pair.
+            assert len(pickle.dumps(m)) < len(m.to_bytes()) + 600, type(m).__name__
+    assert {"ShareKeys", "ShareRouting", "MaskedInput", "Review", "UnmaskResponse"} <= seen
+
+
+def _reachable(root: object) -> list[object]:
+    """Every object reachable from ``root`` (not descending into classes and modules)."""
+    seen: set[int] = set()
+    out: list[object] = []
+    todo = [root]
+    while todo:
+        o = todo.pop()
+        if id(o) in seen or isinstance(o, type) or type(o).__name__ == "module":
+            continue
+        seen.add(id(o))
+        out.append(o)
+        todo.extend(gc.get_referents(o))
+    return out
+
+
+def test_after_a_round_the_server_holds_no_python_object_per_share_tag_or_key() -> None:
+    """At n = 10,000 a SecAgg+ server sees ~10^6 shares, tags and revealed keys: held as
+    objects they cost the coordinator ~1 KB each. It must hold them as records only."""
+    rd = H.make_round(16, mode=SecAggMode.SECAGG, policy=H.SMALL_POLICY, d=5)
+    out = H.drive(rd)
+    assert out.aggregate is not None and len(rd.server.survivors) == 16
+    del out
+    held = _reachable(rd.server)
+    per_pair = [
+        o
+        for o in held
+        if isinstance(o, (EncryptedShare, RoutedShare, RevealedKey))
+        or (isinstance(o, tuple) and len(o) == 2 and isinstance(o[1], bytes) and len(o[1]) == 16)
+    ]
+    assert per_pair == []
+    # What the server holds per client is a bounded number of objects, whatever k is
+    # (here k = n - 1 = 15 shares per client, 225 pairs in all).
+    assert isinstance(rd.server._shares[0], ShareKeys)
+    assert sum(isinstance(o, np.ndarray) for o in held) < 40 * 16
+    assert all(
+        isinstance(m.keys, RevealedKeys)
+        for m in rd.server._reveals.values()
+        if isinstance(m, UnmaskResponse)
+    )
