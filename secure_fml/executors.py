@@ -17,9 +17,12 @@ seed (``run.insecure_seed``) they give the same state and the same ledger.
   of a round reaches a worker as one message per chunk of its clients' jobs (the
   simulation hands the executor at most 256 jobs at a time). The round's
   :class:`~secure_fml.messages.RoundStart` messages share one model array, one
-  settings object and one roster (one Peer per participant, O(n)); the three are sent
-  once per worker per round, with its first chunk, and every other message of the
-  round refers to them by pickle persistent ids. Masking runs in the
+  settings object and one roster (one Peer per participant, O(n)). The model (θ, and
+  α for Meta-SGD) is broadcast once per round through shared memory: the driver
+  writes it into one block per round, each worker copies it out once when the round
+  reaches it, and no pipe carries it. The roster and settings go once per worker per
+  round, with its first chunk; every message of the round refers to the three by
+  pickle persistent ids. Masking runs in the
   workers; the driver sees only the masked vectors and protocol messages, like any
   coordinator.
 
@@ -29,7 +32,9 @@ seed (``run.insecure_seed``) they give the same state and the same ledger.
   session died with the worker), so the protocol recovers them as it recovers any
   dropout. A client is pinned to its worker (round-robin on first sight).
 - :class:`RayExecutor` (``pip install 'secure-fml[ray]'``): the same workers as Ray
-  actors, on this machine or an existing Ray cluster (``simulation.ray_address``).
+  actors, on this machine or an existing Ray cluster (``simulation.ray_address``). The
+  model goes into Ray's object store once per round (``ray.put``); an actor reads it
+  from there, without a copy on its own node.
 
 The coordinator's aggregation sessions fold each input into a running sum as it
 arrives (SecAgg keeps the folded masked vectors aside, spilled to disk beyond a small
@@ -53,6 +58,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
+from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 import numpy as np
@@ -253,11 +259,18 @@ class _WorkerClients:
         return out, time.process_time() - cpu0
 
     def packed(
-        self, head: bytes | None, body: bytes
+        self, head: bytes | None, body: bytes, model: np.ndarray | None = None
     ) -> tuple[list[tuple[Any, UpdateInfo | None]], float]:
-        """:meth:`batch` of a message made by :func:`_pack`."""
+        """:meth:`batch` of a message made by :func:`_pack`; ``model``: the round's model
+        when it came beside the message (Ray's object store), not through the head."""
         if head is not None:
-            self.context = pickle.loads(head)
+            roster, ref, settings = pickle.loads(head)
+            if model is None:
+                model = ref.load() if isinstance(ref, _SharedArray) else ref
+            if model is None:
+                raise TransportError("a round's context came without its model")
+            model.setflags(write=False)
+            self.context = (roster, model, settings)
         descriptors, jobs = _ContextUnpickler(io.BytesIO(body), self.context).load()
         return self.batch(descriptors, jobs)
 
@@ -415,14 +428,93 @@ def _pack(
     jobs: Sequence[tuple[str, EngineMessage]],
     context: _Context | None,
     *,
-    fresh: bool,
+    model: _SharedArray | np.ndarray | _Beside | None,
 ) -> tuple[str, bytes | None, bytes]:
     """A worker's message: ("jobs", the round's context when it is new to the worker,
-    the jobs)."""
+    the jobs). ``model`` None: the worker holds the context already; otherwise what
+    stands for the model in the head (a shared block, the array itself when no block
+    could be made, or None beside a ``model`` that travels outside the message).
+
+    The head is (roster, model reference, settings); the jobs refer to the context's
+    objects by persistent id, so neither carries the model's bytes when it is shared."""
     buf = io.BytesIO()
     _ContextPickler(buf, context).dump((list(descriptors), list(jobs)))
-    head = pickle.dumps(context, pickle.HIGHEST_PROTOCOL) if fresh and context is not None else None
+    head = None
+    if context is not None and model is not None:
+        ref = None if isinstance(model, _Beside) else model
+        head = pickle.dumps((context[0], ref, context[2]), pickle.HIGHEST_PROTOCOL)
     return "jobs", head, buf.getvalue()
+
+
+@dataclass(frozen=True)
+class _SharedArray:
+    """A read-only array in a named shared-memory block (what the head carries)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def load(self) -> np.ndarray:
+        """A private copy of the array (one copy per worker per round); the block is
+        closed at once, so the driver may unlink it whenever it likes after."""
+        block = SharedMemory(name=self.name)
+        try:
+            view: np.ndarray = np.ndarray(self.shape, np.dtype(self.dtype), buffer=block.buf)
+            out = view.copy()
+            del view
+        finally:
+            block.close()
+        return out
+
+
+class _Beside:
+    """Model marker: the model travels beside the message (Ray), not in its head."""
+
+
+_BESIDE = _Beside()
+
+
+class _SharedModels:
+    """The driver's side of the pool's broadcast: the current round's model in one
+    shared-memory block, written once; the previous round's block is unlinked when the
+    next round's is made (every worker that read it has answered since), the last one on
+    :meth:`release`."""
+
+    def __init__(self) -> None:
+        self._of: np.ndarray | None = None
+        self._block: SharedMemory | None = None
+        self._ref: _SharedArray | np.ndarray | None = None
+        self._warned = False
+
+    def ref(self, model: np.ndarray) -> _SharedArray | np.ndarray:
+        if model is self._of and self._ref is not None:
+            return self._ref
+        self.release()
+        self._of = model
+        try:
+            block = _new_block(model.nbytes)
+        except OSError as e:
+            if not self._warned:
+                log.warning("no shared memory for the model broadcast (%s); it goes by pipe", e)
+                self._warned = True
+            self._ref = model
+            return model
+        np.ndarray(model.shape, model.dtype, buffer=block.buf)[...] = model
+        self._block = block
+        self._ref = _SharedArray(block.name, tuple(model.shape), model.dtype.str)
+        return self._ref
+
+    def release(self) -> None:
+        block, self._block, self._of, self._ref = self._block, None, None, None
+        if block is not None:
+            block.close()
+            with contextlib.suppress(FileNotFoundError):
+                block.unlink()
+
+
+def _new_block(nbytes: int) -> SharedMemory:
+    """A fresh shared-memory block of at least ``nbytes`` (one byte for an empty model)."""
+    return SharedMemory(create=True, size=max(1, nbytes))
 
 
 class _Worker:
@@ -589,6 +681,7 @@ class PoolExecutor(_PinnedExecutor):
             # The fork server imports the library once; workers fork from it (fast).
             self._ctx.set_forkserver_preload(["secure_fml.executors", "secure_fml.simulation"])
         self._workers: list[_Worker | None] = [None] * workers
+        self._shared = _SharedModels()
 
     def pids(self) -> list[int | None]:
         """Process ids of the live workers (None: not started yet)."""
@@ -628,8 +721,9 @@ class PoolExecutor(_PinnedExecutor):
             w = self._worker(i)
             context = self._contexts.of(batch)
             fresh = context is not None and context is not w.context
+            model = self._shared.ref(context[1]) if fresh and context is not None else None
             try:
-                w.conn.send(_pack(descriptors, batch, context, fresh=fresh))
+                w.conn.send(_pack(descriptors, batch, context, model=model))
             except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
                 self._lost(w, positions, out, jobs)
                 continue
@@ -669,6 +763,7 @@ class PoolExecutor(_PinnedExecutor):
             if w is not None:
                 w.stop()
         self._workers = [None] * len(self._workers)
+        self._shared.release()
         self._closed = True
 
 
@@ -696,9 +791,11 @@ class _RayWorker:
         return os.getpid()
 
     def packed(
-        self, head: bytes | None, body: bytes
+        self, head: bytes | None, body: bytes, model: np.ndarray | None
     ) -> tuple[list[tuple[Any, UpdateInfo | None]], float]:
-        return self.clients.packed(head, body)
+        # ``model``: the round's model, resolved by Ray from the object store (read-only,
+        # zero-copy on this node), or None when this actor holds the round already.
+        return self.clients.packed(head, body, model)
 
 
 class RayExecutor(_PinnedExecutor):
@@ -738,6 +835,15 @@ class RayExecutor(_PinnedExecutor):
         #: (actor, the round context it holds) per worker (see _ContextPickler): a replacement
         #: actor holds none. Ray runs one caller's calls to an actor in call order.
         self._held: list[tuple[Any, _Context] | None] = [None] * n
+        #: (model, its object ref): this round's model, put in the object store once.
+        self._model: tuple[np.ndarray, Any] | None = None
+
+    def _put(self, model: np.ndarray) -> Any:
+        """The object ref of this round's model (``ray.put`` once per round; the
+        previous round's ref is dropped, so Ray may free it)."""
+        if self._model is None or self._model[0] is not model:
+            self._model = (model, self._ray.put(model))
+        return self._model[1]
 
     def _actor(self, i: int) -> Any:
         if self._closed:
@@ -765,8 +871,13 @@ class RayExecutor(_PinnedExecutor):
             fresh = context is not None and (
                 held is None or held[0] is not actor or held[1] is not context
             )
-            _, head, body = _pack(descriptors, batch, context, fresh=fresh)
-            pending[actor.packed.remote(head, body)] = (i, positions)
+            ref = None
+            if fresh and context is not None:
+                ref = self._put(context[1])
+            _, head, body = _pack(
+                descriptors, batch, context, model=_BESIDE if ref is not None else None
+            )
+            pending[actor.packed.remote(head, body, ref)] = (i, positions)
             if fresh and context is not None:
                 self._held[i] = (actor, context)
         while pending:
@@ -790,6 +901,7 @@ class RayExecutor(_PinnedExecutor):
                 with contextlib.suppress(Exception):
                     self._ray.kill(a)
         self._actors = [None] * len(self._actors)
+        self._model = None
         self._closed = True
         if self._owns_ray:
             self._ray.shutdown()

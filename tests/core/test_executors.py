@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import signal
 import warnings
 from collections.abc import Callable
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
 
@@ -406,13 +408,14 @@ def test_cli_simulate_with_the_pool(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pool", "ray"])
-def test_a_rounds_roster_and_model_go_to_each_worker_once(
+def test_a_rounds_model_is_broadcast_once_and_its_roster_goes_to_each_worker_once(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Chunks of 4 jobs: each worker gets several chunks of round starts per round, all
-    # sharing the round's roster. The roster goes to a worker with its first chunk of
-    # the round only; the later chunks refer to it (and the round still computes what
-    # the sequential executor computes).
+    # sharing the round's roster and model. The roster goes to a worker with its first
+    # chunk of the round only; the later chunks refer to it. The model goes through no
+    # message at all: once per round into shared memory (the pool) or Ray's object
+    # store. The round still computes what the sequential executor computes.
     if kind == "ray":
         ray = pytest.importorskip(
             "ray", reason="Ray is the optional extra secure-fml[ray] (an ~80 MB wheel)"
@@ -420,22 +423,40 @@ def test_a_rounds_roster_and_model_go_to_each_worker_once(
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     monkeypatch.setattr(simulation, "_REPLY_CHUNK", 4)
     sent: list[tuple[int, int]] = []  # (round, roster size) of every roster sent
-    models: list[tuple[int, int, int]] = []  # per message: round, model copies in head, body
+    copies: list[int] = []  # per message: the model's bytes found in head and body
+    refs: list[tuple[int, Any]] = []  # (round, the model reference of every head)
+    broadcast: list[bytes] = []  # one entry per broadcast (block name / model bytes)
     pack = executors._pack
 
-    def spy(descriptors: Any, jobs: Any, context: Any, *, fresh: bool) -> Any:
-        msg = pack(descriptors, jobs, context, fresh=fresh)
+    def spy(descriptors: Any, jobs: Any, context: Any, *, model: Any) -> Any:
+        msg = pack(descriptors, jobs, context, model=model)
         if msg[1] is not None:
-            sent.append((jobs[0][1].round, len(context[0])))
+            roster, ref, _ = pickle.loads(msg[1])
+            sent.append((jobs[0][1].round, len(roster)))
+            refs.append((jobs[0][1].round, ref))
         if context is not None:
-            # The model's raw float32 bytes: in the round's first message to a worker
-            # (its context), never inside any message's jobs.
             raw = context[1].tobytes()
-            head = msg[1] or b""
-            models.append((jobs[0][1].round, head.count(raw), msg[2].count(raw)))
+            copies.append((msg[1] or b"").count(raw) + msg[2].count(raw))
         return msg
 
     monkeypatch.setattr(executors, "_pack", spy)
+    if kind == "pool":
+        new_block = executors._new_block
+
+        def block_spy(nbytes: int) -> Any:
+            block = new_block(nbytes)
+            broadcast.append(block.name.encode())
+            return block
+
+        monkeypatch.setattr(executors, "_new_block", block_spy)
+    else:
+        put = ray.put
+
+        def put_spy(value: Any, **kw: Any) -> Any:
+            broadcast.append(np.asarray(value).tobytes())
+            return put(value, **kw)
+
+        monkeypatch.setattr(ray, "put", put_spy)
     over: dict[str, Any] = {
         "secure_aggregation": {"protocol": "none"},
         "privacy": {"enabled": False},
@@ -449,7 +470,42 @@ def test_a_rounds_roster_and_model_go_to_each_worker_once(
         if kind == "ray":
             ray.shutdown()
     assert sorted(sent) == [(r, 24) for r in (1, 1, 2, 2, 3, 3)]
-    # The model likewise: once per worker per round, however many chunks the round has.
-    assert len(models) > 6 and all(b == 0 for _, _, b in models)
-    assert sorted((r, h) for r, h, _ in models if h) == [(r, 1) for r in (1, 1, 2, 2, 3, 3)]
+    assert len(copies) > 6 and copies == [0] * len(copies)  # no message carries the model
+    # One broadcast per round, whatever the number of workers and chunks.
+    assert len(broadcast) == 3
+    if kind == "pool":
+        # The heads name the round's block; both workers of a round name the same one.
+        names = {r: {ref.name for rr, ref in refs if rr == r} for r in (1, 2, 3)}
+        assert all(len(v) == 1 for v in names.values())
+        assert len(set().union(*names.values())) == 3
+        # Every block is unlinked once its round is over (the last one at close).
+        for name in set().union(*names.values()):
+            with pytest.raises(FileNotFoundError):
+                SharedMemory(name=name)
+    else:
+        assert all(ref is None for _, ref in refs)  # the model came beside the message
     assert np.array_equal(states["sequential"], states[kind])
+
+
+def test_a_shared_model_reads_back_bit_exact_and_read_only() -> None:
+    shared = executors._SharedModels()
+    model = np.random.default_rng(0).standard_normal(1001).astype(np.float32)
+    try:
+        ref = shared.ref(model)
+        assert isinstance(ref, executors._SharedArray)
+        assert shared.ref(model) is ref  # one block per model (per round)
+        clients = executors._WorkerClients.__new__(executors._WorkerClients)
+        clients.context = None
+        _, head, body = executors._pack([], [], (("peer",), model, "settings"), model=ref)
+        assert head is not None and model.tobytes() not in head + body
+        clients.packed(head, body)
+        roster, got, settings = clients.context  # type: ignore[misc]
+        assert (roster, settings) == (("peer",), "settings")
+        assert got.dtype == model.dtype and got.tobytes() == model.tobytes()
+        assert not got.flags.writeable
+        other = model + 1
+        assert shared.ref(other).name != ref.name  # type: ignore[union-attr]
+        with pytest.raises(FileNotFoundError):
+            SharedMemory(name=ref.name)  # the previous round's block is gone
+    finally:
+        shared.release()
