@@ -206,7 +206,13 @@ class Site(ClientPipeline):
         self._epsilon_after: float | None = None
         self._eps_cache = EpsilonCache()
         log.info("site %s policy: %s", name, policy.describe())
-        # Computed once now (it loads the accountant), so no later release waits on it.
+        # Load the accountant now: its first epsilon imports Opacus (about 2 s here, many
+        # more on a loaded host), which would otherwise come out of the first round's
+        # training deadline. An empty ledger's epsilon is 0 without it, so compose one
+        # throwaway release.
+        warm = privacy.create_accountant("rdp")
+        warm.step(noise_multiplier=1.0, sample_rate=1.0)
+        warm.get_epsilon(policy.delta)
         log.info(
             "site %s ledger %s: %d release(s), epsilon %.4g against the coordinator (delta %g)",
             name,

@@ -97,3 +97,30 @@ def test_sites_keep_their_own_ledgers_and_budgets(pki: Path, tmp_path: Path) -> 
     )
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "alpha" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_a_new_site_has_loaded_its_accountant_before_it_joins(tmp_path: Path) -> None:
+    """The first epsilon imports the accountant's library (seconds on a loaded host): a
+    site pays that while it is built, never out of its first round's training deadline
+    (a CI run once lost round 1 of a live deployment to it). A fresh interpreter, since
+    this one has imported everything already."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from tests.deploy import _harness as H\n"
+        f"tmp = Path({str(tmp_path)!r})\n"
+        "pki = H.make_pki(tmp / 'pki', ('alpha',))\n"
+        "site = H.make_site(H.small_config(dp=True), pki, 'alpha', 'client_00',"
+        " state_dir=tmp / 'alpha')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opacus.accountants')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "opacus.accountants.analysis.rdp" in out.stdout, out.stdout
