@@ -66,7 +66,8 @@ def make_round(
 ) -> Round:
     """A fresh round. ``policy`` is every client's policy and, unless ``cfg_kw`` says
     otherwise, what the config is derived from. ``deterministic`` seeds every client's
-    CSPRNG from ``seed`` (insecure test mode), so probabilistic checks replay exactly."""
+    CSPRNG and identity key from ``seed`` (insecure test mode), so probabilistic checks
+    and hypothesis examples replay exactly."""
     pol = policy or ClientPolicy()
     kw: dict[str, object] = {
         "max_dropout_fraction": pol.max_dropout_fraction,
@@ -82,7 +83,12 @@ def make_round(
     rng = np.random.default_rng(seed)
     sid = rng.bytes(16)
     model = hashlib.sha256(b"model" + sid).digest()
-    ids = {i: Ed25519PrivateKey.generate() for i in range(n)}
+    ids = {
+        i: Ed25519PrivateKey.from_private_bytes(rng.bytes(32))
+        if deterministic
+        else Ed25519PrivateKey.generate()
+        for i in range(n)
+    }
     roster = Roster({i: k.public_key() for i, k in ids.items()})
     x = {i: rng.integers(-1000, 1000, size=d).astype(np.int64) for i in range(n)}
     clients = {}
