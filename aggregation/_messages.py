@@ -236,7 +236,7 @@ class _Records(Sequence[_RI]):
     @classmethod
     def of(cls: type[_RS], items: bytes | Iterable[Any]) -> _RS:
         """``items`` as records of this type (itself if it already is)."""
-        return items if type(items) is cls else cls(items)
+        return items if isinstance(items, cls) else cls(items)
 
     @staticmethod
     def _encode(item: Any) -> bytes:
@@ -251,6 +251,15 @@ class _Records(Sequence[_RI]):
     def _column(self, offset: int, dtype: str) -> np.ndarray:
         n = len(self._raw) // self.SIZE
         return np.ndarray((n,), dtype=dtype, buffer=self._raw, offset=offset, strides=(self.SIZE,))
+
+    @classmethod
+    def _kind(cls) -> type[_Records[Any]]:
+        """The record type (a view of records, such as a server's lazily gathered
+        forwarded shares, compares, hashes and pickles as the records it shows)."""
+        for c in cls.__mro__:
+            if _Records in c.__bases__:
+                return c
+        raise TypeError(f"{cls.__name__} is not a record type")
 
     @property
     def raw(self) -> bytes:
@@ -305,19 +314,19 @@ class _Records(Sequence[_RI]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, _Records):
-            return type(other) is type(self) and other.raw == self._raw
+            return other._kind() is self._kind() and other.raw == self._raw
         if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
             return tuple(self) == tuple(other)
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self._raw))
+        return hash((self._kind().__name__, self._raw))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({list(self)!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self._raw,))
+        return (self._kind(), (self._raw,))
 
 
 class Tags(_Records[tuple[int, bytes]]):
