@@ -27,7 +27,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aggregation import _primitives as P
-from aggregation._accumulate import HeldInputs
+from aggregation._accumulate import HeldInputs, SpilledBytes
 from aggregation._client import (
     graph_leaf,
     masking_tag,
@@ -53,6 +53,7 @@ from aggregation._messages import (
     DisputeRequest,
     DisputeResponse,
     EncryptedShare,
+    EncryptedShares,
     MaskedInput,
     Message,
     NeighbourKeys,
@@ -162,6 +163,35 @@ class _Forwarded(RoutedShares):
         return self._table.gather(self._target)
 
 
+class _Spilled(EncryptedShares):
+    """A dealer's checked shares as the server keeps them: the records in the round's
+    spill store (memory flat in n beyond a small budget), their ids in memory. A read
+    fetches what it needs: one record (routing), or all of them (a dispute's evidence).
+    It compares, hashes and pickles as the :class:`EncryptedShares` it shows."""
+
+    __slots__ = ("_ids", "_key", "_store")
+
+    def __init__(self, store: SpilledBytes, key: int, records: EncryptedShares) -> None:
+        store.put(key, records.raw)
+        ids = records.ids()
+        ids.setflags(write=False)
+        self._store, self._key, self._ids = store, key, ids
+
+    @property
+    def _raw(self) -> bytes:  # type: ignore[override]  # read from the store, not held
+        return self._store.get(self._key)
+
+    def ids(self) -> np.ndarray:
+        return self._ids
+
+    def __len__(self) -> int:
+        return int(self._ids.size)
+
+    def record(self, i: int) -> bytes:
+        s = self.SIZE
+        return self._store.read(self._key, i * s + 4, s - 4)
+
+
 class ServerSession(AggregationServer):
     """The server of one round, driven through the uniform stage interface
     (:meth:`receive`, :meth:`close_stage`, :attr:`expected`; see
@@ -189,13 +219,14 @@ class ServerSession(AggregationServer):
         dimension: int,
         min_inputs: int | None = None,
         input_memory_bytes: int = 4 << 20,
+        share_memory_bytes: int = 4 << 20,
     ) -> None:
-        if (
-            not isinstance(input_memory_bytes, int)
-            or isinstance(input_memory_bytes, bool)
-            or input_memory_bytes < 0
+        for name, budget in (
+            ("input_memory_bytes", input_memory_bytes),
+            ("share_memory_bytes", share_memory_bytes),
         ):
-            raise ConfigError("input_memory_bytes must be an int >= 0")
+            if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
+                raise ConfigError(f"{name} must be an int >= 0")
         if min_inputs is not None and (
             not isinstance(min_inputs, int) or isinstance(min_inputs, bool) or min_inputs < 1
         ):
@@ -240,8 +271,10 @@ class ServerSession(AggregationServer):
         self._awaiting: set[int] = set(roster.ids)
         self._adverts: dict[int, AdvertiseKeys] = {}
         self._draws: dict[int, tuple[int, ...]] = {}
-        #: Each dealer's signed shares (held as records, see _messages.EncryptedShares).
+        #: Each dealer's signed shares, their records spilled to disk beyond
+        #: ``share_memory_bytes`` (see _Spilled).
         self._shares: dict[int, ShareKeys] = {}
+        self._share_store = SpilledBytes(memory_bytes=share_memory_bytes)
         #: U2, and the shares of U2 regrouped by holder (set when sharing closes).
         self._u2: np.ndarray = _NO_IDS
         self._routed: _Regrouped | None = None
@@ -492,7 +525,7 @@ class ServerSession(AggregationServer):
             except InvalidMessage as exc:
                 self._record(MisbehaviourKind.BAD_SHARE_MESSAGE, u, str(exc), parts())
                 raise
-        self._shares[u] = m
+        self._shares[u] = dataclasses.replace(m, shares=_Spilled(self._share_store, u, m.records))
 
     def _dealt(self, w: int, v: int) -> EncryptedShare:
         """The share dealer ``w`` dealt holder ``v``, as ``w`` signed it."""

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregation import SecAggMode, ShareKeys, ShareRouting, Stage, UnmaskResponse
+from aggregation import SecAggMode, ServerSession, ShareKeys, ShareRouting, Stage, UnmaskResponse
 from aggregation._messages import (
     SHARE_CIPHERTEXT_BYTES,
     SHARE_KIND_MASK_KEY,
@@ -246,3 +246,39 @@ def test_the_routing_outbox_gathers_forwarded_shares_when_read_and_holds_none() 
                 dealt.self_mask,
                 dealt.mask_key,
             )
+
+
+@pytest.mark.parametrize("budget", [0, 1 << 22], ids=["disk", "memory"])
+def test_the_server_keeps_the_shares_it_checked_in_its_spill_store(budget: int) -> None:
+    """A SecAgg+ server keeps every dealer's signed shares (n·k records) until the round
+    ends, for routing, recovery and evidence: beyond its budget they are on disk, and
+    every read (routing, recovery, the evidence bytes) is what the dealer signed."""
+    rd = H.make_round(40, mode=SecAggMode.SECAGG_PLUS, policy=H.SMALL_POLICY, d=4)
+    rd.server = ServerSession(
+        rd.cfg,
+        identity_keys=rd.roster,
+        session_id=rd.sid,
+        round_index=7,
+        model_hash=rd.model,
+        dimension=rd.d,
+        share_memory_bytes=budget,
+    )
+    out = H.drive(rd, H.InMemoryNetwork({3: Stage.MASKED_INPUT}))  # 3's masks recovered
+    agg = out.aggregate
+    assert agg is not None and 3 not in agg.contributors and len(agg.contributors) == 39
+    assert np.array_equal(H.lifted(rd, agg.total), H.plain_sum(rd, agg.contributors))
+    sent = out.replies(Stage.SHARE_KEYS)
+    assert sorted(rd.server._shares) == sorted(sent) == list(range(40))
+    for u, m in sent.items():
+        kept = rd.server._shares[u]
+        assert kept.to_bytes() == m.to_bytes() and kept == m
+        assert kept.records.ids().tolist() == m.records.ids().tolist()
+        assert [kept.records.record(i) for i in range(len(m.records))] == [
+            m.records.record(i) for i in range(len(m.records))
+        ]
+    if budget == 0:
+        # The records are not among the server's objects: everything else it holds as
+        # bytes (tags, revealed keys, signatures, public keys) is less than they are.
+        dealt = sum(len(m.records.raw) for m in sent.values())
+        held = sum(len(o) for o in _reachable(rd.server) if isinstance(o, bytes))
+        assert held < dealt, (held, dealt)

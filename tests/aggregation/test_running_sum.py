@@ -147,6 +147,7 @@ def _secure_round(
         model_hash=rd.model,
         dimension=rd.d,
         input_memory_bytes=0 if spill else 1 << 20,
+        share_memory_bytes=0 if spill else 1 << 20,
     )
     budget = LOOSE.missing(n) - int(liar)
     dropped = data.draw(st.lists(st.integers(0, n - 1), max_size=max(budget, 0), unique=True))
