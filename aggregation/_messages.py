@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import operator
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -167,6 +168,8 @@ def round_context(
 
 
 def ids_bytes(ids: Sequence[int] | np.ndarray) -> bytes:
+    if isinstance(ids, Ids):
+        return struct.pack(">I", len(ids)) + ids.raw
     if isinstance(ids, np.ndarray):
         return struct.pack(">I", len(ids)) + ids.astype(">u4").tobytes()
     return struct.pack(">I", len(ids)) + b"".join(struct.pack(">I", i) for i in ids)
@@ -181,6 +184,10 @@ def _read_ids(r: _Reader) -> tuple[int, ...]:
     if any(b <= a for a, b in itertools.pairwise(ids)):
         raise InvalidMessage("client id list must be strictly increasing (no duplicates)")
     return ids
+
+
+def _read_id_records(r: _Reader) -> Ids:
+    return Ids(r.take(4 * r.count(4)))
 
 
 def _check_ids(ids: Sequence[int], what: str) -> None:
@@ -327,6 +334,26 @@ class _Records(Sequence[_RI]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self._kind(), (self._raw,))
+
+
+class Ids(_Records[int]):
+    """Client ids in strictly increasing order, held as one ``bytes`` object (a u32 each).
+
+    The id lists a SecAgg+ server keeps or sends one of per client (each holder draw, the
+    holders that shared) hold n·k ids in all: 4 bytes each here, about 36 as Python ints
+    in a tuple. It reads, compares and iterates as the ints it holds.
+    """
+
+    __slots__ = ()
+    SIZE = 4
+    WHAT = "client ids"
+
+    @staticmethod
+    def _encode(item: Any) -> bytes:
+        return struct.pack(">I", operator.index(item))
+
+    def _decode(self, record: bytes) -> int:
+        return int.from_bytes(record, "big")
 
 
 class Tags(_Records[tuple[int, bytes]]):
@@ -494,13 +521,14 @@ class AdvertiseKeys(Message):
     TYPE: ClassVar[int] = 1
     key: PeerKey
     seed_commitment: bytes
-    neighbours: tuple[int, ...]
+    #: Held as :class:`Ids` (a tuple of ints is converted and checked).
+    neighbours: Sequence[int]
     commitment_signature: bytes
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _sized(self.seed_commitment, HASH_BYTES, "seed_commitment")
-        _check_ids(self.neighbours, "neighbours")
+        object.__setattr__(self, "neighbours", Ids.of(self.neighbours))
         _sized(self.commitment_signature, SIGNATURE_BYTES, "commitment signature")
 
     @property
@@ -534,7 +562,7 @@ class AdvertiseKeys(Message):
             round_index=rnd,
             key=PeerKey.decode(r),
             seed_commitment=r.take(HASH_BYTES),
-            neighbours=_read_ids(r),
+            neighbours=_read_id_records(r),
             commitment_signature=r.take(SIGNATURE_BYTES),
         )
 
@@ -746,13 +774,14 @@ class ShareRouting(Message):
     recipient: int
     #: Held as :class:`RoutedShares` (a tuple of shares is converted).
     shares: Sequence[RoutedShare]
-    shared: tuple[int, ...]
+    #: Held as :class:`Ids` (a tuple of ints is converted and checked).
+    shared: Sequence[int]
     keys: tuple[PeerKey, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "shares", RoutedShares.of(self.shares))
-        _check_ids(self.shared, "holders that shared")
+        object.__setattr__(self, "shared", Ids.of(self.shared))
         _check_ids([k.client_id for k in self.keys], "dealer keys")
 
     def body(self) -> bytes:
@@ -769,7 +798,7 @@ class ShareRouting(Message):
         recipient = r.u32()
         n = r.count(RoutedShare.BYTES)
         shares = RoutedShares(r.take(n * RoutedShare.BYTES))
-        shared = _read_ids(r)
+        shared = _read_id_records(r)
         m = r.count(PeerKey.BYTES)
         keys = tuple(PeerKey.decode(r) for _ in range(m))
         return cls(

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import struct
 import time
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,7 @@ from aggregation._messages import (
     DisputeResponse,
     EncryptedShare,
     EncryptedShares,
+    Ids,
     MaskedInput,
     Message,
     NeighbourKeys,
@@ -270,7 +271,7 @@ class ServerSession(AggregationServer):
         self._stage = Stage.ADVERTISE_KEYS
         self._awaiting: set[int] = set(roster.ids)
         self._adverts: dict[int, AdvertiseKeys] = {}
-        self._draws: dict[int, tuple[int, ...]] = {}
+        self._draws: dict[int, Sequence[int]] = {}
         #: Each dealer's signed shares, their records spilled to disk beyond
         #: ``share_memory_bytes`` (see _Spilled).
         self._shares: dict[int, ShareKeys] = {}
@@ -338,7 +339,7 @@ class ServerSession(AggregationServer):
 
     def draws(self, client_id: int) -> tuple[int, ...]:
         """The holders ``client_id`` drew, as it announced them."""
-        return self._draws[client_id]
+        return tuple(self._draws[client_id])
 
     def partners(self, client_id: int) -> tuple[int, ...]:
         """Everyone ``client_id`` masked with (its masking set in the agreed graph)."""
@@ -476,7 +477,7 @@ class ServerSession(AggregationServer):
                 msg = f"client {u} announced a holder draw in a complete-graph round"
                 self._record(MisbehaviourKind.BAD_ADVERTISEMENT, u, msg, parts)
                 raise InvalidMessage(msg)
-            draws = tuple(i for i in self.roster.ids if i != u)
+            draws: Sequence[int] = tuple(i for i in self.roster.ids if i != u)
         else:
             nb = m.neighbours
             if len(nb) != self.config.k or u in nb or any(i not in self.roster for i in nb):
@@ -549,7 +550,7 @@ class ServerSession(AggregationServer):
                 **self._hdr(),  # type: ignore[arg-type]
                 recipient=v,
                 shares=_Forwarded(routed, v),
-                shared=tuple(self._shared_by(v).tolist()),
+                shared=Ids(self._shared_by(v).astype(">u4").tobytes()),
                 keys=tuple(
                     self._adverts[w].key for w in routed.senders(v).tolist() if w not in known
                 ),

@@ -23,6 +23,7 @@ from aggregation._messages import (
     TAG_BYTES,
     EncryptedShare,
     EncryptedShares,
+    Ids,
     RevealedKey,
     RevealedKeys,
     RoutedShare,
@@ -62,16 +63,26 @@ def _items(kind: str, ids: list[int], draw: Any) -> list[Any]:
         ]
     if kind == "tags":
         return [(i, b(TAG_BYTES)) for i in ids]
+    if kind == "ids":
+        return list(ids)
     kinds = st.sampled_from([SHARE_KIND_SELF_MASK, SHARE_KIND_MASK_KEY])
     return [RevealedKey(owner=i, kind=draw(kinds), key=b(SYMMETRIC_KEY_BYTES)) for i in ids]
 
 
-_TYPES = {"shares": EncryptedShares, "routed": RoutedShares, "tags": Tags, "keys": RevealedKeys}
+_TYPES = {
+    "shares": EncryptedShares,
+    "routed": RoutedShares,
+    "tags": Tags,
+    "keys": RevealedKeys,
+    "ids": Ids,
+}
 
 
 def _encode(kind: str, item: Any) -> bytes:
     if kind == "tags":
         return struct.pack(">I", item[0]) + item[1]
+    if kind == "ids":
+        return struct.pack(">I", item)
     return bytes(item.encode())
 
 
@@ -100,7 +111,7 @@ def test_a_record_list_is_the_items_it_encodes(kind: str, ids: list[int], data: 
             recs[len(items)]
 
 
-@pytest.mark.parametrize("cls", [EncryptedShares, RoutedShares, Tags, RevealedKeys])
+@pytest.mark.parametrize("cls", [EncryptedShares, RoutedShares, Tags, RevealedKeys, Ids])
 def test_a_record_list_refuses_what_the_wire_forbids(cls: Any) -> None:
     size = cls.SIZE
 
@@ -119,6 +130,10 @@ def test_a_record_list_refuses_what_the_wire_forbids(cls: Any) -> None:
         wrong_kind[4] = 2
         with pytest.raises(InvalidMessage, match="kind"):
             cls(bytes(wrong_kind))
+    if cls is Ids:
+        for ints in ([2, 1], [1, 1], [-1], [2**31], [1.5], ["1"]):
+            with pytest.raises(InvalidMessage):
+                cls(ints)
     if cls is Tags:
         for pairs in ([(1, bytes(TAG_BYTES - 1))], [(-1, bytes(TAG_BYTES))], [(1, "x" * 16)]):
             with pytest.raises(InvalidMessage):
@@ -133,6 +148,7 @@ _PAIR_FIELDS = {
     "ReviewResponse": "bad_tags",
     "DisputeRequest": "tag_complaints",
     "UnmaskResponse": "keys",
+    "AdvertiseKeys": "neighbours",
 }
 
 
@@ -146,7 +162,7 @@ def test_messages_hold_their_pairs_as_records_and_pickle_as_bytes() -> None:
         if field is None:
             continue
         value = getattr(m, field)
-        assert isinstance(value, (EncryptedShares, RoutedShares, Tags, RevealedKeys))
+        assert isinstance(value, (EncryptedShares, RoutedShares, Tags, RevealedKeys, Ids))
         seen.add(type(m).__name__)
         again = pickle.loads(pickle.dumps(m))
         assert again.to_bytes() == m.to_bytes()
@@ -231,6 +247,9 @@ def test_the_routing_outbox_gathers_forwarded_shares_when_read_and_holds_none() 
     assert forwarded > 60 * 10 * RoutedShare.BYTES
     assert seen["retained"] < forwarded, (seen["retained"], forwarded)
     for v, m in routing.items():
+        # Who shared, as 4-byte ids (n·k of them in all), not a tuple of Python ints.
+        assert isinstance(m.shared, Ids) and list(m.shared) == sorted(m.shared)
+        assert isinstance(srv._adverts[v].neighbours, Ids) and len(srv._adverts[v].neighbours) > 0
         plain = RoutedShares(m.shares.raw)
         assert [s.dealer for s in plain] == sorted(s.dealer for s in plain) and len(plain) > 0
         assert m.shares == plain and hash(m.shares) == hash(plain) and plain == m.shares
