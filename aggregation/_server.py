@@ -163,6 +163,9 @@ class _Forwarded(RoutedShares):
     def _raw(self) -> bytes:  # type: ignore[override]  # gathered on read, never stored
         return self._table.gather(self._target)
 
+    def __len__(self) -> int:  # from the table, without gathering (the wire header asks)
+        return int(self._table.senders(self._target).size)
+
 
 class _Spilled(EncryptedShares):
     """A dealer's checked shares as the server keeps them: the records in the round's

@@ -112,6 +112,21 @@ def make_round(
     return Round(cfg, sid, model, ids, roster, x, clients, server, d, pol, corrupt)
 
 
+def with_budgets(rd: Round, **budgets: int) -> Round:
+    """``rd`` with a fresh server of the same round given memory budgets
+    (``input_memory_bytes``, ``share_memory_bytes``)."""
+    rd.server = ServerSession(
+        rd.cfg,
+        identity_keys=rd.roster,
+        session_id=rd.sid,
+        round_index=7,
+        model_hash=rd.model,
+        dimension=rd.d,
+        **budgets,
+    )
+    return rd
+
+
 @dataclass
 class Outcome:
     aggregate: Aggregate | None = None

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregation import SecAggMode, ServerSession, ShareKeys, ShareRouting, Stage, UnmaskResponse
+from aggregation import SecAggMode, ShareKeys, ShareRouting, Stage, UnmaskResponse
 from aggregation._messages import (
     SHARE_CIPHERTEXT_BYTES,
     SHARE_KIND_MASK_KEY,
@@ -272,14 +272,8 @@ def test_the_server_keeps_the_shares_it_checked_in_its_spill_store(budget: int) 
     """A SecAgg+ server keeps every dealer's signed shares (n·k records) until the round
     ends, for routing, recovery and evidence: beyond its budget they are on disk, and
     every read (routing, recovery, the evidence bytes) is what the dealer signed."""
-    rd = H.make_round(40, mode=SecAggMode.SECAGG_PLUS, policy=H.SMALL_POLICY, d=4)
-    rd.server = ServerSession(
-        rd.cfg,
-        identity_keys=rd.roster,
-        session_id=rd.sid,
-        round_index=7,
-        model_hash=rd.model,
-        dimension=rd.d,
+    rd = H.with_budgets(
+        H.make_round(40, mode=SecAggMode.SECAGG_PLUS, policy=H.SMALL_POLICY, d=4),
         share_memory_bytes=budget,
     )
     out = H.drive(rd, H.InMemoryNetwork({3: Stage.MASKED_INPUT}))  # 3's masks recovered

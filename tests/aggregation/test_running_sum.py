@@ -23,7 +23,6 @@ from aggregation import (
     PlainInput,
     PlainSumServer,
     SecAggMode,
-    ServerSession,
     Stage,
 )
 from aggregation._accumulate import HeldInputs
@@ -138,16 +137,11 @@ def _secure_round(
 ) -> None:
     # Deterministic (insecure test seed): which clients answer at each stage depends on
     # the round's keys, and hypothesis must replay the same stages for the same draws.
-    rd = H.make_round(n, mode=mode, d=5, policy=LOOSE, deterministic=True)
-    rd.server = ServerSession(
-        rd.cfg,
-        identity_keys=rd.roster,
-        session_id=rd.sid,
-        round_index=7,
-        model_hash=rd.model,
-        dimension=rd.d,
-        input_memory_bytes=0 if spill else 1 << 20,
-        share_memory_bytes=0 if spill else 1 << 20,
+    memory = 0 if spill else 1 << 20
+    rd = H.with_budgets(
+        H.make_round(n, mode=mode, d=5, policy=LOOSE, deterministic=True),
+        input_memory_bytes=memory,
+        share_memory_bytes=memory,
     )
     budget = LOOSE.missing(n) - int(liar)
     dropped = data.draw(st.lists(st.integers(0, n - 1), max_size=max(budget, 0), unique=True))
