@@ -128,6 +128,11 @@ class Coordinator:
         self._quorum_since: float | None = None
         self._short_since: float | None = None
         self.refusals: collections.Counter[str] = collections.Counter()
+        #: When each site was first told that training is over, and the sites that then
+        #: downloaded the final checkpoint (so the process knows when it may exit).
+        self._told_finished: dict[str, float] = {}
+        self._downloaded: set[str] = set()
+        self._finished_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -241,12 +246,41 @@ class Coordinator:
         if msg is not None:
             return msg
         if self.finished:
+            self._told_finished.setdefault(site, self.clock())
             return Finished(self.round)
         return Wait(self.deadlines.retry_ms)
 
     def pending(self, conn: bytes) -> bool:
         site = self._conn_site.get(bytes(conn))
         return bool(site is not None and (self.engine.pending(site) or self.finished))
+
+    def downloaded(self, conn: bytes) -> None:
+        """Note that this connection's site received the whole final checkpoint."""
+        self._downloaded.add(self._site_of(conn))
+
+    def sites_released(self, *, download_grace_s: float) -> bool:
+        """Training is over and no site still needs this process.
+
+        Every site on the roster (not excluded) was told that training is over and has
+        downloaded the final checkpoint or had ``download_grace_s`` to start doing so,
+        or is gone: it has not polled for ``lease_s``. A site this process has not seen
+        yet (it restarted) counts as last seen when training ended, so it has a lease's
+        time to join again and be told.
+        """
+        if not self.finished:
+            return False
+        now = self.clock()
+        if self._finished_at is None:
+            self._finished_at = now
+        for site in set(self.sites) - set(self.engine.excluded):
+            told = self._told_finished.get(site)
+            if told is None:
+                last = self._last_seen.get(site, self._finished_at)
+                if now - last < self.deadlines.lease_s:
+                    return False
+            elif site not in self._downloaded and now - told < download_grace_s:
+                return False
+        return True
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
         """Ingest one reply; raises a typed error (and changes nothing else) if refused."""

@@ -132,9 +132,16 @@ def run_server(
     config: Config,
     *,
     stop: threading.Event | None = None,
-    linger_s: float = 10.0,
+    linger_s: float = 30.0,
+    download_grace_s: float = 2.0,
 ) -> Coordinator:
-    """Serve until training is finished (then ``linger_s`` more for final downloads)."""
+    """Serve until training is finished and the sites no longer need this process.
+
+    After the last round the process stays up until every connected site was told that
+    training is over and has downloaded the final checkpoint or had ``download_grace_s``
+    to start doing so, and ``linger_s`` at most (for a site that stays connected but
+    does not poll).
+    """
     stop = stop or threading.Event()
     creds = None
     if settings.insecure:
@@ -157,10 +164,18 @@ def run_server(
         while not stop.wait(0.2):
             if coord.finished:
                 finished_at = finished_at or time.monotonic()
+                if service.sites_released(download_grace_s=download_grace_s):
+                    log.info("training is over and every connected site was told; exiting")
+                    break
                 if time.monotonic() - finished_at > linger_s:
+                    log.warning(
+                        "training is over; exiting after %gs with connected sites not yet "
+                        "told (they see the coordinator gone)",
+                        linger_s,
+                    )
                     break
     finally:
-        server.stop(grace=1.0)
+        server.stop(grace=2.0).wait(2.0)
         service.stop()
         coord.close()
     if isinstance(coord.engine.stop_error, NoProgress):

@@ -74,6 +74,14 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_FRAME_BYTES),
     ("grpc.max_metadata_size", 16 << 10),
 ]
+#: A site's channel: gRPC's own reconnect backoff (1 s growing to 120 s by default) would
+#: keep failing calls fast long after a restarted coordinator is back, overriding the
+#: site's reconnect loop; cap it so the site's own backoff decides.
+SITE_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    *CHANNEL_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 DEFAULT_MAX_MODEL_BYTES = 1 << 30
 
 
@@ -172,6 +180,15 @@ class CoordinatorService:
                 raise CheckpointError("no checkpoint yet")
             return path.read_bytes()
 
+    def downloaded(self, conn: bytes) -> None:
+        """``conn``'s site received the whole checkpoint."""
+        with self._cond:
+            self.coordinator.downloaded(conn)
+
+    def sites_released(self, *, download_grace_s: float) -> bool:
+        with self._cond:
+            return self.coordinator.sites_released(download_grace_s=download_grace_s)
+
 
 class Transport(ABC):
     """A site's connection to the coordinator."""
@@ -223,7 +240,9 @@ class InProcessTransport(Transport):
 
     def download_checkpoint(self, conn: bytes) -> bytes:
         self.service.site_of(conn)
-        return self.service.checkpoint_bytes()
+        data = self.service.checkpoint_bytes()
+        self.service.downloaded(conn)
+        return data
 
 
 def _site_reads(
@@ -452,6 +471,8 @@ class CoordinatorServicer(pbg.CoordinatorServicer):
                 return
             with self._deadline(context):
                 yield from write_stream(pb.Header(kind=pb.CHECKPOINT), data)
+            with contextlib.suppress(SecureFMLError):  # the site was replaced meanwhile
+                self.service.downloaded(request.connection_id)
         finally:
             slot.__exit__(None, None, None)
 
@@ -590,9 +611,9 @@ class GrpcTransport(Transport):
         # (either way) is its own error, not "coordinator unavailable".
         self._probe = handshake_probe
         if credentials is None:
-            self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self.channel = grpc.insecure_channel(address, options=SITE_CHANNEL_OPTIONS)
         else:
-            self.channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+            self.channel = grpc.secure_channel(address, credentials, options=SITE_CHANNEL_OPTIONS)
         self.stub = pbg.CoordinatorStub(self.channel)
         self.max_model_bytes = max_model_bytes
         self.timeout = rpc_timeout_s

@@ -108,7 +108,7 @@ def main() -> int:
         point, _, rnd = args.crash_at.partition(":")
         install(point, int(rnd))
     settings, config = load_coordinator_config(args.config)
-    run_server(settings, config, linger_s=1.0)
+    run_server(settings, config)
     return 0
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from secure_fml.deploy import Coordinator, Deadlines
 from secure_fml.errors import ConfigError, NoProgress
+from secure_fml.messages import Finished
 from secure_fml.simulation import model_spec_for
 from tests.deploy import _harness as H
 
@@ -86,3 +87,59 @@ def test_the_server_process_exits_with_no_progress_when_no_site_comes(
     )
     with pytest.raises(NoProgress, match="0 usable site"):
         run_server(settings, H.small_config(dp=False), linger_s=0.1)
+
+
+def test_the_coordinator_is_released_once_every_connected_site_was_told(
+    pki: Path, tmp_path: Path
+) -> None:
+    """After the last round the process may exit only when no site still needs it: each
+    was told training is over and downloaded the checkpoint or had the grace to start;
+    a site not seen yet (gamma, delta, epsilon) gets a lease's time to join and be told."""
+    clock = _Clock()
+    coord = _coordinator(pki, tmp_path, clock)
+    a, b = (coord.join(s, H.cert_der(pki, s)) for s in ("alpha", "beta"))
+    for t in (0.0, 10.0, 20.0):  # two of the three sites it needs, for 30 s: it gives up
+        clock.now = t
+        coord.poll(a)
+        coord.poll(b)
+    assert not coord.sites_released(download_grace_s=2.0)
+    clock.now = 31.0
+    coord.tick()
+    assert coord.finished
+    assert not coord.sites_released(download_grace_s=2.0)  # nobody was told yet
+    assert isinstance(coord.poll(a), Finished)
+    assert not coord.sites_released(download_grace_s=2.0)  # beta was not told
+    clock.now = 32.0
+    assert isinstance(coord.poll(b), Finished)
+    coord.downloaded(a)
+    assert not coord.sites_released(download_grace_s=2.0)  # beta may still download
+    clock.now = 33.9
+    assert not coord.sites_released(download_grace_s=2.0)
+    clock.now = 34.1
+    assert not coord.sites_released(download_grace_s=2.0)  # the others may join
+    clock.now = 45.9
+    assert not coord.sites_released(download_grace_s=2.0)
+    clock.now = 46.1  # 15 s (the lease) after training ended
+    assert coord.sites_released(download_grace_s=2.0)
+    coord.close()
+
+
+def test_a_site_that_stopped_polling_is_not_waited_for(pki: Path, tmp_path: Path) -> None:
+    clock = _Clock()
+    coord = _coordinator(pki, tmp_path, clock)
+    a, b = (coord.join(s, H.cert_der(pki, s)) for s in ("alpha", "beta"))
+    for t in (0.0, 10.0, 20.0):
+        clock.now = t
+        coord.poll(a)
+        coord.poll(b)
+    clock.now = 31.0
+    assert isinstance(coord.poll(a), Finished)
+    coord.downloaded(a)
+    assert not coord.sites_released(download_grace_s=2.0)  # beta is connected, not told
+    clock.now = 36.0  # beta last polled at 20 s: its 15 s lease ran out
+    assert not coord.sites_released(download_grace_s=2.0)  # the unseen sites may join
+    g = coord.join("gamma", H.cert_der(pki, "gamma"))
+    assert isinstance(coord.poll(g), Finished)
+    clock.now = 46.1  # delta and epsilon never came; gamma had its grace
+    assert coord.sites_released(download_grace_s=2.0)
+    coord.close()
