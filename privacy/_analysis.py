@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import optimize, special, stats
+from scipy import special
 
 from privacy._validation import (
     require_finite,
@@ -136,6 +136,8 @@ def gaussian_epsilon(mu: float, delta: float) -> float:
         hi *= 2
         if hi > 1e7:
             return math.inf
+    from scipy import optimize  # scipy.optimize/stats take ~1 s to import: only when used
+
     return float(optimize.brentq(lambda e: gaussian_delta(mu, e) - delta, 0.0, hi, xtol=1e-12))
 
 
@@ -366,6 +368,8 @@ def threshold_weights(*, sample_rate: float, others: int, min_clients: int) -> T
     def tail(k: int) -> float:  # P[B >= k]
         if k <= 0:
             return 1.0
+        from scipy import stats
+
         return float(stats.binom.sf(k - 1, n, q))
 
     return ThresholdWeights(

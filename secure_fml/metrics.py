@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import rankdata
 
 __all__ = ["auroc", "balanced_accuracy", "classification_metrics"]
 
@@ -33,6 +32,8 @@ def auroc(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> float | None:
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
         return None
+    from scipy.stats import rankdata  # ~1 s to import: only when an AUC is computed
+
     ranks = rankdata(s)  # average ranks: ties count 1/2
     u = float(ranks[pos].sum()) - n_pos * (n_pos + 1) / 2.0
     return u / (n_pos * n_neg)
