@@ -416,6 +416,15 @@ class ServerSession(AggregationServer):
             # variations until something passes.
             self._awaiting.discard(sender)
 
+    def withdraw(self, client: int) -> None:
+        """``client`` leaves the round in the open stage: silent from now on."""
+        if client not in self._awaiting:
+            raise InvalidMessage(
+                f"client {client} may not withdraw in stage {self._stage.name}: it is not "
+                "awaited (duplicate, late or not a participant)"
+            )
+        self._awaiting.discard(client)
+
     def close_stage(self) -> Outbox | Aggregate:
         """Close the open stage and return the next stage's messages, or the sum."""
         st = self._stage

@@ -110,6 +110,14 @@ class AggregationServer(abc.ABC):
         changes nothing) if it is refused; the sender then counts as silent."""
 
     @abc.abstractmethod
+    def withdraw(self, client: int) -> None:
+        """``client`` says it leaves the round in the open stage (its own policy refused
+        the round, say): it is silent from now on, exactly as if its deadline had passed,
+        and the stage need not wait for it. Raises
+        :class:`~privacy.errors.InvalidMessage` (and changes nothing) if ``client`` may
+        not reply in the open stage."""
+
+    @abc.abstractmethod
     def close_stage(self) -> Outbox | Aggregate:
         """Close the open stage (all replies in, or its deadline passed); raises a
         :class:`~privacy.errors.ProtocolAbort` if the round cannot go on safely."""
@@ -167,6 +175,7 @@ class PlainSumServer(AggregationServer):
         self.min_inputs = min_inputs
         self._header = context_bytes(session_id, round_index)
         self._received: set[int] = set()
+        self._withdrawn: set[int] = set()
         self._sum = np.zeros(dimension, dtype=np.float64)
         self._stage = Stage.MASKED_INPUT
 
@@ -178,19 +187,25 @@ class PlainSumServer(AggregationServer):
     def expected(self) -> frozenset[int]:
         if self._stage is not Stage.MASKED_INPUT:
             return frozenset()
-        return self._participants - self._received
+        return self._participants - self._received - self._withdrawn
 
     def awaits(self, client: int) -> bool:
         return (
             self._stage is Stage.MASKED_INPUT
             and client in self._participants
             and client not in self._received
+            and client not in self._withdrawn
         )
 
     def awaiting(self) -> int:
         if self._stage is not Stage.MASKED_INPUT:
             return 0
-        return len(self._participants) - len(self._received)
+        return len(self._participants) - len(self._received) - len(self._withdrawn)
+
+    def withdraw(self, client: int) -> None:
+        if not self.awaits(client):
+            raise InvalidMessage(f"client {client} may not withdraw: it is not awaited")
+        self._withdrawn.add(client)
 
     def receive(self, message: _Message) -> None:
         if not isinstance(message, PlainInput):
@@ -203,6 +218,8 @@ class PlainSumServer(AggregationServer):
             raise InvalidMessage(f"input from {message.sender}, not a participant")
         if message.sender in self._received:
             raise InvalidMessage(f"duplicate input from {message.sender}")
+        if message.sender in self._withdrawn:
+            raise InvalidMessage(f"input from {message.sender}, which withdrew from the round")
         if message.vector.shape[0] != self.dimension:
             raise InvalidMessage(
                 f"input has dimension {message.vector.shape[0]}, expected {self.dimension}"

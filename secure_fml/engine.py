@@ -151,6 +151,7 @@ from secure_fml.messages import (
     RoundStart,
     StageReply,
     StageRequest,
+    Withdrawal,
 )
 from secure_fml.observability import JsonlSink, MetricsSink, MultiSink, timestamped
 from secure_fml.pipeline import VERIFIED_MODELS, codec_for, secure_clip_range
@@ -521,6 +522,8 @@ class _Round:
     stage: Stage
     charged: bool = False
     refused: dict[str, str] = field(default_factory=dict)
+    #: Participants that withdrew (name -> "STAGE: their reason").
+    withdrew: dict[str, str] = field(default_factory=dict)
     replies: dict[Stage, int] = field(default_factory=dict)
     #: Participants this round proved to misbehave (name -> offence), now excluded.
     excluded: dict[str, str] = field(default_factory=dict)
@@ -1105,30 +1108,62 @@ class RoundEngine:
         )
         return limit, ((f"uint{bits}", d) if stage is Stage.MASKED_INPUT else None)
 
-    def submit(self, client: str, reply: StageReply) -> None:
-        """Ingest one client reply; raises a typed error (and changes nothing else) if
-        refused. A refused reply counts as that client's answer for the stage."""
+    def _open_stage_of(
+        self, client: str, *, round_: int, session_id: bytes, stage: Stage, what: str
+    ) -> tuple[_Round, int]:
+        """The open round and ``client``'s index, if it may answer ``stage`` now."""
         rd = self._round
-        if (
-            rd is None
-            or reply.round != rd.number
-            or not hmac.compare_digest(reply.session_id, rd.session_id)
-        ):
+        if rd is None or round_ != rd.number or not hmac.compare_digest(session_id, rd.session_id):
             raise StaleMessage(
-                f"reply for round {reply.round} of another session; the current round is "
+                f"{what} for round {round_} of another session; the current round is "
                 f"{rd.number if rd else 'none'} (replay or late client)"
             )
         idx = rd.index_of.get(client)
         if idx is None:
             raise OutOfOrder(f"client {client!r} is not a participant of round {rd.number}")
-        if reply.stage.value < rd.stage.value:
+        if stage.value < rd.stage.value:
             raise StaleMessage(
-                f"{reply.stage.name} reply after that stage closed (replay or late client)"
+                f"{stage.name} {what} after that stage closed (replay or late client)"
             )
-        if reply.stage is not rd.stage:
-            raise OutOfOrder(f"{reply.stage.name} reply while stage {rd.stage.name} is open")
+        if stage is not rd.stage:
+            raise OutOfOrder(f"{stage.name} {what} while stage {rd.stage.name} is open")
         if not rd.server.awaits(idx):
-            raise StaleMessage(f"duplicate or unexpected {reply.stage.name} reply from {client!r}")
+            raise StaleMessage(f"duplicate or unexpected {stage.name} {what} from {client!r}")
+        return rd, idx
+
+    def withdraw(self, client: str, notice: Withdrawal) -> None:
+        """``client`` leaves the open round in its open stage (its policy refused it):
+        silent from now on, so the stage closes as soon as everyone else answered.
+        Raises a typed error (and changes nothing) if it may not answer that stage."""
+        rd, idx = self._open_stage_of(
+            client,
+            round_=notice.round,
+            session_id=notice.session_id,
+            stage=notice.stage,
+            what="withdrawal",
+        )
+        rd.server.withdraw(idx)
+        rd.withdrew[client] = f"{notice.stage.name}: {notice.reason}"
+        log.warning(
+            "round %d: %s withdrew in %s: %s",
+            rd.number,
+            client,
+            notice.stage.name,
+            notice.reason,
+            extra={"site": client},
+        )
+        self._maybe_advance()
+
+    def submit(self, client: str, reply: StageReply) -> None:
+        """Ingest one client reply; raises a typed error (and changes nothing else) if
+        refused. A refused reply counts as that client's answer for the stage."""
+        rd, idx = self._open_stage_of(
+            client,
+            round_=reply.round,
+            session_id=reply.session_id,
+            stage=reply.stage,
+            what="reply",
+        )
         try:
             sender = reply.message.sender_id()
             if sender != idx:
@@ -1536,6 +1571,8 @@ class RoundEngine:
             "round_s": self.clock() - rd.started,
             **(extra or {}),
         }
+        if rd.withdrew:
+            line["withdrew"] = dict(rd.withdrew)
         if rd.excluded:
             line["newly_excluded"] = dict(rd.excluded)
         if self.excluded:
@@ -1559,7 +1596,9 @@ class RoundEngine:
             and (self.round % self.checkpoint_every == 0 or self.finished)
         ):
             line["checkpoint_round"] = self.round
-            self._checkpoint_line = {k: v for k, v in line.items() if k != "refused"}
+            self._checkpoint_line = {
+                k: v for k, v in line.items() if k not in ("refused", "withdrew")
+            }
             save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.checkpoint())
             self.checkpoint_round = self.round
         line["checkpoint_round"] = self.checkpoint_round

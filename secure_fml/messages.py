@@ -3,10 +3,12 @@
 The engine sends a client a :class:`RoundStart` (the model and everything the
 client needs to compute, protect and submit its update), then one
 :class:`StageRequest` per later aggregation stage; the client answers each with
-a :class:`StageReply`. Both carry :class:`aggregation.Message` objects; an
-in-memory transport passes them as they are, the gRPC transport serialises them
-with their strict binary encodings (``aggregation.Message.to_bytes``) and the
-converters in ``secure_fml.deploy._convert``. :class:`Wait` and
+a :class:`StageReply`, or leaves the round with a :class:`Withdrawal` (its own
+policy refused what it was sent). Requests and replies carry
+:class:`aggregation.Message` objects; an in-memory transport passes them as they
+are, the gRPC transport serialises them with their strict binary encodings
+(``aggregation.Message.to_bytes``) and the converters in
+``secure_fml.deploy._convert``. :class:`Wait` and
 :class:`Finished` exist for polling transports.
 """
 
@@ -36,11 +38,14 @@ __all__ = [
     "StageReply",
     "StageRequest",
     "Wait",
+    "Withdrawal",
 ]
 
 #: Version of the whole wire protocol: the engine messages (this module, carried by
 #: ``secure_fml_v1.proto``) and the aggregation messages inside them share one number
-#: (``aggregation.PROTOCOL_VERSION``), bumped when either changes.
+#: (``aggregation.PROTOCOL_VERSION``), bumped when either changes incompatibly. A new
+#: message an older peer refuses harmlessly (:class:`Withdrawal`: an older coordinator
+#: refuses it and the site is then silent, as before) does not bump it.
 PROTOCOL_VERSION = AGGREGATION_VERSION
 
 
@@ -247,6 +252,32 @@ class StageReply:
     stage: Stage
     message: Message
     record_release: RecordLevelRelease | None = None
+
+
+#: The longest reason a :class:`Withdrawal` carries (longer ones are cut).
+MAX_WITHDRAWAL_REASON = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Withdrawal:
+    """Participant -> engine: it leaves round ``round`` in ``stage`` and says why.
+
+    The engine treats it as silent from then on, as if its deadline had passed, so the
+    stage does not wait for it; the reason goes into the round's metrics line. It tells
+    the coordinator nothing a silence would not, except the reason, which names the
+    site's own policy check (never its data).
+    """
+
+    round: int
+    session_id: bytes
+    stage: Stage
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reason, str):
+            raise InvalidMessage("a withdrawal's reason must be text")
+        if len(self.reason) > MAX_WITHDRAWAL_REASON:
+            object.__setattr__(self, "reason", self.reason[: MAX_WITHDRAWAL_REASON - 3] + "...")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from aggregation import (
 from privacy import RecordLevelRelease
 from privacy.errors import ConfigError, InvalidMessage, RefusalReason, Refused
 from secure_fml.messages import (
+    MAX_WITHDRAWAL_REASON,
     PROTOCOL_VERSION,
     AggregationProtocol,
     ClientNoise,
@@ -51,6 +52,7 @@ from secure_fml.messages import (
     StageReply,
     StageRequest,
     Wait,
+    Withdrawal,
 )
 from secure_fml.proto import secure_fml_v1_pb2 as pb
 
@@ -85,8 +87,9 @@ __all__ = [
     "read_stream",
     "server_message_from_proto",
     "server_message_to_proto",
-    "stage_reply_from_proto",
+    "site_message_from_proto",
     "stage_reply_to_proto",
+    "withdrawal_to_proto",
     "write_stream",
 ]
 
@@ -396,20 +399,50 @@ def _record_release_from_proto(h: pb.Header) -> RecordLevelRelease | None:
         raise InvalidMessage(f"malformed record-level release: {e}") from None
 
 
-def stage_reply_from_proto(
+def withdrawal_to_proto(notice: Withdrawal, *, connection_id: bytes) -> Iterator[pb.Frame]:
+    h = pb.Header(
+        kind=pb.WITHDRAW,
+        round=notice.round,
+        session_id=notice.session_id,
+        stage=notice.stage.value,
+        connection_id=connection_id,
+        reason=notice.reason,
+    )
+    return write_stream(h, b"")
+
+
+def site_message_from_proto(
     frames: Iterable[pb.Frame],
     *,
     max_payload: Callable[[Stage], int],
     expected_tensor: Callable[[Stage], tuple[str, int] | None],
-) -> tuple[bytes, StageReply]:
-    """(connection id, reply); the declared shape and dtype are checked before parsing."""
+) -> tuple[bytes, StageReply | Withdrawal]:
+    """(connection id, reply or withdrawal); a reply's declared shape and dtype are
+    checked before parsing, and a withdrawal carries no payload."""
 
     def limit(h: pb.Header) -> int:
-        return max_payload(_stage(h.stage))
+        return 0 if h.kind == pb.WITHDRAW else max_payload(_stage(h.stage))
 
     header, payload = read_stream(frames, max_payload=limit)
+    if header.kind == pb.WITHDRAW:
+        stage = _stage(header.stage)
+        if stage not in FROM_SITE:
+            raise InvalidMessage(f"sites do not answer {stage.name}, so cannot withdraw in it")
+        if len(header.reason) > MAX_WITHDRAWAL_REASON:
+            raise InvalidMessage(
+                f"withdrawal reason of {len(header.reason)} characters (at most "
+                f"{MAX_WITHDRAWAL_REASON})"
+            )
+        return bytes(header.connection_id), Withdrawal(
+            round=int(header.round),
+            session_id=_session(header.session_id),
+            stage=stage,
+            reason=str(header.reason),
+        )
     if header.kind != pb.SECAGG:
-        raise InvalidMessage(f"sites may only submit SECAGG frames, got kind {header.kind}")
+        raise InvalidMessage(
+            f"sites may only submit SECAGG or WITHDRAW frames, got kind {header.kind}"
+        )
     stage = _stage(header.stage)
     want = expected_tensor(stage)
     if want is not None:

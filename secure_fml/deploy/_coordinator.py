@@ -40,7 +40,7 @@ from privacy.errors import (
 from secure_fml.config import Config, check_positive
 from secure_fml.deploy._pki import verify_site_certificate
 from secure_fml.engine import CHECKPOINT_FILE, METRICS_FILE, Identity, RoundEngine
-from secure_fml.messages import EngineMessage, Finished, StageReply, Wait
+from secure_fml.messages import EngineMessage, Finished, StageReply, Wait, Withdrawal
 from secure_fml.simulation import build_model
 
 __all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "Coordinator", "Deadlines"]
@@ -287,6 +287,15 @@ class Coordinator:
         site = self._site_of(conn)
         try:
             self.engine.submit(site, reply)
+        except ProtocolError as e:
+            self._refuse(site, type(e).__name__)
+            raise
+
+    def withdraw(self, conn: bytes, notice: Withdrawal) -> None:
+        """This connection's site leaves the open round (see ``RoundEngine.withdraw``)."""
+        site = self._site_of(conn)
+        try:
+            self.engine.withdraw(site, notice)
         except ProtocolError as e:
             self._refuse(site, type(e).__name__)
             raise

@@ -4,7 +4,9 @@ Transport failures (the coordinator restarting, a network blip) lead to a
 re-join with exponential backoff until ``reconnect_timeout_s`` passes. Whatever
 the coordinator sends -- a malformed or oversize message, a round start the
 site's policy refuses, a replay, a round past the site's own budget -- ends this
-site's part in that round only: the reason is logged and the site keeps serving.
+site's part in that round only: the reason is logged, the site tells the
+coordinator it withdraws (so the round need not wait out its deadline) and keeps
+serving.
 """
 
 from __future__ import annotations
@@ -26,11 +28,33 @@ from privacy.errors import (
 from secure_fml.config import check_positive
 from secure_fml.deploy._site import Site
 from secure_fml.deploy._transport import Transport
-from secure_fml.messages import Finished
+from secure_fml.messages import EngineMessage, Finished, RoundStart, StageRequest, Withdrawal
 
 __all__ = ["run_site"]
 
 log = logging.getLogger(__name__)
+
+
+def _withdraw(
+    transport: Transport, conn: bytes, msg: EngineMessage, err: Exception, *, site: str
+) -> None:
+    """Tell the coordinator this site leaves the round ``msg`` belongs to, and why."""
+    if isinstance(msg, RoundStart):
+        stage = msg.first_stage
+    elif isinstance(msg, StageRequest):
+        stage = msg.stage
+    else:
+        return
+    notice = Withdrawal(
+        round=msg.round,
+        session_id=msg.session_id,
+        stage=stage,
+        reason=f"{type(err).__name__}: {err}",
+    )
+    try:
+        transport.withdraw(conn, notice)
+    except ProtocolError as e:  # a replayed or stale round: nothing to withdraw from
+        log.warning("site %s: withdrawal refused: %s", site, e)
 
 
 def run_site(
@@ -80,6 +104,7 @@ def run_site(
                 reply = site.handle(msg)
             except (ProtocolError, PrivacyBudgetExhausted) as e:
                 log.warning("site %s leaves this round (%s): %s", site.name, type(e).__name__, e)
+                _withdraw(transport, conn, msg, e, site=site.name)
                 continue
             if reply is not None:
                 try:

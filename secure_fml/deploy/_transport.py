@@ -45,13 +45,14 @@ from secure_fml.deploy._convert import (
     read_stream,
     server_message_from_proto,
     server_message_to_proto,
-    stage_reply_from_proto,
+    site_message_from_proto,
     stage_reply_to_proto,
+    withdrawal_to_proto,
     write_stream,
 )
 from secure_fml.deploy._coordinator import CHECKPOINT_FILE, Coordinator
 from secure_fml.deploy._limits import LogThrottle, PerIdentityLimiter, Watchdog
-from secure_fml.messages import PROTOCOL_VERSION, EngineMessage, StageReply, Wait
+from secure_fml.messages import PROTOCOL_VERSION, EngineMessage, StageReply, Wait, Withdrawal
 from secure_fml.proto import secure_fml_v1_pb2 as pb
 from secure_fml.proto import secure_fml_v1_pb2_grpc as pbg
 
@@ -160,6 +161,13 @@ class CoordinatorService:
             finally:
                 self._cond.notify_all()
 
+    def withdraw(self, conn: bytes, notice: Withdrawal) -> None:
+        with self._cond:
+            try:
+                self.coordinator.withdraw(conn, notice)
+            finally:
+                self._cond.notify_all()
+
     def site_of(self, conn: bytes) -> str:
         with self._cond:
             return self.coordinator.connection_site(conn)
@@ -203,6 +211,10 @@ class Transport(ABC):
     def submit(self, conn: bytes, reply: StageReply) -> None: ...
 
     @abstractmethod
+    def withdraw(self, conn: bytes, notice: Withdrawal) -> None:
+        """Tell the coordinator this site leaves the round, and why."""
+
+    @abstractmethod
     def download_checkpoint(self, conn: bytes) -> bytes: ...
 
     def close(self) -> None:
@@ -229,14 +241,22 @@ class InProcessTransport(Transport):
         )
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
-        frames = list(stage_reply_to_proto(reply, connection_id=conn))
+        self._send(list(stage_reply_to_proto(reply, connection_id=conn)))
+
+    def withdraw(self, conn: bytes, notice: Withdrawal) -> None:
+        self._send(list(withdrawal_to_proto(notice, connection_id=conn)))
+
+    def _send(self, frames: list[pb.Frame]) -> None:
         svc = self.service
-        conn2, parsed = stage_reply_from_proto(
+        conn, parsed = site_message_from_proto(
             frames,
             max_payload=lambda s: svc.limits(s)[0],
             expected_tensor=lambda s: svc.limits(s)[1],
         )
-        svc.submit(conn2, parsed)
+        if isinstance(parsed, Withdrawal):
+            svc.withdraw(conn, parsed)
+        else:
+            svc.submit(conn, parsed)
 
     def download_checkpoint(self, conn: bytes) -> bytes:
         self.service.site_of(conn)
@@ -421,7 +441,7 @@ class CoordinatorServicer(pbg.CoordinatorServicer):
             with self._slot(context):
                 try:
                     with self._deadline(context):
-                        conn, reply = stage_reply_from_proto(
+                        conn, reply = site_message_from_proto(
                             _checked(request_iterator),
                             max_payload=lambda s: svc.limits(s)[0],
                             expected_tensor=lambda s: svc.limits(s)[1],
@@ -433,7 +453,10 @@ class CoordinatorServicer(pbg.CoordinatorServicer):
                         f"request stream not complete within {self.stream_s:g}s",
                     )
                 self._check_conn(context, conn)
-                svc.submit(conn, reply)
+                if isinstance(reply, Withdrawal):
+                    svc.withdraw(conn, reply)
+                else:
+                    svc.submit(conn, reply)
                 return pb.SubmitReply(accepted=True)
         except SecureFMLError as e:
             self._fail(context, e, "submit")
@@ -663,7 +686,12 @@ class GrpcTransport(Transport):
             raise self._error(e) from None
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
-        frames = list(stage_reply_to_proto(reply, connection_id=conn))
+        self._send(list(stage_reply_to_proto(reply, connection_id=conn)))
+
+    def withdraw(self, conn: bytes, notice: Withdrawal) -> None:
+        self._send(list(withdrawal_to_proto(notice, connection_id=conn)))
+
+    def _send(self, frames: list[pb.Frame]) -> None:
         self.bytes_sent += sum(f.ByteSize() for f in frames)
         try:
             self.stub.Submit(iter(frames), timeout=self.timeout)

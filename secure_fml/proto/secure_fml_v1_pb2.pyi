@@ -15,12 +15,14 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SECAGG: _ClassVar[Kind]
     FINISHED: _ClassVar[Kind]
     CHECKPOINT: _ClassVar[Kind]
+    WITHDRAW: _ClassVar[Kind]
 KIND_UNSPECIFIED: Kind
 WAIT: Kind
 ROUND_START: Kind
 SECAGG: Kind
 FINISHED: Kind
 CHECKPOINT: Kind
+WITHDRAW: Kind
 
 class TensorSpec(_message.Message):
     __slots__ = ("dtype", "shape")
@@ -129,7 +131,7 @@ class RecordLevelRelease(_message.Message):
     def __init__(self, site: _Optional[str] = ..., unit: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., sample_rates: _Optional[_Iterable[float]] = ..., steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("protocol_version", "kind", "round", "session_id", "stage", "payload_bytes", "payload_sha256", "connection_id", "retry_after_ms", "tensor", "round_start", "record_release")
+    __slots__ = ("protocol_version", "kind", "round", "session_id", "stage", "payload_bytes", "payload_sha256", "connection_id", "retry_after_ms", "tensor", "round_start", "record_release", "reason")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +144,7 @@ class Header(_message.Message):
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     ROUND_START_FIELD_NUMBER: _ClassVar[int]
     RECORD_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     kind: Kind
     round: int
@@ -154,7 +157,8 @@ class Header(_message.Message):
     tensor: TensorSpec
     round_start: RoundStart
     record_release: RecordLevelRelease
-    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., session_id: _Optional[bytes] = ..., stage: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ..., connection_id: _Optional[bytes] = ..., retry_after_ms: _Optional[int] = ..., tensor: _Optional[_Union[TensorSpec, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., record_release: _Optional[_Union[RecordLevelRelease, _Mapping]] = ...) -> None: ...
+    reason: str
+    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., session_id: _Optional[bytes] = ..., stage: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ..., connection_id: _Optional[bytes] = ..., retry_after_ms: _Optional[int] = ..., tensor: _Optional[_Union[TensorSpec, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., record_release: _Optional[_Union[RecordLevelRelease, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("header", "chunk")

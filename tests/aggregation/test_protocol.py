@@ -589,6 +589,35 @@ def test_plain_sum_refuses_duplicates_strangers_bad_shapes_and_too_few_inputs() 
         server.close_stage()
 
 
+def test_a_withdrawn_client_is_not_awaited_and_nothing_of_it_is_summed() -> None:
+    """Plain sum and SecAgg: a client that withdraws is silent from then on; the stage
+    closes without it, a second withdrawal or a later input from it is refused."""
+    server, clients = _plain(3, 4)
+    for i in (0, 1):
+        clients[i].set_input(np.full(4, i + 1, np.float32))
+        server.receive(clients[i].start())
+    with pytest.raises(InvalidMessage, match="not awaited"):
+        server.withdraw(0)  # it already answered
+    server.withdraw(2)
+    assert server.awaiting() == 0 and not server.awaits(2) and server.expected == frozenset()
+    with pytest.raises(InvalidMessage, match="not awaited"):
+        server.withdraw(2)
+    clients[2].set_input(np.full(4, 100, np.float32))
+    with pytest.raises(InvalidMessage, match="withdrew"):
+        server.receive(clients[2].start())
+    out = server.close_stage()
+    assert out.contributors == (0, 1)
+    np.testing.assert_array_equal(out.total, np.full(4, 3.0))
+
+    rd = H.make_round(5, d=8, policy=LOOSE)
+    rd.server.withdraw(4)
+    assert not rd.server.awaits(4) and rd.server.awaiting() == 4
+    with pytest.raises(InvalidMessage, match="not awaited"):
+        rd.server.withdraw(4)
+    with pytest.raises(InvalidMessage, match="not awaited"):
+        rd.server.withdraw(9)  # not a participant
+
+
 def test_stage_interface_reveals_the_sum_only_when_unmasking_and_checks_min_inputs() -> None:
     rd = H.make_round(5, d=8, policy=LOOSE)
     out = H.drive(rd)

@@ -2,7 +2,8 @@
 
 A hypothesis state machine drives the deployed coordinator (the engine plus joins and
 leases) with four real client pipelines through arbitrary interleavings of joins,
-polls, silences, late and duplicate replies and clock jumps. Invariants after every
+polls, silences, withdrawals (in order, late, repeated), late and duplicate replies and
+clock jumps. Invariants after every
 step: no round is charged twice, nothing is applied that was not charged first, and
 the run never deadlocks (from any state, honest delivery plus the passage of time
 finishes the open round).
@@ -22,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import privacy
 from privacy.errors import ProtocolError, SecureFMLError
-from secure_fml.messages import RoundStart, StageReply, StageRequest
+from secure_fml.messages import RoundStart, StageReply, StageRequest, Withdrawal
 from tests.deploy import _harness as H
 
 NAMES = ("alpha", "beta", "gamma", "delta")
@@ -66,6 +67,7 @@ def _machine(pki: Path, tmp: Path) -> type[RuleBasedStateMachine]:
             self.conn: dict[str, bytes] = {}
             self.inbox: dict[str, list] = {n: [] for n in NAMES}
             self.sent: list[tuple[str, StageReply]] = []
+            self.seen: list[tuple[str, RoundStart | StageRequest]] = []
             self.last_state = self.coord.state.clone()
             self.applied: list[int] = []
 
@@ -97,12 +99,30 @@ def _machine(pki: Path, tmp: Path) -> type[RuleBasedStateMachine]:
             if not box:
                 return
             msg = box.pop(-1 if newest else 0)
+            self.seen.append((site, msg))
             try:
                 reply = self.sites[site].handle(msg)
             except SecureFMLError:
                 return  # the site leaves that round
             if reply is not None:
                 self.sent.append((site, reply))
+
+        @rule(data=st.data())
+        def withdraw(self, data: st.DataObject) -> None:
+            """A site withdraws from any message it ever processed: the open stage, a
+            stage already closed, a past round, or again."""
+            if not self.seen:
+                return
+            site, msg = data.draw(st.sampled_from(self.seen))
+            conn = self.conn.get(site)
+            if conn is None:
+                return
+            stage = msg.first_stage if isinstance(msg, RoundStart) else msg.stage
+            notice = Withdrawal(
+                round=msg.round, session_id=msg.session_id, stage=stage, reason="policy"
+            )
+            with contextlib.suppress(ProtocolError):
+                self.coord.withdraw(conn, notice)
 
         @rule(data=st.data())
         def deliver(self, data: st.DataObject) -> None:

@@ -22,7 +22,14 @@ from pathlib import Path
 from aggregation import Stage
 from secure_fml.deploy import Transport, build_site, load_site_config, run_site
 from secure_fml.deploy._process import site_transport
-from secure_fml.messages import EngineMessage, RoundStart, StageReply, StageRequest, Wait
+from secure_fml.messages import (
+    EngineMessage,
+    RoundStart,
+    StageReply,
+    StageRequest,
+    Wait,
+    Withdrawal,
+)
 
 log = logging.getLogger("test-site")
 
@@ -65,6 +72,9 @@ class FaultyTransport(Transport):
             log.warning("test crash point (%s, %d) reached", reply.stage.name, reply.round)
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def withdraw(self, conn: bytes, notice: Withdrawal) -> None:
+        self.inner.withdraw(conn, notice)
 
     def download_checkpoint(self, conn: bytes) -> bytes:
         return self.inner.download_checkpoint(conn)

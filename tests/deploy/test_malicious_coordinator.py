@@ -139,6 +139,18 @@ def test_malicious_coordinator_is_refused_and_honest_sites_survive(
 
     status = {ln["round"]: ln["status"] for ln in coord.history}
     assert [r for r, st in status.items() if st == "complete"] == list(HONEST_ROUNDS), status
+    # Every site told the coordinator why it left each altered round of the present
+    # session, so those rounds ended without waiting out their deadline; the replayed
+    # start names a past round, so its withdrawal is refused and round 5 waits.
+    for ln in coord.history:
+        attack, error = ATTACKS.get(ln["round"], ("honest", ""))
+        if attack in ("honest", "replay_round_4"):
+            assert "withdrew" not in ln, ln
+            continue
+        why = ln["withdrew"]
+        assert sorted(why) == sorted(NAMES), ln
+        assert all(w.startswith(f"ADVERTISE_KEYS: {error}: ") for w in why.values()), why
+        assert ln["round_s"] < 8.0, ln  # the train deadline
     for name in NAMES:
         log = procs.log(name)
         for attack, error in ATTACKS.values():

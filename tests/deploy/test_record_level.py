@@ -535,7 +535,7 @@ def test_the_request_and_the_release_survive_the_wire_and_malformed_ones_are_ref
     from secure_fml.deploy._convert import (
         server_message_from_proto,
         server_message_to_proto,
-        stage_reply_from_proto,
+        site_message_from_proto,
         stage_reply_to_proto,
     )
 
@@ -557,9 +557,11 @@ def test_the_request_and_the_release_survive_the_wire_and_malformed_ones_are_ref
 
     def roundtrip(r: StageReply) -> StageReply:
         frames = list(stage_reply_to_proto(r, connection_id=b"c" * 16))
-        return stage_reply_from_proto(
+        got = site_message_from_proto(
             frames, max_payload=lambda _s: 1 << 20, expected_tensor=lambda _s: None
         )[1]
+        assert isinstance(got, StageReply)
+        return got
 
     assert roundtrip(reply).record_release == reply.record_release
     bad = object.__new__(RecordLevelRelease)  # bypasses validation, as a hostile site would

@@ -152,6 +152,14 @@ def test_deployed_sites_run_record_level_dp_and_refuse_a_coordinator_that_lowers
 
     status = {ln["round"]: ln["status"] for ln in coord.history}
     assert [r for r, st in status.items() if st == "complete"] == HONEST_ROUNDS, status
+    for ln in coord.history:  # each site said why it left, so no round waited its deadline
+        if ln["round"] in ATTACKS:
+            reasons = ln["withdrew"]
+            assert sorted(reasons) == sorted(NAMES), ln
+            assert all(ATTACKS[ln["round"]][1] in w for w in reasons.values()), reasons
+            assert ln["round_s"] < 8.0, ln
+        else:
+            assert "withdrew" not in ln, ln
     ds = load_preset("synthetic")
     coord_copies = record_events(privacy.read_ledger(run / privacy.LEDGER_FILENAME))
     for name in NAMES:

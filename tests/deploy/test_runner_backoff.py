@@ -12,7 +12,7 @@ import pytest
 from privacy.errors import ConfigError, TransportError
 from secure_fml.deploy import SiteSettings, run_site
 from secure_fml.deploy._transport import Transport
-from secure_fml.messages import EngineMessage, StageReply
+from secure_fml.messages import EngineMessage, StageReply, Withdrawal
 
 
 class _Down(Transport):
@@ -25,6 +25,9 @@ class _Down(Transport):
         raise AssertionError("never joined")
 
     def submit(self, conn: bytes, reply: StageReply) -> None:
+        raise AssertionError("never joined")
+
+    def withdraw(self, conn: bytes, notice: Withdrawal) -> None:
         raise AssertionError("never joined")
 
     def download_checkpoint(self, conn: bytes) -> bytes:
