@@ -39,6 +39,7 @@ __all__ = [
     "StageRequest",
     "Wait",
     "Withdrawal",
+    "withdrawal_from",
 ]
 
 #: Version of the whole wire protocol: the engine messages (this module, carried by
@@ -278,6 +279,23 @@ class Withdrawal:
             raise InvalidMessage("a withdrawal's reason must be text")
         if len(self.reason) > MAX_WITHDRAWAL_REASON:
             object.__setattr__(self, "reason", self.reason[: MAX_WITHDRAWAL_REASON - 3] + "...")
+
+
+def withdrawal_from(msg: object, err: BaseException) -> Withdrawal | None:
+    """The withdrawal a participant sends when refusing ``msg`` made it leave the round
+    (None when ``msg`` belongs to no round: nothing to withdraw from)."""
+    if isinstance(msg, RoundStart):
+        stage = msg.first_stage
+    elif isinstance(msg, StageRequest):
+        stage = msg.stage
+    else:
+        return None
+    return Withdrawal(
+        round=msg.round,
+        session_id=msg.session_id,
+        stage=stage,
+        reason=f"{type(err).__name__}: {err}",
+    )
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,13 @@ from secure_fml.data import (
 from secure_fml.engine import Identity, RoundEngine
 from secure_fml.evaluation import EvalResult, evaluate, to_batch
 from secure_fml.executors import ClientExecutor, SequentialExecutor
-from secure_fml.messages import EngineMessage, RoundStart, StageReply, StageRequest
+from secure_fml.messages import (
+    EngineMessage,
+    RoundStart,
+    StageReply,
+    StageRequest,
+    withdrawal_from,
+)
 from secure_fml.models import check_output_size, default_hidden, default_model, describe_module
 from secure_fml.observability import MetricsSink, Progress
 from secure_fml.pipeline import ClientPipeline, seeded_generator, seeded_randomness
@@ -595,7 +601,7 @@ class Simulation:
             # vectors) at once: the server folds each into its running sum.
             for lo in range(0, len(jobs), _REPLY_CHUNK):
                 chunk = jobs[lo : lo + _REPLY_CHUNK]
-                for (client, _), result in zip(chunk, self.executor.handle(chunk), strict=True):
+                for (client, msg), result in zip(chunk, self.executor.handle(chunk), strict=True):
                     if isinstance(result, StageReply):
                         try:
                             eng.submit(client, result)
@@ -604,7 +610,14 @@ class Simulation:
                                 "round %d: reply of %s refused: %s", eng.round + 1, client, e
                             )
                     elif isinstance(result, SecureFMLError):
+                        # It says why, as a deployed site does: the stage need not wait.
                         log.warning("client %s leaves the round: %s", client, result)
+                        notice = withdrawal_from(msg, result)
+                        if notice is not None:
+                            try:
+                                eng.withdraw(client, notice)
+                            except ProtocolError as e:
+                                log.warning("withdrawal of %s refused: %s", client, e)
         if eng.stop_error is not None:
             raise eng.stop_error
         return eng.history[-1] if len(eng.history) > before else {}

@@ -28,7 +28,7 @@ from privacy.errors import (
 from secure_fml.config import check_positive
 from secure_fml.deploy._site import Site
 from secure_fml.deploy._transport import Transport
-from secure_fml.messages import EngineMessage, Finished, RoundStart, StageRequest, Withdrawal
+from secure_fml.messages import EngineMessage, Finished, withdrawal_from
 
 __all__ = ["run_site"]
 
@@ -39,18 +39,9 @@ def _withdraw(
     transport: Transport, conn: bytes, msg: EngineMessage, err: Exception, *, site: str
 ) -> None:
     """Tell the coordinator this site leaves the round ``msg`` belongs to, and why."""
-    if isinstance(msg, RoundStart):
-        stage = msg.first_stage
-    elif isinstance(msg, StageRequest):
-        stage = msg.stage
-    else:
+    notice = withdrawal_from(msg, err)
+    if notice is None:
         return
-    notice = Withdrawal(
-        round=msg.round,
-        session_id=msg.session_id,
-        stage=stage,
-        reason=f"{type(err).__name__}: {err}",
-    )
     try:
         transport.withdraw(conn, notice)
     except ProtocolError as e:  # a replayed or stale round: nothing to withdraw from

@@ -22,11 +22,11 @@ import pytest
 
 from aggregation import Stage
 from privacy import SamplingMode
-from privacy.errors import ConfigError
+from privacy.errors import ConfigError, PolicyViolation
 from secure_fml import executors, simulation
 from secure_fml.config import Config, config_from_dict
 from secure_fml.executors import PoolExecutor, SequentialExecutor
-from secure_fml.messages import EngineMessage, StageRequest
+from secure_fml.messages import EngineMessage, RoundStart, StageRequest
 from secure_fml.simulation import InMemoryTransport, Simulation
 
 warnings.filterwarnings("ignore", message="INSECURE TEST MODE", category=RuntimeWarning)
@@ -509,3 +509,35 @@ def test_a_shared_model_reads_back_bit_exact_and_read_only() -> None:
             SharedMemory(name=ref.name)  # the previous round's block is gone
     finally:
         shared.release()
+
+
+class _Refusing(executors.ClientExecutor):
+    """Delegates to the real executor; ``refuser`` refuses every round start (its own
+    policy, say), as a deployed site would."""
+
+    def __init__(self, inner: executors.ClientExecutor, refuser: str) -> None:
+        self.inner, self.refuser = inner, refuser
+
+    def handle(self, jobs: Any) -> list[Any]:
+        out = self.inner.handle(jobs)
+        return [
+            PolicyViolation("not under my policy")
+            if name == self.refuser and isinstance(msg, RoundStart)
+            else res
+            for (name, msg), res in zip(jobs, out, strict=True)
+        ]
+
+
+def test_a_simulated_client_that_refuses_withdraws_like_a_deployed_site(tmp_path: Path) -> None:
+    """The simulation places the same withdrawal a deployed site sends: the stage does not
+    wait for the refusing client (the simulated clock never reaches a deadline) and the
+    metrics line names it with its reason."""
+    cfg = _cfg("sequential", clients=12, secure_aggregation={"dropout_fraction": 0.0})
+    sim = Simulation(cfg, run_dir=tmp_path)
+    sim.executor = _Refusing(sim.executor, "client_03")
+    line = sim.run_round()
+    assert line["status"] == "complete", line
+    assert line["withdrew"] == {"client_03": "ADVERTISE_KEYS: PolicyViolation: not under my policy"}
+    assert line["contributors"] == 11
+    assert line["round_s"] == 0.0, line  # no stage waited out its deadline
+    sim.close()
