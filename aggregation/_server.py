@@ -21,7 +21,7 @@ import logging
 import struct
 import time
 from collections.abc import Container, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -60,6 +60,7 @@ from aggregation._messages import (
     NeighbourKeys,
     QuorumCertificate,
     QuorumChallenge,
+    RevealedKeys,
     Review,
     ReviewResponse,
     RoutedShares,
@@ -94,43 +95,51 @@ def _u32(v: int) -> bytes:
 
 
 _NO_IDS = np.zeros(0, dtype=np.int64)
+_NO_IDS32 = np.zeros(0, dtype=np.int32)
 
 
 class _Regrouped:
     """The records of many senders' messages, regrouped by the client each one is for.
 
     ``records[s]`` are sender ``s``'s records (shares by holder, tags by holder, revealed
-    keys by owner). The table lists every record's target (its id), sender and position,
-    sorted by target then sender, so each target's records are one slice of three int64
-    arrays: at n = 10,000 the server regroups ~10^6 records holding no Python object
-    per record (as objects they cost ~1 KB each).
+    keys by owner). The table lists every record's sender and position, sorted by target
+    then sender, as two int32 arrays, and each target's slice of them (CSR: the sorted
+    distinct targets and where each one's records start). At n = 10,000 the server
+    regroups ~10^6 records at 8 bytes each, holding no Python object per record (as
+    objects they cost ~1 KB each; as three int64 columns, 24 bytes).
     """
 
     def __init__(
         self, records: Mapping[int, _Records[Any]], *, targets: np.ndarray | None = None
     ) -> None:
         senders = sorted(records)
-        cols = [records[s].ids() for s in senders]
+        cols = [records[s].ids().astype(np.int32) for s in senders]
         sizes = [len(c) for c in cols]
-        target = np.concatenate(cols) if cols else _NO_IDS
-        sender = np.repeat(np.asarray(senders, dtype=np.int64), sizes)
-        pos = np.concatenate([np.arange(k, dtype=np.int64) for k in sizes]) if cols else _NO_IDS
+        target = np.concatenate(cols) if cols else _NO_IDS32
+        sender = np.repeat(np.asarray(senders, dtype=np.int32), sizes)
+        pos = np.concatenate([np.arange(k, dtype=np.int32) for k in sizes]) if cols else _NO_IDS32
         if targets is not None:
             keep = np.isin(target, targets)
             target, sender, pos = target[keep], sender[keep], pos[keep]
         order = np.lexsort((sender, target))
-        self.target, self.sender, self.pos = target[order], sender[order], pos[order]
+        target = target[order]
+        self.sender, self.pos = sender[order], pos[order]
+        del order
+        #: The distinct targets (ascending) and where each one's records start in
+        #: sender/pos (one entry more: the end).
+        self._targets, starts = np.unique(target, return_index=True)
+        self._starts = np.append(starts, target.size).astype(np.int64)
         self.records = records
 
     def _span(self, target: int) -> slice:
-        t = self.target
-        return slice(
-            int(np.searchsorted(t, target, "left")), int(np.searchsorted(t, target, "right"))
-        )
+        i = int(np.searchsorted(self._targets, target))
+        if i == self._targets.size or int(self._targets[i]) != target:
+            return slice(0, 0)
+        return slice(int(self._starts[i]), int(self._starts[i + 1]))
 
     def senders(self, target: int) -> np.ndarray:
-        """Who sent a record for ``target`` (ascending)."""
-        return self.sender[self._span(target)]
+        """Who sent a record for ``target`` (ascending, int64)."""
+        return self.sender[self._span(target)].astype(np.int64)
 
     def items(self, target: int) -> Iterator[tuple[int, bytes]]:
         """(sender, record after its id) of every record for ``target``, by sender."""
@@ -143,6 +152,10 @@ class _Regrouped:
         """The records for ``target``, each under its sender's id instead of the target's:
         the raw records of the message the server forwards to ``target``."""
         return b"".join(_u32(s) + rec for s, rec in self.items(target) if s not in skip)
+
+    def __len__(self) -> int:
+        """How many records the table regroups."""
+        return int(self.sender.size)
 
 
 class _Forwarded(RoutedShares):
@@ -167,26 +180,37 @@ class _Forwarded(RoutedShares):
         return int(self._table.senders(self._target).size)
 
 
-class _Spilled(EncryptedShares):
-    """A dealer's checked shares as the server keeps them: the records in the round's
-    spill store (memory flat in n beyond a small budget), their ids in memory. A read
-    fetches what it needs: one record (routing), or all of them (a dispute's evidence).
-    It compares, hashes and pickles as the :class:`EncryptedShares` it shows."""
+class _SpilledView:
+    """Records a server keeps after checking them, as it keeps them: the bytes in the
+    round's spill store (memory flat in n beyond a small budget), their ids in memory
+    as int32. A read fetches what it needs: one record (routing, a tag, a revealed key),
+    or all of them (the evidence of a dispute). Mixed into a record type, it compares,
+    hashes and pickles as the records it shows."""
 
-    __slots__ = ("_ids", "_key", "_store")
+    __slots__ = ()
+    SIZE: ClassVar[int]
+    _ids: np.ndarray
+    _key: int
+    _store: SpilledBytes
 
-    def __init__(self, store: SpilledBytes, key: int, records: EncryptedShares) -> None:
+    def __init__(self, store: SpilledBytes, key: int, records: _Records[Any]) -> None:
         store.put(key, records.raw)
-        ids = records.ids()
+        ids = records.ids().astype(np.int32)
         ids.setflags(write=False)
-        self._store, self._key, self._ids = store, key, ids
+        # the concrete classes declare these slots (a mixin's own must stay empty)
+        self._store, self._key, self._ids = store, key, ids  # type: ignore[misc]
 
     @property
-    def _raw(self) -> bytes:  # type: ignore[override]  # read from the store, not held
+    def _raw(self) -> bytes:  # read from the store, not held
         return self._store.get(self._key)
 
     def ids(self) -> np.ndarray:
-        return self._ids
+        return self._ids.astype(np.int64)
+
+    def find(self, client_id: int) -> int | None:
+        ids = self._ids
+        i = int(np.searchsorted(ids, client_id))
+        return i if i < ids.size and int(ids[i]) == client_id else None
 
     def __len__(self) -> int:
         return int(self._ids.size)
@@ -194,6 +218,24 @@ class _Spilled(EncryptedShares):
     def record(self, i: int) -> bytes:
         s = self.SIZE
         return self._store.read(self._key, i * s + 4, s - 4)
+
+
+class _SpilledShares(_SpilledView, EncryptedShares):  # type: ignore[override]
+    """A dealer's checked shares (routed to their holders, opened in disputes)."""
+
+    __slots__ = ("_ids", "_key", "_store")
+
+
+class _SpilledTags(_SpilledView, Tags):  # type: ignore[override]
+    """An owner's checked masking tags (sent to the holders for review)."""
+
+    __slots__ = ("_ids", "_key", "_store")
+
+
+class _SpilledKeys(_SpilledView, RevealedKeys):  # type: ignore[override]
+    """A holder's checked revealed share keys (decrypting the shares it held)."""
+
+    __slots__ = ("_ids", "_key", "_store")
 
 
 class ServerSession(AggregationServer):
@@ -276,14 +318,17 @@ class ServerSession(AggregationServer):
         self._adverts: dict[int, AdvertiseKeys] = {}
         self._draws: dict[int, Sequence[int]] = {}
         #: Each dealer's signed shares, their records spilled to disk beyond
-        #: ``share_memory_bytes`` (see _Spilled).
+        #: ``share_memory_bytes`` (see _SpilledView); so are the tags and the revealed
+        #: keys, each in a store of its own with the same budget.
         self._shares: dict[int, ShareKeys] = {}
         self._share_store = SpilledBytes(memory_bytes=share_memory_bytes)
+        self._tag_store = SpilledBytes(memory_bytes=share_memory_bytes)
+        self._key_store = SpilledBytes(memory_bytes=share_memory_bytes)
         #: U2, and the shares of U2 regrouped by holder (set when sharing closes).
         self._u2: np.ndarray = _NO_IDS
         self._routed: _Regrouped | None = None
-        #: Each masked input without its vector (its tags and complaints: what the
-        #: review, the disputes and their evidence use); the vectors are in _sum.
+        #: Each masked input without its vector (its tags, spilled, and complaints: what
+        #: the review, the disputes and their evidence use); the vectors are in _sum.
         self._inputs: dict[int, MaskedInput] = {}
         dtype = P.mask_dtype(config.modulus_bits)
         #: The running sum of every masked input received, mod the word size (which
@@ -301,10 +346,12 @@ class ServerSession(AggregationServer):
         self._excluded: dict[int, MisbehaviourKind] = {}
         self._status = np.zeros(roster.n, dtype=np.uint8)
         self._alive: tuple[int, ...] = ()
+        #: Everyone each member of U2 masked with (int32, ascending).
         self._partners: dict[int, np.ndarray] = {}
         self._digest = b""
         self._signatures: dict[int, bytes] = {}
         self._challenges: dict[int, tuple[int, ...]] = {}
+        #: Each holder's checked reveal, its keys spilled.
         self._reveals: dict[int, UnmaskResponse] = {}
         #: The revealed keys regrouped by owner (set when unmasking closes).
         self._revealed: _Regrouped | None = None
@@ -538,7 +585,9 @@ class ServerSession(AggregationServer):
             except InvalidMessage as exc:
                 self._record(MisbehaviourKind.BAD_SHARE_MESSAGE, u, str(exc), parts())
                 raise
-        self._shares[u] = dataclasses.replace(m, shares=_Spilled(self._share_store, u, m.records))
+        self._shares[u] = dataclasses.replace(
+            m, shares=_SpilledShares(self._share_store, u, m.records)
+        )
 
     def _dealt(self, w: int, v: int) -> EncryptedShare:
         """The share dealer ``w`` dealt holder ``v``, as ``w`` signed it."""
@@ -612,7 +661,11 @@ class ServerSession(AggregationServer):
         # held aside (spilled to disk beyond a small budget) until exclusions settle.
         held.put(u, m.vector)
         np.add(self._sum, m.vector, out=self._sum)
-        self._inputs[u] = dataclasses.replace(m, vector=np.zeros(1, dtype=m.vector.dtype))
+        self._inputs[u] = dataclasses.replace(
+            m,
+            vector=np.zeros(1, dtype=m.vector.dtype),
+            tags=_SpilledTags(self._tag_store, u, m.tag_records),
+        )
         if m.complaints:
             self._rejected[u] = {c.dealer: c for c in m.complaints}
 
@@ -833,7 +886,7 @@ class ServerSession(AggregationServer):
         self._status = status
         partners: dict[int, np.ndarray] = {}
         for u in self._u2.tolist():
-            partners[u] = np.union1d(self._shared_by(u), self._held_by(u))
+            partners[u] = np.union1d(self._shared_by(u), self._held_by(u)).astype(np.int32)
         self._partners = partners
         self._check_symmetric(alive)
         leaves = [graph_leaf(self.ctx, u, partners.get(u, _NO_IDS)) for u in self.roster.ids]
@@ -932,7 +985,7 @@ class ServerSession(AggregationServer):
         if wrong.any():
             owner = int(owners[np.flatnonzero(wrong)[0]])
             raise InvalidMessage(f"client {v} reveals the wrong share kind for {owner}")
-        self._reveals[v] = m
+        self._reveals[v] = dataclasses.replace(m, keys=_SpilledKeys(self._key_store, v, keys))
 
     def _shares_of(self, owner: int, kind: int) -> list[tuple[int, int]]:
         """Decrypt every revealed share of ``owner``'s secret; attribute bad keys."""

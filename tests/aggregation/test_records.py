@@ -268,7 +268,7 @@ def test_the_routing_outbox_gathers_forwarded_shares_when_read_and_holds_none() 
 
 
 @pytest.mark.parametrize("budget", [0, 1 << 22], ids=["disk", "memory"])
-def test_the_server_keeps_the_shares_it_checked_in_its_spill_store(budget: int) -> None:
+def test_the_server_spills_the_shares_tags_and_keys_it_checked(budget: int) -> None:
     """A SecAgg+ server keeps every dealer's signed shares (n·k records) until the round
     ends, for routing, recovery and evidence: beyond its budget they are on disk, and
     every read (routing, recovery, the evidence bytes) is what the dealer signed."""
@@ -289,9 +289,26 @@ def test_the_server_keeps_the_shares_it_checked_in_its_spill_store(budget: int) 
         assert [kept.records.record(i) for i in range(len(m.records))] == [
             m.records.record(i) for i in range(len(m.records))
         ]
+    # So are the masking tags (n·k, reviewed by the holders) and the revealed keys (n·k,
+    # decrypting the shares): kept as checked, every record read back as it was sent.
+    masked = out.replies(Stage.MASKED_INPUT)
+    assert sorted(rd.server._inputs) == sorted(masked) and len(masked) == 39
+    for u, mi in masked.items():
+        tags = rd.server._inputs[u].tag_records
+        assert tags == mi.tag_records and tags.raw == mi.tag_records.raw
+        assert list(tags) == list(mi.tag_records) and len(tags) == len(mi.tag_records) > 0
+    unmasked = out.replies(Stage.UNMASKING)
+    assert sorted(rd.server._reveals) == sorted(unmasked) and len(unmasked) > 0
+    for v, um in unmasked.items():
+        keys = rd.server._reveals[v].keys
+        assert isinstance(keys, RevealedKeys) and keys == um.keys
+        assert list(keys) == list(um.keys) and keys.ids().tolist() == um.keys.ids().tolist()
     if budget == 0:
-        # The records are not among the server's objects: everything else it holds as
-        # bytes (tags, revealed keys, signatures, public keys) is less than they are.
+        # None of these records is among the server's objects: everything else it holds
+        # as bytes (signatures, public keys, the sum) is less than the shares alone.
+        reachable = [o for o in _reachable(rd.server) if isinstance(o, bytes)]
         dealt = sum(len(m.records.raw) for m in sent.values())
-        held = sum(len(o) for o in _reachable(rd.server) if isinstance(o, bytes))
-        assert held < dealt, (held, dealt)
+        assert sum(map(len, reachable)) < dealt, (sum(map(len, reachable)), dealt)
+        kept = {m.tag_records.raw for m in masked.values()}
+        kept |= {RevealedKeys.of(m.keys).raw for m in unmasked.values()}
+        assert kept.isdisjoint(reachable)
