@@ -34,7 +34,9 @@ seed (``run.insecure_seed``) they give the same state and the same ledger.
 - :class:`RayExecutor` (``pip install 'secure-fml[ray]'``): the same workers as Ray
   actors, on this machine or an existing Ray cluster (``simulation.ray_address``). The
   model goes into Ray's object store once per round (``ray.put``); an actor reads it
-  from there, without a copy on its own node.
+  from there, without a copy on its own node. A dead actor is replaced as a pool worker
+  is; when the cluster cannot place the replacement (a node lost and no free CPU
+  elsewhere), that worker retires and its clients move to the live workers.
 
 The coordinator's aggregation sessions fold each input into a running sum as it
 arrives (SecAgg keeps the folded masked vectors aside, spilled to disk beyond a small
@@ -567,6 +569,8 @@ class _PinnedExecutor(ClientExecutor):
         self.identity_key = identity_key
         self.partition = partition
         self._n = workers
+        #: Workers that serve clients: all of them, less those retired (see _retire).
+        self._live: list[int] = list(range(workers))
         self._worker_of: dict[str, int] = {}
         self._known: list[set[str]] = [set() for _ in range(workers)]
         self._next = 0
@@ -586,12 +590,35 @@ class _PinnedExecutor(ClientExecutor):
         """The worker a client is pinned to (None: not assigned yet)."""
         return self._worker_of.get(name)
 
+    @property
+    def live_workers(self) -> list[int]:
+        """The workers that still serve clients (a retired one is gone for the run)."""
+        return list(self._live)
+
     def _assign(self, name: str) -> int:
         i = self._worker_of.get(name)
         if i is None:
-            i = self._worker_of[name] = self._next % self._n
+            if not self._live:
+                raise TransportError("no simulation worker is left to run clients on")
+            i = self._worker_of[name] = self._live[self._next % len(self._live)]
             self._next += 1
         return i
+
+    def _retire(self, i: int, why: str) -> None:
+        """Worker ``i`` cannot be replaced (``why``): the clients pinned to it move to the
+        live workers on their next job, which build them afresh as a replacement would."""
+        self._live.remove(i)
+        self._known[i] = set()
+        moved = [n for n, w in self._worker_of.items() if w == i]
+        for name in moved:
+            del self._worker_of[name]
+        log.warning(
+            "simulation worker %d retired (%s); its %d clients move to the %d live workers",
+            i,
+            why,
+            len(moved),
+            len(self._live),
+        )
 
     def _descriptor(self, name: str) -> _Descriptor:
         key = self.identity_key(name).private_bytes_raw()
@@ -804,10 +831,17 @@ class RayExecutor(_PinnedExecutor):
     ``address`` None starts (or reuses) a local Ray instance with ``workers`` CPUs;
     ``auto`` or HOST:PORT joins an existing cluster, whose nodes must have
     ``secure-fml`` installed and, unless the driver was handed an in-memory dataset,
-    the dataset at ``data.root``. One actor per worker (default: the cluster's CPUs)
-    keeps one model copy and its clients' partitions; a dead actor's clients drop out
-    as with the pool, and a fresh actor replaces it.
+    the dataset at ``data.root``. One actor per worker (default: the cluster's CPUs
+    when the executor starts) keeps one model copy and its clients' partitions; a dead
+    actor's clients drop out as with the pool, and a fresh actor replaces it before the
+    next stage. A replacement the cluster cannot place within
+    :attr:`placement_timeout_s` (its node is gone and no other has a free CPU) is given
+    up: that worker retires and its clients move to the live actors, so a lost node
+    costs its clients' open stage and at most one such wait, never a hung round.
     """
+
+    #: Seconds a replacement actor may take to start before its worker retires.
+    placement_timeout_s: float = 60.0
 
     def __init__(
         self,
@@ -824,7 +858,8 @@ class RayExecutor(_PinnedExecutor):
         if not ray.is_initialized():
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address is None:
-                ray.init(num_cpus=workers or available_cores(), **kw)
+                # "local": a new instance, never a cluster found running on this machine
+                ray.init(address="local", num_cpus=workers or available_cores(), **kw)
             else:
                 ray.init(address=address, **kw)
             self._owns_ray = True
@@ -837,6 +872,8 @@ class RayExecutor(_PinnedExecutor):
         self._held: list[tuple[Any, _Context] | None] = [None] * n
         #: (model, its object ref): this round's model, put in the object store once.
         self._model: tuple[np.ndarray, Any] | None = None
+        #: Workers whose actor died: replaced (or retired) before the next stage runs.
+        self._dead: set[int] = set()
 
     def _put(self, model: np.ndarray) -> Any:
         """The object ref of this round's model (``ray.put`` once per round; the
@@ -858,12 +895,34 @@ class RayExecutor(_PinnedExecutor):
         return self._actor(i)
 
     def start(self) -> None:
-        self._ray.get([self._actor(i).pid.remote() for i in range(self.workers)])
+        self._ray.get([self._actor(i).pid.remote() for i in self._live])
+
+    def _replace_dead(self) -> None:
+        """A started actor for every worker whose actor died, or that worker retired."""
+        ray = self._ray
+        for i in sorted(self._dead):
+            self._dead.discard(i)
+            actor = self._actor(i)
+            ready, _ = ray.wait([actor.pid.remote()], timeout=self.placement_timeout_s)
+            why = f"no replacement actor started within {self.placement_timeout_s:g} s"
+            if ready:
+                try:
+                    ray.get(ready[0])
+                    continue
+                except ray.exceptions.RayActorError as e:
+                    why = f"its replacement actor died too ({type(e).__name__})"
+            with contextlib.suppress(Exception):
+                ray.kill(actor)  # and its resource request with it
+            self._actors[i] = None
+            self._held[i] = None
+            self._retire(i, why)
 
     def handle(self, jobs: Sequence[tuple[str, EngineMessage]]) -> list[JobResult]:
         ray = self._ray
+        self._replace_dead()
         out: list[JobResult] = [None] * len(jobs)
         pending: dict[Any, tuple[int, list[int]]] = {}
+        actor_of: dict[int, Any] = {}
         for i, (positions, descriptors, batch) in self._batches(jobs).items():
             actor = self._actor(i)
             context = self._contexts.of(batch)
@@ -878,6 +937,7 @@ class RayExecutor(_PinnedExecutor):
                 descriptors, batch, context, model=_BESIDE if ref is not None else None
             )
             pending[actor.packed.remote(head, body, ref)] = (i, positions)
+            actor_of[i] = actor
             if fresh and context is not None:
                 self._held[i] = (actor, context)
         while pending:
@@ -888,7 +948,10 @@ class RayExecutor(_PinnedExecutor):
                 payload = ray.get(ref)
             except ray.exceptions.RayActorError as e:
                 self._fail(i, positions, out, jobs, type(e).__name__)
+                with contextlib.suppress(Exception):
+                    ray.kill(actor_of[i])  # if only unreachable, it must not linger
                 self._actors[i] = None
+                self._dead.add(i)
                 continue
             self._accept(i, positions, payload, out, jobs)
         return out

@@ -6,11 +6,19 @@ SIGKILL of a worker in the middle of a round.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import pickle
+import secrets
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from multiprocessing.shared_memory import SharedMemory
@@ -33,6 +41,12 @@ warnings.filterwarnings("ignore", message="INSECURE TEST MODE", category=Runtime
 
 
 def _cfg(executor: str, *, clients: int = 12, workers: int = 2, **over: Any) -> Config:
+    return config_from_dict(_raw_cfg(executor, clients=clients, workers=workers, **over))
+
+
+def _raw_cfg(
+    executor: str, *, clients: int = 12, workers: int | None = 2, **over: Any
+) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "data": {
             "preset": "synthetic",
@@ -55,7 +69,7 @@ def _cfg(executor: str, *, clients: int = 12, workers: int = 2, **over: Any) -> 
     }
     for section, values in over.items():
         raw.setdefault(section, {}).update(values)
-    return config_from_dict(raw)
+    return raw
 
 
 def _ledger(run_dir: Path) -> list[tuple[str, Any]]:
@@ -99,7 +113,7 @@ def test_ray_gives_the_same_state_ledger_and_rounds_as_sequential(tmp_path: Path
     )
     from secure_fml.executors import RayExecutor
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         runs = {}
         for kind in ("sequential", "ray"):
@@ -261,7 +275,7 @@ def test_a_killed_ray_actor_turns_its_clients_into_recovered_dropouts(tmp_path: 
         assert isinstance(ex, RayExecutor)
         return int(ray.get(ex.actor(0).pid.remote()))
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         cfg = _cfg(
             "ray",
@@ -420,7 +434,7 @@ def test_a_rounds_model_is_broadcast_once_and_its_roster_goes_to_each_worker_onc
         ray = pytest.importorskip(
             "ray", reason="Ray is the optional extra secure-fml[ray] (an ~80 MB wheel)"
         )
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     monkeypatch.setattr(simulation, "_REPLY_CHUNK", 4)
     sent: list[tuple[int, int]] = []  # (round, roster size) of every roster sent
     copies: list[int] = []  # per message: the model's bytes found in head and body
@@ -541,3 +555,215 @@ def test_a_simulated_client_that_refuses_withdraws_like_a_deployed_site(tmp_path
     assert line["contributors"] == 11
     assert line["round_s"] == 0.0, line  # no stage waited out its deadline
     sim.close()
+
+
+class _LocalRayCluster:
+    """A real two-node Ray cluster on loopback (``ray start`` twice: a head and a
+    worker node, with ``cpus`` CPUs), with its own token (``RAY_AUTH_MODE=token``), torn
+    down by killing the process groups it started."""
+
+    def __init__(self, *, cpus: tuple[int, int] = (1, 1)) -> None:
+        self.cpus = cpus
+        self.token = secrets.token_hex(32)
+        # Its own temporary directory (short: Ray puts Unix sockets in it), so that no
+        # other Ray user on this machine finds it as "the running cluster".
+        self.tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+            "RAY_TMPDIR": self.tmp,
+        }
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self._ray = str(Path(sys.executable).with_name("ray"))
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, cpus: int, *args: str) -> None:
+        cmd = [self._ray, "start", "--block", "--num-cpus", str(cpus), "--disable-usage-stats"]
+        self._procs.append(
+            subprocess.Popen(
+                [*cmd, "--node-ip-address", "127.0.0.1", *args],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+
+    def __enter__(self) -> _LocalRayCluster:
+        head, worker = self.cpus
+        self._start(head, "--head", "--port", str(self.port), "--include-dashboard", "false")
+        self._wait_for(f"/{float(head)} CPU", "the Ray head")
+        self._start(worker, "--address", self.address)
+        # Both nodes registered before a driver joins: a driver sizes its actor pool
+        # from the cluster's CPUs when it starts.
+        self._wait_for(f"/{float(head + worker)} CPU", "the worker node")
+        return self
+
+    def _wait_for(self, text: str, what: str) -> None:
+        status = [self._ray, "status", "--address", self.address]
+        deadline = time.monotonic() + 60
+        while text not in subprocess.run(status, env=self.env, capture_output=True).stdout.decode():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} did not come up in 60 s")
+            time.sleep(0.5)
+
+    def kill_worker_node(self) -> None:
+        """SIGKILL every process of the worker node (a machine lost)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._procs[1].pid, signal.SIGKILL)
+
+    def __exit__(self, *exc: object) -> None:
+        for p in reversed(self._procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self._procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# A driver joining the cluster in its own interpreter, as a user's would: Ray reads the
+# token settings when it is imported, so they must be in the environment from the start.
+# With a pause, it writes its clients' workers after round 1 and waits for ``killed``.
+_RAY_DRIVER = """
+import json, sys, time
+from pathlib import Path
+import numpy as np
+import ray
+from secure_fml.config import config_from_dict
+from secure_fml.executors import RayExecutor
+from secure_fml.simulation import Simulation
+
+raw, run_dir, pause = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "pause"
+RayExecutor.placement_timeout_s = 5.0
+sim = Simulation(config_from_dict(raw), run_dir=run_dir)
+ex = sim.executor
+assert isinstance(ex, RayExecutor) and ray.is_initialized()
+ex.start()
+pids = [int(ray.get(ex.actor(i).pid.remote())) for i in range(ex.workers)]
+ppids = [int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) for p in pids]
+# each actor's parent process: its node's raylet
+raylets = [b"raylet" in Path(f"/proc/{p}/cmdline").read_bytes() for p in ppids]
+if pause:
+    sim.open()
+    sim.run_round()
+    pins = {c: ex.worker_of(c) for c in sim.history[0]["clients"]}
+    (run_dir / "pins.json").write_text(json.dumps(pins))
+    while not (run_dir / "killed").exists():
+        time.sleep(0.1)
+    while sim.round < raw["server"]["rounds"]:
+        sim.run_round()
+    state = sim.state.numpy()
+    live = ex.live_workers
+    sim.close()
+else:
+    state = sim.run(progress=False).state.numpy()
+    live = ex.live_workers
+np.save(run_dir / "state.npy", state)
+rounds = [
+    (h["round"], h["status"], h.get("clients"), h["contributors"], h.get("train_loss"))
+    for h in sim.history
+]
+left = not ray.is_initialized()
+out = {"workers": ex.workers, "parents": ppids, "raylets": raylets, "rounds": rounds}
+out.update(left=left, live=live)
+(run_dir / "driver.json").write_text(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ray_on_an_existing_two_node_cluster_gives_the_same_state_ledger_and_rounds(
+    tmp_path: Path,
+) -> None:
+    # The --ray-address path: the executor joins a running cluster (HOST:PORT) instead of
+    # starting Ray itself, its actors are spread over both nodes, and the rounds are the
+    # sequential executor's, bit for bit.
+    pytest.importorskip(
+        "ray", reason="Ray is the optional extra secure-fml[ray] (an ~80 MB wheel); not installed"
+    )
+    sim = Simulation(_cfg("sequential"), run_dir=tmp_path / "sequential")
+    s_state = sim.run(progress=False).state.numpy().copy()
+    s_rounds = [list(r) for r in _rounds(sim)]
+    assert any(r[3] < 12 for r in s_rounds)  # a recovered dropout
+    raw = _raw_cfg("ray", workers=None)
+    with _LocalRayCluster() as cluster:
+        raw["simulation"]["ray_address"] = cluster.address
+        run_dir = tmp_path / "ray"
+        done = subprocess.run(
+            [sys.executable, "-c", _RAY_DRIVER, json.dumps(raw), str(run_dir), "run"],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = json.loads((run_dir / "driver.json").read_text())
+        # Two workers (the cluster's CPUs), one on each node: two distinct raylets.
+        assert out["workers"] == 2
+        assert all(out["raylets"]) and len(set(out["parents"])) == 2
+    assert out["left"]  # the executor left the cluster it joined, which keeps running
+    assert np.array_equal(np.load(run_dir / "state.npy"), s_state)
+    assert _ledger(run_dir) == _ledger(tmp_path / "sequential")
+    assert json.loads(json.dumps(s_rounds)) == out["rounds"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_lost_ray_node_retires_its_worker_and_the_run_goes_on(tmp_path: Path) -> None:
+    # A machine of the cluster is lost between rounds and no other node has a free CPU
+    # for a replacement actor: its clients drop out of the open stage (recovered by the
+    # protocol), the worker retires after the placement timeout, and its clients move to
+    # the live actors -- the run completes instead of waiting forever for a placement.
+    pytest.importorskip(
+        "ray", reason="Ray is the optional extra secure-fml[ray] (an ~80 MB wheel); not installed"
+    )
+    raw = _raw_cfg(
+        "ray",
+        workers=None,
+        secure_aggregation={"dropout_fraction": 0.0, "max_dropout_fraction": 0.3},
+    )
+    run_dir = tmp_path / "ray"
+    run_dir.mkdir()
+    with _LocalRayCluster(cpus=(3, 1)) as cluster:
+        raw["simulation"]["ray_address"] = cluster.address
+        driver = subprocess.Popen(
+            [sys.executable, "-c", _RAY_DRIVER, json.dumps(raw), str(run_dir), "pause"],
+            env=cluster.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not (run_dir / "pins.json").exists():
+                assert driver.poll() is None, driver.communicate()[1][-3000:]
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            cluster.kill_worker_node()
+            (run_dir / "killed").write_text("")
+            _, err = driver.communicate(timeout=120)
+        finally:
+            driver.kill()
+        assert driver.returncode == 0, err[-3000:]
+    out = json.loads((run_dir / "driver.json").read_text())
+    pins = json.loads((run_dir / "pins.json").read_text())
+    # Four actors, three on the head, one on the lost node (the raylet seen once).
+    assert out["workers"] == 4 and all(out["raylets"])
+    (lost,) = [w for w, p in enumerate(out["parents"]) if out["parents"].count(p) == 1]
+    victims = {c for c, w in pins.items() if w == lost}
+    assert len(victims) == 3
+    assert out["live"] == [w for w in range(4) if w != lost]
+    r1, r2, r3 = out["rounds"]
+    assert [r[1] for r in (r1, r2, r3)] == ["complete"] * 3
+    assert (r1[3], r2[3], r3[3]) == (12, 9, 12)  # the moved clients serve again in round 3
+    events = [e for t, e in _ledger(run_dir) if e.get("round") == 2 and "client_ids" in e]
+    assert len(events) == 1 and set(events[0]["client_ids"]) == set(r2[2]) - victims
+    assert np.isfinite(np.load(run_dir / "state.npy")).all()
